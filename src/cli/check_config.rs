@@ -1,0 +1,51 @@
+//! `astra-worker check-config`: validates `jobs.toml` and prints each job's next three slots.
+
+use std::path::Path;
+
+use chrono::Utc;
+
+use crate::{config::Settings, exit::Status, secrets};
+
+pub fn run(path: &Path) -> anyhow::Result<Status> {
+    let settings = Settings::load(path)?;
+    let a = &settings.astra;
+    println!("{}: valid", path.display());
+    println!(
+        "astra: {} (rate {}/s, burst {}, timeouts {}s connect / {}s request, {} retries)",
+        a.base_url,
+        a.requests_per_second,
+        a.burst,
+        a.connect_timeout.as_secs(),
+        a.request_timeout.as_secs(),
+        a.max_retries
+    );
+    let now = Utc::now();
+    for job in &settings.jobs {
+        let s = &job.schedule;
+        println!(
+            "\n{} ({}): `{}` in {}, catch-up {:?}, max lateness {}",
+            job.name,
+            if job.enabled { "enabled" } else { "disabled" },
+            s.expr(),
+            s.zone().name(),
+            job.catch_up,
+            humantime::format_duration(job.max_lateness)
+        );
+        let mut t = now;
+        for _ in 0..3 {
+            let Some(next) = s.next_after(t) else { break };
+            println!("  {}   {}", next.with_timezone(&s.zone()).format("%a %Y-%m-%d %H:%M:%S %Z"), next.format("%Y-%m-%dT%H:%M:%SZ"));
+            t = next;
+        }
+    }
+    println!();
+    for name in ["ASTRA_CLIENT_ID", "ASTRA_CLIENT_SECRET"] {
+        let state = match secrets::read(name) {
+            Ok(Some(_)) => "present".to_string(),
+            Ok(None) => "missing (needed by jobs that call Astra)".to_string(),
+            Err(e) => format!("{e:#}"),
+        };
+        println!("secret {name}: {state}");
+    }
+    Ok(Status::Ok)
+}

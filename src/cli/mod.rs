@@ -1,0 +1,150 @@
+//! The command line: parsed once by clap, dispatched to library calls, every error mapped to the exit-code
+//! contract of [`crate::exit`] with a one-line message on stderr.
+
+mod check_config;
+mod runs;
+
+use std::{path::PathBuf, process::ExitCode};
+
+use anyhow::Context as _;
+use chrono::{DateTime, Utc};
+use clap::{Parser, Subcommand};
+
+use crate::{
+    config::{JobName, Settings},
+    exit::{Failure, Status, classify},
+    runner::{RunOptions, Worker, run_job},
+    store::{self, Store},
+    telemetry::{self, LogTo},
+};
+
+#[derive(Parser, Debug)]
+#[command(name = "astra-worker", version, about = "Keeps a fintech's Astra integration healthy.", arg_required_else_help = true, args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    /// The job configuration file.
+    #[arg(long, global = true, default_value = "jobs.toml", value_name = "PATH")]
+    config: PathBuf,
+    /// The store: sqlite://FILE (one host) or postgres://… (several instances).
+    #[arg(long, global = true, env = "DATABASE_URL", default_value = store::DEFAULT_URL, value_name = "URL", hide_env_values = true)]
+    database_url: String,
+    /// Run one job (or `all`) once, on its latest slot, and exit.
+    #[arg(long, value_name = "JOB|all")]
+    run_once: Option<String>,
+    /// With --run-once: run this slot (RFC 3339) instead of the latest.
+    #[arg(long, requires = "run_once", value_name = "TIME")]
+    slot: Option<DateTime<chrono::FixedOffset>>,
+    /// With --run-once: run a slot again even if it already succeeded.
+    #[arg(long, requires = "run_once")]
+    force: bool,
+    /// With --run-once: report what would be done; claim nothing, change nothing.
+    #[arg(long, requires = "run_once")]
+    dry_run: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Validate jobs.toml and show each job's next three slots, in its zone and in UTC.
+    CheckConfig,
+    /// Bring the store's schema up to date.
+    Migrate,
+    /// List job runs, newest first.
+    Runs(runs::RunsArgs),
+}
+
+/// Parses the command line, runs it, and turns the result into the exit code.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return match e.kind() {
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => ExitCode::SUCCESS,
+                // A wrong command line will not fix itself: never retry.
+                _ => Status::Config.into(),
+            };
+        }
+    };
+    let log_to = if cli.run_once.is_some() || matches!(cli.command, Some(Command::Migrate)) {
+        LogTo::Stdout
+    } else {
+        LogTo::Stderr
+    };
+    telemetry::init(log_to);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("astra-worker: error: cannot start the async runtime: {e}");
+            return Status::Bug.into();
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(status) => status.into(),
+        Err(e) => {
+            let status = classify(&e);
+            tracing::error!(exit_code = status.code(), "{e:#}");
+            eprintln!("astra-worker: error: {e:#}");
+            status.into()
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<Status> {
+    if let Some(job) = &cli.run_once {
+        return run_once(&cli, job).await;
+    }
+    match &cli.command {
+        Some(Command::CheckConfig) => check_config::run(&cli.config),
+        Some(Command::Migrate) => {
+            let store = Store::open(&cli.database_url).await?;
+            store.close().await;
+            tracing::info!(database = %store::redact_url(&cli.database_url), "schema is up to date");
+            Ok(Status::Ok)
+        }
+        Some(Command::Runs(args)) => runs::run(&open_store(&cli).await?, args).await,
+        None => Err(Failure::config("nothing to do: give --run-once JOB or a command (see --help)")),
+    }
+}
+
+async fn open_store(cli: &Cli) -> anyhow::Result<Store> {
+    Store::open(&cli.database_url).await
+}
+
+/// The jobs a `--run-once` argument names.
+fn jobs_named(arg: &str, settings: &Settings) -> anyhow::Result<Vec<JobName>> {
+    if arg == "all" {
+        return Ok(settings.jobs.iter().filter(|j| j.enabled).map(|j| j.name).collect());
+    }
+    JobName::parse(arg).map(|j| vec![j]).ok_or_else(|| {
+        let known: Vec<_> = JobName::ALL.iter().map(|j| j.as_str()).collect();
+        Failure::config(format!("unknown job `{arg}`; the jobs are {} (or `all`)", known.join(", ")))
+    })
+}
+
+async fn run_once(cli: &Cli, job_arg: &str) -> anyhow::Result<Status> {
+    let settings = Settings::load(&cli.config)?;
+    let jobs = jobs_named(job_arg, &settings)?;
+    let store = open_store(cli).await?;
+    let worker = Worker::new(settings, store);
+    worker.shutdown.listen_for_signals().context("installing signal handlers")?;
+    let opts = RunOptions {
+        slot: cli.slot.map(|s| s.with_timezone(&Utc)),
+        force: cli.force,
+        dry_run: cli.dry_run,
+    };
+    let mut status = Status::Ok;
+    for job in jobs {
+        if worker.shutdown.is_triggered() {
+            break;
+        }
+        let summary = run_job(&worker, job, &opts, Utc::now()).await?;
+        status = status.worst(summary.status());
+    }
+    if let Some(sig) = worker.shutdown.reason() {
+        tracing::warn!(signal = sig, "stopped by signal; exiting with 75 so the orchestrator may retry");
+        status = status.worst(Status::Temporary);
+    }
+    worker.store.close().await;
+    Ok(status)
+}

@@ -1,0 +1,53 @@
+//! `astra-worker runs`: the ledger of job runs, newest first, as a table or JSON.
+
+use crate::{
+    exit::Status,
+    store::{Store, ledger},
+};
+
+#[derive(clap::Args, Debug)]
+pub struct RunsArgs {
+    /// Only this job's runs.
+    #[arg(long)]
+    job: Option<String>,
+    /// How many runs at most.
+    #[arg(long, default_value_t = 20)]
+    limit: i64,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    format: Format,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum Format {
+    Text,
+    Json,
+}
+
+pub async fn run(store: &Store, args: &RunsArgs) -> anyhow::Result<Status> {
+    let rows = ledger::list_runs(store, args.job.as_deref(), args.limit.max(1)).await?;
+    match args.format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
+        Format::Text => {
+            println!(
+                "{:<26} {:<21} {:<11} {:<20} {:>7} {:>6} {:>6} {:>8}  details / error",
+                "job", "slot (UTC)", "outcome", "started (UTC)", "done", "failed", "skip", "requests"
+            );
+            for r in rows {
+                println!(
+                    "{:<26} {:<21} {:<11} {:<20} {:>7} {:>6} {:>6} {:>8}  {}",
+                    r.job,
+                    r.slot.format("%Y-%m-%dT%H:%M:%SZ"),
+                    r.outcome,
+                    r.started_at.format("%Y-%m-%d %H:%M:%S"),
+                    r.processed,
+                    r.failed,
+                    r.skipped,
+                    r.requests,
+                    r.error.or(r.details).unwrap_or_default()
+                );
+            }
+        }
+    }
+    Ok(Status::Ok)
+}

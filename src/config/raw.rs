@@ -1,0 +1,309 @@
+//! The shape of `jobs.toml` as serde reads it, and its validation into [`super::Settings`].
+
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+use toml::Spanned;
+
+use super::{
+    AstraSettings, JobName, JobParams, JobSettings, RunnerSettings, Settings, check_url, parse_zone,
+};
+use crate::schedule::Schedule;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    #[serde(default)]
+    runner: Runner,
+    astra: Astra,
+    jobs: Jobs,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Runner {
+    #[serde(default = "d_grace", deserialize_with = "duration")]
+    grace_period: Duration,
+    #[serde(default = "d_lease", deserialize_with = "duration")]
+    claim_lease: Duration,
+}
+
+impl Default for Runner {
+    fn default() -> Self {
+        Runner { grace_period: d_grace(), claim_lease: d_lease() }
+    }
+}
+
+fn d_grace() -> Duration {
+    Duration::from_secs(20)
+}
+fn d_lease() -> Duration {
+    Duration::from_secs(120)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Astra {
+    #[serde(default = "d_base_url")]
+    base_url: Spanned<String>,
+    #[serde(default = "d_authorize_url")]
+    authorize_url: Spanned<String>,
+    redirect_uri: Spanned<String>,
+    requests_per_second: Spanned<u32>,
+    /// Requests admitted at once; 0 or absent means about 20 ms of quota (at least 1).
+    #[serde(default)]
+    burst: u32,
+    #[serde(default = "d_connect", deserialize_with = "duration")]
+    connect_timeout: Duration,
+    #[serde(default = "d_request", deserialize_with = "duration")]
+    request_timeout: Duration,
+    #[serde(default = "d_retries")]
+    max_retries: u32,
+    #[serde(default = "d_budget", deserialize_with = "duration")]
+    retry_budget: Duration,
+}
+
+fn d_base_url() -> Spanned<String> {
+    Spanned::new(0..0, "https://api.astra.finance".into())
+}
+fn d_authorize_url() -> Spanned<String> {
+    Spanned::new(0..0, "https://app.astra.finance/login/oauth/authorize".into())
+}
+fn d_connect() -> Duration {
+    Duration::from_secs(5)
+}
+fn d_request() -> Duration {
+    Duration::from_secs(30)
+}
+fn d_retries() -> u32 {
+    3
+}
+fn d_budget() -> Duration {
+    Duration::from_secs(30)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct Jobs {
+    token_rotation: Option<Job<TokenRotationParams>>,
+    inbound_volume: Option<Job<InboundVolumeParams>>,
+    reprocessing_check: Option<Job<ReprocessingCheckParams>>,
+    stale_authorization_sweep: Option<Job<StaleAuthorizationSweepParams>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Job<P> {
+    #[serde(default = "d_true")]
+    enabled: bool,
+    schedule: Spanned<String>,
+    time_zone: Spanned<String>,
+    #[serde(default)]
+    catch_up: CatchUp,
+    #[serde(deserialize_with = "duration")]
+    max_lateness: Duration,
+    #[serde(default)]
+    settings: P,
+}
+
+fn d_true() -> bool {
+    true
+}
+
+/// What to do with slots missed while nothing ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CatchUp {
+    /// Run only the latest slot (if it is within `max_lateness`).
+    #[default]
+    Latest,
+    /// Run every slot within `max_lateness` that has not succeeded, oldest first.
+    All,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TokenRotationParams {
+    /// Rotate grants whose refresh token expires before the next slot plus this margin.
+    #[serde(deserialize_with = "duration")]
+    pub safety_margin: Duration,
+    /// Grants refreshed at once (each still waits for the shared rate limiter).
+    pub concurrency: u32,
+    /// Grants claimed per batch.
+    pub batch_size: u32,
+}
+
+impl Default for TokenRotationParams {
+    fn default() -> Self {
+        TokenRotationParams { safety_margin: Duration::from_secs(72 * 3600), concurrency: 16, batch_size: 200 }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InboundVolumeParams {
+    /// Warn when a day's inbound total reaches this share of the limit, in percent.
+    pub warn_percent: u8,
+}
+
+impl Default for InboundVolumeParams {
+    fn default() -> Self {
+        InboundVolumeParams { warn_percent: 80 }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReprocessingCheckParams {
+    /// A transfer debited but not credited for longer than this gets one `transfer_stuck` follow-up.
+    #[serde(deserialize_with = "duration")]
+    pub stuck_after: Duration,
+}
+
+impl Default for ReprocessingCheckParams {
+    fn default() -> Self {
+        ReprocessingCheckParams { stuck_after: Duration::from_secs(72 * 3600) }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StaleAuthorizationSweepParams {
+    /// Grants this close to expiry that rotation has not renewed get one rescue attempt.
+    #[serde(deserialize_with = "duration")]
+    pub danger_window: Duration,
+    /// An unanswered re-authorization prompt is sent again after this long.
+    #[serde(deserialize_with = "duration")]
+    pub reprompt_after: Duration,
+}
+
+impl Default for StaleAuthorizationSweepParams {
+    fn default() -> Self {
+        StaleAuthorizationSweepParams {
+            danger_window: Duration::from_secs(48 * 3600),
+            reprompt_after: Duration::from_secs(72 * 3600),
+        }
+    }
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    humantime::parse_duration(&s)
+        .map_err(|e| serde::de::Error::custom(format!("invalid duration `{s}` ({e}); write e.g. \"20s\", \"48h\", \"7d\"")))
+}
+
+/// Where a value sits: "line N" for a value read from the file.
+struct Locator<'a>(&'a str);
+
+impl Locator<'_> {
+    fn at<T>(&self, key: &str, v: &Spanned<T>) -> String {
+        let start = v.span().start;
+        if v.span().is_empty() {
+            return key.to_string();
+        }
+        let line = self.0[..start.min(self.0.len())].matches('\n').count() + 1;
+        format!("{key} (line {line})")
+    }
+}
+
+pub(super) fn parse(text: &str, base_url_override: Option<&str>) -> Result<Settings, String> {
+    let file: File = toml::from_str(text).map_err(|e| e.to_string().trim_end().replace('\n', " "))?;
+    let loc = Locator(text);
+    let a = file.astra;
+
+    let base_url = match base_url_override {
+        Some(u) => parse_url("ASTRA_BASE_URL", u)?,
+        None => parse_url(&loc.at("astra.base_url", &a.base_url), a.base_url.get_ref())?,
+    };
+    let authorize_url = parse_url(&loc.at("astra.authorize_url", &a.authorize_url), a.authorize_url.get_ref())?;
+    let redirect_key = loc.at("astra.redirect_uri", &a.redirect_uri);
+    parse_url(&redirect_key, a.redirect_uri.get_ref())?;
+    let rps = *a.requests_per_second.get_ref();
+    if rps == 0 {
+        return Err(format!("{}: must be at least 1", loc.at("astra.requests_per_second", &a.requests_per_second)));
+    }
+    for (key, d) in [("astra.connect_timeout", a.connect_timeout), ("astra.request_timeout", a.request_timeout)] {
+        if d.is_zero() {
+            return Err(format!("{key}: must be longer than zero"));
+        }
+    }
+    let astra = AstraSettings {
+        base_url,
+        authorize_url,
+        redirect_uri: a.redirect_uri.into_inner(),
+        requests_per_second: rps,
+        burst: if a.burst == 0 { crate::limiter::default_burst(rps) } else { a.burst },
+        connect_timeout: a.connect_timeout,
+        request_timeout: a.request_timeout,
+        max_retries: a.max_retries,
+        retry_budget: a.retry_budget,
+    };
+    if file.runner.claim_lease < Duration::from_secs(5) {
+        return Err("runner.claim_lease: must be at least 5s".into());
+    }
+
+    let mut jobs = Vec::new();
+    let j = file.jobs;
+    push(&mut jobs, &loc, JobName::TokenRotation, j.token_rotation, |p| {
+        if p.concurrency == 0 || p.batch_size == 0 {
+            return Err("settings.concurrency and settings.batch_size must be at least 1".into());
+        }
+        Ok(JobParams::TokenRotation(p))
+    })?;
+    push(&mut jobs, &loc, JobName::InboundVolume, j.inbound_volume, |p| {
+        if p.warn_percent == 0 || p.warn_percent > 100 {
+            return Err(format!("settings.warn_percent must be between 1 and 100 (got {})", p.warn_percent));
+        }
+        Ok(JobParams::InboundVolume(p))
+    })?;
+    push(&mut jobs, &loc, JobName::ReprocessingCheck, j.reprocessing_check, |p| {
+        Ok(JobParams::ReprocessingCheck(p))
+    })?;
+    push(&mut jobs, &loc, JobName::StaleAuthorizationSweep, j.stale_authorization_sweep, |p| {
+        if p.danger_window.is_zero() {
+            return Err("settings.danger_window must be longer than zero".into());
+        }
+        Ok(JobParams::StaleAuthorizationSweep(p))
+    })?;
+
+    Ok(Settings {
+        runner: RunnerSettings { grace_period: file.runner.grace_period, claim_lease: file.runner.claim_lease },
+        astra,
+        jobs,
+    })
+}
+
+fn push<P>(
+    jobs: &mut Vec<JobSettings>,
+    loc: &Locator<'_>,
+    name: JobName,
+    job: Option<Job<P>>,
+    params: impl FnOnce(P) -> Result<JobParams, String>,
+) -> Result<(), String> {
+    let Some(job) = job else { return Ok(()) };
+    let key = format!("jobs.{name}");
+    let zone_key = loc.at(&format!("{key}.time_zone"), &job.time_zone);
+    parse_zone(job.time_zone.get_ref()).map_err(|e| format!("{zone_key}: {e}"))?;
+    let sched_key = loc.at(&format!("{key}.schedule"), &job.schedule);
+    let schedule =
+        Schedule::parse(job.schedule.get_ref(), job.time_zone.get_ref()).map_err(|e| format!("{sched_key}: {e}"))?;
+    if job.max_lateness.is_zero() {
+        return Err(format!("{key}.max_lateness: must be longer than zero"));
+    }
+    let params = params(job.settings).map_err(|e| format!("{key}.{e}"))?;
+    jobs.push(JobSettings {
+        name,
+        enabled: job.enabled,
+        schedule,
+        catch_up: job.catch_up,
+        max_lateness: job.max_lateness,
+        params,
+    });
+    Ok(())
+}
+
+fn parse_url(key: &str, s: &str) -> Result<reqwest::Url, String> {
+    let url = reqwest::Url::parse(s).map_err(|e| format!("{key}: invalid URL `{s}`: {e}"))?;
+    check_url(&url, key)?;
+    Ok(url)
+}

@@ -1,0 +1,14 @@
+//! astra-worker keeps a fintech's Astra integration healthy while nobody watches: it rotates OAuth grants
+//! before they die, prompts users whose grant died, guards routine requests against bank limits, and follows
+//! transfers Astra debited but could not credit. Every job runs through one runner and one slot ledger.
+
+pub mod cli;
+pub mod config;
+pub mod exit;
+pub mod jobs;
+pub mod limiter;
+pub mod runner;
+pub mod schedule;
+pub mod secrets;
+pub mod store;
+pub mod telemetry;

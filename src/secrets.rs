@@ -1,0 +1,50 @@
+//! Secrets, never from `jobs.toml`: from the variable `NAME`, from the file named by `NAME_FILE`, or from
+//! `$CREDENTIALS_DIRECTORY/NAME` (systemd `LoadCredential=`, or a mounted Kubernetes Secret). Values are
+//! held as [`SecretString`], whose `Debug` prints nothing.
+
+use std::path::PathBuf;
+
+use secrecy::SecretString;
+
+use crate::exit::Failure;
+
+/// The secret `name`, or `None` when no source has it. An unreadable file named for it is an error.
+pub fn read(name: &str) -> anyhow::Result<Option<SecretString>> {
+    if let Ok(v) = std::env::var(name) {
+        return Ok(non_empty(name, v, "the environment")?);
+    }
+    let mut files: Vec<PathBuf> = Vec::new();
+    if let Ok(f) = std::env::var(format!("{name}_FILE")) {
+        files.push(f.into());
+    } else if let Ok(dir) = std::env::var("CREDENTIALS_DIRECTORY") {
+        let p = PathBuf::from(dir).join(name);
+        if p.exists() {
+            files.push(p);
+        }
+    }
+    match files.first() {
+        None => Ok(None),
+        Some(p) => {
+            let v = std::fs::read_to_string(p)
+                .map_err(|e| Failure::Config(format!("secret {name}: cannot read {}: {e}", p.display())))?;
+            non_empty(name, v.trim_end_matches(['\n', '\r']).to_string(), &p.display().to_string())
+        }
+    }
+}
+
+/// The secret `name`; its absence is a configuration failure that says where it was looked for.
+pub fn require(name: &str) -> anyhow::Result<SecretString> {
+    read(name)?.ok_or_else(|| {
+        Failure::config(format!(
+            "missing secret {name}: set {name}, or {name}_FILE to a file holding it, or put it in \
+             $CREDENTIALS_DIRECTORY/{name}"
+        ))
+    })
+}
+
+fn non_empty(name: &str, v: String, source: &str) -> anyhow::Result<Option<SecretString>> {
+    if v.trim().is_empty() {
+        return Err(Failure::config(format!("secret {name} from {source} is empty")));
+    }
+    Ok(Some(SecretString::from(v)))
+}
