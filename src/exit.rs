@@ -85,9 +85,7 @@ pub fn classify(err: &anyhow::Error) -> Status {
 pub fn classify_sqlx(e: &sqlx::Error) -> Status {
     use sqlx::Error as E;
     match e {
-        E::Io(_) | E::Tls(_) | E::PoolTimedOut | E::PoolClosed | E::WorkerCrashed | E::Protocol(_) => {
-            Status::Temporary
-        }
+        E::Io(_) | E::Tls(_) | E::PoolTimedOut | E::PoolClosed | E::WorkerCrashed | E::Protocol(_) => Status::Temporary,
         E::Configuration(_) => Status::Config,
         E::Database(db) => match db.code().as_deref() {
             // PostgreSQL: authentication, missing database, missing role.

@@ -2,11 +2,7 @@
 //! shared by every job; a small burst (about 20 ms of quota) keeps the first second at the configured rate.
 //! A 429 pauses it for `Retry-After`. With several instances, `requests_per_second` is each one's share.
 
-use std::{
-    num::NonZeroU32,
-    sync::Mutex,
-    time::Duration,
-};
+use std::{num::NonZeroU32, sync::Mutex, time::Duration};
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::time::Instant;

@@ -187,7 +187,12 @@ impl RunSummary {
 const CATCH_UP_LIMIT: usize = 1000;
 
 /// Runs `job` once: the latest slot (or those its catch-up policy asks for), or the slot named in `opts`.
-pub async fn run_job(worker: &Worker, job: JobName, opts: &RunOptions, now: DateTime<Utc>) -> anyhow::Result<RunSummary> {
+pub async fn run_job(
+    worker: &Worker,
+    job: JobName,
+    opts: &RunOptions,
+    now: DateTime<Utc>,
+) -> anyhow::Result<RunSummary> {
     let settings = worker
         .settings
         .job_settings(job)
@@ -316,7 +321,8 @@ pub async fn run_slot(
     info!(parent: &span, forced = opts.force, dry_run = opts.dry_run, "run started");
     let started = Instant::now();
 
-    let heartbeat = (!opts.dry_run).then(|| spawn_heartbeat(worker.store.clone(), name, slot, &run_id, lease, stop.clone()));
+    let heartbeat =
+        (!opts.dry_run).then(|| spawn_heartbeat(worker.store.clone(), name, slot, &run_id, lease, stop.clone()));
     let result = run_with_grace(&ctx).instrument(span.clone()).await;
     if let Some(h) = heartbeat {
         h.abort();

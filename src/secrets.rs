@@ -11,7 +11,7 @@ use crate::exit::Failure;
 /// The secret `name`, or `None` when no source has it. An unreadable file named for it is an error.
 pub fn read(name: &str) -> anyhow::Result<Option<SecretString>> {
     if let Ok(v) = std::env::var(name) {
-        return Ok(non_empty(name, v, "the environment")?);
+        return non_empty(name, v, "the environment");
     }
     let mut files: Vec<PathBuf> = Vec::new();
     if let Ok(f) = std::env::var(format!("{name}_FILE")) {

@@ -34,7 +34,11 @@ pub fn run(path: &Path) -> anyhow::Result<Status> {
         let mut t = now;
         for _ in 0..3 {
             let Some(next) = s.next_after(t) else { break };
-            println!("  {}   {}", next.with_timezone(&s.zone()).format("%a %Y-%m-%d %H:%M:%S %Z"), next.format("%Y-%m-%dT%H:%M:%SZ"));
+            println!(
+                "  {}   {}",
+                next.with_timezone(&s.zone()).format("%a %Y-%m-%d %H:%M:%S %Z"),
+                next.format("%Y-%m-%dT%H:%M:%SZ")
+            );
             t = next;
         }
     }

@@ -19,7 +19,12 @@ use crate::{
 };
 
 #[derive(Parser, Debug)]
-#[command(name = "astra-worker", version, about = "Keeps a fintech's Astra integration healthy.", arg_required_else_help = true, args_conflicts_with_subcommands = true)]
+#[command(
+    name = "astra-worker",
+    version,
+    about = "Keeps a fintech's Astra integration healthy.",
+    arg_required_else_help = true
+)]
 pub struct Cli {
     /// The job configuration file.
     #[arg(long, global = true, default_value = "jobs.toml", value_name = "PATH")]
@@ -92,6 +97,9 @@ pub fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<Status> {
     if let Some(job) = &cli.run_once {
+        if cli.command.is_some() {
+            return Err(Failure::config("--run-once cannot be combined with a command"));
+        }
         return run_once(&cli, job).await;
     }
     match &cli.command {
@@ -128,11 +136,7 @@ async fn run_once(cli: &Cli, job_arg: &str) -> anyhow::Result<Status> {
     let store = open_store(cli).await?;
     let worker = Worker::new(settings, store);
     worker.shutdown.listen_for_signals().context("installing signal handlers")?;
-    let opts = RunOptions {
-        slot: cli.slot.map(|s| s.with_timezone(&Utc)),
-        force: cli.force,
-        dry_run: cli.dry_run,
-    };
+    let opts = RunOptions { slot: cli.slot.map(|s| s.with_timezone(&Utc)), force: cli.force, dry_run: cli.dry_run };
     let mut status = Status::Ok;
     for job in jobs {
         if worker.shutdown.is_triggered() {

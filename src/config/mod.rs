@@ -54,12 +54,8 @@ pub enum JobName {
 }
 
 impl JobName {
-    pub const ALL: [JobName; 4] = [
-        JobName::TokenRotation,
-        JobName::InboundVolume,
-        JobName::ReprocessingCheck,
-        JobName::StaleAuthorizationSweep,
-    ];
+    pub const ALL: [JobName; 4] =
+        [JobName::TokenRotation, JobName::InboundVolume, JobName::ReprocessingCheck, JobName::StaleAuthorizationSweep];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -111,9 +107,7 @@ pub enum JobParams {
     TestHold { items: u32, hold: Duration },
 }
 
-pub use raw::{
-    InboundVolumeParams, ReprocessingCheckParams, StaleAuthorizationSweepParams, TokenRotationParams,
-};
+pub use raw::{InboundVolumeParams, ReprocessingCheckParams, StaleAuthorizationSweepParams, TokenRotationParams};
 
 impl Settings {
     /// Reads and validates the file; a missing or broken file is a configuration failure naming it.

@@ -5,9 +5,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 use toml::Spanned;
 
-use super::{
-    AstraSettings, JobName, JobParams, JobSettings, RunnerSettings, Settings, check_url, parse_zone,
-};
+use super::{AstraSettings, JobName, JobParams, JobSettings, RunnerSettings, Settings, check_url, parse_zone};
 use crate::schedule::Schedule;
 
 #[derive(Deserialize)]
@@ -188,8 +186,9 @@ impl Default for StaleAuthorizationSweepParams {
 
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let s = String::deserialize(d)?;
-    humantime::parse_duration(&s)
-        .map_err(|e| serde::de::Error::custom(format!("invalid duration `{s}` ({e}); write e.g. \"20s\", \"48h\", \"7d\"")))
+    humantime::parse_duration(&s).map_err(|e| {
+        serde::de::Error::custom(format!("invalid duration `{s}` ({e}); write e.g. \"20s\", \"48h\", \"7d\""))
+    })
 }
 
 /// Where a value sits: "line N" for a value read from the file.
@@ -256,9 +255,7 @@ pub(super) fn parse(text: &str, base_url_override: Option<&str>) -> Result<Setti
         }
         Ok(JobParams::InboundVolume(p))
     })?;
-    push(&mut jobs, &loc, JobName::ReprocessingCheck, j.reprocessing_check, |p| {
-        Ok(JobParams::ReprocessingCheck(p))
-    })?;
+    push(&mut jobs, &loc, JobName::ReprocessingCheck, j.reprocessing_check, |p| Ok(JobParams::ReprocessingCheck(p)))?;
     push(&mut jobs, &loc, JobName::StaleAuthorizationSweep, j.stale_authorization_sweep, |p| {
         if p.danger_window.is_zero() {
             return Err("settings.danger_window must be longer than zero".into());

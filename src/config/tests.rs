@@ -1,0 +1,99 @@
+use super::*;
+
+const SHIPPED: &str = include_str!("../../jobs.toml");
+
+fn err(text: &str) -> String {
+    Settings::parse(text, None).expect_err("should be refused")
+}
+
+/// The shipped file with `from` replaced by `to` (which must occur).
+fn shipped_with(from: &str, to: &str) -> String {
+    assert!(SHIPPED.contains(from), "test setup: `{from}` not in jobs.toml");
+    SHIPPED.replacen(from, to, 1)
+}
+
+fn line_of(text: &str, needle: &str) -> usize {
+    text.lines().position(|l| l.contains(needle)).expect("needle present") + 1
+}
+
+#[test]
+fn the_shipped_file_is_valid_and_has_the_four_jobs() {
+    let s = Settings::parse(SHIPPED, None).unwrap();
+    let names: Vec<_> = s.jobs.iter().map(|j| j.name).collect();
+    assert_eq!(names, JobName::ALL.to_vec());
+    assert!(s.jobs.iter().all(|j| j.enabled));
+    assert_eq!(s.runner.grace_period, Duration::from_secs(20));
+    assert_eq!(s.astra.burst, 1, "20/s gets about 20 ms of quota, at least one");
+}
+
+#[test]
+fn an_unknown_key_is_refused_naming_it_and_its_line() {
+    let text =
+        shipped_with("catch_up = \"latest\"\nmax_lateness = \"6d\"", "catch_up = \"latest\"\nmax_latenes = \"6d\"");
+    let e = err(&text);
+    assert!(e.contains("max_latenes"), "{e}");
+    assert!(e.contains(&format!("line {}", line_of(&text, "max_latenes"))), "{e}");
+}
+
+#[test]
+fn an_unknown_job_table_is_refused() {
+    let e = err(&format!("{SHIPPED}\n[jobs.token-rotaton]\nschedule = \"0 0 3 * * *\"\n"));
+    assert!(e.contains("token-rotaton"), "{e}");
+}
+
+#[test]
+fn a_bad_cron_expression_is_refused_naming_the_key_and_line() {
+    let text = shipped_with("schedule = \"0 0 9 * * *\"", "schedule = \"0 0 9 * *\"");
+    let e = err(&text);
+    assert!(e.contains("jobs.reprocessing-check.schedule"), "{e}");
+    assert!(e.contains(&format!("line {}", line_of(&text, "\"0 0 9 * *\""))), "{e}");
+    assert!(e.contains("six are needed"), "{e}");
+}
+
+#[test]
+fn an_unknown_time_zone_is_refused() {
+    let e = err(&shipped_with("time_zone = \"America/New_York\"", "time_zone = \"America/Springfield\""));
+    assert!(e.contains("jobs.token-rotation.time_zone"), "{e}");
+    assert!(e.contains("unknown time zone `America/Springfield`"), "{e}");
+}
+
+#[test]
+fn impossible_numbers_are_refused() {
+    let e = err(&shipped_with("requests_per_second = 20", "requests_per_second = -5"));
+    assert!(e.contains("requests_per_second"), "{e}");
+    let e = err(&shipped_with("requests_per_second = 20", "requests_per_second = 0"));
+    assert!(e.contains("astra.requests_per_second") && e.contains("at least 1"), "{e}");
+    let e = err(&shipped_with("warn_percent = 80", "warn_percent = 180"));
+    assert!(e.contains("jobs.inbound-volume.settings.warn_percent"), "{e}");
+    let e = err(&shipped_with("concurrency = 16", "concurrency = 0"));
+    assert!(e.contains("jobs.token-rotation.settings.concurrency"), "{e}");
+}
+
+#[test]
+fn a_bad_duration_is_refused_with_an_example() {
+    let e = err(&shipped_with("grace_period = \"20s\"", "grace_period = \"twenty\""));
+    assert!(e.contains("invalid duration `twenty`") && e.contains("line"), "{e}");
+}
+
+#[test]
+fn plain_http_is_refused_except_toward_loopback() {
+    let e = err(&shipped_with("https://api.astra.finance", "http://api.astra.finance"));
+    assert!(e.contains("astra.base_url") && e.contains("loopback"), "{e}");
+    let s = Settings::parse(SHIPPED, Some("http://127.0.0.1:8080")).unwrap();
+    assert_eq!(s.astra.base_url.as_str(), "http://127.0.0.1:8080/");
+    let e = Settings::parse(SHIPPED, Some("http://10.0.0.5")).unwrap_err();
+    assert!(e.contains("ASTRA_BASE_URL"), "{e}");
+}
+
+#[test]
+fn a_missing_section_is_named() {
+    let text = SHIPPED.replace("redirect_uri = \"https://example.com/astra/oauth/callback\"\n", "");
+    let e = err(&text);
+    assert!(e.contains("redirect_uri"), "{e}");
+}
+
+#[test]
+fn a_schedule_that_never_fires_is_refused() {
+    let e = err(&shipped_with("schedule = \"0 30 4 * * *\"", "schedule = \"0 0 0 31 2 *\""));
+    assert!(e.contains("never fires"), "{e}");
+}

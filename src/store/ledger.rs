@@ -70,7 +70,8 @@ pub async fn claim(store: &Store, job: &str, slot: DateTime<Utc>, who: &Claimant
     if row.state == "succeeded" && !who.force {
         return Ok(Claim::AlreadySucceeded { run_id: row.run_id });
     }
-    let took = with_pool!(store, |p| sqlx::query(
+    let took = with_pool!(store, |p| {
+        sqlx::query(
         "UPDATE slot_claim SET run_id = $1, owner = $2, state = 'running', lease_until = $3, attempts = attempts + 1
          WHERE job = $4 AND slot = $5 AND run_id = $6"
     )
@@ -82,7 +83,8 @@ pub async fn claim(store: &Store, job: &str, slot: DateTime<Utc>, who: &Claimant
     .bind(&row.run_id)
     .execute(p)
     .await?
-    .rows_affected());
+    .rows_affected()
+    });
     if took == 1 {
         Ok(Claim::Acquired { attempt: row.attempts + 1, took_over: row.state == "running" })
     } else {
@@ -92,7 +94,13 @@ pub async fn claim(store: &Store, job: &str, slot: DateTime<Utc>, who: &Claimant
 }
 
 /// Extends the lease; `false` means the claim was taken over and this run must stop.
-pub async fn renew(store: &Store, job: &str, slot: DateTime<Utc>, run_id: &str, lease: TimeDelta) -> sqlx::Result<bool> {
+pub async fn renew(
+    store: &Store,
+    job: &str,
+    slot: DateTime<Utc>,
+    run_id: &str,
+    lease: TimeDelta,
+) -> sqlx::Result<bool> {
     let n = with_pool!(store, |p| sqlx::query(
         "UPDATE slot_claim SET lease_until = $1 WHERE job = $2 AND slot = $3 AND run_id = $4 AND state = 'running'"
     )

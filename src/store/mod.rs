@@ -7,8 +7,8 @@ pub mod ledger;
 use std::{str::FromStr, time::Duration};
 
 use sqlx::{
-    migrate::MigrateError,
     PgPool, SqlitePool,
+    migrate::MigrateError,
     postgres::PgPoolOptions,
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
 };

@@ -1,0 +1,5 @@
+//! The integration tests: one binary, shared helpers, each store test run on SQLite and PostgreSQL.
+
+mod binary;
+mod helpers;
+mod ledger;
