@@ -73,6 +73,9 @@ pub fn classify(err: &anyhow::Error) -> Status {
         if let Some(e) = cause.downcast_ref::<sqlx::Error>() {
             return classify_sqlx(e);
         }
+        if let Some(e) = cause.downcast_ref::<crate::astra::AstraError>() {
+            return e.status();
+        }
         if let Some(e) = cause.downcast_ref::<crate::store::StoreError>() {
             return e.status();
         }

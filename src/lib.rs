@@ -2,12 +2,15 @@
 //! before they die, prompts users whose grant died, guards routine requests against bank limits, and follows
 //! transfers Astra debited but could not credit. Every job runs through one runner and one slot ledger.
 
+pub mod astra;
 pub mod cli;
 pub mod config;
 pub mod exit;
 pub mod jobs;
 pub mod limiter;
+pub mod money;
 pub mod runner;
+pub mod sandbox;
 pub mod schedule;
 pub mod secrets;
 pub mod store;

@@ -1,5 +1,6 @@
 //! The integration tests: one binary, shared helpers, each store test run on SQLite and PostgreSQL.
 
+mod astra;
 mod binary;
 mod helpers;
 mod ledger;

@@ -1,0 +1,560 @@
+//! The Astra client: the worker's only window on Astra. One type owns the HTTP client, the base URL, the
+//! client credentials and the shared rate limiter; every attempt is rate-limited, classified, retried where
+//! that is safe, recorded in `api_call` with Astra's request-id, and logged (never a token).
+
+mod error;
+pub mod model;
+pub mod record;
+
+use std::{sync::Arc, time::Duration};
+
+use chrono::{DateTime, Utc};
+use rand::Rng;
+use reqwest::{Method, RequestBuilder, StatusCode, Url, header::HeaderMap};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, de::DeserializeOwned};
+use tokio::time::Instant;
+use tracing::{debug, warn};
+
+pub use error::AstraError;
+pub use model::{Card, TokenPair, Transfer, TransferPage, TransferStatus, User, UserStatus};
+
+use crate::{config::AstraSettings, limiter::RequestLimiter, runner::RunContext, secrets, store::Store};
+
+/// The largest response body accepted.
+const MAX_BODY: usize = 8 * 1024 * 1024;
+/// The first retry waits about this long; each next one twice as long, with jitter.
+const BASE_BACKOFF: Duration = Duration::from_millis(200);
+/// When a 429 carries no usable `Retry-After`.
+const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// Client credentials. `Debug` prints nothing secret.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    pub client_id: SecretString,
+    pub client_secret: SecretString,
+}
+
+impl Credentials {
+    /// From `ASTRA_CLIENT_ID` / `ASTRA_CLIENT_SECRET` (or their `_FILE` and credentials-directory forms).
+    pub fn from_env() -> anyhow::Result<Credentials> {
+        Ok(Credentials {
+            client_id: secrets::require("ASTRA_CLIENT_ID")?,
+            client_secret: secrets::require("ASTRA_CLIENT_SECRET")?,
+        })
+    }
+}
+
+/// Whose call this is: the run it counts toward and is recorded under, and the user it concerns.
+#[derive(Clone, Copy, Default)]
+pub struct Call<'a> {
+    pub run: Option<&'a RunContext<'a>>,
+    pub user_id: Option<&'a str>,
+}
+
+impl<'a> Call<'a> {
+    pub fn of(run: &'a RunContext<'a>, user_id: &'a str) -> Call<'a> {
+        Call { run: Some(run), user_id: Some(user_id) }
+    }
+}
+
+#[derive(Clone)]
+pub struct AstraClient {
+    http: reqwest::Client,
+    base: Url,
+    credentials: Credentials,
+    redirect_uri: String,
+    limiter: Arc<RequestLimiter>,
+    store: Option<Store>,
+    max_retries: u32,
+    retry_budget: Duration,
+}
+
+impl std::fmt::Debug for AstraClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "AstraClient({})", self.base)
+    }
+}
+
+/// How one attempt went.
+struct Attempt<T> {
+    result: Result<T, AstraError>,
+    status: Option<u16>,
+    request_id: Option<String>,
+    /// Retry after this long (`None`: do not retry).
+    retry_in: Option<Duration>,
+    /// Astra may have applied this attempt though its answer did not arrive.
+    ambiguous: bool,
+}
+
+/// Error body shapes: Astra's `{code, name, description}` or OAuth's `{error, error_description}`.
+#[derive(Deserialize, Default)]
+struct ErrorBody {
+    #[serde(default)]
+    error: Option<String>,
+    #[serde(default)]
+    error_description: Option<String>,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    description: Option<String>,
+}
+
+impl ErrorBody {
+    fn parse(bytes: &[u8]) -> ErrorBody {
+        serde_json::from_slice(bytes).unwrap_or_default()
+    }
+
+    fn detail(&self) -> String {
+        let parts: Vec<&str> = [&self.error, &self.error_description, &self.name, &self.description]
+            .into_iter()
+            .filter_map(|s| s.as_deref())
+            .collect();
+        if parts.is_empty() { "(no error body)".into() } else { truncate(&parts.join(": "), 300) }
+    }
+}
+
+impl AstraClient {
+    pub fn new(
+        settings: &AstraSettings,
+        credentials: Credentials,
+        limiter: Arc<RequestLimiter>,
+        store: Option<Store>,
+    ) -> anyhow::Result<AstraClient> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(settings.connect_timeout)
+            .timeout(settings.request_timeout)
+            .user_agent(concat!("astra-worker/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(AstraClient {
+            http,
+            base: settings.base_url.clone(),
+            credentials,
+            redirect_uri: settings.redirect_uri.clone(),
+            limiter,
+            store,
+            max_retries: settings.max_retries,
+            retry_budget: settings.retry_budget,
+        })
+    }
+
+    pub fn limiter(&self) -> &Arc<RequestLimiter> {
+        &self.limiter
+    }
+
+    /// `POST /v1/oauth/token` with `grant_type=refresh_token`: a new pair; the old tokens die.
+    pub async fn refresh(&self, call: Call<'_>, refresh_token: &SecretString) -> Result<TokenPair, AstraError> {
+        let form = [
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh_token.expose_secret()),
+            ("redirect_uri", self.redirect_uri.as_str()),
+        ];
+        self.token_request(call, &form).await
+    }
+
+    /// `POST /v1/oauth/token` with `grant_type=authorization_code`: the code from the SDK redirect.
+    pub async fn exchange_code(&self, call: Call<'_>, code: &SecretString) -> Result<TokenPair, AstraError> {
+        let form = [
+            ("grant_type", "authorization_code"),
+            ("code", code.expose_secret()),
+            ("redirect_uri", self.redirect_uri.as_str()),
+        ];
+        self.token_request(call, &form).await
+    }
+
+    async fn token_request(&self, call: Call<'_>, form: &[(&str, &str)]) -> Result<TokenPair, AstraError> {
+        let c = &self.credentials;
+        self.send(call, Method::POST, "/v1/oauth/token", true, |r| {
+            r.basic_auth(c.client_id.expose_secret(), Some(c.client_secret.expose_secret())).form(form)
+        })
+        .await
+    }
+
+    /// `GET /v1/user`: the user the access token belongs to.
+    pub async fn user(&self, call: Call<'_>, access: &SecretString) -> Result<User, AstraError> {
+        self.get(call, "/v1/user", access, &[]).await
+    }
+
+    /// One page of `GET /v1/transfers`, newest first.
+    pub async fn transfers_page(
+        &self,
+        call: Call<'_>,
+        access: &SecretString,
+        limit: u32,
+        offset: u64,
+    ) -> Result<TransferPage, AstraError> {
+        let q = [("limit", limit.to_string()), ("offset", offset.to_string())];
+        self.get(call, "/v1/transfers", access, &q).await
+    }
+
+    /// The user's transfers initiated at or after `since`, newest first: pages until an older item or the end.
+    pub async fn transfers_since(
+        &self,
+        call: Call<'_>,
+        access: &SecretString,
+        since: DateTime<Utc>,
+        page_size: u32,
+    ) -> Result<Vec<Transfer>, AstraError> {
+        let mut out = Vec::new();
+        let mut offset = 0u64;
+        loop {
+            let page = self.transfers_page(call, access, page_size, offset).await?;
+            let n = page.transfers.len();
+            let mut reached_window_end = false;
+            for t in page.transfers {
+                if t.initiated < since {
+                    reached_window_end = true;
+                    break;
+                }
+                out.push(t);
+            }
+            offset += n as u64;
+            if reached_window_end || n < page_size as usize || offset >= page.count {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// `GET /v1/transfers/{id}`.
+    pub async fn transfer(&self, call: Call<'_>, access: &SecretString, id: &str) -> Result<Transfer, AstraError> {
+        self.get(call, &format!("/v1/transfers/{}", path_segment(id)), access, &[]).await
+    }
+
+    /// `GET /v1/cards`.
+    pub async fn cards(&self, call: Call<'_>, access: &SecretString) -> Result<Vec<Card>, AstraError> {
+        let list: model::CardList = self.get(call, "/v1/cards", access, &[]).await?;
+        Ok(list.cards)
+    }
+
+    /// `GET /v1/cards/{id}`.
+    pub async fn card(&self, call: Call<'_>, access: &SecretString, id: &str) -> Result<Card, AstraError> {
+        self.get(call, &format!("/v1/cards/{}", path_segment(id)), access, &[]).await
+    }
+
+    async fn get<T: DeserializeOwned>(
+        &self,
+        call: Call<'_>,
+        path: &str,
+        access: &SecretString,
+        query: &[(&str, String)],
+    ) -> Result<T, AstraError> {
+        self.send(call, Method::GET, path, false, |r| r.bearer_auth(access.expose_secret()).query(query)).await
+    }
+
+    /// Sends with the limiter, retries transient failures and 429s with jittered backoff within the retry
+    /// budget, and records every attempt.
+    async fn send<T: DeserializeOwned>(
+        &self,
+        call: Call<'_>,
+        method: Method,
+        path: &str,
+        token_endpoint: bool,
+        build: impl Fn(RequestBuilder) -> RequestBuilder,
+    ) -> Result<T, AstraError> {
+        let endpoint = format!("{method} {path}");
+        let url = self.base.join(path.trim_start_matches('/')).map_err(|e| AstraError::Malformed {
+            endpoint: endpoint.clone(),
+            detail: format!("cannot build the URL: {e}"),
+        })?;
+        let deadline = Instant::now() + self.retry_budget;
+        let mut ambiguous_before = false;
+        let mut attempt_no = 0u32;
+        loop {
+            attempt_no += 1;
+            self.limiter.acquire().await;
+            if let Some(run) = call.run {
+                run.request_made();
+            }
+            let at = Utc::now();
+            let started = Instant::now();
+            let sent = build(self.http.request(method.clone(), url.clone())).send().await;
+            let mut attempt = self.read_attempt::<T>(sent, &endpoint, token_endpoint, attempt_no).await;
+            let latency = started.elapsed();
+            if let Err(AstraError::GrantRejected { after_ambiguous_attempt, .. }) = &mut attempt.result {
+                *after_ambiguous_attempt = ambiguous_before;
+            }
+            ambiguous_before |= attempt.ambiguous;
+            self.record(call, &method, path, attempt_no, &attempt, at, latency).await;
+
+            let retry_in = attempt.retry_in.filter(|_| attempt_no <= self.max_retries);
+            match (attempt.result, retry_in) {
+                (Ok(v), _) => return Ok(v),
+                (Err(e), Some(wait)) if Instant::now() + wait < deadline => {
+                    debug!(endpoint = %endpoint, attempt = attempt_no, wait_ms = wait.as_millis() as u64, error = %e, "retrying");
+                    tokio::time::sleep(wait).await;
+                }
+                (Err(e), _) => return Err(e),
+            }
+        }
+    }
+
+    async fn read_attempt<T: DeserializeOwned>(
+        &self,
+        sent: reqwest::Result<reqwest::Response>,
+        endpoint: &str,
+        token_endpoint: bool,
+        attempt_no: u32,
+    ) -> Attempt<T> {
+        let backoff = backoff(attempt_no);
+        let resp = match sent {
+            Ok(r) => r,
+            Err(e) => {
+                // A connect error never reached Astra; anything else (a timeout) may have been applied.
+                let ambiguous = token_endpoint && !e.is_connect();
+                let detail = if e.is_timeout() { "timed out".to_string() } else { transport_detail(&e) };
+                return Attempt {
+                    result: Err(AstraError::Transient { endpoint: endpoint.into(), detail }),
+                    status: None,
+                    request_id: None,
+                    retry_in: Some(backoff),
+                    ambiguous,
+                };
+            }
+        };
+        let status = resp.status();
+        let request_id = request_id(resp.headers());
+        let retry_after = retry_after(resp.headers());
+        let body = read_body(resp).await;
+        let mk = |result, retry_in, ambiguous| Attempt {
+            result,
+            status: Some(status.as_u16()),
+            request_id: request_id.clone(),
+            retry_in,
+            ambiguous,
+        };
+        let body = match body {
+            Ok(b) => b,
+            Err(BodyError::TooLarge) => {
+                let e = AstraError::Malformed {
+                    endpoint: endpoint.into(),
+                    detail: format!("body larger than {MAX_BODY} bytes"),
+                };
+                return mk(Err(e), None, false);
+            }
+            Err(BodyError::Transport(detail)) => {
+                let e = AstraError::Transient { endpoint: endpoint.into(), detail };
+                return mk(Err(e), Some(backoff), token_endpoint);
+            }
+        };
+        if status.is_success() {
+            return match serde_json::from_slice::<T>(&body) {
+                Ok(v) => mk(Ok(v), None, false),
+                Err(e) => {
+                    let detail =
+                        if token_endpoint { redact_quoted(&e.to_string()) } else { truncate(&e.to_string(), 300) };
+                    mk(Err(AstraError::Malformed { endpoint: endpoint.into(), detail }), None, false)
+                }
+            };
+        }
+        let eb = ErrorBody::parse(&body);
+        let e = endpoint.to_string();
+        match status {
+            StatusCode::TOO_MANY_REQUESTS => {
+                let wait = retry_after.unwrap_or(DEFAULT_RETRY_AFTER);
+                self.limiter.pause_for(wait);
+                warn!(endpoint, retry_after_s = wait.as_secs(), "Astra answered 429: slowing every request down");
+                mk(Err(AstraError::RateLimited { endpoint: e, retry_after: wait }), Some(Duration::ZERO), false)
+            }
+            s if s.is_server_error() => mk(
+                Err(AstraError::Transient { endpoint: e, detail: format!("{} {}", s.as_u16(), eb.detail()) }),
+                Some(backoff),
+                false,
+            ),
+            s if token_endpoint && eb.error.as_deref() == Some("invalid_client") => {
+                let _ = s;
+                mk(Err(AstraError::ClientRejected), None, false)
+            }
+            _ if token_endpoint && eb.error.as_deref() == Some("invalid_grant") => {
+                let description = eb.error_description.clone().unwrap_or_else(|| "refused".into());
+                mk(
+                    Err(AstraError::GrantRejected {
+                        description: truncate(&description, 200),
+                        after_ambiguous_attempt: false,
+                    }),
+                    None,
+                    false,
+                )
+            }
+            StatusCode::UNAUTHORIZED if token_endpoint => mk(Err(AstraError::ClientRejected), None, false),
+            StatusCode::UNAUTHORIZED => mk(Err(AstraError::AccessTokenRejected { endpoint: e }), None, false),
+            StatusCode::NOT_FOUND => mk(Err(AstraError::NotFound { endpoint: e }), None, false),
+            s => mk(Err(AstraError::Refused { endpoint: e, status: s.as_u16(), detail: eb.detail() }), None, false),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn record<T>(
+        &self,
+        call: Call<'_>,
+        method: &Method,
+        path: &str,
+        attempt_no: u32,
+        attempt: &Attempt<T>,
+        at: DateTime<Utc>,
+        latency: Duration,
+    ) {
+        let (outcome, error) = match &attempt.result {
+            Ok(_) => ("ok", None),
+            Err(e) => (outcome_name(e), Some(e.to_string())),
+        };
+        let run_id = call.run.map(|r| r.run_id.as_str());
+        debug!(
+            method = %method, endpoint = path, status = attempt.status, request_id = attempt.request_id.as_deref(),
+            latency_ms = latency.as_millis() as u64, outcome, attempt = attempt_no, user_id = call.user_id,
+            "astra call"
+        );
+        let Some(store) = &self.store else { return };
+        let row = record::ApiCall {
+            run_id,
+            at,
+            method: method.as_str(),
+            endpoint: path,
+            user_id: call.user_id,
+            attempt: attempt_no as i32,
+            status: attempt.status.map(i32::from),
+            latency_ms: latency.as_millis() as i64,
+            request_id: attempt.request_id.as_deref(),
+            outcome,
+            error: error.as_deref(),
+        };
+        if let Err(e) = record::insert(store, &row).await {
+            warn!(error = %e, request_id = attempt.request_id.as_deref(), "could not record the Astra call");
+        }
+    }
+}
+
+fn outcome_name(e: &AstraError) -> &'static str {
+    match e {
+        AstraError::GrantRejected { .. } => "grant_rejected",
+        AstraError::ClientRejected => "client_rejected",
+        AstraError::AccessTokenRejected { .. } => "access_token_rejected",
+        AstraError::RateLimited { .. } => "rate_limited",
+        AstraError::Transient { .. } => "transient",
+        AstraError::NotFound { .. } => "not_found",
+        AstraError::Refused { .. } => "refused",
+        AstraError::Malformed { .. } => "malformed",
+    }
+}
+
+/// Jittered exponential backoff: between half and all of `BASE * 2^(n-1)`, at most 10 s.
+fn backoff(attempt_no: u32) -> Duration {
+    let full = BASE_BACKOFF.saturating_mul(1 << attempt_no.saturating_sub(1).min(6)).min(Duration::from_secs(10));
+    let ms = full.as_millis() as u64;
+    Duration::from_millis(rand::rng().random_range(ms / 2..=ms.max(1)))
+}
+
+fn request_id(h: &HeaderMap) -> Option<String> {
+    h.get("request-id").and_then(|v| v.to_str().ok()).map(|s| truncate(s, 128))
+}
+
+/// `Retry-After` in seconds (HTTP dates are read as the default).
+fn retry_after(h: &HeaderMap) -> Option<Duration> {
+    h.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?.trim().parse::<u64>().ok().map(Duration::from_secs)
+}
+
+enum BodyError {
+    TooLarge,
+    Transport(String),
+}
+
+async fn read_body(mut resp: reqwest::Response) -> Result<Vec<u8>, BodyError> {
+    if resp.content_length().is_some_and(|n| n as usize > MAX_BODY) {
+        return Err(BodyError::TooLarge);
+    }
+    let mut body = Vec::new();
+    loop {
+        match resp.chunk().await {
+            Ok(Some(c)) => {
+                if body.len() + c.len() > MAX_BODY {
+                    return Err(BodyError::TooLarge);
+                }
+                body.extend_from_slice(&c);
+            }
+            Ok(None) => return Ok(body),
+            Err(e) => return Err(BodyError::Transport(transport_detail(&e))),
+        }
+    }
+}
+
+/// A transport error's description without the URL (which carries no secret, but is noise).
+fn transport_detail(e: &reqwest::Error) -> String {
+    let mut s = e.without_url_ref().to_string();
+    let mut src = std::error::Error::source(e);
+    while let Some(cause) = src {
+        s.push_str(": ");
+        s.push_str(&cause.to_string());
+        src = cause.source();
+    }
+    truncate(&s, 300)
+}
+
+trait WithoutUrl {
+    fn without_url_ref(&self) -> String;
+}
+
+impl WithoutUrl for reqwest::Error {
+    fn without_url_ref(&self) -> String {
+        if self.is_connect() {
+            "connection failed".into()
+        } else if self.is_body() || self.is_decode() {
+            "the body was cut off".into()
+        } else if self.is_request() {
+            "the request failed".into()
+        } else {
+            "transport error".into()
+        }
+    }
+}
+
+fn path_segment(id: &str) -> String {
+    url::form_urlencoded::byte_serialize(id.as_bytes()).collect()
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+/// Replaces every quoted string in a parser message (it might be a token) with `"…"`.
+fn redact_quoted(msg: &str) -> String {
+    let mut out = String::new();
+    let mut inside = false;
+    for ch in msg.chars() {
+        if ch == '"' {
+            if !inside {
+                out.push_str("\"…\"");
+            }
+            inside = !inside;
+        } else if !inside {
+            out.push(ch);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parser_messages_from_the_token_endpoint_lose_their_quoted_values() {
+        let m = r#"invalid type: string "tok-SECRET", expected i64 at line 1 column 20"#;
+        assert_eq!(redact_quoted(m), r#"invalid type: string "…", expected i64 at line 1 column 20"#);
+    }
+
+    #[test]
+    fn backoff_grows_and_stays_bounded() {
+        for n in 1..20 {
+            let b = backoff(n);
+            assert!(b <= Duration::from_secs(10));
+            assert!(b >= BASE_BACKOFF / 2);
+        }
+        assert!(backoff(5) >= Duration::from_millis(1600));
+    }
+}

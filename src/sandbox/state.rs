@@ -1,0 +1,428 @@
+//! The sandbox's world: users, grants with strict rotation, transfers with reprocessing, cards, its clock,
+//! and the log of every call. All behaviour lives here; the HTTP layer only translates.
+
+use std::collections::{HashMap, VecDeque};
+
+use chrono::{DateTime, NaiveDate, TimeDelta, TimeZone, Utc};
+use chrono_tz::Tz;
+use rand::{Rng, SeedableRng, rngs::StdRng};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::SandboxSettings;
+use crate::{
+    astra::{TransferStatus, UserStatus, model::format_time},
+    money::Cents,
+};
+
+/// Refresh tokens live ten days.
+pub const REFRESH_TTL: TimeDelta = TimeDelta::days(10);
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UserRec {
+    pub id: String,
+    pub status: UserStatus,
+    pub phone: Option<String>,
+    pub email: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+struct GrantRec {
+    refresh_token: String,
+    refresh_expires: DateTime<Utc>,
+    access_token: String,
+    access_expires: DateTime<Utc>,
+    refreshes: u32,
+    revoked: bool,
+}
+
+/// A refresh token the sandbox still knows: whose, and until when.
+#[derive(Debug, Clone)]
+struct RefreshRec {
+    user_id: String,
+    expires: DateTime<Utc>,
+}
+
+/// Why a pending transfer is held: Astra debited the source but cannot credit the destination.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Hold {
+    /// The bank's daily depository limit: credited once this bank day ends.
+    DailyLimit { clears_at: DateTime<Utc> },
+    /// A frozen client-issued card: credited once it is unfrozen.
+    CardFrozen { card_id: String },
+}
+
+#[derive(Debug, Clone)]
+pub struct TransferRec {
+    pub id: String,
+    pub user_id: String,
+    pub routine_id: Option<String>,
+    pub routine_type: Option<String>,
+    pub source_id: Option<String>,
+    pub destination_id: Option<String>,
+    pub amount: Cents,
+    pub payment_type: String,
+    pub initiated: DateTime<Utc>,
+    pub updated: DateTime<Utc>,
+    pub estimated_clearing_date: NaiveDate,
+    pub status: TransferStatus,
+    pub hold: Option<Hold>,
+    pub failure_reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CardRec {
+    pub id: String,
+    pub user_id: String,
+    pub status: String,
+    pub push_enabled: bool,
+    pub pull_enabled: bool,
+    #[serde(skip)]
+    pub frozen: bool,
+}
+
+/// One call the sandbox answered, for tests to count.
+#[derive(Debug, Clone, Serialize)]
+pub struct CallRec {
+    pub at: DateTime<Utc>,
+    pub method: String,
+    pub path: String,
+    pub status: u16,
+    pub user_id: Option<String>,
+}
+
+/// What the admin surface tells about one user's grant.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GrantInfo {
+    pub user_id: String,
+    pub refreshes: u32,
+    pub refresh_token: String,
+    pub refresh_expires_at: DateTime<Utc>,
+    pub access_token: String,
+    pub access_expires_at: DateTime<Utc>,
+    pub revoked: bool,
+}
+
+pub struct State {
+    pub settings: SandboxSettings,
+    clock_offset: TimeDelta,
+    users: HashMap<String, UserRec>,
+    grants: HashMap<String, GrantRec>,
+    refresh_index: HashMap<String, RefreshRec>,
+    access_index: HashMap<String, String>,
+    transfers: Vec<TransferRec>,
+    transfer_index: HashMap<String, usize>,
+    cards: HashMap<String, CardRec>,
+    pub idempotency: HashMap<String, (u64, u16, String)>,
+    pub calls: Vec<CallRec>,
+    window: VecDeque<std::time::Instant>,
+    pub max_in_one_second: usize,
+    pub rng: StdRng,
+    next_id: u64,
+}
+
+/// The answer of a token request.
+pub enum TokenAnswer {
+    Issued(Value),
+    /// Rotation applied, answer to be lost.
+    Lost,
+    InvalidClient,
+    InvalidGrant(&'static str),
+}
+
+impl State {
+    pub fn new(settings: SandboxSettings) -> State {
+        let rng = StdRng::seed_from_u64(settings.seed);
+        State {
+            settings,
+            clock_offset: TimeDelta::zero(),
+            users: HashMap::new(),
+            grants: HashMap::new(),
+            refresh_index: HashMap::new(),
+            access_index: HashMap::new(),
+            transfers: Vec::new(),
+            transfer_index: HashMap::new(),
+            cards: HashMap::new(),
+            idempotency: HashMap::new(),
+            calls: Vec::new(),
+            window: VecDeque::new(),
+            max_in_one_second: 0,
+            rng,
+            next_id: 0,
+        }
+    }
+
+    /// The sandbox's clock: real time plus what the admin moved it by.
+    pub fn now(&self) -> DateTime<Utc> {
+        Utc::now() + self.clock_offset
+    }
+
+    pub fn advance_clock(&mut self, by: TimeDelta) -> DateTime<Utc> {
+        self.clock_offset += by;
+        self.now()
+    }
+
+    fn token(&mut self, prefix: &str) -> String {
+        let a: u128 = self.rng.random();
+        format!("{prefix}_{a:032x}")
+    }
+
+    pub fn new_id(&mut self, prefix: &str) -> String {
+        self.next_id += 1;
+        let r: u32 = self.rng.random();
+        format!("{prefix}{:08x}{:08x}", self.next_id, r)
+    }
+
+    /// Counts an arriving API request; true when it is over the configured rate (answer 429).
+    pub fn arrive(&mut self) -> bool {
+        let now = std::time::Instant::now();
+        while self.window.front().is_some_and(|t| now.duration_since(*t) >= std::time::Duration::from_secs(1)) {
+            self.window.pop_front();
+        }
+        let over = self.settings.rate_limit.is_some_and(|r| self.window.len() >= r as usize);
+        self.window.push_back(now);
+        self.max_in_one_second = self.max_in_one_second.max(self.window.len());
+        over
+    }
+
+    pub fn log_call(&mut self, method: &str, path: &str, status: u16, user_id: Option<String>) {
+        let at = self.now();
+        self.calls.push(CallRec { at, method: method.into(), path: path.into(), status, user_id });
+    }
+
+    pub fn upsert_user(&mut self, u: UserRec) {
+        self.users.insert(u.id.clone(), u);
+    }
+
+    pub fn set_user_status(&mut self, id: &str, status: UserStatus) -> bool {
+        self.users.get_mut(id).map(|u| u.status = status).is_some()
+    }
+
+    /// Issues a grant for `user_id` whose refresh token was issued at `issued_at` (so it expires ten days
+    /// later); replaces the user's previous grant.
+    pub fn issue_grant(&mut self, user_id: &str, issued_at: DateTime<Utc>) -> GrantInfo {
+        if let Some(old) = self.grants.remove(user_id) {
+            self.refresh_index.remove(&old.refresh_token);
+            self.access_index.remove(&old.access_token);
+        }
+        let g = GrantRec {
+            refresh_token: self.token("rt"),
+            refresh_expires: issued_at + REFRESH_TTL,
+            access_token: self.token("at"),
+            access_expires: issued_at + TimeDelta::seconds(self.settings.access_ttl_secs),
+            refreshes: 0,
+            revoked: false,
+        };
+        self.refresh_index
+            .insert(g.refresh_token.clone(), RefreshRec { user_id: user_id.into(), expires: g.refresh_expires });
+        self.access_index.insert(g.access_token.clone(), user_id.into());
+        self.grants.insert(user_id.into(), g);
+        self.grant_info(user_id).expect("just issued")
+    }
+
+    pub fn revoke_grant(&mut self, user_id: &str) -> bool {
+        let Some(g) = self.grants.get_mut(user_id) else { return false };
+        g.revoked = true;
+        self.refresh_index.remove(&g.refresh_token);
+        self.access_index.remove(&g.access_token);
+        true
+    }
+
+    pub fn grant_info(&self, user_id: &str) -> Option<GrantInfo> {
+        self.grants.get(user_id).map(|g| GrantInfo {
+            user_id: user_id.into(),
+            refreshes: g.refreshes,
+            refresh_token: g.refresh_token.clone(),
+            refresh_expires_at: g.refresh_expires,
+            access_token: g.access_token.clone(),
+            access_expires_at: g.access_expires,
+            revoked: g.revoked,
+        })
+    }
+
+    pub fn total_refreshes(&self) -> u64 {
+        self.grants.values().map(|g| u64::from(g.refreshes)).sum()
+    }
+
+    pub fn check_client(&self, id: &str, secret: &str) -> bool {
+        id == self.settings.client_id && secret == self.settings.client_secret
+    }
+
+    /// `grant_type=refresh_token`: strict rotation by default (the old refresh token dies, the new one lives
+    /// ten days, one live access token per grant).
+    pub fn refresh(&mut self, refresh_token: &str, redirect_uri: Option<&str>) -> TokenAnswer {
+        let now = self.now();
+        if let (Some(expected), Some(given)) = (&self.settings.redirect_uri, redirect_uri)
+            && expected != given
+        {
+            return TokenAnswer::InvalidGrant("redirect_uri does not match");
+        }
+        let Some(rec) = self.refresh_index.get(refresh_token).cloned() else {
+            return TokenAnswer::InvalidGrant("refresh token unknown, revoked or already rotated");
+        };
+        if rec.expires <= now {
+            return TokenAnswer::InvalidGrant("refresh token expired");
+        }
+        let new_refresh = self.token("rt");
+        let new_access = self.token("at");
+        let strict = self.settings.strict_rotation;
+        let fresh_life = self.settings.fresh_refresh_lifetime;
+        let access_ttl = self.settings.access_ttl_secs;
+        let Some(g) = self.grants.get_mut(&rec.user_id) else {
+            return TokenAnswer::InvalidGrant("grant unknown");
+        };
+        if strict {
+            self.refresh_index.remove(refresh_token);
+        }
+        self.access_index.remove(&g.access_token);
+        g.refresh_token = new_refresh.clone();
+        g.refresh_expires = if fresh_life { now + REFRESH_TTL } else { rec.expires };
+        g.access_token = new_access.clone();
+        g.access_expires = now + TimeDelta::seconds(access_ttl);
+        g.refreshes += 1;
+        let expires = g.refresh_expires;
+        self.refresh_index.insert(new_refresh.clone(), RefreshRec { user_id: rec.user_id.clone(), expires });
+        self.access_index.insert(new_access.clone(), rec.user_id.clone());
+        let lost = self.settings.faults.lost_refresh_rate > 0.0
+            && self.rng.random_bool(self.settings.faults.lost_refresh_rate.min(1.0));
+        if lost {
+            return TokenAnswer::Lost;
+        }
+        TokenAnswer::Issued(json!({
+            "access_token": new_access,
+            "refresh_token": new_refresh,
+            "expires_in": access_ttl,
+            "token_type": "Bearer",
+        }))
+    }
+
+    /// The user whose live, unexpired access token this is.
+    pub fn user_for_access(&self, access: &str) -> Option<String> {
+        let user_id = self.access_index.get(access)?;
+        let g = self.grants.get(user_id)?;
+        (g.access_expires > self.now() && !g.revoked).then(|| user_id.clone())
+    }
+
+    pub fn user_json(&self, id: &str) -> Option<Value> {
+        let u = self.users.get(id)?;
+        Some(json!({
+            "id": u.id, "status": u.status.as_str(), "email": u.email, "phone": u.phone,
+            "first_name": "Sandbox", "last_name": "User",
+        }))
+    }
+
+    pub fn add_card(&mut self, c: CardRec) {
+        self.cards.insert(c.id.clone(), c);
+    }
+
+    /// Freezes or unfreezes a client-issued card; unfreezing credits every transfer it held.
+    pub fn set_card_frozen(&mut self, id: &str, frozen: bool) -> bool {
+        let Some(c) = self.cards.get_mut(id) else { return false };
+        c.frozen = frozen;
+        true
+    }
+
+    pub fn is_card_frozen(&self, id: &str) -> bool {
+        self.cards.get(id).is_some_and(|c| c.frozen)
+    }
+
+    pub fn cards_of(&self, user_id: &str) -> Vec<Value> {
+        let mut v: Vec<&CardRec> = self.cards.values().filter(|c| c.user_id == user_id).collect();
+        v.sort_by(|a, b| a.id.cmp(&b.id));
+        v.into_iter().map(|c| serde_json::to_value(c).unwrap_or(Value::Null)).collect()
+    }
+
+    pub fn card_json(&self, user_id: &str, id: &str) -> Option<Value> {
+        self.cards.get(id).filter(|c| c.user_id == user_id).and_then(|c| serde_json::to_value(c).ok())
+    }
+
+    /// The end of the bank day (in the sandbox's bank zone) that `t` falls on.
+    pub fn bank_day_end(&self, t: DateTime<Utc>) -> DateTime<Utc> {
+        let zone: Tz = self.settings.bank_time_zone;
+        let next = t.with_timezone(&zone).date_naive().succ_opt().unwrap_or(NaiveDate::MAX);
+        zone.from_local_datetime(&next.and_hms_opt(0, 0, 0).unwrap_or_default())
+            .earliest()
+            .map(|d| d.with_timezone(&Utc))
+            .unwrap_or(t + TimeDelta::days(1))
+    }
+
+    pub fn add_transfer(&mut self, t: TransferRec) {
+        self.transfer_index.insert(t.id.clone(), self.transfers.len());
+        self.transfers.push(t);
+    }
+
+    pub fn set_transfer_status(&mut self, id: &str, status: TransferStatus, failure: Option<String>) -> bool {
+        let now = self.now();
+        let Some(&i) = self.transfer_index.get(id) else { return false };
+        let t = &mut self.transfers[i];
+        t.status = status;
+        t.failure_reason = failure;
+        t.hold = None;
+        t.updated = now;
+        true
+    }
+
+    /// Credits held transfers whose condition cleared (the bank day ended, the card was unfrozen).
+    fn settle(&mut self, i: usize) {
+        let now = self.now();
+        let cleared = match &self.transfers[i].hold {
+            Some(Hold::DailyLimit { clears_at }) => now >= *clears_at,
+            Some(Hold::CardFrozen { card_id }) => !self.is_card_frozen(card_id),
+            None => false,
+        };
+        let t = &mut self.transfers[i];
+        if cleared && t.status == TransferStatus::Pending {
+            t.status = TransferStatus::Processed;
+            t.hold = None;
+            t.updated = now;
+        }
+    }
+
+    /// One user's transfers, newest first, one page (`limit`, `offset`), with the total count.
+    pub fn transfers_page(&mut self, user_id: &str, limit: usize, offset: usize) -> (usize, Vec<Value>) {
+        let mut idx: Vec<usize> = (0..self.transfers.len()).filter(|&i| self.transfers[i].user_id == user_id).collect();
+        idx.sort_by(|&a, &b| self.transfers[b].initiated.cmp(&self.transfers[a].initiated));
+        let count = idx.len();
+        let page: Vec<usize> = idx.into_iter().skip(offset).take(limit).collect();
+        let mut out = Vec::with_capacity(page.len());
+        for i in page {
+            self.settle(i);
+            out.push(transfer_json(&self.transfers[i]));
+        }
+        (count, out)
+    }
+
+    pub fn transfer_json(&mut self, user_id: &str, id: &str) -> Option<Value> {
+        let i = *self.transfer_index.get(id)?;
+        if self.transfers[i].user_id != user_id {
+            return None;
+        }
+        self.settle(i);
+        Some(transfer_json(&self.transfers[i]))
+    }
+}
+
+fn transfer_json(t: &TransferRec) -> Value {
+    let reason = match &t.hold {
+        Some(Hold::DailyLimit { .. }) => Some("daily_limit_exceeded"),
+        Some(Hold::CardFrozen { .. }) => Some("card_frozen"),
+        None => None,
+    };
+    json!({
+        "id": t.id,
+        "routine_id": t.routine_id,
+        "routine_name": t.routine_id.as_ref().map(|_| "Sandbox routine"),
+        "routine_type": t.routine_type,
+        "source_id": t.source_id,
+        "destination_id": t.destination_id,
+        "destination_user_id": t.user_id,
+        "amount": t.amount.to_json_dollars(),
+        "payment_type": t.payment_type,
+        "initiated": format_time(t.initiated),
+        "updated": format_time(t.updated),
+        "estimated_clearing_date": t.estimated_clearing_date.to_string(),
+        "status": t.status.as_str(),
+        "astra_settlement_reason": reason,
+        "failure_reason": t.failure_reason,
+    })
+}

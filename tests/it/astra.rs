@@ -1,0 +1,374 @@
+//! The Astra client against the sandbox: every error class produced and classified, retries bounded, 429
+//! honoured, lost responses detected, malformed bodies refused with context, paging, reprocessing, the limiter.
+
+use std::{sync::Arc, time::Duration};
+
+use astra_worker::{
+    astra::{AstraClient, AstraError, Call, Credentials, TransferStatus, UserStatus},
+    config::AstraSettings,
+    exit::{Classify, Status},
+    limiter::RequestLimiter,
+    money::Cents,
+    sandbox::{Faults, MalformedKind, Sandbox, SandboxSettings, UserRec},
+    store::Store,
+    with_pool,
+};
+use chrono::{TimeDelta, Utc};
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::helpers::{Backend, TestDb, shipped_settings};
+
+/// A sandbox, a client pointed at it (short timeouts, fast retries), and the store calls are recorded in.
+pub struct Rig {
+    pub sandbox: Sandbox,
+    pub client: AstraClient,
+    pub store: Store,
+    _db: TestDb,
+}
+
+pub fn test_astra_settings(base_url: &str) -> AstraSettings {
+    let mut a = shipped_settings(Some(base_url)).astra;
+    a.request_timeout = Duration::from_millis(500);
+    a.max_retries = 2;
+    a.retry_budget = Duration::from_secs(10);
+    a.requests_per_second = 1000;
+    a.burst = 20;
+    a
+}
+
+pub fn sandbox_credentials() -> Credentials {
+    let s = SandboxSettings::default();
+    Credentials { client_id: s.client_id.into(), client_secret: s.client_secret.into() }
+}
+
+async fn rig_with(sb: SandboxSettings, tweak: impl FnOnce(&mut AstraSettings)) -> Rig {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let store = db.store().await;
+    let sandbox = Sandbox::start_local(sb).await.unwrap();
+    let mut a = test_astra_settings(&sandbox.base_url());
+    tweak(&mut a);
+    let limiter = Arc::new(RequestLimiter::new(a.requests_per_second, a.burst));
+    let client = AstraClient::new(&a, sandbox_credentials(), limiter, Some(store.clone())).unwrap();
+    Rig { sandbox, client, store, _db: db }
+}
+
+async fn rig() -> Rig {
+    rig_with(SandboxSettings::default(), |_| {}).await
+}
+
+/// Seeds an approved user with a fresh grant; returns (access, refresh).
+fn seed_user(sb: &Sandbox, id: &str) -> (SecretString, SecretString) {
+    let mut s = sb.state();
+    s.upsert_user(UserRec {
+        id: id.into(),
+        status: UserStatus::Approved,
+        phone: Some("+15555550100".into()),
+        email: None,
+    });
+    let now = s.now();
+    let g = s.issue_grant(id, now);
+    (g.access_token.into(), g.refresh_token.into())
+}
+
+fn calls_to(sb: &Sandbox, path: &str) -> usize {
+    sb.state().calls.iter().filter(|c| c.path == path).count()
+}
+
+async fn api_call_outcomes(store: &Store) -> Vec<(String, Option<i32>, Option<String>)> {
+    with_pool!(store, |p| sqlx::query_as("SELECT outcome, status, request_id FROM api_call ORDER BY id")
+        .fetch_all(p)
+        .await
+        .unwrap())
+}
+
+#[tokio::test]
+async fn a_refresh_rotates_strictly_and_the_old_refresh_token_is_then_rejected() {
+    let r = rig().await;
+    let (_, rt) = seed_user(&r.sandbox, "u1");
+    let pair = r.client.refresh(Call::default(), &rt).await.unwrap();
+    let live = r.sandbox.state().grant_info("u1").unwrap();
+    assert_eq!(pair.refresh_token.expose_secret(), live.refresh_token);
+    assert_eq!(pair.access_token.expose_secret(), live.access_token);
+    assert_eq!(pair.expires_in, 7200);
+    assert_eq!(live.refreshes, 1);
+    // The new access token works; the old refresh token is dead.
+    let user = r.client.user(Call::default(), &pair.access_token).await.unwrap();
+    assert_eq!(user.id, "u1");
+    let again = r.client.refresh(Call::default(), &rt).await.unwrap_err();
+    assert!(matches!(again, AstraError::GrantRejected { after_ambiguous_attempt: false, .. }), "{again:?}");
+    let rows = api_call_outcomes(&r.store).await;
+    assert_eq!(rows.iter().map(|r| r.0.as_str()).collect::<Vec<_>>(), ["ok", "ok", "grant_rejected"]);
+    assert!(rows.iter().all(|r| r.2.as_ref().is_some_and(|id| id.len() == 36)), "request-id recorded: {rows:?}");
+}
+
+#[tokio::test]
+async fn without_strict_rotation_the_old_refresh_token_still_works() {
+    let r = rig_with(SandboxSettings { strict_rotation: false, ..Default::default() }, |_| {}).await;
+    let (_, rt) = seed_user(&r.sandbox, "u1");
+    r.client.refresh(Call::default(), &rt).await.unwrap();
+    r.client.refresh(Call::default(), &rt).await.unwrap();
+    assert_eq!(r.sandbox.state().grant_info("u1").unwrap().refreshes, 2);
+}
+
+#[tokio::test]
+async fn bad_client_credentials_are_a_configuration_error_and_not_retried() {
+    let r = rig().await;
+    let (_, rt) = seed_user(&r.sandbox, "u1");
+    let a = test_astra_settings(&r.sandbox.base_url());
+    let wrong =
+        Credentials { client_id: "sandbox-client".to_string().into(), client_secret: "nope".to_string().into() };
+    let client = AstraClient::new(&a, wrong, Arc::new(RequestLimiter::new(100, 2)), None).unwrap();
+    let e = client.refresh(Call::default(), &rt).await.unwrap_err();
+    assert!(matches!(e, AstraError::ClientRejected), "{e:?}");
+    assert_eq!(e.status(), Status::Config);
+    assert_eq!(calls_to(&r.sandbox, "/v1/oauth/token"), 1);
+    assert_eq!(r.sandbox.state().grant_info("u1").unwrap().refreshes, 0);
+}
+
+#[tokio::test]
+async fn server_errors_are_retried_a_bounded_number_of_times_then_reported_transient() {
+    let r = rig().await;
+    let (at, _) = seed_user(&r.sandbox, "u1");
+    r.sandbox.set_faults(Faults { error_rate: 1.0, ..Default::default() });
+    let e = r.client.user(Call::default(), &at).await.unwrap_err();
+    assert!(matches!(e, AstraError::Transient { .. }), "{e:?}");
+    assert!(e.is_temporary());
+    assert_eq!(e.status(), Status::Temporary);
+    assert_eq!(calls_to(&r.sandbox, "/v1/user"), 3, "one try and max_retries = 2 retries");
+    let rows = api_call_outcomes(&r.store).await;
+    assert_eq!(rows.len(), 3);
+    assert!(rows.iter().all(|r| r.0 == "transient" && matches!(r.1, Some(500 | 503))));
+}
+
+#[tokio::test]
+async fn a_transient_failure_followed_by_success_returns_the_success() {
+    let r = rig_with(SandboxSettings { seed: 3, ..Default::default() }, |a| a.max_retries = 8).await;
+    let (at, _) = seed_user(&r.sandbox, "u1");
+    r.sandbox.set_faults(Faults { error_rate: 0.5, ..Default::default() });
+    for _ in 0..10 {
+        r.client.user(Call::default(), &at).await.unwrap();
+    }
+    assert!(calls_to(&r.sandbox, "/v1/user") > 10, "some calls were retried");
+}
+
+#[tokio::test]
+async fn a_hang_past_the_timeout_is_transient() {
+    let r = rig_with(SandboxSettings::default(), |a| a.max_retries = 0).await;
+    let (at, _) = seed_user(&r.sandbox, "u1");
+    r.sandbox.set_faults(Faults { hang_rate: 1.0, hang_ms: 3000, ..Default::default() });
+    let e = r.client.user(Call::default(), &at).await.unwrap_err();
+    assert!(matches!(&e, AstraError::Transient { detail, .. } if detail.contains("timed out")), "{e:?}");
+}
+
+#[tokio::test]
+async fn a_lost_refresh_response_then_a_rejected_retry_is_flagged_as_a_possible_lost_rotation() {
+    let r = rig().await;
+    let (_, rt) = seed_user(&r.sandbox, "u1");
+    r.sandbox.set_faults(Faults { lost_refresh_rate: 1.0, hang_ms: 3000, ..Default::default() });
+    let e = r.client.refresh(Call::default(), &rt).await.unwrap_err();
+    assert!(matches!(e, AstraError::GrantRejected { after_ambiguous_attempt: true, .. }), "{e:?}");
+    assert_eq!(r.sandbox.state().grant_info("u1").unwrap().refreshes, 1, "the rotation was applied");
+}
+
+#[tokio::test]
+async fn a_429_pauses_every_request_for_retry_after_then_succeeds() {
+    let r = rig_with(SandboxSettings { rate_limit: Some(1), retry_after_secs: 2, ..Default::default() }, |_| {}).await;
+    let (at, _) = seed_user(&r.sandbox, "u1");
+    r.client.user(Call::default(), &at).await.unwrap();
+    r.client.user(Call::default(), &at).await.unwrap(); // 429 first, then waits Retry-After and succeeds
+    let calls = r.sandbox.state().calls.clone();
+    let statuses: Vec<u16> = calls.iter().map(|c| c.status).collect();
+    assert_eq!(statuses, [200, 429, 200]);
+    let gap = calls[2].at - calls[1].at;
+    assert!(gap >= TimeDelta::milliseconds(1900), "the retry waited for Retry-After: {gap}");
+    let rows = api_call_outcomes(&r.store).await;
+    assert_eq!(rows[1].0, "rate_limited");
+}
+
+#[tokio::test]
+async fn each_kind_of_malformed_body_is_a_malformed_error_recorded_with_context() {
+    for kind in [MalformedKind::Truncated, MalformedKind::Html, MalformedKind::Empty, MalformedKind::MissingFields] {
+        let r = rig().await;
+        let (at, _) = seed_user(&r.sandbox, "u1");
+        r.sandbox.set_faults(Faults { malformed_rate: 1.0, malformed_kinds: vec![kind], ..Default::default() });
+        let e = r.client.transfers_page(Call::default(), &at, 10, 0).await.unwrap_err();
+        match &e {
+            AstraError::Malformed { endpoint, detail } => {
+                assert_eq!(endpoint, "GET /v1/transfers");
+                assert!(!detail.is_empty());
+            }
+            other => panic!("{kind:?}: {other:?}"),
+        }
+        assert_eq!(calls_to(&r.sandbox, "/v1/transfers"), 1, "a malformed body is not retried");
+        assert_eq!(api_call_outcomes(&r.store).await[0].0, "malformed");
+    }
+}
+
+#[tokio::test]
+async fn a_malformed_token_response_does_not_echo_tokens() {
+    let r = rig().await;
+    let (_, rt) = seed_user(&r.sandbox, "u1");
+    r.sandbox.set_faults(Faults {
+        malformed_rate: 1.0,
+        malformed_kinds: vec![MalformedKind::Truncated],
+        ..Default::default()
+    });
+    let e = r.client.refresh(Call::default(), &rt).await.unwrap_err();
+    let live = r.sandbox.state().grant_info("u1").unwrap();
+    let msg = format!("{e} {e:?}");
+    assert!(!msg.contains(&live.refresh_token) && !msg.contains(&live.access_token), "{msg}");
+}
+
+#[tokio::test]
+async fn an_expired_access_token_is_rejected_as_such_and_unknown_ids_are_not_found() {
+    let r = rig().await;
+    let (at, _) = seed_user(&r.sandbox, "u1");
+    let e = r.client.transfer(Call::default(), &at, "missing").await.unwrap_err();
+    assert!(matches!(e, AstraError::NotFound { .. }), "{e:?}");
+    r.sandbox.state().advance_clock(TimeDelta::hours(3));
+    let e = r.client.user(Call::default(), &at).await.unwrap_err();
+    assert!(matches!(e, AstraError::AccessTokenRejected { .. }), "{e:?}");
+}
+
+#[tokio::test]
+async fn paging_stops_once_items_are_older_than_the_window() {
+    let r = rig().await;
+    let (at, _) = seed_user(&r.sandbox, "u1");
+    let base = chrono::DurationRound::duration_trunc(Utc::now(), TimeDelta::seconds(1)).unwrap() - TimeDelta::days(30);
+    {
+        let mut s = r.sandbox.state();
+        for i in 0..250i64 {
+            let t = base + TimeDelta::hours(i);
+            add_transfer(&mut s, &format!("t{i:03}"), "u1", 100 + i, t, TransferStatus::Processed, None);
+        }
+    }
+    // The newest 120 are at or after `since`.
+    let since = base + TimeDelta::hours(130);
+    let got = r.client.transfers_since(Call::default(), &at, since, 50).await.unwrap();
+    assert_eq!(got.len(), 120);
+    assert!(got.windows(2).all(|w| w[0].initiated >= w[1].initiated), "newest first");
+    assert_eq!(calls_to(&r.sandbox, "/v1/transfers"), 3, "pages of 50 until one reaches the window");
+    assert_eq!(got[0].amount, Cents(349));
+}
+
+pub fn add_transfer(
+    s: &mut astra_worker::sandbox::State,
+    id: &str,
+    user: &str,
+    cents: i64,
+    at: chrono::DateTime<Utc>,
+    status: TransferStatus,
+    hold: Option<astra_worker::sandbox::Hold>,
+) {
+    s.add_transfer(astra_worker::sandbox::TransferRec {
+        id: id.into(),
+        user_id: user.into(),
+        routine_id: None,
+        routine_type: None,
+        source_id: Some("src".into()),
+        destination_id: Some("dst".into()),
+        amount: Cents(cents),
+        payment_type: "ach".into(),
+        initiated: at,
+        updated: at,
+        estimated_clearing_date: (at + TimeDelta::days(1)).date_naive(),
+        status,
+        hold,
+        failure_reason: None,
+    });
+}
+
+#[tokio::test]
+async fn held_transfers_clear_the_next_bank_day_or_once_the_card_is_unfrozen() {
+    use astra_worker::sandbox::{CardRec, Hold};
+    let r = rig().await;
+    let (at, _) = seed_user(&r.sandbox, "u1");
+    {
+        let mut s = r.sandbox.state();
+        let now = s.now();
+        let clears_at = s.bank_day_end(now);
+        add_transfer(&mut s, "lim", "u1", 5000, now, TransferStatus::Pending, Some(Hold::DailyLimit { clears_at }));
+        s.add_card(CardRec {
+            id: "c1".into(),
+            user_id: "u1".into(),
+            status: "approved".into(),
+            push_enabled: true,
+            pull_enabled: true,
+            frozen: true,
+        });
+        add_transfer(
+            &mut s,
+            "frz",
+            "u1",
+            700,
+            now,
+            TransferStatus::Pending,
+            Some(Hold::CardFrozen { card_id: "c1".into() }),
+        );
+    }
+    let lim = r.client.transfer(Call::default(), &at, "lim").await.unwrap();
+    assert_eq!(
+        (lim.status, lim.astra_settlement_reason.as_deref()),
+        (TransferStatus::Pending, Some("daily_limit_exceeded"))
+    );
+    let frz = r.client.transfer(Call::default(), &at, "frz").await.unwrap();
+    assert_eq!(frz.astra_settlement_reason.as_deref(), Some("card_frozen"));
+
+    r.sandbox.state().advance_clock(TimeDelta::hours(25));
+    r.sandbox.state().issue_grant("u1", Utc::now() + TimeDelta::hours(25));
+    let at: SecretString = r.sandbox.state().grant_info("u1").unwrap().access_token.into();
+    let lim = r.client.transfer(Call::default(), &at, "lim").await.unwrap();
+    assert_eq!((lim.status, lim.astra_settlement_reason), (TransferStatus::Processed, None));
+    let frz = r.client.transfer(Call::default(), &at, "frz").await.unwrap();
+    assert_eq!(frz.status, TransferStatus::Pending, "still frozen");
+    r.sandbox.state().set_card_frozen("c1", false);
+    let frz = r.client.transfer(Call::default(), &at, "frz").await.unwrap();
+    assert_eq!(frz.status, TransferStatus::Processed);
+    let cards = r.client.cards(Call::default(), &at).await.unwrap();
+    assert_eq!(cards.len(), 1);
+    assert_eq!(cards[0].push_enabled, Some(true));
+}
+
+#[tokio::test]
+async fn an_oversized_page_is_refused_as_malformed() {
+    let r = rig_with(SandboxSettings::default(), |a| a.request_timeout = Duration::from_secs(60)).await;
+    let (at, _) = seed_user(&r.sandbox, "u1");
+    {
+        let mut s = r.sandbox.state();
+        let now = s.now();
+        for i in 0..25_000 {
+            add_transfer(&mut s, &format!("big{i:06}"), "u1", 1, now, TransferStatus::Processed, None);
+        }
+    }
+    let e = r.client.transfers_page(Call::default(), &at, 25_000, 0).await.unwrap_err();
+    assert!(matches!(&e, AstraError::Malformed { detail, .. } if detail.contains("larger than")), "{e:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shared_limiter_keeps_32_callers_within_rate_plus_burst_in_every_second() {
+    let r = rig_with(SandboxSettings::default(), |a| {
+        a.requests_per_second = 200;
+        a.burst = astra_worker::limiter::default_burst(200);
+    })
+    .await;
+    let (at, _) = seed_user(&r.sandbox, "u1");
+    let client = Arc::new(r.client.clone());
+    let at = Arc::new(at);
+    // 2 seconds of quota at 200/s, shared by 32 concurrent callers.
+    let mut tasks = Vec::new();
+    for _ in 0..32 {
+        let (c, at) = (client.clone(), at.clone());
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..(400 / 32) {
+                c.user(Call::default(), &at).await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let max = r.sandbox.state().max_in_one_second;
+    let burst = astra_worker::limiter::default_burst(200) as usize;
+    assert!(max <= 200 + burst, "the sandbox saw {max} requests in one second (limit {})", 200 + burst);
+    assert!(max >= 150, "the limiter let the rate through: {max}");
+}
