@@ -76,6 +76,9 @@ pub fn classify(err: &anyhow::Error) -> Status {
         if let Some(e) = cause.downcast_ref::<crate::astra::AstraError>() {
             return e.status();
         }
+        if let Some(e) = cause.downcast_ref::<crate::crypto::CryptoError>() {
+            return e.status();
+        }
         if let Some(e) = cause.downcast_ref::<crate::store::StoreError>() {
             return e.status();
         }

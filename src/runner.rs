@@ -6,7 +6,7 @@ mod shutdown;
 
 use std::{
     sync::{
-        Arc, Mutex,
+        Arc, Mutex, OnceLock,
         atomic::{AtomicI64, Ordering},
     },
     time::Instant,
@@ -25,13 +25,15 @@ use crate::{
     exit::{Failure, Status, classify},
     jobs,
     limiter::RequestLimiter,
+    services::Services,
     store::{
         Store,
         ledger::{self, Claim, Claimant, Counts, Outcome, RunStart},
     },
 };
 
-/// What every run in this process shares: settings, store, limiter, shutdown signal.
+/// What every run in this process shares: settings, store, limiter, shutdown signal, and the services built
+/// from secrets (loaded on first use, so jobs that need none run without them).
 pub struct Worker {
     pub settings: Arc<Settings>,
     pub store: Store,
@@ -39,6 +41,7 @@ pub struct Worker {
     pub shutdown: Shutdown,
     /// `host:pid`, recorded on claims and runs.
     pub owner: String,
+    services: OnceLock<Arc<Services>>,
 }
 
 impl Worker {
@@ -50,7 +53,25 @@ impl Worker {
             limiter: Arc::new(limiter),
             shutdown: Shutdown::new(),
             owner: format!("{}:{}", hostname(), std::process::id()),
+            services: OnceLock::new(),
         }
+    }
+
+    /// A worker with services given (tests, the demo, a backend embedding the library).
+    pub fn with_services(settings: Settings, store: Store, build: impl FnOnce(&Settings, Arc<RequestLimiter>, &Store) -> anyhow::Result<Services>) -> anyhow::Result<Worker> {
+        let w = Worker::new(settings, store);
+        let svc = build(&w.settings, w.limiter.clone(), &w.store)?;
+        let _ = w.services.set(Arc::new(svc));
+        Ok(w)
+    }
+
+    /// The Astra client, keyring and outbox deliverer; built from the environment on first use.
+    pub fn services(&self) -> anyhow::Result<Arc<Services>> {
+        if let Some(s) = self.services.get() {
+            return Ok(s.clone());
+        }
+        let svc = Arc::new(Services::from_env(&self.settings, self.limiter.clone(), &self.store)?);
+        Ok(self.services.get_or_init(|| svc).clone())
     }
 }
 
@@ -81,6 +102,10 @@ pub struct RunContext<'a> {
     pub slot: DateTime<Utc>,
     pub run_id: String,
     pub dry_run: bool,
+    /// The time the run was asked to act at (`now` of `run_job`): due dates are computed against it.
+    pub now: DateTime<Utc>,
+    /// Marks the items tried in this attempt at the slot, by every process that works on it.
+    pub work_mark: String,
     /// Cancelled on shutdown or when the claim was lost: stop claiming new items.
     stop: CancellationToken,
     processed: AtomicI64,
@@ -198,6 +223,9 @@ pub async fn run_job(
         .job_settings(job)
         .ok_or_else(|| Failure::config(format!("job {job} is not configured in jobs.toml ([jobs.{job}])")))?;
     jobs::ensure_available(job)?;
+    if jobs::needs_services(job) {
+        worker.services()?;
+    }
     let mut summary = RunSummary::default();
     if !settings.enabled && opts.slot.is_none() {
         info!(job = %job, "job is disabled in jobs.toml; nothing to do");
@@ -207,7 +235,7 @@ pub async fn run_job(
         if worker.shutdown.is_triggered() {
             break;
         }
-        let report = run_slot(worker, &settings, slot, opts).await?;
+        let report = run_slot(worker, &settings, slot, opts, now).await?;
         let stop = matches!(report.result, SlotResult::Ran { outcome: Outcome::Failed | Outcome::Interrupted, .. });
         let failed_status = report.status();
         summary.reports.push(report);
@@ -269,12 +297,16 @@ pub async fn run_slot(
     job: &JobSettings,
     slot: DateTime<Utc>,
     opts: &RunOptions,
+    now: DateTime<Utc>,
 ) -> anyhow::Result<SlotReport> {
     let run_id = uuid::Uuid::new_v4().to_string();
     let name = job.name.as_str();
     let lease = TimeDelta::from_std(worker.settings.runner.claim_lease).unwrap_or(TimeDelta::minutes(2));
     let report = |result| SlotReport { job: job.name, slot, result };
 
+    // The claim winner owns the slot; for jobs whose items are claimed one by one, other processes join it.
+    let mut owns_claim = false;
+    let mut attempt = 0;
     if !opts.dry_run {
         let who = Claimant { run_id: &run_id, owner: &worker.owner, lease, force: opts.force };
         match ledger::claim(&worker.store, name, slot, &who).await.context("claiming the slot")? {
@@ -282,14 +314,20 @@ pub async fn run_slot(
                 info!(job = name, slot = %slot, previous_run = %run_id, "slot already ran; nothing to do (use --force to run it again)");
                 return Ok(report(SlotResult::AlreadyRan { run_id }));
             }
+            Claim::HeldElsewhere { owner, attempt: a, .. } if jobs::splits_work(job.name) => {
+                info!(job = name, slot = %slot, owner = %owner, "slot is held by another process; joining it to share its items");
+                attempt = a;
+            }
             Claim::HeldElsewhere { owner, .. } => {
                 info!(job = name, slot = %slot, owner = %owner, "slot is being worked by another process; nothing to do");
                 return Ok(report(SlotResult::HeldElsewhere { owner }));
             }
-            Claim::Acquired { attempt, took_over } => {
+            Claim::Acquired { attempt: a, took_over } => {
                 if took_over {
-                    warn!(job = name, slot = %slot, attempt, "took over a claim whose lease expired");
+                    warn!(job = name, slot = %slot, attempt = a, "took over a claim whose lease expired");
                 }
+                owns_claim = true;
+                attempt = a;
             }
         }
         let start = RunStart {
@@ -310,6 +348,8 @@ pub async fn run_slot(
         slot,
         run_id: run_id.clone(),
         dry_run: opts.dry_run,
+        now,
+        work_mark: format!("{name}@{}#{attempt}", slot.to_rfc3339()),
         stop: stop.clone(),
         processed: AtomicI64::new(0),
         failed: AtomicI64::new(0),
@@ -322,7 +362,7 @@ pub async fn run_slot(
     let started = Instant::now();
 
     let heartbeat =
-        (!opts.dry_run).then(|| spawn_heartbeat(worker.store.clone(), name, slot, &run_id, lease, stop.clone()));
+        owns_claim.then(|| spawn_heartbeat(worker.store.clone(), name, slot, &run_id, lease, stop.clone()));
     let result = run_with_grace(&ctx).instrument(span.clone()).await;
     if let Some(h) = heartbeat {
         h.abort();

@@ -19,9 +19,10 @@ pub enum AstraError {
     /// 429, still after the retries.
     #[error("Astra rate-limited {endpoint} (429); retry after {}s", retry_after.as_secs())]
     RateLimited { endpoint: String, retry_after: Duration },
-    /// 5xx, timeout, connection reset, still after the retries.
+    /// 5xx, timeout, connection reset, still after the retries. `maybe_applied`: a token request may have
+    /// been applied by Astra though no answer arrived.
     #[error("Astra is unavailable for {endpoint}: {detail}")]
-    Transient { endpoint: String, detail: String },
+    Transient { endpoint: String, detail: String, maybe_applied: bool },
     #[error("not found at Astra: {endpoint}")]
     NotFound { endpoint: String },
     /// Any other 4xx, with Astra's own error body.

@@ -21,6 +21,9 @@ pub use model::{Card, TokenPair, Transfer, TransferPage, TransferStatus, User, U
 
 use crate::{config::AstraSettings, limiter::RequestLimiter, runner::RunContext, secrets, store::Store};
 
+/// Astra's refresh tokens live ten days.
+pub const REFRESH_TOKEN_LIFETIME: chrono::TimeDelta = chrono::TimeDelta::days(10);
+
 /// The largest response body accepted.
 const MAX_BODY: usize = 8 * 1024 * 1024;
 /// The first retry waits about this long; each next one twice as long, with jitter.
@@ -274,6 +277,9 @@ impl AstraClient {
                 *after_ambiguous_attempt = ambiguous_before;
             }
             ambiguous_before |= attempt.ambiguous;
+            if let Err(AstraError::Transient { maybe_applied, .. }) = &mut attempt.result {
+                *maybe_applied = ambiguous_before;
+            }
             self.record(call, &method, path, attempt_no, &attempt, at, latency).await;
 
             let retry_in = attempt.retry_in.filter(|_| attempt_no <= self.max_retries);
@@ -303,7 +309,7 @@ impl AstraClient {
                 let ambiguous = token_endpoint && !e.is_connect();
                 let detail = if e.is_timeout() { "timed out".to_string() } else { transport_detail(&e) };
                 return Attempt {
-                    result: Err(AstraError::Transient { endpoint: endpoint.into(), detail }),
+                    result: Err(AstraError::Transient { endpoint: endpoint.into(), detail, maybe_applied: ambiguous }),
                     status: None,
                     request_id: None,
                     retry_in: Some(backoff),
@@ -332,7 +338,7 @@ impl AstraClient {
                 return mk(Err(e), None, false);
             }
             Err(BodyError::Transport(detail)) => {
-                let e = AstraError::Transient { endpoint: endpoint.into(), detail };
+                let e = AstraError::Transient { endpoint: endpoint.into(), detail, maybe_applied: token_endpoint };
                 return mk(Err(e), Some(backoff), token_endpoint);
             }
         };
@@ -355,13 +361,13 @@ impl AstraClient {
                 warn!(endpoint, retry_after_s = wait.as_secs(), "Astra answered 429: slowing every request down");
                 mk(Err(AstraError::RateLimited { endpoint: e, retry_after: wait }), Some(Duration::ZERO), false)
             }
-            s if s.is_server_error() => mk(
-                Err(AstraError::Transient { endpoint: e, detail: format!("{} {}", s.as_u16(), eb.detail()) }),
-                Some(backoff),
-                false,
-            ),
-            s if token_endpoint && eb.error.as_deref() == Some("invalid_client") => {
-                let _ = s;
+            s if s.is_server_error() => {
+                // A gateway's 502/504 may hide a token request Astra applied.
+                let ambiguous = token_endpoint && matches!(s.as_u16(), 502 | 504);
+                let detail = format!("{} {}", s.as_u16(), eb.detail());
+                mk(Err(AstraError::Transient { endpoint: e, detail, maybe_applied: ambiguous }), Some(backoff), ambiguous)
+            }
+            _ if token_endpoint && eb.error.as_deref() == Some("invalid_client") => {
                 mk(Err(AstraError::ClientRejected), None, false)
             }
             _ if token_endpoint && eb.error.as_deref() == Some("invalid_grant") => {

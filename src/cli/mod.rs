@@ -3,6 +3,7 @@
 
 mod check_config;
 mod runs;
+mod sandbox;
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -56,6 +57,8 @@ enum Command {
     Migrate,
     /// List job runs, newest first.
     Runs(runs::RunsArgs),
+    /// Run the Astra sandbox (a local simulator of Astra) on a loopback port.
+    Sandbox(sandbox::SandboxArgs),
 }
 
 /// Parses the command line, runs it, and turns the result into the exit code.
@@ -111,6 +114,7 @@ async fn run(cli: Cli) -> anyhow::Result<Status> {
             Ok(Status::Ok)
         }
         Some(Command::Runs(args)) => runs::run(&open_store(&cli).await?, args).await,
+        Some(Command::Sandbox(args)) => sandbox::run(args).await,
         None => Err(Failure::config("nothing to do: give --run-once JOB or a command (see --help)")),
     }
 }

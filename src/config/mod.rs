@@ -17,7 +17,16 @@ pub use raw::CatchUp;
 pub struct Settings {
     pub runner: RunnerSettings,
     pub astra: AstraSettings,
+    pub outbox: OutboxSettings,
     pub jobs: Vec<JobSettings>,
+}
+
+/// Where prompts and follow-ups go.
+#[derive(Debug, Clone)]
+pub struct OutboxSettings {
+    /// The fintech's HTTPS endpoint; `None`: messages stay in the outbox (listable) until one is set.
+    pub endpoint: Option<Url>,
+    pub request_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -39,6 +48,8 @@ pub struct AstraSettings {
     pub request_timeout: Duration,
     pub max_retries: u32,
     pub retry_budget: Duration,
+    /// `token <user>` refreshes first when the access token expires within this margin.
+    pub access_margin: Duration,
 }
 
 /// The jobs this worker knows.
@@ -153,7 +164,7 @@ fn test_hold_settings() -> JobSettings {
 }
 
 /// `http://` is allowed only toward this machine (the sandbox); Astra itself is HTTPS only.
-fn check_url(url: &Url, key: &str) -> Result<(), String> {
+pub(crate) fn check_url(url: &Url, key: &str) -> Result<(), String> {
     match url.scheme() {
         "https" => Ok(()),
         "http" if is_loopback(url) => Ok(()),

@@ -5,7 +5,9 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 use toml::Spanned;
 
-use super::{AstraSettings, JobName, JobParams, JobSettings, RunnerSettings, Settings, check_url, parse_zone};
+use super::{
+    AstraSettings, JobName, JobParams, JobSettings, OutboxSettings, RunnerSettings, Settings, check_url, parse_zone,
+};
 use crate::schedule::Schedule;
 
 #[derive(Deserialize)]
@@ -14,7 +16,17 @@ struct File {
     #[serde(default)]
     runner: Runner,
     astra: Astra,
+    #[serde(default)]
+    outbox: Outbox,
     jobs: Jobs,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Outbox {
+    endpoint: Option<Spanned<String>>,
+    #[serde(default, deserialize_with = "opt_duration")]
+    request_timeout: Option<Duration>,
 }
 
 #[derive(Deserialize)]
@@ -59,6 +71,12 @@ struct Astra {
     max_retries: u32,
     #[serde(default = "d_budget", deserialize_with = "duration")]
     retry_budget: Duration,
+    #[serde(default = "d_margin", deserialize_with = "duration")]
+    access_margin: Duration,
+}
+
+fn d_margin() -> Duration {
+    Duration::from_secs(300)
 }
 
 fn d_base_url() -> Spanned<String> {
@@ -129,11 +147,18 @@ pub struct TokenRotationParams {
     pub concurrency: u32,
     /// Grants claimed per batch.
     pub batch_size: u32,
+    /// After each rotation, read `GET /v1/user` to learn whether the user is suspended or rejected.
+    pub read_user_status: bool,
 }
 
 impl Default for TokenRotationParams {
     fn default() -> Self {
-        TokenRotationParams { safety_margin: Duration::from_secs(72 * 3600), concurrency: 16, batch_size: 200 }
+        TokenRotationParams {
+            safety_margin: Duration::from_secs(72 * 3600),
+            concurrency: 16,
+            batch_size: 200,
+            read_user_status: true,
+        }
     }
 }
 
@@ -182,6 +207,10 @@ impl Default for StaleAuthorizationSweepParams {
             reprompt_after: Duration::from_secs(72 * 3600),
         }
     }
+}
+
+fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    duration(d).map(Some)
 }
 
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
@@ -236,6 +265,15 @@ pub(super) fn parse(text: &str, base_url_override: Option<&str>) -> Result<Setti
         request_timeout: a.request_timeout,
         max_retries: a.max_retries,
         retry_budget: a.retry_budget,
+        access_margin: a.access_margin,
+    };
+    let endpoint = match &file.outbox.endpoint {
+        Some(e) => Some(parse_url(&loc.at("outbox.endpoint", e), e.get_ref())?),
+        None => None,
+    };
+    let outbox = OutboxSettings {
+        endpoint,
+        request_timeout: file.outbox.request_timeout.unwrap_or(crate::outbox::DEFAULT_TIMEOUT),
     };
     if file.runner.claim_lease < Duration::from_secs(5) {
         return Err("runner.claim_lease: must be at least 5s".into());
@@ -266,6 +304,7 @@ pub(super) fn parse(text: &str, base_url_override: Option<&str>) -> Result<Setti
     Ok(Settings {
         runner: RunnerSettings { grace_period: file.runner.grace_period, claim_lease: file.runner.claim_lease },
         astra,
+        outbox,
         jobs,
     })
 }

@@ -1,30 +1,50 @@
 //! The jobs: each is a plain `async fn` over a [`RunContext`], called only through the runner.
 
+mod grant_work;
+mod stale_sweep;
 mod test_hold;
+mod token_rotation;
 
 use crate::{
     config::{JobName, JobParams},
     exit::Failure,
+    outbox,
     runner::RunContext,
 };
 
 /// Refuses, before any slot is claimed, a job this build cannot run yet.
 pub fn ensure_available(job: JobName) -> anyhow::Result<()> {
     match job {
-        JobName::TestHold => Ok(()),
+        JobName::TestHold | JobName::TokenRotation | JobName::StaleAuthorizationSweep => Ok(()),
         other => Err(Failure::config(format!(
             "job {other} is not available in this build of astra-worker yet; disable it in jobs.toml"
         ))),
     }
 }
 
-/// Runs the body of the job the context names.
+/// Jobs that call Astra or read tokens (they need the secrets).
+pub fn needs_services(job: JobName) -> bool {
+    !matches!(job, JobName::TestHold)
+}
+
+/// Jobs whose items are claimed one by one, so several processes can share one slot.
+pub fn splits_work(job: JobName) -> bool {
+    matches!(job, JobName::TokenRotation)
+}
+
+/// Runs the body of the job the context names, then delivers whatever it (or earlier runs) left in the outbox.
 pub async fn execute(ctx: &RunContext<'_>) -> anyhow::Result<()> {
     match &ctx.job.params {
-        JobParams::TestHold { items, hold } => test_hold::run(ctx, *items, *hold).await,
-        _ => {
-            ensure_available(ctx.job.name)?;
-            Ok(())
-        }
+        JobParams::TestHold { items, hold } => return test_hold::run(ctx, *items, *hold).await,
+        JobParams::TokenRotation(p) => token_rotation::run(ctx, p).await?,
+        JobParams::StaleAuthorizationSweep(p) => stale_sweep::run(ctx, p).await?,
+        _ => ensure_available(ctx.job.name)?,
     }
+    if !ctx.dry_run {
+        let svc = ctx.worker.services()?;
+        let d = outbox::deliver_if_configured(svc.deliverer.as_ref(), &ctx.worker.store).await?;
+        ctx.tally("outbox_delivered", d.delivered as i64);
+        ctx.tally("outbox_failed", d.failed as i64);
+    }
+    Ok(())
 }

@@ -15,8 +15,6 @@ use crate::{
     money::Cents,
 };
 
-/// Refresh tokens live ten days.
-pub const REFRESH_TTL: TimeDelta = TimeDelta::days(10);
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct UserRec {
@@ -207,7 +205,7 @@ impl State {
         }
         let g = GrantRec {
             refresh_token: self.token("rt"),
-            refresh_expires: issued_at + REFRESH_TTL,
+            refresh_expires: issued_at + crate::astra::REFRESH_TOKEN_LIFETIME,
             access_token: self.token("at"),
             access_expires: issued_at + TimeDelta::seconds(self.settings.access_ttl_secs),
             refreshes: 0,
@@ -276,7 +274,7 @@ impl State {
         }
         self.access_index.remove(&g.access_token);
         g.refresh_token = new_refresh.clone();
-        g.refresh_expires = if fresh_life { now + REFRESH_TTL } else { rec.expires };
+        g.refresh_expires = if fresh_life { now + crate::astra::REFRESH_TOKEN_LIFETIME } else { rec.expires };
         g.access_token = new_access.clone();
         g.access_expires = now + TimeDelta::seconds(access_ttl);
         g.refreshes += 1;

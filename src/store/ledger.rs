@@ -14,8 +14,8 @@ pub enum Claim {
     Acquired { attempt: i32, took_over: bool },
     /// The slot already succeeded (re-run it with `--force`).
     AlreadySucceeded { run_id: String },
-    /// Another process is working on it and its lease is live.
-    HeldElsewhere { owner: String, lease_until: Option<DateTime<Utc>> },
+    /// Another process is working on it and its lease is live; `attempt` is the attempt it works on.
+    HeldElsewhere { owner: String, lease_until: Option<DateTime<Utc>>, attempt: i32 },
 }
 
 #[derive(sqlx::FromRow)]
@@ -65,7 +65,7 @@ pub async fn claim(store: &Store, job: &str, slot: DateTime<Utc>, who: &Claimant
     .await?);
     let live = row.state == "running" && row.lease_until.is_some_and(|l| l > now);
     if live {
-        return Ok(Claim::HeldElsewhere { owner: row.owner, lease_until: row.lease_until });
+        return Ok(Claim::HeldElsewhere { owner: row.owner, lease_until: row.lease_until, attempt: row.attempts });
     }
     if row.state == "succeeded" && !who.force {
         return Ok(Claim::AlreadySucceeded { run_id: row.run_id });
@@ -88,8 +88,8 @@ pub async fn claim(store: &Store, job: &str, slot: DateTime<Utc>, who: &Claimant
     if took == 1 {
         Ok(Claim::Acquired { attempt: row.attempts + 1, took_over: row.state == "running" })
     } else {
-        // Someone else won the compare-and-swap in between: report what they hold now.
-        Ok(Claim::HeldElsewhere { owner: "another process".into(), lease_until: None })
+        // Someone else won the compare-and-swap in between: they work on the next attempt.
+        Ok(Claim::HeldElsewhere { owner: "another process".into(), lease_until: None, attempt: row.attempts + 1 })
     }
 }
 

@@ -1,0 +1,114 @@
+//! SQL of the `outbox` table: messages written in the same transaction as the fact they announce, claimed
+//! for delivery, marked delivered or rescheduled.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::{store::Store, with_pool};
+
+/// Inserts an outbox message on a connection or transaction; a second message with the same idempotency key
+/// is ignored. Evaluates to `sqlx::Result<u64>` (rows inserted).
+#[macro_export]
+macro_rules! outbox_insert {
+    ($conn:expr, $msg:expr) => {{
+        let m: &$crate::outbox::Message = $msg;
+        sqlx::query(
+            "INSERT INTO outbox (id, idempotency_key, kind, user_id, payload, created_at, next_attempt_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $6) ON CONFLICT (idempotency_key) DO NOTHING",
+        )
+        .bind(uuid::Uuid::new_v4().to_string())
+        .bind(&m.idempotency_key)
+        .bind(m.kind)
+        .bind(m.user_id.as_deref())
+        .bind(m.payload.to_string())
+        .bind(m.created_at)
+        .execute($conn)
+        .await
+        .map(|r| r.rows_affected())
+    }};
+}
+
+/// Adds one message on its own.
+pub async fn insert(store: &Store, m: &super::Message) -> sqlx::Result<bool> {
+    with_pool!(store, |p| outbox_insert!(p, m).map(|n| n == 1))
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Claimed {
+    pub id: String,
+    pub idempotency_key: String,
+    pub payload: String,
+    pub attempts: i32,
+}
+
+/// Claims up to `limit` messages due for delivery, for `hold` (several deliverers never send one twice).
+pub async fn claim_due(store: &Store, now: DateTime<Utc>, until: DateTime<Utc>, limit: i64) -> sqlx::Result<Vec<Claimed>> {
+    let lock = if store.is_postgres() { "FOR UPDATE SKIP LOCKED" } else { "" };
+    let sql = format!(
+        "UPDATE outbox SET claimed_until = $1 WHERE id IN (
+             SELECT id FROM outbox WHERE delivered_at IS NULL AND next_attempt_at <= $2
+               AND (claimed_until IS NULL OR claimed_until < $2)
+             ORDER BY created_at, id LIMIT $3 {lock})
+         RETURNING id, idempotency_key, payload, attempts"
+    );
+    with_pool!(store, |p| sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(until).bind(now).bind(limit).fetch_all(p).await)
+}
+
+pub async fn mark_delivered(store: &Store, id: &str, now: DateTime<Utc>) -> sqlx::Result<()> {
+    with_pool!(store, |p| sqlx::query(
+        "UPDATE outbox SET delivered_at = $1, attempts = attempts + 1, claimed_until = NULL, last_error = NULL WHERE id = $2"
+    )
+    .bind(now)
+    .bind(id)
+    .execute(p)
+    .await
+    .map(|_| ()))
+}
+
+pub async fn reschedule(store: &Store, id: &str, next: DateTime<Utc>, error: &str) -> sqlx::Result<()> {
+    with_pool!(store, |p| sqlx::query(
+        "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = $1, claimed_until = NULL, last_error = $2 WHERE id = $3"
+    )
+    .bind(next)
+    .bind(error)
+    .bind(id)
+    .execute(p)
+    .await
+    .map(|_| ()))
+}
+
+/// One line of `prompts list`.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct OutboxRow {
+    pub id: String,
+    pub idempotency_key: String,
+    pub kind: String,
+    pub user_id: Option<String>,
+    pub payload: String,
+    pub created_at: DateTime<Utc>,
+    pub attempts: i32,
+    pub delivered_at: Option<DateTime<Utc>>,
+    pub last_error: Option<String>,
+}
+
+pub async fn list(store: &Store, undelivered_only: bool, kind: Option<&str>, limit: i64) -> sqlx::Result<Vec<OutboxRow>> {
+    with_pool!(store, |p| sqlx::query_as(
+        "SELECT id, idempotency_key, kind, user_id, payload, created_at, attempts, delivered_at, last_error
+         FROM outbox WHERE ($1 = FALSE OR delivered_at IS NULL) AND ($2 IS NULL OR kind = $2)
+         ORDER BY created_at DESC, id LIMIT $3"
+    )
+    .bind(undelivered_only)
+    .bind(kind)
+    .bind(limit)
+    .fetch_all(p)
+    .await)
+}
+
+/// Messages of each kind: (kind, total, delivered).
+pub async fn count_by_kind(store: &Store) -> sqlx::Result<Vec<(String, i64, i64)>> {
+    with_pool!(store, |p| sqlx::query_as(
+        "SELECT kind, COUNT(*), COUNT(delivered_at) FROM outbox GROUP BY kind ORDER BY kind"
+    )
+    .fetch_all(p)
+    .await)
+}

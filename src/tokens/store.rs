@@ -1,0 +1,321 @@
+//! SQL of `grant_token` and `refresh_intent`: sealed rows in and out, per-grant leases, batch claims of due
+//! grants (`for update skip locked` on PostgreSQL), and compare-and-swap writes on the token version.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::{store::Store, with_pool};
+
+/// A grant row as stored: tokens still sealed.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct SealedGrant {
+    pub user_id: String,
+    pub status: String,
+    pub token_version: i64,
+    pub key_id: String,
+    pub access_ct: Vec<u8>,
+    pub refresh_ct: Vec<u8>,
+    pub access_expires_at: Option<DateTime<Utc>>,
+    pub refresh_expires_at: DateTime<Utc>,
+    pub phone: Option<String>,
+    pub user_status: Option<String>,
+}
+
+const GRANT_COLUMNS: &str = "user_id, status, token_version, key_id, access_ct, refresh_ct, access_expires_at, \
+                             refresh_expires_at, phone, user_status";
+
+pub async fn load(store: &Store, user_id: &str) -> sqlx::Result<Option<SealedGrant>> {
+    let sql = format!("SELECT {GRANT_COLUMNS} FROM grant_token WHERE user_id = $1");
+    with_pool!(store, |p| sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(user_id).fetch_optional(p).await)
+}
+
+/// A new row, or a replacement of the user's grant (a new authorization), at `version`.
+pub struct GrantWrite<'a> {
+    pub user_id: &'a str,
+    pub version: i64,
+    pub key_id: &'a str,
+    pub access_ct: &'a [u8],
+    pub refresh_ct: &'a [u8],
+    pub access_expires_at: Option<DateTime<Utc>>,
+    pub refresh_expires_at: DateTime<Utc>,
+    pub phone: Option<&'a str>,
+    pub now: DateTime<Utc>,
+}
+
+/// Inserts or replaces the user's grant as `active`; closes the user's open intents and episode in the same
+/// transaction. Returns how long the closed episode had been open, if there was one.
+pub async fn put_imported(store: &Store, w: &GrantWrite<'_>) -> sqlx::Result<Option<chrono::TimeDelta>> {
+    with_pool!(store, |p| {
+        let mut tx = p.begin().await?;
+        sqlx::query(
+            "INSERT INTO grant_token (user_id, status, token_version, key_id, access_ct, refresh_ct,
+                 access_expires_at, refresh_expires_at, phone, imported_at, updated_at)
+             VALUES ($1, 'active', $2, $3, $4, $5, $6, $7, $8, $9, $9)
+             ON CONFLICT (user_id) DO UPDATE SET status = 'active', token_version = excluded.token_version,
+                 key_id = excluded.key_id, access_ct = excluded.access_ct, refresh_ct = excluded.refresh_ct,
+                 access_expires_at = excluded.access_expires_at, refresh_expires_at = excluded.refresh_expires_at,
+                 phone = COALESCE(excluded.phone, grant_token.phone), imported_at = excluded.imported_at,
+                 updated_at = excluded.updated_at, lease_owner = NULL, lease_until = NULL",
+        )
+        .bind(w.user_id)
+        .bind(w.version)
+        .bind(w.key_id)
+        .bind(w.access_ct)
+        .bind(w.refresh_ct)
+        .bind(w.access_expires_at)
+        .bind(w.refresh_expires_at)
+        .bind(w.phone)
+        .bind(w.now)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("UPDATE refresh_intent SET closed_at = $1, result = 'superseded' WHERE user_id = $2 AND closed_at IS NULL")
+            .bind(w.now)
+            .bind(w.user_id)
+            .execute(&mut *tx)
+            .await?;
+        let opened: Option<DateTime<Utc>> = sqlx::query_scalar(
+            "UPDATE reauth_episode SET closed_at = $1, close_reason = 'new_grant_imported'
+             WHERE user_id = $2 AND closed_at IS NULL RETURNING opened_at",
+        )
+        .bind(w.now)
+        .bind(w.user_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(opened.map(|o| w.now - o))
+    })
+}
+
+/// Stores a refreshed pair if the grant is still at `old_version` (compare-and-swap), closes the intent and
+/// releases the lease, in one transaction. `false`: another writer got there first; nothing written.
+pub async fn put_rotated(store: &Store, w: &GrantWrite<'_>, old_version: i64, intent_id: &str) -> sqlx::Result<bool> {
+    with_pool!(store, |p| {
+        let mut tx = p.begin().await?;
+        let n = sqlx::query(
+            "UPDATE grant_token SET token_version = $1, key_id = $2, access_ct = $3, refresh_ct = $4,
+                 access_expires_at = $5, refresh_expires_at = $6, last_rotated_at = $7, updated_at = $7,
+                 lease_until = NULL
+             WHERE user_id = $8 AND token_version = $9",
+        )
+        .bind(w.version)
+        .bind(w.key_id)
+        .bind(w.access_ct)
+        .bind(w.refresh_ct)
+        .bind(w.access_expires_at)
+        .bind(w.refresh_expires_at)
+        .bind(w.now)
+        .bind(w.user_id)
+        .bind(old_version)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if n == 1 {
+            sqlx::query("UPDATE refresh_intent SET closed_at = $1, result = 'rotated' WHERE id = $2")
+                .bind(w.now)
+                .bind(intent_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(n == 1)
+    })
+}
+
+/// Re-seals a grant under another key without changing its version (key rotation).
+pub async fn reseal(store: &Store, user_id: &str, version: i64, key_id: &str, access_ct: &[u8], refresh_ct: &[u8]) -> sqlx::Result<bool> {
+    with_pool!(store, |p| sqlx::query(
+        "UPDATE grant_token SET key_id = $1, access_ct = $2, refresh_ct = $3 WHERE user_id = $4 AND token_version = $5"
+    )
+    .bind(key_id)
+    .bind(access_ct)
+    .bind(refresh_ct)
+    .bind(user_id)
+    .bind(version)
+    .execute(p)
+    .await
+    .map(|r| r.rows_affected() == 1))
+}
+
+/// Users whose grant is sealed under a key other than `key_id`, a batch at a time.
+pub async fn sealed_under_other_key(store: &Store, key_id: &str, limit: i64) -> sqlx::Result<Vec<String>> {
+    with_pool!(store, |p| sqlx::query_scalar("SELECT user_id FROM grant_token WHERE key_id <> $1 ORDER BY user_id LIMIT $2")
+        .bind(key_id)
+        .bind(limit)
+        .fetch_all(p)
+        .await)
+}
+
+/// Takes the grant's lease if nobody holds it. `false`: someone else refreshes it now.
+pub async fn try_lease(store: &Store, user_id: &str, owner: &str, until: DateTime<Utc>, now: DateTime<Utc>) -> sqlx::Result<bool> {
+    with_pool!(store, |p| sqlx::query(
+        "UPDATE grant_token SET lease_owner = $1, lease_until = $2
+         WHERE user_id = $3 AND (lease_until IS NULL OR lease_until < $4)"
+    )
+    .bind(owner)
+    .bind(until)
+    .bind(user_id)
+    .bind(now)
+    .execute(p)
+    .await
+    .map(|r| r.rows_affected() == 1))
+}
+
+/// Releases the lease if `owner` still holds it.
+pub async fn release(store: &Store, user_id: &str, owner: &str) -> sqlx::Result<()> {
+    with_pool!(store, |p| sqlx::query("UPDATE grant_token SET lease_until = NULL WHERE user_id = $1 AND lease_owner = $2")
+        .bind(user_id)
+        .bind(owner)
+        .execute(p)
+        .await
+        .map(|_| ()))
+}
+
+/// Claims up to `limit` active grants whose refresh token expires before `due_before`, not yet tried under
+/// `mark` (this slot attempt) and not leased: leases them to `owner` and marks them. Several processes on
+/// PostgreSQL split the work without overlap (`for update skip locked`).
+pub async fn claim_due(
+    store: &Store,
+    owner: &str,
+    mark: &str,
+    due_before: DateTime<Utc>,
+    lease_until: DateTime<Utc>,
+    now: DateTime<Utc>,
+    limit: i64,
+) -> sqlx::Result<Vec<String>> {
+    let lock = if store.is_postgres() { "FOR UPDATE SKIP LOCKED" } else { "" };
+    let sql = format!(
+        "UPDATE grant_token SET lease_owner = $1, lease_until = $2, last_attempt_mark = $3
+         WHERE user_id IN (
+             SELECT user_id FROM grant_token
+             WHERE status = 'active' AND refresh_expires_at < $4
+               AND (lease_until IS NULL OR lease_until < $5)
+               AND (last_attempt_mark IS NULL OR last_attempt_mark <> $3)
+             ORDER BY refresh_expires_at, user_id LIMIT $6 {lock})
+         RETURNING user_id"
+    );
+    with_pool!(store, |p| sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+        .bind(owner)
+        .bind(lease_until)
+        .bind(mark)
+        .bind(due_before)
+        .bind(now)
+        .bind(limit)
+        .fetch_all(p)
+        .await)
+}
+
+/// Marks the grant dead (`needs_reauth`) and releases its lease.
+pub async fn set_needs_reauth(store: &Store, user_id: &str, now: DateTime<Utc>) -> sqlx::Result<()> {
+    with_pool!(store, |p| sqlx::query(
+        "UPDATE grant_token SET status = 'needs_reauth', lease_until = NULL, updated_at = $1 WHERE user_id = $2"
+    )
+    .bind(now)
+    .bind(user_id)
+    .execute(p)
+    .await
+    .map(|_| ()))
+}
+
+pub async fn set_user_status(store: &Store, user_id: &str, status: &str, now: DateTime<Utc>) -> sqlx::Result<()> {
+    with_pool!(store, |p| sqlx::query("UPDATE grant_token SET user_status = $1, user_status_at = $2 WHERE user_id = $3")
+        .bind(status)
+        .bind(now)
+        .bind(user_id)
+        .execute(p)
+        .await
+        .map(|_| ()))
+}
+
+/// Opens the refresh intent for `version`; `None` when an intent for this grant is already open (a crashed
+/// refresh whose result is unknown).
+pub async fn open_intent(store: &Store, user_id: &str, version: i64, owner: &str, now: DateTime<Utc>) -> sqlx::Result<Option<String>> {
+    let id = uuid::Uuid::new_v4().to_string();
+    let n = with_pool!(store, |p| sqlx::query(
+        "INSERT INTO refresh_intent (id, user_id, token_version, owner, opened_at) VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT DO NOTHING"
+    )
+    .bind(&id)
+    .bind(user_id)
+    .bind(version)
+    .bind(owner)
+    .bind(now)
+    .execute(p)
+    .await?
+    .rows_affected());
+    Ok((n == 1).then_some(id))
+}
+
+/// The open intent of a grant, if any: (id, version).
+pub async fn open_intent_of(store: &Store, user_id: &str) -> sqlx::Result<Option<(String, i64)>> {
+    with_pool!(store, |p| sqlx::query_as("SELECT id, token_version FROM refresh_intent WHERE user_id = $1 AND closed_at IS NULL")
+        .bind(user_id)
+        .fetch_optional(p)
+        .await)
+}
+
+pub async fn close_intent(store: &Store, intent_id: &str, result: &str, now: DateTime<Utc>) -> sqlx::Result<()> {
+    with_pool!(store, |p| sqlx::query("UPDATE refresh_intent SET closed_at = $1, result = $2 WHERE id = $3 AND closed_at IS NULL")
+        .bind(now)
+        .bind(result)
+        .bind(intent_id)
+        .execute(p)
+        .await
+        .map(|_| ()))
+}
+
+/// Users with an open intent whose grant nobody holds: a refresh died between Astra's answer and the commit.
+pub async fn orphaned_intents(store: &Store, now: DateTime<Utc>) -> sqlx::Result<Vec<String>> {
+    with_pool!(store, |p| sqlx::query_scalar(
+        "SELECT i.user_id FROM refresh_intent i JOIN grant_token g ON g.user_id = i.user_id
+         WHERE i.closed_at IS NULL AND g.status = 'active' AND (g.lease_until IS NULL OR g.lease_until < $1)
+         ORDER BY i.opened_at"
+    )
+    .bind(now)
+    .fetch_all(p)
+    .await)
+}
+
+/// Active grants expiring before `before` (the sweep's danger window), oldest first.
+pub async fn active_expiring_before(store: &Store, before: DateTime<Utc>, limit: i64) -> sqlx::Result<Vec<String>> {
+    with_pool!(store, |p| sqlx::query_scalar(
+        "SELECT user_id FROM grant_token WHERE status = 'active' AND refresh_expires_at < $1
+         ORDER BY refresh_expires_at LIMIT $2"
+    )
+    .bind(before)
+    .bind(limit)
+    .fetch_all(p)
+    .await)
+}
+
+/// One line of `grants list`: never a token.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct GrantSummary {
+    pub user_id: String,
+    pub status: String,
+    pub token_version: i64,
+    pub refresh_expires_at: DateTime<Utc>,
+    pub last_rotated_at: Option<DateTime<Utc>>,
+    pub user_status: Option<String>,
+    pub episode_reason: Option<String>,
+    pub episode_opened_at: Option<DateTime<Utc>>,
+}
+
+pub async fn list(store: &Store, status: Option<&str>, limit: i64) -> sqlx::Result<Vec<GrantSummary>> {
+    with_pool!(store, |p| sqlx::query_as(
+        "SELECT g.user_id, g.status, g.token_version, g.refresh_expires_at, g.last_rotated_at, g.user_status,
+                e.reason AS episode_reason, e.opened_at AS episode_opened_at
+         FROM grant_token g LEFT JOIN reauth_episode e ON e.user_id = g.user_id AND e.closed_at IS NULL
+         WHERE ($1 IS NULL OR g.status = $1) ORDER BY g.user_id LIMIT $2"
+    )
+    .bind(status)
+    .bind(limit)
+    .fetch_all(p)
+    .await)
+}
+
+/// How many grants are in each status.
+pub async fn count_by_status(store: &Store) -> sqlx::Result<Vec<(String, i64)>> {
+    with_pool!(store, |p| sqlx::query_as("SELECT status, COUNT(*) FROM grant_token GROUP BY status ORDER BY status")
+        .fetch_all(p)
+        .await)
+}
