@@ -52,9 +52,13 @@ impl std::fmt::Debug for Keyring {
 
 #[derive(Debug, thiserror::Error)]
 pub enum CryptoError {
-    #[error("the tokens of grant {user_id} were encrypted with key {key_id}, which is neither ASTRA_WORKER_TOKEN_KEY nor in ASTRA_WORKER_TOKEN_KEY_PREVIOUS")]
+    #[error(
+        "the tokens of grant {user_id} were encrypted with key {key_id}, which is neither ASTRA_WORKER_TOKEN_KEY nor in ASTRA_WORKER_TOKEN_KEY_PREVIOUS"
+    )]
     UnknownKey { user_id: String, key_id: String },
-    #[error("cannot decrypt the {kind} token of grant {user_id} (version {version}): the key is wrong or the ciphertext belongs to another grant")]
+    #[error(
+        "cannot decrypt the {kind} token of grant {user_id} (version {version}): the key is wrong or the ciphertext belongs to another grant"
+    )]
     Undecryptable { user_id: String, version: i64, kind: &'static str },
 }
 
@@ -65,9 +69,9 @@ impl crate::exit::Classify for CryptoError {
 }
 
 fn parse_key(name: &str, b64: &str) -> anyhow::Result<TokenKey> {
-    let raw = base64::engine::general_purpose::STANDARD
-        .decode(b64.trim())
-        .map_err(|_| Failure::Config(format!("{name} is not valid base64 (expected 32 random bytes, base64-encoded)")))?;
+    let raw = base64::engine::general_purpose::STANDARD.decode(b64.trim()).map_err(|_| {
+        Failure::Config(format!("{name} is not valid base64 (expected 32 random bytes, base64-encoded)"))
+    })?;
     if raw.len() != 32 {
         return Err(Failure::config(format!(
             "{name} must be 32 random bytes, base64-encoded (got {} bytes); make one with `openssl rand -base64 32`",

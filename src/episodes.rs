@@ -78,7 +78,13 @@ fn is_blocked_status(s: Option<&str>) -> bool {
 
 /// Marks the grant `needs_reauth` and opens its episode with one prompt, or the `user_suspended` follow-up,
 /// in one transaction.
-pub async fn open(store: &Store, g: &DeadGrant<'_>, reason: Reason, link: &PromptLink<'_>, now: DateTime<Utc>) -> sqlx::Result<Opened> {
+pub async fn open(
+    store: &Store,
+    g: &DeadGrant<'_>,
+    reason: Reason,
+    link: &PromptLink<'_>,
+    now: DateTime<Utc>,
+) -> sqlx::Result<Opened> {
     let suspended = is_blocked_status(g.user_status);
     let episode_id = uuid::Uuid::new_v4().to_string();
     let msg = if suspended {
@@ -105,11 +111,13 @@ pub async fn open(store: &Store, g: &DeadGrant<'_>, reason: Reason, link: &Promp
     };
     with_pool!(store, |p| {
         let mut tx = p.begin().await?;
-        sqlx::query("UPDATE grant_token SET status = 'needs_reauth', lease_until = NULL, updated_at = $1 WHERE user_id = $2")
-            .bind(now)
-            .bind(g.user_id)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "UPDATE grant_token SET status = 'needs_reauth', lease_until = NULL, updated_at = $1 WHERE user_id = $2",
+        )
+        .bind(now)
+        .bind(g.user_id)
+        .execute(&mut *tx)
+        .await?;
         let outcome = if suspended {
             outbox_insert!(&mut *tx, &msg)?;
             Opened::UserSuspended
@@ -149,7 +157,12 @@ struct Unanswered {
 
 /// Prompts again every open episode last prompted more than `after` ago (still one episode). Returns how
 /// many prompts were written.
-pub async fn reprompt_unanswered(store: &Store, after: TimeDelta, link: &PromptLink<'_>, now: DateTime<Utc>) -> sqlx::Result<u64> {
+pub async fn reprompt_unanswered(
+    store: &Store,
+    after: TimeDelta,
+    link: &PromptLink<'_>,
+    now: DateTime<Utc>,
+) -> sqlx::Result<u64> {
     let due: Vec<Unanswered> = with_pool!(store, |p| sqlx::query_as(
         "SELECT e.id, e.user_id, e.reason, e.prompts_sent, g.phone, g.user_status
          FROM reauth_episode e LEFT JOIN grant_token g ON g.user_id = e.user_id

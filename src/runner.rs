@@ -58,7 +58,11 @@ impl Worker {
     }
 
     /// A worker with services given (tests, the demo, a backend embedding the library).
-    pub fn with_services(settings: Settings, store: Store, build: impl FnOnce(&Settings, Arc<RequestLimiter>, &Store) -> anyhow::Result<Services>) -> anyhow::Result<Worker> {
+    pub fn with_services(
+        settings: Settings,
+        store: Store,
+        build: impl FnOnce(&Settings, Arc<RequestLimiter>, &Store) -> anyhow::Result<Services>,
+    ) -> anyhow::Result<Worker> {
         let w = Worker::new(settings, store);
         let svc = build(&w.settings, w.limiter.clone(), &w.store)?;
         let _ = w.services.set(Arc::new(svc));
@@ -361,8 +365,7 @@ pub async fn run_slot(
     info!(parent: &span, forced = opts.force, dry_run = opts.dry_run, "run started");
     let started = Instant::now();
 
-    let heartbeat =
-        owns_claim.then(|| spawn_heartbeat(worker.store.clone(), name, slot, &run_id, lease, stop.clone()));
+    let heartbeat = owns_claim.then(|| spawn_heartbeat(worker.store.clone(), name, slot, &run_id, lease, stop.clone()));
     let result = run_with_grace(&ctx).instrument(span.clone()).await;
     if let Some(h) = heartbeat {
         h.abort();

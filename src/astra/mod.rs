@@ -365,7 +365,11 @@ impl AstraClient {
                 // A gateway's 502/504 may hide a token request Astra applied.
                 let ambiguous = token_endpoint && matches!(s.as_u16(), 502 | 504);
                 let detail = format!("{} {}", s.as_u16(), eb.detail());
-                mk(Err(AstraError::Transient { endpoint: e, detail, maybe_applied: ambiguous }), Some(backoff), ambiguous)
+                mk(
+                    Err(AstraError::Transient { endpoint: e, detail, maybe_applied: ambiguous }),
+                    Some(backoff),
+                    ambiguous,
+                )
             }
             _ if token_endpoint && eb.error.as_deref() == Some("invalid_client") => {
                 mk(Err(AstraError::ClientRejected), None, false)

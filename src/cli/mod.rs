@@ -2,6 +2,8 @@
 //! contract of [`crate::exit`] with a one-line message on stderr.
 
 mod check_config;
+mod grants;
+mod prompts;
 mod runs;
 mod sandbox;
 
@@ -59,6 +61,24 @@ enum Command {
     Runs(runs::RunsArgs),
     /// Run the Astra sandbox (a local simulator of Astra) on a loopback port.
     Sandbox(sandbox::SandboxArgs),
+    /// Grants in and out: import, list.
+    #[command(subcommand)]
+    Grants(grants::GrantsCommand),
+    /// Print a valid access token for a user (refreshed first if it is about to expire).
+    Token { user_id: String },
+    /// Token encryption keys.
+    #[command(subcommand)]
+    Keys(grants::KeysCommand),
+    /// The outbox of re-authorization prompts and follow-ups.
+    #[command(subcommand)]
+    Prompts(prompts::PromptsCommand),
+}
+
+/// Output format of listings.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum Format {
+    Text,
+    Json,
 }
 
 /// Parses the command line, runs it, and turns the result into the exit code.
@@ -115,6 +135,14 @@ async fn run(cli: Cli) -> anyhow::Result<Status> {
         }
         Some(Command::Runs(args)) => runs::run(&open_store(&cli).await?, args).await,
         Some(Command::Sandbox(args)) => sandbox::run(args).await,
+        Some(Command::Grants(cmd)) => grants::grants(&open_store(&cli).await?, cmd).await,
+        Some(Command::Keys(cmd)) => grants::keys(&open_store(&cli).await?, cmd).await,
+        Some(Command::Prompts(cmd)) => prompts::run(&open_store(&cli).await?, cmd).await,
+        Some(Command::Token { user_id }) => {
+            let settings = Settings::load(&cli.config)?;
+            let worker = Worker::new(settings, open_store(&cli).await?);
+            grants::token(&worker, user_id).await
+        }
         None => Err(Failure::config("nothing to do: give --run-once JOB or a command (see --help)")),
     }
 }

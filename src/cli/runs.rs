@@ -1,5 +1,6 @@
 //! `astra-worker runs`: the ledger of job runs, newest first, as a table or JSON.
 
+use super::Format;
 use crate::{
     exit::Status,
     store::{Store, ledger},
@@ -16,12 +17,6 @@ pub struct RunsArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     format: Format,
-}
-
-#[derive(clap::ValueEnum, Clone, Copy, Debug)]
-pub enum Format {
-    Text,
-    Json,
 }
 
 pub async fn run(store: &Store, args: &RunsArgs) -> anyhow::Result<Status> {

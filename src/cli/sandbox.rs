@@ -24,8 +24,8 @@ pub async fn run(args: &SandboxArgs) -> anyhow::Result<Status> {
     let settings = match &args.settings {
         None => SandboxSettings::default(),
         Some(p) => {
-            let text = std::fs::read_to_string(p)
-                .map_err(|e| Failure::Config(format!("cannot read {}: {e}", p.display())))?;
+            let text =
+                std::fs::read_to_string(p).map_err(|e| Failure::Config(format!("cannot read {}: {e}", p.display())))?;
             serde_json::from_str(&text).map_err(|e| Failure::Config(format!("{}: {e}", p.display())))?
         }
     };

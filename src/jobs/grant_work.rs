@@ -12,7 +12,12 @@ use crate::{
 };
 
 /// Refreshes one grant whose lease `ctx.run_id` holds, records the outcome, releases the lease.
-pub async fn refresh_one(ctx: &RunContext<'_>, svc: &Services, user_id: &str, read_user_status: bool) -> anyhow::Result<()> {
+pub async fn refresh_one(
+    ctx: &RunContext<'_>,
+    svc: &Services,
+    user_id: &str,
+    read_user_status: bool,
+) -> anyhow::Result<()> {
     let db = &ctx.worker.store;
     let call = Call::of(ctx, user_id);
     let r = tokens::refresh_leased(db, svc, &ctx.worker.settings, call, user_id, &ctx.run_id).await;
@@ -57,7 +62,8 @@ pub async fn refresh_one(ctx: &RunContext<'_>, svc: &Services, user_id: &str, re
 /// token either succeeds (healthy) or is rejected (the rotation was applied, its answer lost: an episode now).
 pub async fn resolve_orphans(ctx: &RunContext<'_>, svc: &Services) -> anyhow::Result<()> {
     let db = &ctx.worker.store;
-    let lease = chrono::TimeDelta::from_std(ctx.worker.settings.runner.claim_lease).unwrap_or(chrono::TimeDelta::minutes(2));
+    let lease =
+        chrono::TimeDelta::from_std(ctx.worker.settings.runner.claim_lease).unwrap_or(chrono::TimeDelta::minutes(2));
     for user_id in store::orphaned_intents(db, Utc::now()).await? {
         if ctx.stopping() {
             break;

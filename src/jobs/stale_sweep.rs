@@ -31,7 +31,8 @@ pub async fn run(ctx: &RunContext<'_>, p: &StaleAuthorizationSweepParams) -> any
                 ctx.tally("would_open_expired", 1);
                 continue;
             }
-            let dead = DeadGrant { user_id: &user_id, phone: g.phone.as_deref(), user_status: g.user_status.as_deref() };
+            let dead =
+                DeadGrant { user_id: &user_id, phone: g.phone.as_deref(), user_status: g.user_status.as_deref() };
             let opened = episodes::open(db, &dead, Reason::Expired, &svc.prompt_link(settings), Utc::now()).await?;
             ctx.processed(1);
             ctx.tally("dead_expired", 1);

@@ -27,7 +27,8 @@ pub async fn run(ctx: &RunContext<'_>, p: &TokenRotationParams) -> anyhow::Resul
     while !ctx.stopping() {
         let now = Utc::now();
         let batch =
-            store::claim_due(db, &ctx.run_id, &ctx.work_mark, due_before, now + lease, now, i64::from(p.batch_size)).await?;
+            store::claim_due(db, &ctx.run_id, &ctx.work_mark, due_before, now + lease, now, i64::from(p.batch_size))
+                .await?;
         if batch.is_empty() {
             break;
         }

@@ -65,7 +65,8 @@ pub struct Delivered {
 
 /// The signature header's value for `body` at time `t`.
 pub fn sign(key: &SecretString, t: i64, body: &str) -> String {
-    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(key.expose_secret().as_bytes()).expect("HMAC takes any key");
+    let mut mac =
+        <Hmac<Sha256> as KeyInit>::new_from_slice(key.expose_secret().as_bytes()).expect("HMAC takes any key");
     mac.update(format!("{t}.{body}").as_bytes());
     let hex: String = mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect();
     format!("t={t},v1={hex}")

@@ -42,7 +42,12 @@ pub struct Claimed {
 }
 
 /// Claims up to `limit` messages due for delivery, for `hold` (several deliverers never send one twice).
-pub async fn claim_due(store: &Store, now: DateTime<Utc>, until: DateTime<Utc>, limit: i64) -> sqlx::Result<Vec<Claimed>> {
+pub async fn claim_due(
+    store: &Store,
+    now: DateTime<Utc>,
+    until: DateTime<Utc>,
+    limit: i64,
+) -> sqlx::Result<Vec<Claimed>> {
     let lock = if store.is_postgres() { "FOR UPDATE SKIP LOCKED" } else { "" };
     let sql = format!(
         "UPDATE outbox SET claimed_until = $1 WHERE id IN (
@@ -55,18 +60,21 @@ pub async fn claim_due(store: &Store, now: DateTime<Utc>, until: DateTime<Utc>, 
 }
 
 pub async fn mark_delivered(store: &Store, id: &str, now: DateTime<Utc>) -> sqlx::Result<()> {
-    with_pool!(store, |p| sqlx::query(
+    with_pool!(store, |p| {
+        sqlx::query(
         "UPDATE outbox SET delivered_at = $1, attempts = attempts + 1, claimed_until = NULL, last_error = NULL WHERE id = $2"
     )
     .bind(now)
     .bind(id)
     .execute(p)
     .await
-    .map(|_| ()))
+    .map(|_| ())
+    })
 }
 
 pub async fn reschedule(store: &Store, id: &str, next: DateTime<Utc>, error: &str) -> sqlx::Result<()> {
-    with_pool!(store, |p| sqlx::query(
+    with_pool!(store, |p| {
+        sqlx::query(
         "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = $1, claimed_until = NULL, last_error = $2 WHERE id = $3"
     )
     .bind(next)
@@ -74,7 +82,8 @@ pub async fn reschedule(store: &Store, id: &str, next: DateTime<Utc>, error: &st
     .bind(id)
     .execute(p)
     .await
-    .map(|_| ()))
+    .map(|_| ())
+    })
 }
 
 /// One line of `prompts list`.
@@ -91,7 +100,12 @@ pub struct OutboxRow {
     pub last_error: Option<String>,
 }
 
-pub async fn list(store: &Store, undelivered_only: bool, kind: Option<&str>, limit: i64) -> sqlx::Result<Vec<OutboxRow>> {
+pub async fn list(
+    store: &Store,
+    undelivered_only: bool,
+    kind: Option<&str>,
+    limit: i64,
+) -> sqlx::Result<Vec<OutboxRow>> {
     with_pool!(store, |p| sqlx::query_as(
         "SELECT id, idempotency_key, kind, user_id, payload, created_at, attempts, delivered_at, last_error
          FROM outbox WHERE ($1 = FALSE OR delivered_at IS NULL) AND ($2 IS NULL OR kind = $2)

@@ -15,7 +15,6 @@ use crate::{
     money::Cents,
 };
 
-
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct UserRec {
     pub id: String,

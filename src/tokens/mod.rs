@@ -95,7 +95,9 @@ pub struct ImportLine {
 pub enum Imported {
     New,
     /// A newer grant replaced the stored one; `episode_open_for` is how long the closed episode had been open.
-    Replaced { episode_open_for: Option<TimeDelta> },
+    Replaced {
+        episode_open_for: Option<TimeDelta>,
+    },
     /// The same grant again: nothing changed.
     Unchanged,
     /// Older than the stored grant: not imported.
@@ -163,15 +165,20 @@ const LEASE_WAIT: Duration = Duration::from_secs(30);
 
 /// A valid access token for `user_id`, refreshed first (under the grant's lease) when it expires within
 /// `astra.access_margin`. This is the call the fintech's backend makes before calling Astra.
-pub async fn access_token(db: &Store, svc: &Services, settings: &Settings, user_id: &str) -> anyhow::Result<SecretString> {
+pub async fn access_token(
+    db: &Store,
+    svc: &Services,
+    settings: &Settings,
+    user_id: &str,
+) -> anyhow::Result<SecretString> {
     let owner = format!("token:{}:{}", std::process::id(), uuid::Uuid::new_v4());
     let margin = TimeDelta::from_std(settings.astra.access_margin).unwrap_or(TimeDelta::minutes(5));
     let lease = TimeDelta::from_std(settings.runner.claim_lease).unwrap_or(TimeDelta::minutes(2));
     let give_up = tokio::time::Instant::now() + LEASE_WAIT;
     loop {
-        let g = load(db, &svc.keyring, user_id)
-            .await?
-            .ok_or_else(|| anyhow::anyhow!("no grant for user {user_id}; import one with `astra-worker grants import`"))?;
+        let g = load(db, &svc.keyring, user_id).await?.ok_or_else(|| {
+            anyhow::anyhow!("no grant for user {user_id}; import one with `astra-worker grants import`")
+        })?;
         if g.status != "active" {
             anyhow::bail!("the grant of user {user_id} needs re-authorization (status {})", g.status);
         }
@@ -180,21 +187,30 @@ pub async fn access_token(db: &Store, svc: &Services, settings: &Settings, user_
             return Ok(g.access);
         }
         if store::try_lease(db, user_id, &owner, now + lease, now).await? {
-            let r = refresh_leased(db, svc, settings, Call { run: None, user_id: Some(user_id) }, user_id, &owner).await;
+            let r =
+                refresh_leased(db, svc, settings, Call { run: None, user_id: Some(user_id) }, user_id, &owner).await;
             store::release(db, user_id, &owner).await?;
             match r? {
                 Refreshed::Rotated { access } => return Ok(access),
                 Refreshed::Adopted | Refreshed::Inactive => continue,
                 Refreshed::Dead { reason, .. } => {
-                    anyhow::bail!("the grant of user {user_id} is dead ({}); the user must authorize again", reason.as_str())
+                    anyhow::bail!(
+                        "the grant of user {user_id} is dead ({}); the user must authorize again",
+                        reason.as_str()
+                    )
                 }
                 Refreshed::Failed { detail } => {
-                    return Err(Failure::Unavailable(format!("refreshing the grant of user {user_id}: {detail}")).into());
+                    return Err(
+                        Failure::Unavailable(format!("refreshing the grant of user {user_id}: {detail}")).into()
+                    );
                 }
             }
         }
         if tokio::time::Instant::now() >= give_up {
-            return Err(Failure::Unavailable(format!("the grant of user {user_id} is being refreshed by another process")).into());
+            return Err(Failure::Unavailable(format!(
+                "the grant of user {user_id} is being refreshed by another process"
+            ))
+            .into());
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -68,11 +68,13 @@ pub async fn put_imported(store: &Store, w: &GrantWrite<'_>) -> sqlx::Result<Opt
         .bind(w.now)
         .execute(&mut *tx)
         .await?;
-        sqlx::query("UPDATE refresh_intent SET closed_at = $1, result = 'superseded' WHERE user_id = $2 AND closed_at IS NULL")
-            .bind(w.now)
-            .bind(w.user_id)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "UPDATE refresh_intent SET closed_at = $1, result = 'superseded' WHERE user_id = $2 AND closed_at IS NULL",
+        )
+        .bind(w.now)
+        .bind(w.user_id)
+        .execute(&mut *tx)
+        .await?;
         let opened: Option<DateTime<Utc>> = sqlx::query_scalar(
             "UPDATE reauth_episode SET closed_at = $1, close_reason = 'new_grant_imported'
              WHERE user_id = $2 AND closed_at IS NULL RETURNING opened_at",
@@ -122,7 +124,14 @@ pub async fn put_rotated(store: &Store, w: &GrantWrite<'_>, old_version: i64, in
 }
 
 /// Re-seals a grant under another key without changing its version (key rotation).
-pub async fn reseal(store: &Store, user_id: &str, version: i64, key_id: &str, access_ct: &[u8], refresh_ct: &[u8]) -> sqlx::Result<bool> {
+pub async fn reseal(
+    store: &Store,
+    user_id: &str,
+    version: i64,
+    key_id: &str,
+    access_ct: &[u8],
+    refresh_ct: &[u8],
+) -> sqlx::Result<bool> {
     with_pool!(store, |p| sqlx::query(
         "UPDATE grant_token SET key_id = $1, access_ct = $2, refresh_ct = $3 WHERE user_id = $4 AND token_version = $5"
     )
@@ -138,15 +147,23 @@ pub async fn reseal(store: &Store, user_id: &str, version: i64, key_id: &str, ac
 
 /// Users whose grant is sealed under a key other than `key_id`, a batch at a time.
 pub async fn sealed_under_other_key(store: &Store, key_id: &str, limit: i64) -> sqlx::Result<Vec<String>> {
-    with_pool!(store, |p| sqlx::query_scalar("SELECT user_id FROM grant_token WHERE key_id <> $1 ORDER BY user_id LIMIT $2")
-        .bind(key_id)
-        .bind(limit)
-        .fetch_all(p)
-        .await)
+    with_pool!(store, |p| sqlx::query_scalar(
+        "SELECT user_id FROM grant_token WHERE key_id <> $1 ORDER BY user_id LIMIT $2"
+    )
+    .bind(key_id)
+    .bind(limit)
+    .fetch_all(p)
+    .await)
 }
 
 /// Takes the grant's lease if nobody holds it. `false`: someone else refreshes it now.
-pub async fn try_lease(store: &Store, user_id: &str, owner: &str, until: DateTime<Utc>, now: DateTime<Utc>) -> sqlx::Result<bool> {
+pub async fn try_lease(
+    store: &Store,
+    user_id: &str,
+    owner: &str,
+    until: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> sqlx::Result<bool> {
     with_pool!(store, |p| sqlx::query(
         "UPDATE grant_token SET lease_owner = $1, lease_until = $2
          WHERE user_id = $3 AND (lease_until IS NULL OR lease_until < $4)"
@@ -162,12 +179,14 @@ pub async fn try_lease(store: &Store, user_id: &str, owner: &str, until: DateTim
 
 /// Releases the lease if `owner` still holds it.
 pub async fn release(store: &Store, user_id: &str, owner: &str) -> sqlx::Result<()> {
-    with_pool!(store, |p| sqlx::query("UPDATE grant_token SET lease_until = NULL WHERE user_id = $1 AND lease_owner = $2")
-        .bind(user_id)
-        .bind(owner)
-        .execute(p)
-        .await
-        .map(|_| ()))
+    with_pool!(store, |p| sqlx::query(
+        "UPDATE grant_token SET lease_until = NULL WHERE user_id = $1 AND lease_owner = $2"
+    )
+    .bind(user_id)
+    .bind(owner)
+    .execute(p)
+    .await
+    .map(|_| ()))
 }
 
 /// Claims up to `limit` active grants whose refresh token expires before `due_before`, not yet tried under
@@ -217,18 +236,26 @@ pub async fn set_needs_reauth(store: &Store, user_id: &str, now: DateTime<Utc>) 
 }
 
 pub async fn set_user_status(store: &Store, user_id: &str, status: &str, now: DateTime<Utc>) -> sqlx::Result<()> {
-    with_pool!(store, |p| sqlx::query("UPDATE grant_token SET user_status = $1, user_status_at = $2 WHERE user_id = $3")
-        .bind(status)
-        .bind(now)
-        .bind(user_id)
-        .execute(p)
-        .await
-        .map(|_| ()))
+    with_pool!(store, |p| sqlx::query(
+        "UPDATE grant_token SET user_status = $1, user_status_at = $2 WHERE user_id = $3"
+    )
+    .bind(status)
+    .bind(now)
+    .bind(user_id)
+    .execute(p)
+    .await
+    .map(|_| ()))
 }
 
 /// Opens the refresh intent for `version`; `None` when an intent for this grant is already open (a crashed
 /// refresh whose result is unknown).
-pub async fn open_intent(store: &Store, user_id: &str, version: i64, owner: &str, now: DateTime<Utc>) -> sqlx::Result<Option<String>> {
+pub async fn open_intent(
+    store: &Store,
+    user_id: &str,
+    version: i64,
+    owner: &str,
+    now: DateTime<Utc>,
+) -> sqlx::Result<Option<String>> {
     let id = uuid::Uuid::new_v4().to_string();
     let n = with_pool!(store, |p| sqlx::query(
         "INSERT INTO refresh_intent (id, user_id, token_version, owner, opened_at) VALUES ($1, $2, $3, $4, $5)
@@ -247,20 +274,24 @@ pub async fn open_intent(store: &Store, user_id: &str, version: i64, owner: &str
 
 /// The open intent of a grant, if any: (id, version).
 pub async fn open_intent_of(store: &Store, user_id: &str) -> sqlx::Result<Option<(String, i64)>> {
-    with_pool!(store, |p| sqlx::query_as("SELECT id, token_version FROM refresh_intent WHERE user_id = $1 AND closed_at IS NULL")
-        .bind(user_id)
-        .fetch_optional(p)
-        .await)
+    with_pool!(store, |p| sqlx::query_as(
+        "SELECT id, token_version FROM refresh_intent WHERE user_id = $1 AND closed_at IS NULL"
+    )
+    .bind(user_id)
+    .fetch_optional(p)
+    .await)
 }
 
 pub async fn close_intent(store: &Store, intent_id: &str, result: &str, now: DateTime<Utc>) -> sqlx::Result<()> {
-    with_pool!(store, |p| sqlx::query("UPDATE refresh_intent SET closed_at = $1, result = $2 WHERE id = $3 AND closed_at IS NULL")
-        .bind(now)
-        .bind(result)
-        .bind(intent_id)
-        .execute(p)
-        .await
-        .map(|_| ()))
+    with_pool!(store, |p| sqlx::query(
+        "UPDATE refresh_intent SET closed_at = $1, result = $2 WHERE id = $3 AND closed_at IS NULL"
+    )
+    .bind(now)
+    .bind(result)
+    .bind(intent_id)
+    .execute(p)
+    .await
+    .map(|_| ()))
 }
 
 /// Users with an open intent whose grant nobody holds: a refresh died between Astra's answer and the commit.

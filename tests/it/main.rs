@@ -4,3 +4,4 @@ mod astra;
 mod binary;
 mod helpers;
 mod ledger;
+mod tokens;

@@ -1,0 +1,160 @@
+//! `astra-worker grants import|list`, `astra-worker token <user>`, `astra-worker keys rotate`: grants in and
+//! out. Nothing here ever prints a token, except `token`, which prints the access token alone on stdout.
+
+use std::{
+    io::{BufRead, BufReader},
+    path::PathBuf,
+};
+
+use anyhow::Context as _;
+use chrono::Utc;
+use secrecy::ExposeSecret;
+
+use super::Format;
+use crate::{
+    crypto::Keyring,
+    exit::{Failure, Status},
+    runner::Worker,
+    store::Store,
+    tokens::{self, ImportLine, Imported, store as grant_store},
+};
+
+#[derive(clap::Subcommand, Debug)]
+pub enum GrantsCommand {
+    /// Import grants as JSON lines (from FILE, or stdin with `-` or nothing).
+    Import { file: Option<PathBuf> },
+    /// List grants (never a token).
+    List {
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long, default_value_t = 1000)]
+        limit: i64,
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum KeysCommand {
+    /// Re-encrypt every grant under ASTRA_WORKER_TOKEN_KEY (old keys in ASTRA_WORKER_TOKEN_KEY_PREVIOUS).
+    Rotate,
+}
+
+pub async fn grants(store: &Store, cmd: &GrantsCommand) -> anyhow::Result<Status> {
+    match cmd {
+        GrantsCommand::Import { file } => import(store, file.as_ref()).await,
+        GrantsCommand::List { status, limit, format } => list(store, status.as_deref(), *limit, *format).await,
+    }
+}
+
+async fn import(store: &Store, file: Option<&PathBuf>) -> anyhow::Result<Status> {
+    let keyring = Keyring::from_env()?;
+    let reader: Box<dyn BufRead> = match file.filter(|f| f.as_os_str() != "-") {
+        Some(f) => Box::new(BufReader::new(
+            std::fs::File::open(f).map_err(|e| Failure::Config(format!("cannot read {}: {e}", f.display())))?,
+        )),
+        None => Box::new(BufReader::new(std::io::stdin())),
+    };
+    let (mut new, mut replaced, mut unchanged, mut stale, mut bad) = (0, 0, 0, 0, 0);
+    for (i, line) in reader.lines().enumerate() {
+        let n = i + 1;
+        let line = line.with_context(|| format!("reading line {n}"))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let parsed: ImportLine = match serde_json::from_str(&line) {
+            Ok(p) => p,
+            Err(e) => {
+                // serde's message never carries the token values of a well-formed line; strip quoted text anyway.
+                eprintln!("line {n}: skipped: {}", strip_quoted(&e.to_string()));
+                bad += 1;
+                continue;
+            }
+        };
+        match tokens::import(store, &keyring, &parsed, Utc::now()).await {
+            Ok(Imported::New) => new += 1,
+            Ok(Imported::Replaced { episode_open_for }) => {
+                replaced += 1;
+                if let Some(d) = episode_open_for {
+                    eprintln!("line {n}: user {}: re-authorization episode closed after {}", parsed.user_id, human(d));
+                }
+            }
+            Ok(Imported::Unchanged) => unchanged += 1,
+            Ok(Imported::Stale) => {
+                eprintln!("line {n}: user {}: skipped: older than the stored grant", parsed.user_id);
+                stale += 1;
+            }
+            Err(e) if crate::exit::classify(&e) == Status::Bug => {
+                eprintln!("line {n}: user {}: skipped: {e:#}", parsed.user_id);
+                bad += 1;
+            }
+            Err(e) => return Err(e.context(format!("line {n}"))),
+        }
+    }
+    println!("imported: {new} new, {replaced} replaced, {unchanged} unchanged, {stale} stale, {bad} rejected");
+    Ok(if bad > 0 { Status::Bug } else { Status::Ok })
+}
+
+fn human(d: chrono::TimeDelta) -> String {
+    humantime::format_duration(std::time::Duration::from_secs(d.num_seconds().max(0) as u64)).to_string()
+}
+
+fn strip_quoted(msg: &str) -> String {
+    let mut out = String::new();
+    let mut inside = false;
+    for ch in msg.chars() {
+        if ch == '"' {
+            inside = !inside;
+            if inside {
+                out.push_str("\"…\"");
+            }
+        } else if !inside {
+            out.push(ch);
+        }
+    }
+    out
+}
+
+async fn list(store: &Store, status: Option<&str>, limit: i64, format: Format) -> anyhow::Result<Status> {
+    let rows = grant_store::list(store, status, limit).await?;
+    match format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
+        Format::Text => {
+            println!(
+                "{:<24} {:<13} {:<21} {:<21} {:<10} episode",
+                "user", "status", "refresh expires", "last rotation", "user status"
+            );
+            for r in rows {
+                println!(
+                    "{:<24} {:<13} {:<21} {:<21} {:<10} {}",
+                    r.user_id,
+                    r.status,
+                    r.refresh_expires_at.format("%Y-%m-%dT%H:%M:%SZ"),
+                    r.last_rotated_at.map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string()).unwrap_or_else(|| "-".into()),
+                    r.user_status.unwrap_or_else(|| "-".into()),
+                    r.episode_reason.map(|e| format!("open ({e})")).unwrap_or_else(|| "-".into()),
+                );
+            }
+        }
+    }
+    Ok(Status::Ok)
+}
+
+/// Prints a valid access token alone on stdout.
+pub async fn token(worker: &Worker, user_id: &str) -> anyhow::Result<Status> {
+    let svc = worker.services()?;
+    let t = tokens::access_token(&worker.store, &svc, &worker.settings, user_id).await?;
+    println!("{}", t.expose_secret());
+    Ok(Status::Ok)
+}
+
+pub async fn keys(store: &Store, cmd: &KeysCommand) -> anyhow::Result<Status> {
+    match cmd {
+        KeysCommand::Rotate => {
+            let keyring = Keyring::from_env()?;
+            let n = tokens::rotate_keys(store, &keyring).await?;
+            println!("re-encrypted {n} grants under key {}", keyring.current_id());
+            Ok(Status::Ok)
+        }
+    }
+}
