@@ -13,6 +13,12 @@ use crate::{
 };
 
 pub async fn run(ctx: &RunContext<'_>, p: &StaleAuthorizationSweepParams) -> anyhow::Result<()> {
+    let result = sweep(ctx, p).await;
+    store::release_all(&ctx.worker.store, &ctx.run_id).await?;
+    result
+}
+
+async fn sweep(ctx: &RunContext<'_>, p: &StaleAuthorizationSweepParams) -> anyhow::Result<()> {
     let svc = ctx.worker.services()?;
     let db = &ctx.worker.store;
     let settings = &ctx.worker.settings;

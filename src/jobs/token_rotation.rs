@@ -9,6 +9,13 @@ use super::grant_work::{refresh_one, resolve_orphans};
 use crate::{config::TokenRotationParams, runner::RunContext, tokens::store};
 
 pub async fn run(ctx: &RunContext<'_>, p: &TokenRotationParams) -> anyhow::Result<()> {
+    let result = rotate_due(ctx, p).await;
+    // However the run ends, the grants it claimed are free for the next one.
+    store::release_all(&ctx.worker.store, &ctx.run_id).await?;
+    result
+}
+
+async fn rotate_due(ctx: &RunContext<'_>, p: &TokenRotationParams) -> anyhow::Result<()> {
     let svc = ctx.worker.services()?;
     let db = &ctx.worker.store;
     resolve_orphans(ctx, &svc).await?;

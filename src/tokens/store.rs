@@ -189,6 +189,17 @@ pub async fn release(store: &Store, user_id: &str, owner: &str) -> sqlx::Result<
     .map(|_| ()))
 }
 
+/// Releases every lease `owner` holds (a run that stops early gives back what it claimed).
+pub async fn release_all(store: &Store, owner: &str) -> sqlx::Result<u64> {
+    with_pool!(store, |p| sqlx::query(
+        "UPDATE grant_token SET lease_until = NULL WHERE lease_owner = $1 AND lease_until IS NOT NULL"
+    )
+    .bind(owner)
+    .execute(p)
+    .await
+    .map(|r| r.rows_affected()))
+}
+
 /// Claims up to `limit` active grants whose refresh token expires before `due_before`, not yet tried under
 /// `mark` (this slot attempt) and not leased: leases them to `owner` and marks them. Several processes on
 /// PostgreSQL split the work without overlap (`for update skip locked`).
