@@ -6,6 +6,7 @@ pub mod astra;
 pub mod cli;
 pub mod config;
 pub mod crypto;
+pub mod demo;
 pub mod episodes;
 pub mod exit;
 pub mod jobs;

@@ -2,6 +2,7 @@
 //! contract of [`crate::exit`] with a one-line message on stderr.
 
 mod check_config;
+mod demo;
 mod grants;
 mod prompts;
 mod runs;
@@ -59,6 +60,8 @@ enum Command {
     Migrate,
     /// List job runs, newest first.
     Runs(runs::RunsArgs),
+    /// The demo: the built-in sandbox, a fresh SQLite file, seeded users, every job once, a report.
+    Demo(demo::DemoArgs),
     /// Run the Astra sandbox (a local simulator of Astra) on a loopback port.
     Sandbox(sandbox::SandboxArgs),
     /// Grants in and out: import, list.
@@ -135,6 +138,7 @@ async fn run(cli: Cli) -> anyhow::Result<Status> {
         }
         Some(Command::Runs(args)) => runs::run(&open_store(&cli).await?, args).await,
         Some(Command::Sandbox(args)) => sandbox::run(args).await,
+        Some(Command::Demo(args)) => demo::run(&cli.config, args).await,
         Some(Command::Grants(cmd)) => grants::grants(&open_store(&cli).await?, cmd).await,
         Some(Command::Keys(cmd)) => grants::keys(&open_store(&cli).await?, cmd).await,
         Some(Command::Prompts(cmd)) => prompts::run(&open_store(&cli).await?, cmd).await,

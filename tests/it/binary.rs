@@ -202,3 +202,33 @@ async fn two_processes_on_one_slot_do_the_work_once(b: Backend) {
     }
 }
 both_backends!(two_processes_on_one_slot_do_the_work_once, super::two_processes_on_one_slot_do_the_work_once);
+
+#[test]
+fn the_demo_runs_to_completion_and_reports_every_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("demo.db");
+    let o = Command::new(BIN)
+        .env("RUST_LOG", "warn")
+        .arg("--config")
+        .arg(shipped_config())
+        .args(["demo", "--users", "80", "--database"])
+        .arg(&db)
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 0, "{}", text(&o.stderr));
+    let out = text(&o.stdout);
+    for job in ["token-rotation", "stale-authorization-sweep", "inbound-volume", "reprocessing-check"] {
+        assert!(out.contains(job), "{job} missing from the report:\n{out}");
+    }
+    assert!(out.contains("rotated"), "{out}");
+    assert!(out.contains("suspended users prompted: 0"), "{out}");
+    assert!(out.contains("reauthorization_prompt"), "{out}");
+    // The store it leaves answers the commands the report suggests.
+    let o = Command::new(BIN)
+        .env("DATABASE_URL", format!("sqlite://{}", db.display()))
+        .args(["runs", "--format", "json"])
+        .output()
+        .unwrap();
+    let runs: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(runs.as_array().unwrap().iter().any(|r| r["job"] == "token-rotation" && r["outcome"] == "succeeded"));
+}

@@ -298,15 +298,18 @@ both_backends!(
     super::flaky_astra_kills_no_grant_and_three_runs_rotate_every_due_grant
 );
 
+/// Deliveries received: headers and body.
+pub type Received = Arc<Mutex<Vec<(HashMap<String, String>, String)>>>;
+
 /// A loopback endpoint that records deliveries and fails the first `fail_first` of them.
 pub struct Endpoint {
     pub url: String,
-    pub received: Arc<Mutex<Vec<(HashMap<String, String>, String)>>>,
+    pub received: Received,
 }
 
 pub async fn endpoint(fail_first: usize) -> Endpoint {
     use axum::{Router, http::HeaderMap, routing::post};
-    let received: Arc<Mutex<Vec<(HashMap<String, String>, String)>>> = Arc::default();
+    let received: Received = Arc::default();
     let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let r = received.clone();
     let app = Router::new().route(

@@ -1,0 +1,30 @@
+//! `astra-worker demo`: see [`crate::demo`].
+
+use std::path::PathBuf;
+
+use crate::{config::Settings, demo, exit::Status};
+
+#[derive(clap::Args, Debug)]
+pub struct DemoArgs {
+    /// How many users to seed.
+    #[arg(long, default_value_t = 1000)]
+    users: usize,
+    /// The SQLite file the demo writes (replaced if it exists).
+    #[arg(long, default_value = "astra-worker-demo.db")]
+    database: PathBuf,
+    /// The request rate the demo allows itself against the sandbox.
+    #[arg(long, default_value_t = 200)]
+    requests_per_second: u32,
+}
+
+pub async fn run(config: &std::path::Path, args: &DemoArgs) -> anyhow::Result<Status> {
+    let settings = Settings::load(config)?;
+    let opts = demo::DemoOptions {
+        users: args.users,
+        database: args.database.clone(),
+        requests_per_second: args.requests_per_second.max(1),
+    };
+    let report = demo::run(settings, &opts).await?;
+    print!("{report}");
+    Ok(Status::Ok)
+}
