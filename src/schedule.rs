@@ -65,7 +65,8 @@ impl Schedule {
 
     /// The first slot strictly after `t`.
     pub fn next_after(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        let mut from = t;
+        // Slots are whole seconds; a sub-second start would leak into the result.
+        let mut from = trunc_seconds(t);
         for _ in 0..MAX_SKIPS {
             let local = from.with_timezone(&self.zone);
             let c = self.cron.find_next_occurrence(&local, false).ok()?.with_timezone(&Utc);
@@ -237,6 +238,14 @@ mod tests {
         assert!(!s.is_slot(slot + TimeDelta::seconds(1)));
         assert_eq!(s.latest_at_or_before(slot + TimeDelta::days(6)), Some(slot));
         assert_eq!(s.next_after(slot), Some(slot + TimeDelta::days(7)));
+    }
+
+    #[test]
+    fn slots_are_whole_seconds_whatever_the_start() {
+        let s = ny_daily(2, 30);
+        let t = utc("2026-11-20T12:00:00.590795696Z");
+        assert_eq!(s.next_after(t), Some(utc("2026-11-21T07:30:00Z")));
+        assert!(s.slots_between(t - TimeDelta::days(5), t, 10).iter().all(|x| x.timestamp_subsec_nanos() == 0));
     }
 
     #[test]

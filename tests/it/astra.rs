@@ -372,3 +372,26 @@ async fn the_shared_limiter_keeps_32_callers_within_rate_plus_burst_in_every_sec
     assert!(max <= 200 + burst, "the sandbox saw {max} requests in one second (limit {})", 200 + burst);
     assert!(max >= 150, "the limiter let the rate through: {max}");
 }
+
+#[tokio::test]
+async fn the_same_idempotency_key_and_body_replay_the_first_answer() {
+    let r = rig().await;
+    let (_, rt) = seed_user(&r.sandbox, "u1");
+    let http = reqwest::Client::new();
+    let send = |key: &'static str, token: String| {
+        http.post(format!("{}/v1/oauth/token", r.sandbox.base_url()))
+            .basic_auth("sandbox-client", Some("sandbox-secret"))
+            .header("Idempotency-Key", key)
+            .form(&[("grant_type", "refresh_token"), ("refresh_token", &token)])
+            .send()
+    };
+    let rt = rt.expose_secret().to_string();
+    let a = send("k-1", rt.clone()).await.unwrap().text().await.unwrap();
+    let b = send("k-1", rt.clone()).await.unwrap().text().await.unwrap();
+    assert_eq!(a, b, "the replay is the first answer");
+    assert_eq!(r.sandbox.state().grant_info("u1").unwrap().refreshes, 1, "applied once");
+    let other = send("k-1", "rt_other".into()).await.unwrap();
+    assert_eq!(other.status(), 422, "same key, other body");
+    let fresh = send("k-2", rt).await.unwrap();
+    assert_eq!(fresh.status(), 400, "a new key with the rotated token is a new request: invalid_grant");
+}

@@ -232,3 +232,14 @@ fn the_demo_runs_to_completion_and_reports_every_job() {
     let runs: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert!(runs.as_array().unwrap().iter().any(|r| r["job"] == "token-rotation" && r["outcome"] == "succeeded"));
 }
+
+#[test]
+fn a_missing_secret_exits_78_naming_it_before_any_claim() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("w.db").display());
+    let o = cmd(&url).env_remove("ASTRA_WORKER_TOKEN_KEY").args(["--run-once", "token-rotation"]).output().unwrap();
+    assert_eq!(code(&o), 78, "{}", text(&o.stderr));
+    assert!(text(&o.stderr).contains("missing secret ASTRA_CLIENT_ID"), "{}", text(&o.stderr));
+    let o = cmd(&url).args(["runs", "--format", "json"]).output().unwrap();
+    assert_eq!(text(&o.stdout).trim(), "[]", "nothing claimed, nothing recorded");
+}

@@ -442,3 +442,59 @@ both_backends!(
     tokens_are_sealed_bound_to_their_grant_and_survive_key_rotation,
     super::tokens_are_sealed_bound_to_their_grant_and_survive_key_rotation
 );
+
+async fn catch_up_all_runs_every_missed_slot_oldest_first_once(b: Backend) {
+    let rig = Rig::new(b, SandboxSettings::default(), |s| {
+        let job = s.jobs.iter_mut().find(|j| j.name == JobName::TokenRotation).unwrap();
+        job.catch_up = astra_worker::config::CatchUp::All;
+        job.max_lateness = Duration::from_secs(20 * 24 * 3600);
+    })
+    .await;
+    let w = rig.worker(None).await;
+    let now = Utc::now();
+    let first = run(&w, JobName::TokenRotation, now).await;
+    let slots: Vec<DateTime<Utc>> = first.reports.iter().map(|r| r.slot).collect();
+    assert!(slots.len() == 2 || slots.len() == 3, "the slots of the last 20 days: {slots:?}");
+    assert!(slots.windows(2).all(|p| p[1] - p[0] == TimeDelta::days(7)
+        || p[1] - p[0] == TimeDelta::hours(167)
+        || p[1] - p[0] == TimeDelta::hours(169)));
+    assert!(first.reports.iter().all(|r| matches!(r.result, SlotResult::Ran { .. })));
+    let second = run(&w, JobName::TokenRotation, now).await;
+    assert!(second.reports.is_empty(), "every slot already succeeded: {:?}", second.reports);
+}
+both_backends!(
+    catch_up_all_runs_every_missed_slot_oldest_first_once,
+    super::catch_up_all_runs_every_missed_slot_oldest_first_once
+);
+
+async fn an_unanswered_episode_is_prompted_again_still_one_episode(b: Backend) {
+    let rig = Rig::new(b, SandboxSettings::default(), |s| {
+        let job = s.jobs.iter_mut().find(|j| j.name == JobName::StaleAuthorizationSweep).unwrap();
+        if let astra_worker::config::JobParams::StaleAuthorizationSweep(p) = &mut job.params {
+            p.reprompt_after = Duration::from_secs(1);
+        }
+    })
+    .await;
+    let w = rig.worker(None).await;
+    let users = rig.seed(&w.store, 1, |_| TimeDelta::days(11)).await;
+    let force = RunOptions { force: true, ..Default::default() };
+    run_job(&w, JobName::StaleAuthorizationSweep, &force, Utc::now()).await.unwrap();
+    // The clock moves past reprompt_after without sleeping: back-date the last prompt.
+    with_pool!(&w.store, |p| sqlx::query("UPDATE reauth_episode SET last_prompted_at = $1")
+        .bind(Utc::now() - TimeDelta::hours(1))
+        .execute(p)
+        .await
+        .map(|_| ())
+        .unwrap());
+    run_job(&w, JobName::StaleAuthorizationSweep, &force, Utc::now()).await.unwrap();
+    let prompts = outbox::store::list(&w.store, false, Some("reauthorization_prompt"), 10).await.unwrap();
+    let mut keys: Vec<&str> = prompts.iter().map(|m| m.idempotency_key.as_str()).collect();
+    keys.sort();
+    assert_eq!(keys.len(), 2);
+    assert!(keys[0].ends_with(":1") && keys[1].ends_with(":2"), "{keys:?}");
+    assert_eq!(episodes(&w.store).await, vec![(users[0].clone(), "expired".to_string())]);
+}
+both_backends!(
+    an_unanswered_episode_is_prompted_again_still_one_episode,
+    super::an_unanswered_episode_is_prompted_again_still_one_episode
+);
