@@ -3,16 +3,20 @@
 //! transfers Astra debited but could not credit. Every job runs through one runner and one slot ledger.
 
 pub mod astra;
+pub mod bankday;
 pub mod cli;
 pub mod config;
 pub mod crypto;
 pub mod demo;
 pub mod episodes;
 pub mod exit;
+pub mod guard;
 pub mod jobs;
 pub mod limiter;
+pub mod mirror;
 pub mod money;
 pub mod outbox;
+pub mod registry;
 pub mod runner;
 pub mod sandbox;
 pub mod schedule;

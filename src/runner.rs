@@ -150,6 +150,11 @@ impl RunContext<'_> {
         d.insert(key.to_string(), (cur + n).into());
     }
 
+    /// The job's own figures so far, as JSON.
+    pub fn details_json(&self) -> serde_json::Value {
+        self.details()
+    }
+
     fn counts(&self) -> Counts {
         Counts {
             processed: self.processed.load(Ordering::Relaxed),
@@ -161,6 +166,28 @@ impl RunContext<'_> {
 
     fn details(&self) -> serde_json::Value {
         serde_json::Value::Object(self.details.lock().unwrap_or_else(|p| p.into_inner()).clone())
+    }
+}
+
+impl Worker {
+    /// A context for work done outside a slot (a command acting at once), with its own run id.
+    pub fn adhoc_context<'a>(&'a self, job: &'a JobSettings) -> RunContext<'a> {
+        let now = Utc::now();
+        RunContext {
+            worker: self,
+            job,
+            slot: now,
+            run_id: uuid::Uuid::new_v4().to_string(),
+            dry_run: false,
+            now,
+            work_mark: format!("adhoc:{}", uuid::Uuid::new_v4()),
+            stop: self.shutdown.child_token(),
+            processed: AtomicI64::new(0),
+            failed: AtomicI64::new(0),
+            skipped: AtomicI64::new(0),
+            requests: AtomicI64::new(0),
+            details: Mutex::new(serde_json::Map::new()),
+        }
     }
 }
 
@@ -226,7 +253,6 @@ pub async fn run_job(
         .settings
         .job_settings(job)
         .ok_or_else(|| Failure::config(format!("job {job} is not configured in jobs.toml ([jobs.{job}])")))?;
-    jobs::ensure_available(job)?;
     if jobs::needs_services(job) {
         worker.services()?;
     }

@@ -191,25 +191,29 @@ impl AstraClient {
     }
 
     /// The user's transfers initiated at or after `since`, newest first: pages until an older item or the end.
+    /// Items that do not parse are returned as rejected, with the reason.
     pub async fn transfers_since(
         &self,
         call: Call<'_>,
         access: &SecretString,
         since: DateTime<Utc>,
         page_size: u32,
-    ) -> Result<Vec<Transfer>, AstraError> {
-        let mut out = Vec::new();
+    ) -> Result<model::Listing, AstraError> {
+        let mut out = model::Listing::default();
         let mut offset = 0u64;
         loop {
             let page = self.transfers_page(call, access, page_size, offset).await?;
             let n = page.transfers.len();
             let mut reached_window_end = false;
-            for t in page.transfers {
-                if t.initiated < since {
-                    reached_window_end = true;
-                    break;
+            for item in page.transfers {
+                match model::parse_transfer(item) {
+                    Ok(t) if t.initiated < since => {
+                        reached_window_end = true;
+                        break;
+                    }
+                    Ok(t) => out.transfers.push(t),
+                    Err(e) => out.rejected.push(e),
                 }
-                out.push(t);
             }
             offset += n as u64;
             if reached_window_end || n < page_size as usize || offset >= page.count {

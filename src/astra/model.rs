@@ -111,11 +111,24 @@ pub struct Transfer {
     pub failure_reason: Option<String>,
 }
 
-/// A page of `GET /v1/transfers`.
+/// A page of `GET /v1/transfers`; items are parsed one by one, so one bad item does not sink the page.
 #[derive(Debug, Deserialize)]
 pub struct TransferPage {
     pub count: u64,
+    pub transfers: Vec<serde_json::Value>,
+}
+
+/// Transfers read, and the items that did not parse (with the reason).
+#[derive(Debug, Default)]
+pub struct Listing {
     pub transfers: Vec<Transfer>,
+    pub rejected: Vec<String>,
+}
+
+/// Parses one listed transfer, naming it in the error.
+pub fn parse_transfer(v: serde_json::Value) -> Result<Transfer, String> {
+    let id = v.get("id").and_then(|i| i.as_str()).unwrap_or("(no id)").to_string();
+    serde_json::from_value(v).map_err(|e| format!("transfer {id}: {e}"))
 }
 
 /// A card as `GET /v1/cards` returns it.

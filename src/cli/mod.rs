@@ -4,6 +4,7 @@
 mod check_config;
 mod demo;
 mod grants;
+mod money_side;
 mod prompts;
 mod runs;
 mod sandbox;
@@ -75,6 +76,17 @@ enum Command {
     /// The outbox of re-authorization prompts and follow-ups.
     #[command(subcommand)]
     Prompts(prompts::PromptsCommand),
+    /// The registry of client-issued destinations (limits, zones, card flags) and ACH credits.
+    #[command(subcommand)]
+    Accounts(money_side::AccountsCommand),
+    /// Freeze or unfreeze a client-issued card.
+    #[command(subcommand)]
+    Cards(money_side::CardsCommand),
+    /// Block or unblock a user's routine requests.
+    #[command(subcommand)]
+    Users(money_side::UsersCommand),
+    /// May this routine request go out? JSON answer; exit 0 allowed, 1 denied, 75/78 errors.
+    Guard(money_side::GuardArgs),
 }
 
 /// Output format of listings.
@@ -83,6 +95,9 @@ pub enum Format {
     Text,
     Json,
 }
+
+/// The guard's exit code for an internal error (EX_SOFTWARE), since 1 means "denied" there.
+const GUARD_BUG: u8 = 70;
 
 /// Parses the command line, runs it, and turns the result into the exit code.
 pub fn main() -> ExitCode {
@@ -103,6 +118,8 @@ pub fn main() -> ExitCode {
         LogTo::Stderr
     };
     telemetry::init(log_to);
+    // The guard's exit 1 means "denied": its own failures must exit 2 or more.
+    let bug_status = if matches!(cli.command, Some(Command::Guard(_))) { GUARD_BUG } else { Status::Bug.code() };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
@@ -114,9 +131,10 @@ pub fn main() -> ExitCode {
         Ok(status) => status.into(),
         Err(e) => {
             let status = classify(&e);
-            tracing::error!(exit_code = status.code(), "{e:#}");
+            let code = if status == Status::Bug { bug_status } else { status.code() };
+            tracing::error!(exit_code = code, "{e:#}");
             eprintln!("astra-worker: error: {e:#}");
-            status.into()
+            ExitCode::from(code)
         }
     }
 }
@@ -142,6 +160,14 @@ async fn run(cli: Cli) -> anyhow::Result<Status> {
         Some(Command::Grants(cmd)) => grants::grants(&open_store(&cli).await?, cmd).await,
         Some(Command::Keys(cmd)) => grants::keys(&open_store(&cli).await?, cmd).await,
         Some(Command::Prompts(cmd)) => prompts::run(&open_store(&cli).await?, cmd).await,
+        Some(Command::Accounts(cmd)) => money_side::accounts(&open_store(&cli).await?, cmd).await,
+        Some(Command::Users(cmd)) => money_side::users(&open_store(&cli).await?, cmd).await,
+        Some(Command::Guard(args)) => money_side::guard(&open_store(&cli).await?, args).await,
+        Some(Command::Cards(cmd)) => {
+            let settings = Settings::load(&cli.config)?;
+            let worker = Worker::new(settings, open_store(&cli).await?);
+            money_side::cards(&worker, cmd).await
+        }
         Some(Command::Token { user_id }) => {
             let settings = Settings::load(&cli.config)?;
             let worker = Worker::new(settings, open_store(&cli).await?);

@@ -167,11 +167,23 @@ impl Default for TokenRotationParams {
 pub struct InboundVolumeParams {
     /// Warn when a day's inbound total reaches this share of the limit, in percent.
     pub warn_percent: u8,
+    /// How far back each user's transfers are mirrored.
+    #[serde(deserialize_with = "duration")]
+    pub lookback: Duration,
+    /// Transfers asked for per page.
+    pub page_size: u32,
+    /// Users mirrored at once (each still waits for the shared rate limiter).
+    pub concurrency: u32,
 }
 
 impl Default for InboundVolumeParams {
     fn default() -> Self {
-        InboundVolumeParams { warn_percent: 80 }
+        InboundVolumeParams {
+            warn_percent: 80,
+            lookback: Duration::from_secs(3 * 24 * 3600),
+            page_size: 100,
+            concurrency: 8,
+        }
     }
 }
 
@@ -181,11 +193,17 @@ pub struct ReprocessingCheckParams {
     /// A transfer debited but not credited for longer than this gets one `transfer_stuck` follow-up.
     #[serde(deserialize_with = "duration")]
     pub stuck_after: Duration,
+    /// Transfers that landed within this are re-read too, to catch a failure after landing.
+    #[serde(deserialize_with = "duration")]
+    pub watch_landed_for: Duration,
 }
 
 impl Default for ReprocessingCheckParams {
     fn default() -> Self {
-        ReprocessingCheckParams { stuck_after: Duration::from_secs(72 * 3600) }
+        ReprocessingCheckParams {
+            stuck_after: Duration::from_secs(72 * 3600),
+            watch_landed_for: Duration::from_secs(5 * 24 * 3600),
+        }
     }
 }
 
@@ -290,6 +308,9 @@ pub(super) fn parse(text: &str, base_url_override: Option<&str>) -> Result<Setti
     push(&mut jobs, &loc, JobName::InboundVolume, j.inbound_volume, |p| {
         if p.warn_percent == 0 || p.warn_percent > 100 {
             return Err(format!("settings.warn_percent must be between 1 and 100 (got {})", p.warn_percent));
+        }
+        if p.page_size == 0 || p.concurrency == 0 {
+            return Err("settings.page_size and settings.concurrency must be at least 1".into());
         }
         Ok(JobParams::InboundVolume(p))
     })?;

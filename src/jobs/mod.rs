@@ -1,26 +1,17 @@
 //! The jobs: each is a plain `async fn` over a [`RunContext`], called only through the runner.
 
 mod grant_work;
+pub mod inbound_volume;
+pub mod reprocessing_check;
 mod stale_sweep;
 mod test_hold;
 mod token_rotation;
 
 use crate::{
     config::{JobName, JobParams},
-    exit::Failure,
     outbox,
     runner::RunContext,
 };
-
-/// Refuses, before any slot is claimed, a job this build cannot run yet.
-pub fn ensure_available(job: JobName) -> anyhow::Result<()> {
-    match job {
-        JobName::TestHold | JobName::TokenRotation | JobName::StaleAuthorizationSweep => Ok(()),
-        other => Err(Failure::config(format!(
-            "job {other} is not available in this build of astra-worker yet; disable it in jobs.toml"
-        ))),
-    }
-}
 
 /// Jobs that call Astra or read tokens (they need the secrets).
 pub fn needs_services(job: JobName) -> bool {
@@ -38,7 +29,8 @@ pub async fn execute(ctx: &RunContext<'_>) -> anyhow::Result<()> {
         JobParams::TestHold { items, hold } => return test_hold::run(ctx, *items, *hold).await,
         JobParams::TokenRotation(p) => token_rotation::run(ctx, p).await?,
         JobParams::StaleAuthorizationSweep(p) => stale_sweep::run(ctx, p).await?,
-        _ => ensure_available(ctx.job.name)?,
+        JobParams::InboundVolume(p) => inbound_volume::run(ctx, p).await?,
+        JobParams::ReprocessingCheck(p) => reprocessing_check::run(ctx, p).await?,
     }
     if !ctx.dry_run {
         let svc = ctx.worker.services()?;

@@ -13,7 +13,7 @@ use serde::Deserialize;
 pub use refresh::{Refreshed, refresh_leased};
 
 use crate::{
-    astra::Call,
+    astra::{AstraError, Call},
     config::Settings,
     crypto::{CryptoError, Keyring, TokenKind},
     exit::Failure,
@@ -171,6 +171,43 @@ pub async fn access_token(
     settings: &Settings,
     user_id: &str,
 ) -> anyhow::Result<SecretString> {
+    let call = Call { run: None, user_id: Some(user_id) };
+    fresh_access(db, svc, settings, call, user_id, None).await.map(|(t, _)| t)
+}
+
+/// Runs `f` with the user's access token; when Astra rejects that token (401), refreshes once and runs again.
+pub async fn with_access<T, F, Fut>(
+    db: &Store,
+    svc: &Services,
+    settings: &Settings,
+    call: Call<'_>,
+    user_id: &str,
+    f: F,
+) -> anyhow::Result<Result<T, AstraError>>
+where
+    F: Fn(SecretString) -> Fut,
+    Fut: std::future::Future<Output = Result<T, AstraError>>,
+{
+    let (token, version) = fresh_access(db, svc, settings, call, user_id, None).await?;
+    match f(token).await {
+        Err(AstraError::AccessTokenRejected { .. }) => {
+            let (token, _) = fresh_access(db, svc, settings, call, user_id, Some(version)).await?;
+            Ok(f(token).await)
+        }
+        other => Ok(other),
+    }
+}
+
+/// The access token and its grant version; refreshed first when it expires within the margin, or when its
+/// version is `rejected_version` (Astra refused it).
+async fn fresh_access(
+    db: &Store,
+    svc: &Services,
+    settings: &Settings,
+    call: Call<'_>,
+    user_id: &str,
+    rejected_version: Option<i64>,
+) -> anyhow::Result<(SecretString, i64)> {
     let owner = format!("token:{}:{}", std::process::id(), uuid::Uuid::new_v4());
     let margin = TimeDelta::from_std(settings.astra.access_margin).unwrap_or(TimeDelta::minutes(5));
     let lease = TimeDelta::from_std(settings.runner.claim_lease).unwrap_or(TimeDelta::minutes(2));
@@ -183,15 +220,14 @@ pub async fn access_token(
             anyhow::bail!("the grant of user {user_id} needs re-authorization (status {})", g.status);
         }
         let now = Utc::now();
-        if g.access_expires_at.is_some_and(|t| t > now + margin) {
-            return Ok(g.access);
+        if g.access_expires_at.is_some_and(|t| t > now + margin) && rejected_version != Some(g.version) {
+            return Ok((g.access, g.version));
         }
         if store::try_lease(db, user_id, &owner, now + lease, now).await? {
-            let r =
-                refresh_leased(db, svc, settings, Call { run: None, user_id: Some(user_id) }, user_id, &owner).await;
+            let r = refresh_leased(db, svc, settings, call, user_id, &owner).await;
             store::release(db, user_id, &owner).await?;
             match r? {
-                Refreshed::Rotated { access } => return Ok(access),
+                Refreshed::Rotated { access } => return Ok((access, g.version + 1)),
                 Refreshed::Adopted | Refreshed::Inactive => continue,
                 Refreshed::Dead { reason, .. } => {
                     anyhow::bail!(

@@ -244,7 +244,7 @@ async fn paging_stops_once_items_are_older_than_the_window() {
     }
     // The newest 120 are at or after `since`.
     let since = base + TimeDelta::hours(130);
-    let got = r.client.transfers_since(Call::default(), &at, since, 50).await.unwrap();
+    let got = r.client.transfers_since(Call::default(), &at, since, 50).await.unwrap().transfers;
     assert_eq!(got.len(), 120);
     assert!(got.windows(2).all(|w| w[0].initiated >= w[1].initiated), "newest first");
     assert_eq!(calls_to(&r.sandbox, "/v1/transfers"), 3, "pages of 50 until one reaches the window");

@@ -5,4 +5,5 @@ mod binary;
 mod cli_tokens;
 mod helpers;
 mod ledger;
+mod money;
 mod tokens;

@@ -1,0 +1,161 @@
+//! The money side's commands: `accounts import`, `cards freeze|unfreeze`, `users block|unblock`, `guard`.
+
+use std::{
+    io::{BufRead, BufReader},
+    path::PathBuf,
+};
+
+use anyhow::Context as _;
+use chrono::{TimeDelta, Utc};
+
+use crate::{
+    exit::{Failure, Status},
+    guard::{self, GuardRequest},
+    jobs::reprocessing_check,
+    mirror,
+    money::Cents,
+    registry::{self, ImportLine},
+    runner::Worker,
+    store::Store,
+};
+
+#[derive(clap::Subcommand, Debug)]
+pub enum AccountsCommand {
+    /// Import destinations (and ACH credits) as JSON lines, from FILE or stdin.
+    Import { file: Option<PathBuf> },
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum CardsCommand {
+    /// Mark a client-issued card frozen: the guard denies requests to it.
+    Freeze { card_id: String },
+    /// Unfreeze it, and re-check at once the transfers it held (when Astra credentials are set).
+    Unfreeze { card_id: String },
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum UsersCommand {
+    /// Stop routine requests for a user.
+    Block {
+        user_id: String,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Lift a block.
+    Unblock { user_id: String },
+}
+
+#[derive(clap::Args, Debug)]
+pub struct GuardArgs {
+    #[arg(long)]
+    user: String,
+    /// The request's amount in dollars (e.g. 12.50).
+    #[arg(long)]
+    amount: String,
+    #[arg(long)]
+    destination: Option<String>,
+}
+
+pub async fn accounts(store: &Store, cmd: &AccountsCommand) -> anyhow::Result<Status> {
+    let AccountsCommand::Import { file } = cmd;
+    let reader: Box<dyn BufRead> = match file.as_ref().filter(|f| f.as_os_str() != "-") {
+        Some(f) => Box::new(BufReader::new(
+            std::fs::File::open(f).map_err(|e| Failure::Config(format!("cannot read {}: {e}", f.display())))?,
+        )),
+        None => Box::new(BufReader::new(std::io::stdin())),
+    };
+    let (mut ok, mut bad) = (0, 0);
+    for (i, line) in reader.lines().enumerate() {
+        let n = i + 1;
+        let line = line.with_context(|| format!("reading line {n}"))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let parsed: ImportLine = match serde_json::from_str(&line) {
+            Ok(p) => p,
+            Err(_) => {
+                eprintln!(
+                    "line {n}: skipped: not a destination ({{destination_id, user_id, kind, bank_time_zone, daily_limit_cents, …}}) nor an ACH credit ({{routine_id, ach_credit_id, addenda}})"
+                );
+                bad += 1;
+                continue;
+            }
+        };
+        match registry::import(store, &parsed, Utc::now()).await {
+            Ok(()) => ok += 1,
+            Err(e) if crate::exit::classify(&e) == Status::Bug => {
+                eprintln!("line {n}: skipped: {e:#}");
+                bad += 1;
+            }
+            Err(e) => return Err(e.context(format!("line {n}"))),
+        }
+    }
+    println!("imported: {ok} lines, {bad} rejected");
+    Ok(if bad > 0 { Status::Bug } else { Status::Ok })
+}
+
+pub async fn cards(worker: &Worker, cmd: &CardsCommand) -> anyhow::Result<Status> {
+    let (card, frozen) = match cmd {
+        CardsCommand::Freeze { card_id } => (card_id, true),
+        CardsCommand::Unfreeze { card_id } => (card_id, false),
+    };
+    if !registry::set_frozen(&worker.store, card, frozen, Utc::now()).await? {
+        return Err(Failure::config(format!("no registered card {card} (import it with `accounts import`)")));
+    }
+    println!("card {card}: {}", if frozen { "frozen" } else { "unfrozen" });
+    if !frozen {
+        recheck_card(worker, card).await?;
+    }
+    Ok(Status::Ok)
+}
+
+/// Re-reads the transfers a card held, right after it is unfrozen (skipped without Astra credentials).
+async fn recheck_card(worker: &Worker, card: &str) -> anyhow::Result<()> {
+    let held = mirror::watched(&worker.store, Some(card)).await?;
+    if held.is_empty() {
+        return Ok(());
+    }
+    let Ok(svc) = worker.services() else {
+        println!("{} held transfers will be re-checked by the next reprocessing-check run", held.len());
+        return Ok(());
+    };
+    let Some(job) = worker.settings.job(crate::config::JobName::ReprocessingCheck) else {
+        println!("{} held transfers: reprocessing-check is not configured; not re-checked", held.len());
+        return Ok(());
+    };
+    let stuck_after = match &job.params {
+        crate::config::JobParams::ReprocessingCheck(p) => {
+            TimeDelta::from_std(p.stuck_after).unwrap_or(TimeDelta::hours(72))
+        }
+        _ => TimeDelta::hours(72),
+    };
+    let ctx = worker.adhoc_context(job);
+    for w in &held {
+        reprocessing_check::check(&ctx, &svc, w, stuck_after).await?;
+    }
+    println!("re-checked {} held transfers: {}", held.len(), ctx.details_json());
+    Ok(())
+}
+
+pub async fn users(store: &Store, cmd: &UsersCommand) -> anyhow::Result<Status> {
+    match cmd {
+        UsersCommand::Block { user_id, reason } => {
+            registry::block_user(store, user_id, reason, Utc::now()).await?;
+            println!("user {user_id}: blocked");
+        }
+        UsersCommand::Unblock { user_id } => {
+            let was = registry::unblock_user(store, user_id).await?;
+            println!("user {user_id}: {}", if was { "unblocked" } else { "was not blocked" });
+        }
+    }
+    Ok(Status::Ok)
+}
+
+/// Prints the answer as JSON; exit 0 allowed, 1 denied.
+pub async fn guard(store: &Store, args: &GuardArgs) -> anyhow::Result<Status> {
+    let amount = Cents::parse_dollars(&args.amount).map_err(|e| Failure::Config(format!("--amount: {e}")))?;
+    let req = GuardRequest { user_id: &args.user, amount, destination_id: args.destination.as_deref() };
+    let answer = guard::check(store, &req, Utc::now()).await?;
+    println!("{}", serde_json::to_string(&answer)?);
+    Ok(if answer.allowed { Status::Ok } else { Status::Bug })
+}

@@ -1,0 +1,383 @@
+//! The money side on both stores: the transfer mirror and its counters, drift, the guard's every reason,
+//! reprocessing (limit, frozen card, stuck) and the follow-ups of a transfer that failed after landing.
+
+use astra_worker::{
+    astra::TransferStatus,
+    config::{JobName, JobParams},
+    guard::{self, GuardRequest},
+    mirror,
+    money::Cents,
+    outbox,
+    registry::{self, AchCreditLine, DestinationLine, ImportLine},
+    runner::{RunOptions, Worker, run_job},
+    sandbox::{CardRec, Hold, SandboxSettings},
+    store::Store,
+    tokens::store as grant_store,
+    with_pool,
+};
+use chrono::{DateTime, TimeDelta, TimeZone, Utc};
+
+use rand::{Rng, SeedableRng};
+
+use crate::{astra::add_transfer, both_backends, helpers::Backend, tokens::Rig};
+
+const NY: &str = "America/New_York";
+
+async fn register(store: &Store, dest: &str, user: &str, kind: &str, zone: &str, limit: i64) {
+    let line = ImportLine::Destination(DestinationLine {
+        destination_id: dest.into(),
+        user_id: user.into(),
+        kind: kind.into(),
+        bank_time_zone: zone.into(),
+        daily_limit_cents: limit,
+        frozen: None,
+        push_enabled: None,
+        pull_enabled: None,
+    });
+    registry::import(store, &line, Utc::now()).await.unwrap();
+}
+
+/// A transfer to destination `dst` in the sandbox.
+fn transfer(rig: &Rig, id: &str, user: &str, cents: i64, at: DateTime<Utc>, status: TransferStatus) {
+    add_transfer(&mut rig.sandbox.state(), id, user, cents, at, status, None);
+}
+
+fn ask(user: &str, cents: i64) -> GuardRequest<'_> {
+    GuardRequest { user_id: user, amount: Cents(cents), destination_id: None }
+}
+
+async fn force(w: &Worker, job: JobName) -> astra_worker::runner::RunSummary {
+    run_job(w, job, &RunOptions { force: true, ..Default::default() }, Utc::now()).await.unwrap()
+}
+
+async fn total(store: &Store, dest: &str, day: &str) -> i64 {
+    mirror::counter(store, dest, day).await.unwrap().map(|c| c.0).unwrap_or(0)
+}
+
+fn today_ny() -> String {
+    astra_worker::bankday::BankDay::of(NY.parse().unwrap(), Utc::now()).key()
+}
+
+async fn a_thousand_random_amounts_sum_exactly_and_mirroring_twice_changes_nothing(b: Backend) {
+    let rig = Rig::new(b, SandboxSettings::default(), |_| {}).await;
+    let w = rig.worker(None).await;
+    let users = rig.seed(&w.store, 1, |_| TimeDelta::hours(1)).await;
+    register(&w.store, "dst", &users[0], "account", NY, 1_000_000_000).await;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(42);
+    let day_start = astra_worker::bankday::BankDay::of(NY.parse().unwrap(), Utc::now()).start();
+    let span = (Utc::now() - day_start).num_seconds().max(2);
+    let mut expected = 0i64;
+    for i in 0..1000 {
+        let cents = rng.random_range(1..=500_000i64);
+        expected += cents;
+        let at = day_start + TimeDelta::seconds(rng.random_range(0..span));
+        transfer(&rig, &format!("t{i:04}"), &users[0], cents, at, TransferStatus::Processed);
+    }
+    force(&w, JobName::InboundVolume).await;
+    assert_eq!(total(&w.store, "dst", &today_ny()).await, expected);
+    assert_eq!(mirror::recompute(&w.store, "dst", &today_ny()).await.unwrap(), (expected, 1000));
+    let events = count(&w.store, "SELECT COUNT(*) FROM transfer_event").await;
+
+    force(&w, JobName::InboundVolume).await;
+    assert_eq!(total(&w.store, "dst", &today_ny()).await, expected, "mirroring twice changes nothing");
+    assert_eq!(count(&w.store, "SELECT COUNT(*) FROM transfer_event").await, events);
+
+    // A status change moves the counter once.
+    rig.sandbox.state().set_transfer_status("t0007", TransferStatus::Failed, Some("R01".into()));
+    let gone = cents_of(&w.store, "t0007").await;
+    force(&w, JobName::InboundVolume).await;
+    force(&w, JobName::InboundVolume).await;
+    assert_eq!(total(&w.store, "dst", &today_ny()).await, expected - gone);
+}
+both_backends!(
+    a_thousand_random_amounts_sum_exactly_and_mirroring_twice_changes_nothing,
+    super::a_thousand_random_amounts_sum_exactly_and_mirroring_twice_changes_nothing
+);
+
+async fn count(store: &Store, sql: &'static str) -> i64 {
+    with_pool!(store, |p| sqlx::query_scalar::<_, i64>(sql).fetch_one(p).await.unwrap())
+}
+
+async fn cents_of(store: &Store, id: &str) -> i64 {
+    with_pool!(store, |p| sqlx::query_scalar::<_, i64>("SELECT amount_cents FROM transfer WHERE id = $1")
+        .bind(id)
+        .fetch_one(p)
+        .await
+        .unwrap())
+}
+
+async fn pages_stop_at_the_window_and_drift_is_found_and_fixed(b: Backend) {
+    let rig = Rig::new(b, SandboxSettings::default(), |_| {}).await;
+    let w = rig.worker(None).await;
+    let users = rig.seed(&w.store, 1, |_| TimeDelta::hours(1)).await;
+    register(&w.store, "dst", &users[0], "account", NY, 1_000_000).await;
+    let now = Utc::now();
+    for i in 0..30 {
+        // Every 6 hours back: the lookback (3 days) takes 12 of them.
+        transfer(
+            &rig,
+            &format!("w{i:02}"),
+            &users[0],
+            100,
+            now - TimeDelta::hours(6 * i + 1),
+            TransferStatus::Processed,
+        );
+    }
+    force(&w, JobName::InboundVolume).await;
+    assert_eq!(count(&w.store, "SELECT COUNT(*) FROM transfer").await, 12);
+
+    // A counter changed behind the worker's back.
+    let day = today_ny();
+    let before = total(&w.store, "dst", &day).await;
+    with_pool!(&w.store, |p| sqlx::query("UPDATE inbound_day SET total_cents = total_cents + 500 WHERE bank_day = $1")
+        .bind(&day)
+        .execute(p)
+        .await
+        .map(|_| ())
+        .unwrap());
+    let s = force(&w, JobName::InboundVolume).await;
+    let details = match &s.reports[0].result {
+        astra_worker::runner::SlotResult::Ran { details, .. } => details.clone(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(details["drift_found"], 1, "{details}");
+    assert_eq!(details["drift_cents"], 500);
+    assert_eq!(total(&w.store, "dst", &day).await, before, "fixed");
+    let drift: i64 = with_pool!(&w.store, |p| sqlx::query_scalar(
+        "SELECT drift_cents FROM limit_decision WHERE destination_id = 'dst' AND bank_day = $1"
+    )
+    .bind(&day)
+    .fetch_one(p)
+    .await
+    .unwrap());
+    assert_eq!(drift, 500, "the evidence keeps the drift");
+}
+both_backends!(
+    pages_stop_at_the_window_and_drift_is_found_and_fixed,
+    super::pages_stop_at_the_window_and_drift_is_found_and_fixed
+);
+
+async fn the_guard_gives_every_reason_and_a_limit_is_reached_exactly(b: Backend) {
+    let rig = Rig::new(b, SandboxSettings::default(), |_| {}).await;
+    let w = rig.worker(None).await;
+    let users = rig.seed(&w.store, 6, |_| TimeDelta::hours(1)).await;
+    let db = &w.store;
+    register(db, "dst", &users[0], "account", "America/Chicago", 100_000).await;
+    // Two transfers a millisecond apart across Chicago midnight land on two days.
+    let zone: chrono_tz::Tz = "America/Chicago".parse().unwrap();
+    let midnight = zone
+        .from_local_datetime(&(Utc::now().with_timezone(&zone).date_naive()).and_hms_opt(0, 0, 0).unwrap())
+        .earliest()
+        .unwrap()
+        .with_timezone(&Utc);
+    {
+        let mut s = rig.sandbox.state();
+        add_transfer(
+            &mut s,
+            "late",
+            &users[0],
+            99_999,
+            midnight - TimeDelta::milliseconds(1),
+            TransferStatus::Processed,
+            None,
+        );
+        add_transfer(&mut s, "early", &users[0], 60_000, midnight, TransferStatus::Processed, None);
+    }
+    force(&w, JobName::InboundVolume).await;
+    let today = astra_worker::bankday::BankDay::of(zone, Utc::now());
+    assert_eq!(total(db, "dst", &today.key()).await, 60_000);
+    assert_eq!(total(db, "dst", &today.previous().key()).await, 99_999);
+
+    let now = Utc::now();
+    let u0 = users[0].clone();
+    let a = guard::check(db, &ask(&u0, 40_000), now).await.unwrap();
+    assert!(a.allowed, "reaching the limit exactly is allowed: {a:?}");
+    assert_eq!(a.headroom_cents, Some(0));
+    let a = guard::check(db, &ask(&u0, 40_001), now).await.unwrap();
+    assert_eq!((a.allowed, a.reason), (false, Some("daily_limit")));
+    assert_eq!(a.headroom_cents, Some(40_000));
+    assert_eq!(a.block_lifts_at, Some(today.end()));
+    let next_day = guard::check(db, &ask(&u0, 40_001), today.end()).await.unwrap();
+    assert!(next_day.allowed, "the block lifts at the next local midnight");
+
+    register(db, "card-1", &users[1], "card", NY, 100_000).await;
+    registry::set_frozen(db, "card-1", true, now).await.unwrap();
+    assert_eq!(guard::check(db, &ask(&users[1], 1), now).await.unwrap().reason, Some("card_frozen"));
+    let line = ImportLine::Destination(DestinationLine {
+        destination_id: "card-2".into(),
+        user_id: users[2].clone(),
+        kind: "card".into(),
+        bank_time_zone: NY.into(),
+        daily_limit_cents: 100_000,
+        frozen: None,
+        push_enabled: Some(false),
+        pull_enabled: None,
+    });
+    registry::import(db, &line, now).await.unwrap();
+    assert_eq!(guard::check(db, &ask(&users[2], 1), now).await.unwrap().reason, Some("card_not_push_enabled"));
+    registry::block_user(db, &users[3], "fraud review", now).await.unwrap();
+    let a = guard::check(db, &ask(&users[3], 1), now).await.unwrap();
+    assert_eq!((a.reason, a.detail.as_deref()), (Some("user_blocked"), Some("fraud review")));
+    grant_store::set_user_status(db, &users[4], "suspended", now).await.unwrap();
+    assert_eq!(guard::check(db, &ask(&users[4], 1), now).await.unwrap().reason, Some("user_suspended"));
+    grant_store::set_needs_reauth(db, &users[5], now).await.unwrap();
+    assert_eq!(guard::check(db, &ask(&users[5], 1), now).await.unwrap().reason, Some("reauthorization_required"));
+    assert_eq!(guard::check(db, &ask("nobody", 1), now).await.unwrap().reason, Some("reauthorization_required"));
+}
+both_backends!(
+    the_guard_gives_every_reason_and_a_limit_is_reached_exactly,
+    super::the_guard_gives_every_reason_and_a_limit_is_reached_exactly
+);
+
+async fn held_transfers_clear_after_the_bank_day_or_the_unfreeze_and_a_stuck_one_gets_one_followup(b: Backend) {
+    let rig = Rig::new(b, SandboxSettings::default(), |s| {
+        let job = s.jobs.iter_mut().find(|j| j.name == JobName::ReprocessingCheck).unwrap();
+        if let JobParams::ReprocessingCheck(p) = &mut job.params {
+            p.stuck_after = std::time::Duration::from_secs(3600);
+        }
+    })
+    .await;
+    let w = rig.worker(None).await;
+    let users = rig.seed(&w.store, 2, |_| TimeDelta::hours(1)).await;
+    let now = Utc::now();
+    {
+        let mut s = rig.sandbox.state();
+        let clears_at = s.bank_day_end(now);
+        add_transfer(
+            &mut s,
+            "lim",
+            &users[0],
+            5000,
+            now,
+            TransferStatus::Pending,
+            Some(Hold::DailyLimit { clears_at }),
+        );
+        s.add_card(CardRec {
+            id: "c1".into(),
+            user_id: users[1].clone(),
+            status: "approved".into(),
+            push_enabled: true,
+            pull_enabled: true,
+            frozen: true,
+        });
+        add_transfer(
+            &mut s,
+            "frz",
+            &users[1],
+            700,
+            now,
+            TransferStatus::Pending,
+            Some(Hold::CardFrozen { card_id: "c1".into() }),
+        );
+    }
+    force(&w, JobName::InboundVolume).await; // the mirror sees both held
+    assert_eq!(mirror::watched(&w.store, None).await.unwrap().len(), 2);
+
+    // Held for longer than stuck_after: one follow-up however many runs.
+    with_pool!(&w.store, |p| sqlx::query("UPDATE transfer SET held_since = $1 WHERE id = 'frz'")
+        .bind(now - TimeDelta::hours(5))
+        .execute(p)
+        .await
+        .map(|_| ())
+        .unwrap());
+    for _ in 0..3 {
+        force(&w, JobName::ReprocessingCheck).await;
+    }
+    let stuck = outbox::store::list(&w.store, false, Some("transfer_stuck"), 10).await.unwrap();
+    assert_eq!(stuck.len(), 1);
+    assert_eq!(stuck[0].idempotency_key, "transfer_stuck:frz");
+
+    // The next bank day (the sandbox's clock; its access tokens expire meanwhile, the worker refreshes).
+    rig.sandbox.state().advance_clock(TimeDelta::hours(26));
+    let s = force(&w, JobName::ReprocessingCheck).await;
+    assert!(
+        matches!(&s.reports[0].result, astra_worker::runner::SlotResult::Ran { details, .. } if details["cleared"] == 1),
+        "{:?}",
+        s.reports
+    );
+    let left: Vec<String> = mirror::watched(&w.store, None).await.unwrap().into_iter().map(|t| t.id).collect();
+    assert_eq!(left, vec!["frz".to_string()], "the limit case cleared; the frozen card still holds its transfer");
+    rig.sandbox.state().set_card_frozen("c1", false);
+    force(&w, JobName::ReprocessingCheck).await;
+    assert!(mirror::watched(&w.store, None).await.unwrap().is_empty(), "cleared after the unfreeze");
+}
+both_backends!(
+    held_transfers_clear_after_the_bank_day_or_the_unfreeze_and_a_stuck_one_gets_one_followup,
+    super::held_transfers_clear_after_the_bank_day_or_the_unfreeze_and_a_stuck_one_gets_one_followup
+);
+
+async fn a_transfer_failing_after_landing_gets_its_followups_once_even_with_two_workers(b: Backend) {
+    let rig = Rig::new(b, SandboxSettings::default(), |_| {}).await;
+    let (w1, w2) = (rig.worker(None).await, rig.worker(None).await);
+    let users = rig.seed(&w1.store, 1, |_| TimeDelta::hours(1)).await;
+    register(&w1.store, "dst", &users[0], "account", NY, 10_000_000).await;
+    let line = ImportLine::AchCredit(AchCreditLine {
+        routine_id: "rtn_a2c".into(),
+        ach_credit_id: "ach-77".into(),
+        addenda: "refund 77 addenda".into(),
+    });
+    registry::import(&w1.store, &line, Utc::now()).await.unwrap();
+    {
+        let mut s = rig.sandbox.state();
+        for i in 0..20 {
+            add_transfer(
+                &mut s,
+                &format!("a2c{i:02}"),
+                &users[0],
+                1000 + i,
+                Utc::now() - TimeDelta::minutes(i),
+                TransferStatus::Processed,
+                None,
+            );
+        }
+        // An account-to-card routine's transfer, whose ACH credit the fintech registered.
+        let at = Utc::now() - TimeDelta::minutes(30);
+        s.add_transfer(astra_worker::sandbox::TransferRec {
+            id: "a2c-card".into(),
+            user_id: users[0].clone(),
+            routine_id: Some("rtn_a2c".into()),
+            routine_type: Some("account-to-card".into()),
+            source_id: Some("src".into()),
+            destination_id: Some("dst".into()),
+            amount: Cents(2500),
+            payment_type: "debit".into(),
+            initiated: at,
+            updated: at,
+            estimated_clearing_date: at.date_naive(),
+            status: TransferStatus::Processed,
+            hold: None,
+            failure_reason: None,
+        });
+    }
+    force(&w1, JobName::InboundVolume).await; // landed
+    {
+        let mut s = rig.sandbox.state();
+        for i in 0..20 {
+            s.set_transfer_status(&format!("a2c{i:02}"), TransferStatus::Failed, Some("R02".into()));
+        }
+        s.set_transfer_status("a2c-card", TransferStatus::Failed, Some("R02".into()));
+    }
+    let opts = RunOptions { force: true, ..Default::default() };
+    let now = Utc::now();
+    let (a, b2) = tokio::join!(
+        run_job(&w1, JobName::ReprocessingCheck, &opts, now),
+        run_job(&w2, JobName::InboundVolume, &opts, now)
+    );
+    a.unwrap();
+    b2.unwrap();
+    force(&w2, JobName::ReprocessingCheck).await;
+    let removals = outbox::store::list(&w1.store, false, Some("remove_from_available_balance"), 100).await.unwrap();
+    assert_eq!(removals.len(), 21, "one per failed transfer");
+    let v: serde_json::Value =
+        serde_json::from_str(&removals.iter().find(|m| m.idempotency_key.ends_with("a2c05")).unwrap().payload).unwrap();
+    assert_eq!((v["amount_cents"].as_i64(), v["account_id"].as_str()), (Some(1005), Some("dst")));
+    let cancels = outbox::store::list(&w1.store, false, Some("cancel_ach_credit"), 100).await.unwrap();
+    assert_eq!(cancels.len(), 1, "only the account-to-card transfer cancels an ACH credit");
+    let v: serde_json::Value = serde_json::from_str(&cancels[0].payload).unwrap();
+    assert_eq!((v["ach_credit_id"].as_str(), v["addenda"].as_str()), (Some("ach-77"), Some("refund 77 addenda")));
+    assert_eq!(total(&w1.store, "dst", &today_ny()).await, 0, "failed transfers leave the counter");
+}
+both_backends!(
+    a_transfer_failing_after_landing_gets_its_followups_once_even_with_two_workers,
+    super::a_transfer_failing_after_landing_gets_its_followups_once_even_with_two_workers
+);
