@@ -17,9 +17,12 @@ use crate::{
     config::{JobName, Settings},
     crypto::Keyring,
     episodes,
+    guard::{self, GuardRequest},
     money::Cents,
     outbox::{self, Deliverer},
+    registry::{self, AchCreditLine, DestinationLine, ImportLine as RegistryLine},
     runner::{RunOptions, SlotResult, Worker, run_job},
+    sandbox::CardRec,
     sandbox::{Faults, Hold, Sandbox, SandboxSettings, TransferRec, UserRec},
     services::Services,
     store::Store,
@@ -118,8 +121,17 @@ pub async fn run(settings: Settings, opts: &DemoOptions) -> anyhow::Result<Strin
     let order =
         [JobName::StaleAuthorizationSweep, JobName::TokenRotation, JobName::InboundVolume, JobName::ReprocessingCheck];
     for job in order {
+        if job == JobName::ReprocessingCheck {
+            between_jobs(&sandbox, &worker.store, opts.users).await?;
+            w(
+                &mut out,
+                format!("{:<26} (meanwhile: some frozen cards unfrozen, some landed transfers failed at Astra)", ""),
+            );
+        }
         let t = Instant::now();
-        let summary = run_job(&worker, job, &RunOptions::default(), now).await?;
+        // The latest slot only (a catch-up policy of `all` would also run the days before).
+        let latest = worker.settings.job(job).and_then(|j| j.schedule.latest_at_or_before(now));
+        let summary = run_job(&worker, job, &RunOptions { slot: latest, ..Default::default() }, now).await?;
         for r in &summary.reports {
             if let SlotResult::Ran { outcome, counts, details, .. } = &r.result {
                 let secs = t.elapsed().as_secs_f64();
@@ -139,6 +151,19 @@ pub async fn run(settings: Settings, opts: &DemoOptions) -> anyhow::Result<Strin
                 w(&mut out, format!("{:<26} {}", "", figures(details)));
             }
         }
+    }
+
+    w(&mut out, String::new());
+    registry::block_user(&worker.store, "demo-user-0005", "demo: manual review", Utc::now()).await?;
+    for (user, dollars, dest) in guard_examples(&worker.store).await? {
+        let req =
+            GuardRequest { user_id: &user, amount: Cents::parse_dollars(dollars)?, destination_id: dest.as_deref() };
+        let a = guard::check(&worker.store, &req, Utc::now()).await?;
+        let verdict = match a.reason {
+            None => format!("allowed, {} left today", Cents(a.headroom_cents.unwrap_or(0))),
+            Some(r) => format!("denied: {r}{}", a.detail.map(|d| format!(" ({d})")).unwrap_or_default()),
+        };
+        w(&mut out, format!("guard {user} ${dollars:<8} -> {verdict}"));
     }
 
     let grants = grant_store::count_by_status(&worker.store).await?;
@@ -172,9 +197,64 @@ pub async fn run(settings: Settings, opts: &DemoOptions) -> anyhow::Result<Strin
     w(&mut out, format!("  {db} astra-worker runs"));
     w(&mut out, format!("  {db} astra-worker grants list --status needs_reauth"));
     w(&mut out, format!("  {db} astra-worker prompts list --kind reauthorization_prompt"));
+    w(&mut out, format!("  {db} astra-worker guard --user demo-user-0001 --amount 2500.01"));
     worker.store.close().await;
     sandbox.stop();
     Ok(out)
+}
+
+/// Users that show each kind of answer: one under its limit, one over it, a frozen card, a blocked user and
+/// a suspended one.
+async fn guard_examples(store: &Store) -> anyhow::Result<Vec<(String, &'static str, Option<String>)>> {
+    async fn pick(store: &Store, sql: String) -> sqlx::Result<Option<String>> {
+        crate::with_pool!(store, |p| sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql.clone()))
+            .fetch_optional(p)
+            .await)
+    }
+    let healthy = "FROM limit_decision l JOIN destination d ON d.destination_id = l.destination_id \
+                   JOIN grant_token g ON g.user_id = d.user_id AND g.status = 'active' AND g.user_status IS NULL";
+    let mut out = Vec::new();
+    for (state, dollars) in [("ok", "50.00"), ("blocked", "1.00")] {
+        let sql = format!(
+            "SELECT d.user_id {healthy} WHERE l.state = '{state}' AND l.bank_day = \
+             (SELECT MAX(m.bank_day) FROM limit_decision m WHERE m.destination_id = l.destination_id) \
+             ORDER BY d.user_id LIMIT 1"
+        );
+        if let Some(u) = pick(store, sql).await? {
+            out.push((u, dollars, None));
+        }
+    }
+    let frozen = "SELECT d.destination_id FROM destination d JOIN grant_token g ON g.user_id = d.user_id \
+                  WHERE d.frozen AND g.status = 'active' ORDER BY 1 LIMIT 1";
+    if let Some(card) = pick(store, frozen.into()).await? {
+        let user = registry::destination(store, &card).await?.map(|d| d.user_id).unwrap_or_default();
+        out.push((user, "10.00", Some(card)));
+    }
+    out.push(("demo-user-0005".into(), "10.00", None));
+    let suspended = "SELECT user_id FROM grant_token WHERE user_status = 'suspended' ORDER BY 1 LIMIT 1";
+    if let Some(u) = pick(store, suspended.into()).await? {
+        out.push((u, "10.00", None));
+    }
+    Ok(out)
+}
+
+/// What happens between the mirror and the reprocessing check: the issuer unfreezes half the frozen cards
+/// (in its registry and at Astra), and a few transfers that landed fail at Astra.
+async fn between_jobs(sandbox: &Sandbox, store: &Store, users: usize) -> anyhow::Result<()> {
+    for i in (3..users).step_by(100) {
+        let card = format!("card-{i:04}");
+        sandbox.state().set_card_frozen(&card, false);
+        registry::set_frozen(store, &card, false, Utc::now()).await?;
+    }
+    let mut s = sandbox.state();
+    for i in (11..users).step_by(40) {
+        s.set_transfer_status(
+            &format!("demo-trf-{i:04}-1"),
+            TransferStatus::Failed,
+            Some("R01: insufficient funds".into()),
+        );
+    }
+    Ok(())
 }
 
 fn figures(details: &serde_json::Value) -> String {
@@ -236,7 +316,36 @@ async fn seed(sandbox: &Sandbox, store: &Store, keyring: &Keyring, n: usize) -> 
             if k == Kind::Revoked {
                 s.revoke_grant(&id);
             }
-            // Inbound transfers: a few a day, some users over a $2,500 limit, a few held for reprocessing.
+            // A client-issued card for some users, frozen, holding one transfer.
+            if i % 50 == 3 {
+                s.add_card(CardRec {
+                    id: format!("card-{i:04}"),
+                    user_id: id.clone(),
+                    status: "approved".into(),
+                    push_enabled: true,
+                    pull_enabled: true,
+                    frozen: true,
+                });
+                let at = now - TimeDelta::hours(3);
+                s.add_transfer(TransferRec {
+                    id: format!("demo-trf-{i:04}-card"),
+                    user_id: id.clone(),
+                    routine_id: Some(format!("rtn-card-{i:04}")),
+                    routine_type: Some("account-to-card".into()),
+                    source_id: Some(format!("acct-src-{i}")),
+                    destination_id: Some(format!("card-{i:04}")),
+                    amount: Cents(12_500),
+                    payment_type: "debit".into(),
+                    initiated: at,
+                    updated: at,
+                    estimated_clearing_date: at.date_naive(),
+                    status: TransferStatus::Pending,
+                    hold: Some(Hold::CardFrozen { card_id: format!("card-{i:04}") }),
+                    failure_reason: None,
+                });
+                seeded.transfers += 1;
+            }
+            // Inbound transfers: one a day, some over the $2,500 limit, a few held for reprocessing.
             for d in 0..3 {
                 let at = now - TimeDelta::hours(6 + 24 * d);
                 let cents = 40_000 + ((i as i64 * 7919 + d * 104_729) % 250_000);
@@ -251,7 +360,7 @@ async fn seed(sandbox: &Sandbox, store: &Store, keyring: &Keyring, n: usize) -> 
                     routine_id: None,
                     routine_type: Some("one-time".into()),
                     source_id: Some(format!("acct-src-{i}")),
-                    destination_id: Some(format!("acct-dst-{i}")),
+                    destination_id: Some(format!("acct-{i:04}")),
                     amount: Cents(cents),
                     payment_type: "ach".into(),
                     initiated: at,
@@ -275,6 +384,7 @@ async fn seed(sandbox: &Sandbox, store: &Store, keyring: &Keyring, n: usize) -> 
             phone: Some(format!("+1555{i:07}")),
         };
         tokens::import(store, keyring, &line, now).await?;
+        register(store, &id, i).await?;
         if k == Kind::Suspended {
             // What an earlier read of `GET /v1/user` would have recorded.
             grant_store::set_user_status(store, &id, "suspended", now).await?;
@@ -283,6 +393,45 @@ async fn seed(sandbox: &Sandbox, store: &Store, keyring: &Keyring, n: usize) -> 
     }
     Ok(seeded)
 }
+
+/// The fintech's registry: each user's account with a $2,500 daily limit (some banks in Chicago), and the
+/// frozen cards.
+async fn register(store: &Store, user_id: &str, i: usize) -> anyhow::Result<()> {
+    let zone = if i.is_multiple_of(7) { "America/Chicago" } else { "America/New_York" };
+    let mut lines = vec![RegistryLine::Destination(DestinationLine {
+        destination_id: format!("acct-{i:04}"),
+        user_id: user_id.into(),
+        kind: "account".into(),
+        bank_time_zone: zone.into(),
+        daily_limit_cents: DEMO_LIMIT.0,
+        frozen: None,
+        push_enabled: None,
+        pull_enabled: None,
+    })];
+    if i % 50 == 3 {
+        lines.push(RegistryLine::Destination(DestinationLine {
+            destination_id: format!("card-{i:04}"),
+            user_id: user_id.into(),
+            kind: "card".into(),
+            bank_time_zone: zone.into(),
+            daily_limit_cents: DEMO_LIMIT.0,
+            frozen: Some(true),
+            push_enabled: Some(true),
+            pull_enabled: Some(true),
+        }));
+        lines.push(RegistryLine::AchCredit(AchCreditLine {
+            routine_id: format!("rtn-card-{i:04}"),
+            ach_credit_id: format!("ach-{i:04}"),
+            addenda: format!("demo payout {i:04}"),
+        }));
+    }
+    for l in &lines {
+        registry::import(store, l, Utc::now()).await?;
+    }
+    Ok(())
+}
+
+const DEMO_LIMIT: Cents = Cents(250_000);
 
 /// The fintech's endpoint, stood in by a loopback receiver that acknowledges every message.
 struct Hook {

@@ -322,11 +322,10 @@ pub async fn watched(store: &Store, card: Option<&str>) -> sqlx::Result<Vec<Watc
     .await)
 }
 
-/// Transfers seen landed (processed) since `since`: a failure after landing needs a follow-up.
-pub async fn recently_landed(store: &Store, since: DateTime<Utc>) -> sqlx::Result<Vec<Watched>> {
-    with_pool!(store, |p| sqlx::query_as(
-        "SELECT id, user_id, destination_id, initiated_at, held_since FROM transfer
-         WHERE status = 'processed' AND landed_at >= $1 ORDER BY initiated_at"
+/// Users with a transfer seen landed (processed) since `since`: a failure after landing needs a follow-up.
+pub async fn users_with_landed_since(store: &Store, since: DateTime<Utc>) -> sqlx::Result<Vec<String>> {
+    with_pool!(store, |p| sqlx::query_scalar(
+        "SELECT DISTINCT user_id FROM transfer WHERE status = 'processed' AND landed_at >= $1 ORDER BY user_id"
     )
     .bind(since)
     .fetch_all(p)

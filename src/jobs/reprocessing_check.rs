@@ -1,7 +1,8 @@
-//! `reprocessing-check` (daily): re-reads every transfer Astra debited but could not credit (and those that
-//! landed recently), records what changed, notes when a held one clears, and raises one `transfer_stuck`
-//! follow-up for a transfer held past `stuck_after`. A failure after landing produces its follow-ups through
-//! the mirror's upsert, exactly once.
+//! `reprocessing-check` (daily): re-reads every transfer Astra debited but could not credit, records what
+//! changed, notes when a held one clears, and raises one `transfer_stuck` follow-up for a transfer held past
+//! `stuck_after`. It also re-lists the transfers of users whose transfers landed within `watch_landed_for`
+//! (one paged listing per user, not one call per transfer): a failure after landing produces its follow-ups
+//! through the mirror's upsert, exactly once.
 
 use chrono::{DateTime, TimeDelta, Utc};
 use serde_json::json;
@@ -10,6 +11,7 @@ use tracing::warn;
 use crate::{
     astra::{AstraError, Call, TransferStatus},
     config::ReprocessingCheckParams,
+    jobs::inbound_volume,
     mirror::{self, Watched},
     outbox::{self, Message},
     runner::RunContext,
@@ -22,20 +24,30 @@ pub async fn run(ctx: &RunContext<'_>, p: &ReprocessingCheckParams) -> anyhow::R
     let db = &ctx.worker.store;
     let stuck_after = TimeDelta::from_std(p.stuck_after).unwrap_or(TimeDelta::hours(72));
     let landed_since = Utc::now() - TimeDelta::from_std(p.watch_landed_for).unwrap_or(TimeDelta::days(5));
-    let mut todo = mirror::watched(db, None).await?;
-    todo.extend(mirror::recently_landed(db, landed_since).await?);
+    let held = mirror::watched(db, None).await?;
+    let landed_users = mirror::users_with_landed_since(db, landed_since).await?;
     if ctx.dry_run {
-        ctx.tally("would_check", todo.len() as i64);
+        ctx.tally("would_check", held.len() as i64);
+        ctx.tally("would_relist_users", landed_users.len() as i64);
         return Ok(());
     }
-    for w in todo {
+    for w in held {
         if ctx.stopping() {
             break;
         }
         check(ctx, &svc, &w, stuck_after).await?;
     }
+    for user in landed_users {
+        if ctx.stopping() {
+            break;
+        }
+        inbound_volume::mirror_user(ctx, &svc, &user, landed_since, LIST_PAGE).await?;
+    }
     Ok(())
 }
+
+/// Page size of the re-listing.
+const LIST_PAGE: u32 = 100;
 
 /// Re-reads one watched transfer and acts on what it became.
 pub async fn check(ctx: &RunContext<'_>, svc: &Services, w: &Watched, stuck_after: TimeDelta) -> anyhow::Result<()> {

@@ -2,6 +2,7 @@
 
 mod astra;
 mod binary;
+mod cli_money;
 mod cli_tokens;
 mod helpers;
 mod ledger;
