@@ -9,8 +9,8 @@ use crate::{config::Settings, exit::Status, secrets};
 pub fn run(path: &Path) -> anyhow::Result<Status> {
     let settings = Settings::load(path)?;
     let a = &settings.astra;
-    println!("{}: valid", path.display());
-    println!(
+    outln!("{}: valid", path.display());
+    outln!(
         "astra: {} (rate {}/s, burst {}, timeouts {}s connect / {}s request, {} retries)",
         a.base_url,
         a.requests_per_second,
@@ -22,7 +22,7 @@ pub fn run(path: &Path) -> anyhow::Result<Status> {
     let now = Utc::now();
     for job in &settings.jobs {
         let s = &job.schedule;
-        println!(
+        outln!(
             "\n{} ({}): `{}` in {}, catch-up {:?}, max lateness {}",
             job.name,
             if job.enabled { "enabled" } else { "disabled" },
@@ -34,7 +34,7 @@ pub fn run(path: &Path) -> anyhow::Result<Status> {
         let mut t = now;
         for _ in 0..3 {
             let Some(next) = s.next_after(t) else { break };
-            println!(
+            outln!(
                 "  {}   {}",
                 next.with_timezone(&s.zone()).format("%a %Y-%m-%d %H:%M:%S %Z"),
                 next.format("%Y-%m-%dT%H:%M:%SZ")
@@ -42,14 +42,14 @@ pub fn run(path: &Path) -> anyhow::Result<Status> {
             t = next;
         }
     }
-    println!();
+    outln!();
     for name in ["ASTRA_CLIENT_ID", "ASTRA_CLIENT_SECRET"] {
         let state = match secrets::read(name) {
             Ok(Some(_)) => "present".to_string(),
             Ok(None) => "missing (needed by jobs that call Astra)".to_string(),
             Err(e) => format!("{e:#}"),
         };
-        println!("secret {name}: {state}");
+        outln!("secret {name}: {state}");
     }
     Ok(Status::Ok)
 }

@@ -25,6 +25,6 @@ pub async fn run(config: &std::path::Path, args: &DemoArgs) -> anyhow::Result<St
         requests_per_second: args.requests_per_second.max(1),
     };
     let report = demo::run(settings, &opts).await?;
-    print!("{report}");
+    outln!("{}", report.trim_end());
     Ok(Status::Ok)
 }

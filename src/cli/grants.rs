@@ -91,7 +91,7 @@ async fn import(store: &Store, file: Option<&PathBuf>) -> anyhow::Result<Status>
             Err(e) => return Err(e.context(format!("line {n}"))),
         }
     }
-    println!("imported: {new} new, {replaced} replaced, {unchanged} unchanged, {stale} stale, {bad} rejected");
+    outln!("imported: {new} new, {replaced} replaced, {unchanged} unchanged, {stale} stale, {bad} rejected");
     Ok(if bad > 0 { Status::Bug } else { Status::Ok })
 }
 
@@ -118,14 +118,18 @@ fn strip_quoted(msg: &str) -> String {
 async fn list(store: &Store, status: Option<&str>, limit: i64, format: Format) -> anyhow::Result<Status> {
     let rows = grant_store::list(store, status, limit).await?;
     match format {
-        Format::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
+        Format::Json => outln!("{}", serde_json::to_string_pretty(&rows)?),
         Format::Text => {
-            println!(
+            outln!(
                 "{:<24} {:<13} {:<21} {:<21} {:<10} episode",
-                "user", "status", "refresh expires", "last rotation", "user status"
+                "user",
+                "status",
+                "refresh expires",
+                "last rotation",
+                "user status"
             );
             for r in rows {
-                println!(
+                outln!(
                     "{:<24} {:<13} {:<21} {:<21} {:<10} {}",
                     r.user_id,
                     r.status,
@@ -144,7 +148,7 @@ async fn list(store: &Store, status: Option<&str>, limit: i64, format: Format) -
 pub async fn token(worker: &Worker, user_id: &str) -> anyhow::Result<Status> {
     let svc = worker.services()?;
     let t = tokens::access_token(&worker.store, &svc, &worker.settings, user_id).await?;
-    println!("{}", t.expose_secret());
+    outln!("{}", t.expose_secret());
     Ok(Status::Ok)
 }
 
@@ -153,7 +157,7 @@ pub async fn keys(store: &Store, cmd: &KeysCommand) -> anyhow::Result<Status> {
         KeysCommand::Rotate => {
             let keyring = Keyring::from_env()?;
             let n = tokens::rotate_keys(store, &keyring).await?;
-            println!("re-encrypted {n} grants under key {}", keyring.current_id());
+            outln!("re-encrypted {n} grants under key {}", keyring.current_id());
             Ok(Status::Ok)
         }
     }

@@ -1,11 +1,15 @@
 //! The command line: parsed once by clap, dispatched to library calls, every error mapped to the exit-code
 //! contract of [`crate::exit`] with a one-line message on stderr.
 
+#[macro_use]
+mod output;
 mod check_config;
 mod demo;
 mod grants;
 mod money_side;
+mod ops;
 mod prompts;
+mod render;
 mod runs;
 mod sandbox;
 
@@ -49,6 +53,9 @@ pub struct Cli {
     /// With --run-once: report what would be done; claim nothing, change nothing.
     #[arg(long, requires = "run_once")]
     dry_run: bool,
+    /// Write Prometheus metrics here (atomically) after each run, for node_exporter's textfile collector.
+    #[arg(long, global = true, value_name = "PATH")]
+    metrics_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -87,6 +94,12 @@ enum Command {
     Users(money_side::UsersCommand),
     /// May this routine request go out? JSON answer; exit 0 allowed, 1 denied, 75/78 errors.
     Guard(money_side::GuardArgs),
+    /// The daemon: every enabled job on its schedule, until SIGTERM.
+    Run(ops::RunArgs),
+    /// Exit 0 when every enabled job's last successful slot is recent enough; 1 naming the stale ones.
+    Health(ops::HealthArgs),
+    /// Write the systemd units or the Kubernetes manifests for this jobs.toml.
+    Render(render::RenderArgs),
 }
 
 /// Output format of listings.
@@ -112,7 +125,7 @@ pub fn main() -> ExitCode {
             };
         }
     };
-    let log_to = if cli.run_once.is_some() || matches!(cli.command, Some(Command::Migrate)) {
+    let log_to = if cli.run_once.is_some() || matches!(cli.command, Some(Command::Migrate | Command::Run(_))) {
         LogTo::Stdout
     } else {
         LogTo::Stderr
@@ -168,6 +181,19 @@ async fn run(cli: Cli) -> anyhow::Result<Status> {
             let worker = Worker::new(settings, open_store(&cli).await?);
             money_side::cards(&worker, cmd).await
         }
+        Some(Command::Run(args)) => {
+            if let Some(p) = &cli.metrics_file {
+                crate::metrics::check_writable(p)?;
+            }
+            let worker = std::sync::Arc::new(Worker::new(Settings::load(&cli.config)?, open_store(&cli).await?));
+            worker.shutdown.listen_for_signals().context("installing signal handlers")?;
+            ops::run(worker, args, cli.metrics_file.clone()).await
+        }
+        Some(Command::Render(args)) => render::run(&cli.config, args),
+        Some(Command::Health(args)) => {
+            let worker = Worker::new(Settings::load(&cli.config)?, open_store(&cli).await?);
+            ops::health(&worker, args).await
+        }
         Some(Command::Token { user_id }) => {
             let settings = Settings::load(&cli.config)?;
             let worker = Worker::new(settings, open_store(&cli).await?);
@@ -195,6 +221,9 @@ fn jobs_named(arg: &str, settings: &Settings) -> anyhow::Result<Vec<JobName>> {
 async fn run_once(cli: &Cli, job_arg: &str) -> anyhow::Result<Status> {
     let settings = Settings::load(&cli.config)?;
     let jobs = jobs_named(job_arg, &settings)?;
+    if let Some(p) = &cli.metrics_file {
+        crate::metrics::check_writable(p)?;
+    }
     let store = open_store(cli).await?;
     let worker = Worker::new(settings, store);
     worker.shutdown.listen_for_signals().context("installing signal handlers")?;
@@ -210,6 +239,11 @@ async fn run_once(cli: &Cli, job_arg: &str) -> anyhow::Result<Status> {
     if let Some(sig) = worker.shutdown.reason() {
         tracing::warn!(signal = sig, "stopped by signal; exiting with 75 so the orchestrator may retry");
         status = status.worst(Status::Temporary);
+    }
+    if let Some(p) = &cli.metrics_file
+        && let Err(e) = crate::metrics::write_file(&worker, p).await
+    {
+        tracing::warn!(error = %format!("{e:#}"), "could not write the metrics file");
     }
     worker.store.close().await;
     Ok(status)

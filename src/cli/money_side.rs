@@ -90,7 +90,7 @@ pub async fn accounts(store: &Store, cmd: &AccountsCommand) -> anyhow::Result<St
             Err(e) => return Err(e.context(format!("line {n}"))),
         }
     }
-    println!("imported: {ok} lines, {bad} rejected");
+    outln!("imported: {ok} lines, {bad} rejected");
     Ok(if bad > 0 { Status::Bug } else { Status::Ok })
 }
 
@@ -102,7 +102,7 @@ pub async fn cards(worker: &Worker, cmd: &CardsCommand) -> anyhow::Result<Status
     if !registry::set_frozen(&worker.store, card, frozen, Utc::now()).await? {
         return Err(Failure::config(format!("no registered card {card} (import it with `accounts import`)")));
     }
-    println!("card {card}: {}", if frozen { "frozen" } else { "unfrozen" });
+    outln!("card {card}: {}", if frozen { "frozen" } else { "unfrozen" });
     if !frozen {
         recheck_card(worker, card).await?;
     }
@@ -116,11 +116,11 @@ async fn recheck_card(worker: &Worker, card: &str) -> anyhow::Result<()> {
         return Ok(());
     }
     let Ok(svc) = worker.services() else {
-        println!("{} held transfers will be re-checked by the next reprocessing-check run", held.len());
+        outln!("{} held transfers will be re-checked by the next reprocessing-check run", held.len());
         return Ok(());
     };
     let Some(job) = worker.settings.job(crate::config::JobName::ReprocessingCheck) else {
-        println!("{} held transfers: reprocessing-check is not configured; not re-checked", held.len());
+        outln!("{} held transfers: reprocessing-check is not configured; not re-checked", held.len());
         return Ok(());
     };
     let stuck_after = match &job.params {
@@ -133,7 +133,7 @@ async fn recheck_card(worker: &Worker, card: &str) -> anyhow::Result<()> {
     for w in &held {
         reprocessing_check::check(&ctx, &svc, w, stuck_after).await?;
     }
-    println!("re-checked {} held transfers: {}", held.len(), ctx.details_json());
+    outln!("re-checked {} held transfers: {}", held.len(), ctx.details_json());
     Ok(())
 }
 
@@ -141,11 +141,11 @@ pub async fn users(store: &Store, cmd: &UsersCommand) -> anyhow::Result<Status> 
     match cmd {
         UsersCommand::Block { user_id, reason } => {
             registry::block_user(store, user_id, reason, Utc::now()).await?;
-            println!("user {user_id}: blocked");
+            outln!("user {user_id}: blocked");
         }
         UsersCommand::Unblock { user_id } => {
             let was = registry::unblock_user(store, user_id).await?;
-            println!("user {user_id}: {}", if was { "unblocked" } else { "was not blocked" });
+            outln!("user {user_id}: {}", if was { "unblocked" } else { "was not blocked" });
         }
     }
     Ok(Status::Ok)
@@ -156,6 +156,6 @@ pub async fn guard(store: &Store, args: &GuardArgs) -> anyhow::Result<Status> {
     let amount = Cents::parse_dollars(&args.amount).map_err(|e| Failure::Config(format!("--amount: {e}")))?;
     let req = GuardRequest { user_id: &args.user, amount, destination_id: args.destination.as_deref() };
     let answer = guard::check(store, &req, Utc::now()).await?;
-    println!("{}", serde_json::to_string(&answer)?);
+    outln!("{}", serde_json::to_string(&answer)?);
     Ok(if answer.allowed { Status::Ok } else { Status::Bug })
 }

@@ -24,14 +24,11 @@ pub async fn run(store: &Store, cmd: &PromptsCommand) -> anyhow::Result<Status> 
     let PromptsCommand::List { open, kind, limit, format } = cmd;
     let rows = outbox_store::list(store, *open, kind.as_deref(), *limit).await?;
     match format {
-        Format::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
+        Format::Json => outln!("{}", serde_json::to_string_pretty(&rows)?),
         Format::Text => {
-            println!(
-                "{:<24} {:<24} {:<21} {:>8}  {:<10} key",
-                "kind", "user", "created (UTC)", "attempts", "delivered"
-            );
+            outln!("{:<24} {:<24} {:<21} {:>8}  {:<10} key", "kind", "user", "created (UTC)", "attempts", "delivered");
             for r in rows {
-                println!(
+                outln!(
                     "{:<24} {:<24} {:<21} {:>8}  {:<10} {}",
                     r.kind,
                     r.user_id.unwrap_or_default(),

@@ -22,14 +22,21 @@ pub struct RunsArgs {
 pub async fn run(store: &Store, args: &RunsArgs) -> anyhow::Result<Status> {
     let rows = ledger::list_runs(store, args.job.as_deref(), args.limit.max(1)).await?;
     match args.format {
-        Format::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
+        Format::Json => outln!("{}", serde_json::to_string_pretty(&rows)?),
         Format::Text => {
-            println!(
+            outln!(
                 "{:<26} {:<21} {:<11} {:<20} {:>7} {:>6} {:>6} {:>8}  details / error",
-                "job", "slot (UTC)", "outcome", "started (UTC)", "done", "failed", "skip", "requests"
+                "job",
+                "slot (UTC)",
+                "outcome",
+                "started (UTC)",
+                "done",
+                "failed",
+                "skip",
+                "requests"
             );
             for r in rows {
-                println!(
+                outln!(
                     "{:<26} {:<21} {:<11} {:<20} {:>7} {:>6} {:>6} {:>8}  {}",
                     r.job,
                     r.slot.format("%Y-%m-%dT%H:%M:%SZ"),

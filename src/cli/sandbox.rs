@@ -31,7 +31,7 @@ pub async fn run(args: &SandboxArgs) -> anyhow::Result<Status> {
     };
     let sb = Sandbox::start(args.listen, settings).await?;
     tracing::info!(url = %sb.base_url(), "Astra sandbox listening; admin under /_sandbox (loopback only)");
-    println!("{}", sb.base_url());
+    outln!("{}", sb.base_url());
     let shutdown = crate::runner::Shutdown::new();
     shutdown.listen_for_signals()?;
     shutdown.triggered().await;

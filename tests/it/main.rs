@@ -7,4 +7,5 @@ mod cli_tokens;
 mod helpers;
 mod ledger;
 mod money;
+mod ops;
 mod tokens;

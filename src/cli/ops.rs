@@ -1,0 +1,87 @@
+//! Operations commands: `run` (the daemon), `health`, and the metrics file and endpoint.
+
+use std::{net::SocketAddr, path::PathBuf, sync::Arc};
+
+use chrono::Utc;
+
+use super::Format;
+use crate::{
+    daemon::{self, DaemonOptions},
+    exit::{Failure, Status},
+    health, metrics,
+    runner::Worker,
+};
+
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
+    /// Also serve the metrics at http://ADDR/metrics (loopback only).
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct HealthArgs {
+    /// How old a job's last successful slot may be, e.g. token-rotation=8d (default: two periods).
+    #[arg(long = "max-age", value_name = "JOB=DURATION")]
+    max_age: Vec<String>,
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    format: Format,
+}
+
+pub async fn run(worker: Arc<Worker>, args: &RunArgs, metrics_file: Option<PathBuf>) -> anyhow::Result<Status> {
+    if let Some(addr) = args.metrics_listen {
+        serve_metrics(worker.clone(), addr).await?;
+    }
+    daemon::run(worker, DaemonOptions { metrics_file }).await
+}
+
+async fn serve_metrics(worker: Arc<Worker>, addr: SocketAddr) -> anyhow::Result<()> {
+    if !addr.ip().is_loopback() {
+        return Err(Failure::config(format!("--metrics-listen {addr}: metrics are served on loopback only")));
+    }
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| Failure::Config(format!("--metrics-listen {addr}: {e}")))?;
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let w = worker.clone();
+            async move {
+                match metrics::render(&w).await {
+                    Ok(t) => (axum::http::StatusCode::OK, t),
+                    Err(e) => (axum::http::StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}")),
+                }
+            }
+        }),
+    );
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    tracing::info!(%addr, "serving metrics at /metrics");
+    Ok(())
+}
+
+pub async fn health(worker: &Worker, args: &HealthArgs) -> anyhow::Result<Status> {
+    let max_ages = health::parse_max_ages(&args.max_age)?;
+    let report = health::check(worker, &max_ages, Utc::now()).await?;
+    match args.format {
+        Format::Json => outln!("{}", serde_json::to_string_pretty(&report)?),
+        Format::Text => {
+            for h in &report {
+                let last = h
+                    .last_success_slot
+                    .map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+                    .unwrap_or_else(|| "never".into());
+                let verdict = if h.healthy { "ok" } else { "STALE" };
+                outln!("{:<26} {verdict:<6} last successful slot {last} (max age {}s)", h.job, h.max_age_seconds);
+            }
+        }
+    }
+    let stale: Vec<String> = report.iter().filter(|h| !h.healthy).map(|h| h.job.to_string()).collect();
+    if stale.is_empty() {
+        Ok(Status::Ok)
+    } else {
+        eprintln!("astra-worker: stale: {}", stale.join(", "));
+        Ok(Status::Bug)
+    }
+}

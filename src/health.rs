@@ -1,0 +1,63 @@
+//! `astra-worker health`: a dead-man's switch. Each enabled job's last successful slot must be recent enough
+//! (by default two of its periods), or the command names the stale job and exits 1.
+
+use std::{collections::HashMap, time::Duration};
+
+use chrono::{DateTime, TimeDelta, Utc};
+
+use crate::{config::JobName, exit::Failure, runner::Worker, with_pool};
+
+/// One job's verdict.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct JobHealth {
+    pub job: JobName,
+    pub last_success_slot: Option<DateTime<Utc>>,
+    pub max_age_seconds: i64,
+    pub healthy: bool,
+}
+
+/// Parses `job=duration` pairs.
+pub fn parse_max_ages(args: &[String]) -> anyhow::Result<HashMap<JobName, Duration>> {
+    let mut out = HashMap::new();
+    for a in args {
+        let (job, d) = a
+            .split_once('=')
+            .ok_or_else(|| Failure::config(format!("--max-age {a}: write JOB=DURATION, e.g. token-rotation=8d")))?;
+        let job = JobName::parse(job).ok_or_else(|| Failure::config(format!("--max-age {a}: unknown job `{job}`")))?;
+        let d = humantime::parse_duration(d).map_err(|e| Failure::Config(format!("--max-age {a}: {e}")))?;
+        out.insert(job, d);
+    }
+    Ok(out)
+}
+
+pub async fn check(
+    worker: &Worker,
+    max_ages: &HashMap<JobName, Duration>,
+    now: DateTime<Utc>,
+) -> anyhow::Result<Vec<JobHealth>> {
+    let mut out = Vec::new();
+    for job in worker.settings.jobs.iter().filter(|j| j.enabled) {
+        let last: Option<DateTime<Utc>> = with_pool!(&worker.store, |p| sqlx::query_scalar(
+            "SELECT MAX(slot) FROM slot_claim WHERE job = $1 AND state = 'succeeded'"
+        )
+        .bind(job.name.as_str())
+        .fetch_one(p)
+        .await)?;
+        let max_age = match max_ages.get(&job.name) {
+            Some(d) => TimeDelta::from_std(*d).unwrap_or(TimeDelta::MAX),
+            None => default_max_age(job, now),
+        };
+        let healthy = last.is_some_and(|t| now - t <= max_age);
+        out.push(JobHealth { job: job.name, last_success_slot: last, max_age_seconds: max_age.num_seconds(), healthy });
+    }
+    Ok(out)
+}
+
+/// Two periods of the job's schedule (the time between its last two slots).
+fn default_max_age(job: &crate::config::JobSettings, now: DateTime<Utc>) -> TimeDelta {
+    let s = &job.schedule;
+    match s.latest_at_or_before(now).and_then(|l| s.latest_at_or_before(l - TimeDelta::seconds(1)).map(|p| l - p)) {
+        Some(period) => period * 2,
+        None => TimeDelta::days(14),
+    }
+}
