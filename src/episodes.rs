@@ -88,9 +88,9 @@ pub async fn open(
     let suspended = is_blocked_status(g.user_status);
     let episode_id = uuid::Uuid::new_v4().to_string();
     let msg = if suspended {
-        Message::new(
+        Message::once(
             "user_suspended",
-            format!("user_suspended:{}", g.user_id),
+            g.user_id,
             Some(g.user_id),
             json!({"user_status": g.user_status, "grant_reason": reason.as_str()}),
             now,

@@ -95,9 +95,9 @@ fn next_state(t: &Transfer, dest: Option<&Destination>, old: Option<&Row>, now: 
 
 /// The follow-ups a transfer that failed after landing requires.
 async fn followups(store: &Store, user_id: &str, t: &Transfer, now: DateTime<Utc>) -> sqlx::Result<Vec<Message>> {
-    let mut out = vec![Message::new(
+    let mut out = vec![Message::once(
         "remove_from_available_balance",
-        format!("remove_from_available_balance:{}", t.id),
+        &t.id,
         Some(user_id),
         json!({
             "transfer_id": t.id,
@@ -112,9 +112,9 @@ async fn followups(store: &Store, user_id: &str, t: &Transfer, now: DateTime<Utc
             Some(r) => registry::ach_credit(store, r).await?,
             None => None,
         };
-        out.push(Message::new(
+        out.push(Message::once(
             "cancel_ach_credit",
-            format!("cancel_ach_credit:{}", t.id),
+            &t.id,
             Some(user_id),
             json!({
                 "transfer_id": t.id,

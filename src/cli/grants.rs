@@ -1,10 +1,7 @@
 //! `astra-worker grants import|list`, `astra-worker token <user>`, `astra-worker keys rotate`: grants in and
 //! out. Nothing here ever prints a token, except `token`, which prints the access token alone on stdout.
 
-use std::{
-    io::{BufRead, BufReader},
-    path::PathBuf,
-};
+use std::{io::BufRead, path::PathBuf};
 
 use anyhow::Context as _;
 use chrono::Utc;
@@ -13,7 +10,7 @@ use secrecy::ExposeSecret;
 use super::Format;
 use crate::{
     crypto::Keyring,
-    exit::{Failure, Status},
+    exit::Status,
     runner::Worker,
     store::Store,
     tokens::{self, ImportLine, Imported, store as grant_store},
@@ -49,12 +46,7 @@ pub async fn grants(store: &Store, cmd: &GrantsCommand) -> anyhow::Result<Status
 
 async fn import(store: &Store, file: Option<&PathBuf>) -> anyhow::Result<Status> {
     let keyring = Keyring::from_env()?;
-    let reader: Box<dyn BufRead> = match file.filter(|f| f.as_os_str() != "-") {
-        Some(f) => Box::new(BufReader::new(
-            std::fs::File::open(f).map_err(|e| Failure::Config(format!("cannot read {}: {e}", f.display())))?,
-        )),
-        None => Box::new(BufReader::new(std::io::stdin())),
-    };
+    let reader = super::output::input(file)?;
     let (mut new, mut replaced, mut unchanged, mut stale, mut bad) = (0, 0, 0, 0, 0);
     for (i, line) in reader.lines().enumerate() {
         let n = i + 1;

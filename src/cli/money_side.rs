@@ -1,9 +1,6 @@
 //! The money side's commands: `accounts import`, `cards freeze|unfreeze`, `users block|unblock`, `guard`.
 
-use std::{
-    io::{BufRead, BufReader},
-    path::PathBuf,
-};
+use std::{io::BufRead, path::PathBuf};
 
 use anyhow::Context as _;
 use chrono::{TimeDelta, Utc};
@@ -58,12 +55,7 @@ pub struct GuardArgs {
 
 pub async fn accounts(store: &Store, cmd: &AccountsCommand) -> anyhow::Result<Status> {
     let AccountsCommand::Import { file } = cmd;
-    let reader: Box<dyn BufRead> = match file.as_ref().filter(|f| f.as_os_str() != "-") {
-        Some(f) => Box::new(BufReader::new(
-            std::fs::File::open(f).map_err(|e| Failure::Config(format!("cannot read {}: {e}", f.display())))?,
-        )),
-        None => Box::new(BufReader::new(std::io::stdin())),
-    };
+    let reader = super::output::input(file.as_ref())?;
     let (mut ok, mut bad) = (0, 0);
     for (i, line) in reader.lines().enumerate() {
         let n = i + 1;

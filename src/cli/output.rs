@@ -1,6 +1,22 @@
-//! Printing data on stdout: a reader that went away (`| head`) ends the command quietly, as SIGPIPE would.
+//! Input and output of the data commands: JSON-lines input from a file or stdin, and printing data on stdout
+//! (a reader that went away, as with `| head`, ends the command quietly, as SIGPIPE would).
 
-use std::io::Write;
+use std::{
+    io::{BufRead, BufReader, Write},
+    path::PathBuf,
+};
+
+use crate::exit::Failure;
+
+/// The lines of `file`, or of stdin when it is absent or `-`.
+pub fn input(file: Option<&PathBuf>) -> anyhow::Result<Box<dyn BufRead>> {
+    Ok(match file.filter(|f| f.as_os_str() != "-") {
+        Some(f) => Box::new(BufReader::new(
+            std::fs::File::open(f).map_err(|e| Failure::Config(format!("cannot read {}: {e}", f.display())))?,
+        )),
+        None => Box::new(BufReader::new(std::io::stdin())),
+    })
+}
 
 pub fn line(args: std::fmt::Arguments<'_>) {
     let mut out = std::io::stdout().lock();

@@ -102,9 +102,9 @@ fn stuck_message(
     held_since: Option<DateTime<Utc>>,
     now: DateTime<Utc>,
 ) -> Message {
-    Message::new(
+    Message::once(
         "transfer_stuck",
-        format!("transfer_stuck:{}", t.id),
+        &t.id,
         Some(user_id),
         json!({
             "transfer_id": t.id,

@@ -30,6 +30,11 @@ pub struct Message {
 }
 
 impl Message {
+    /// A message sent once per `subject`: its idempotency key is `<kind>:<subject>`.
+    pub fn once(kind: &'static str, subject: &str, user_id: Option<&str>, data: Value, now: DateTime<Utc>) -> Message {
+        Message::new(kind, format!("{kind}:{subject}"), user_id, data, now)
+    }
+
     pub fn new(kind: &'static str, key: String, user_id: Option<&str>, mut data: Value, now: DateTime<Utc>) -> Message {
         if let Value::Object(m) = &mut data {
             m.insert("kind".into(), kind.into());
