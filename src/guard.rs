@@ -1,19 +1,12 @@
-//! The guard: before the fintech sends a routine request, may it? Reads flags and counters by primary key
-//! only: the user's block, the grant's status, the destination's limit and card flags, the day's inbound
-//! counter. A limit is reached exactly when allowed: a request that brings the day's total to the limit
+//! The guard: before the fintech sends a routine request, may it? One query, by primary keys only: the
+//! user's block, the grant's status, the destination's limit and card flags, the day's inbound counter (for
+//! the three dates the bank's day can be, read in its zone afterwards). A limit is reached exactly when allowed: a request that brings the day's total to the limit
 //! passes; one cent more does not.
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::{
-    bankday::BankDay,
-    mirror,
-    money::Cents,
-    registry::{self, Destination},
-    store::Store,
-    with_pool,
-};
+use crate::{bankday::BankDay, money::Cents, registry::Destination, store::Store, with_pool};
 
 #[derive(Debug, Clone)]
 pub struct GuardRequest<'a> {
@@ -67,46 +60,105 @@ impl GuardAnswer {
     }
 }
 
-async fn grant_flags(store: &Store, user_id: &str) -> sqlx::Result<Option<(String, Option<String>)>> {
-    with_pool!(store, |p| sqlx::query_as("SELECT status, user_status FROM grant_token WHERE user_id = $1")
-        .bind(user_id)
-        .fetch_optional(p)
-        .await)
+/// Everything the guard needs about one user (and each destination considered), in one round trip.
+#[derive(Debug, sqlx::FromRow)]
+struct Facts {
+    grant_status: Option<String>,
+    user_status: Option<String>,
+    block_reason: Option<String>,
+    destination_id: Option<String>,
+    dest_user_id: Option<String>,
+    kind: Option<String>,
+    bank_time_zone: Option<String>,
+    daily_limit_cents: Option<i64>,
+    frozen: Option<bool>,
+    push_enabled: Option<bool>,
+    pull_enabled: Option<bool>,
+    bank_day: Option<String>,
+    total_cents: Option<i64>,
+}
+
+async fn facts(store: &Store, user_id: &str, destination: Option<&str>, days: [String; 3]) -> sqlx::Result<Vec<Facts>> {
+    with_pool!(store, |p| sqlx::query_as(
+        "SELECT g.status AS grant_status, g.user_status, b.reason AS block_reason, d.destination_id,
+                d.user_id AS dest_user_id, d.kind, d.bank_time_zone, d.daily_limit_cents, d.frozen, d.push_enabled,
+                d.pull_enabled, i.bank_day, i.total_cents
+         FROM (SELECT CAST($1 AS TEXT) AS user_id) u
+         LEFT JOIN grant_token g ON g.user_id = u.user_id
+         LEFT JOIN user_block b ON b.user_id = u.user_id
+         LEFT JOIN destination d ON (($2 IS NULL AND d.user_id = u.user_id) OR d.destination_id = $2)
+         LEFT JOIN inbound_day i ON i.destination_id = d.destination_id AND i.bank_day IN ($3, $4, $5)"
+    )
+    .bind(user_id)
+    .bind(destination)
+    .bind(&days[0])
+    .bind(&days[1])
+    .bind(&days[2])
+    .fetch_all(p)
+    .await)
 }
 
 pub async fn check(store: &Store, req: &GuardRequest<'_>, now: DateTime<Utc>) -> anyhow::Result<GuardAnswer> {
     let answer = GuardAnswer::new(req);
-    if let Some(reason) = registry::user_block(store, req.user_id).await? {
-        return Ok(answer.deny("user_blocked", Some(reason)));
+    // The bank's day is the UTC date, the day before, or the day after, whatever its zone.
+    let today = now.date_naive();
+    let days = [today.pred_opt().unwrap_or(today), today, today.succ_opt().unwrap_or(today)]
+        .map(|d| d.format("%Y-%m-%d").to_string());
+    let rows = facts(store, req.user_id, req.destination_id, days).await?;
+    let Some(first) = rows.first() else {
+        return Ok(answer.deny("reauthorization_required", Some("no grant for this user".into())));
+    };
+    if let Some(reason) = &first.block_reason {
+        return Ok(answer.deny("user_blocked", Some(reason.clone())));
     }
-    match grant_flags(store, req.user_id).await? {
-        Some((_, Some(s))) if s == "suspended" || s == "rejected" => {
+    match (&first.grant_status, &first.user_status) {
+        (Some(_), Some(s)) if s == "suspended" || s == "rejected" => {
             return Ok(answer.deny("user_suspended", Some(format!("Astra user status {s}"))));
         }
-        Some((status, _)) if status != "active" => {
+        (Some(status), _) if status != "active" => {
             return Ok(answer.deny("reauthorization_required", Some("the user's grant died".into())));
         }
-        None => return Ok(answer.deny("reauthorization_required", Some("no grant for this user".into()))),
-        Some(_) => {}
+        (None, _) => return Ok(answer.deny("reauthorization_required", Some("no grant for this user".into()))),
+        _ => {}
     }
-    let destinations = match req.destination_id {
-        Some(id) => match registry::destination(store, id).await? {
-            Some(d) if d.user_id == req.user_id => vec![d],
-            Some(_) => {
+    // One destination per id, with the counter of its own bank day.
+    let mut destinations: Vec<(Destination, i64)> = Vec::new();
+    for r in &rows {
+        let Some(id) = &r.destination_id else { continue };
+        let d = Destination {
+            destination_id: id.clone(),
+            user_id: r.dest_user_id.clone().unwrap_or_default(),
+            kind: r.kind.clone().unwrap_or_default(),
+            bank_time_zone: r.bank_time_zone.clone().unwrap_or_default(),
+            daily_limit_cents: r.daily_limit_cents.unwrap_or(0),
+            frozen: r.frozen.unwrap_or(false),
+            push_enabled: r.push_enabled,
+            pull_enabled: r.pull_enabled,
+        };
+        let day = BankDay::of(d.zone(), now).key();
+        let total = if r.bank_day.as_deref() == Some(day.as_str()) { r.total_cents.unwrap_or(0) } else { 0 };
+        match destinations.iter_mut().find(|(x, _)| x.destination_id == *id) {
+            Some((_, t)) => *t = (*t).max(total),
+            None => destinations.push((d, total)),
+        }
+    }
+    if let Some(id) = req.destination_id {
+        match destinations.first() {
+            Some((d, _)) if d.user_id != req.user_id => {
                 return Ok(answer.deny("destination_mismatch", Some("the destination belongs to another user".into())));
             }
             None => {
                 let mut a = answer;
-                a.detail = Some("destination not registered: no limit applies".into());
+                a.detail = Some(format!("destination {id} not registered: no limit applies"));
                 return Ok(a);
             }
-        },
-        None => registry::destinations_of(store, req.user_id).await?,
-    };
+            Some(_) => {}
+        }
+    }
     // Several destinations and none named: the most restrictive answer stands.
     let mut best: Option<GuardAnswer> = None;
-    for d in &destinations {
-        let a = check_destination(store, answer.clone(), d, req.amount, now).await?;
+    for (d, total) in &destinations {
+        let a = check_destination(answer.clone(), d, *total, req.amount, now);
         best = match best {
             None => Some(a),
             Some(b) if !a.allowed && b.allowed => Some(a),
@@ -117,22 +169,21 @@ pub async fn check(store: &Store, req: &GuardRequest<'_>, now: DateTime<Utc>) ->
     Ok(best.unwrap_or(answer))
 }
 
-async fn check_destination(
-    store: &Store,
+fn check_destination(
     mut a: GuardAnswer,
     d: &Destination,
+    total: i64,
     amount: Cents,
     now: DateTime<Utc>,
-) -> anyhow::Result<GuardAnswer> {
+) -> GuardAnswer {
     a.destination_id = Some(d.destination_id.clone());
     if d.kind == "card" && d.frozen {
-        return Ok(a.deny("card_frozen", Some("the card is frozen by its issuer".into())));
+        return a.deny("card_frozen", Some("the card is frozen by its issuer".into()));
     }
     if d.kind == "card" && d.push_enabled == Some(false) {
-        return Ok(a.deny("card_not_push_enabled", None));
+        return a.deny("card_not_push_enabled", None);
     }
     let day = BankDay::of(d.zone(), now);
-    let (total, _) = mirror::counter(store, &d.destination_id, &day.key()).await?.unwrap_or((0, 0));
     let limit = d.limit().0;
     a.bank_day = Some(day.key());
     a.day_total_cents = Some(total);
@@ -142,8 +193,8 @@ async fn check_destination(
         a.headroom_cents = Some(room.max(0));
         a.block_lifts_at = Some(day.end());
         let detail = format!("{} today + {} would pass the daily limit of {}", Cents(total), amount, Cents(limit));
-        return Ok(a.deny("daily_limit", Some(detail)));
+        return a.deny("daily_limit", Some(detail));
     }
     a.headroom_cents = Some(room - amount.0);
-    Ok(a)
+    a
 }

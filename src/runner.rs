@@ -106,8 +106,6 @@ pub struct RunContext<'a> {
     pub slot: DateTime<Utc>,
     pub run_id: String,
     pub dry_run: bool,
-    /// The time the run was asked to act at (`now` of `run_job`): due dates are computed against it.
-    pub now: DateTime<Utc>,
     /// Marks the items tried in this attempt at the slot, by every process that works on it.
     pub work_mark: String,
     /// Cancelled on shutdown or when the claim was lost: stop claiming new items.
@@ -123,10 +121,6 @@ impl RunContext<'_> {
     /// True once the run should stop taking new work (signal received, or the claim was taken over).
     pub fn stopping(&self) -> bool {
         self.stop.is_cancelled()
-    }
-
-    pub async fn stopped(&self) {
-        self.stop.cancelled().await
     }
 
     pub fn processed(&self, n: i64) {
@@ -172,14 +166,12 @@ impl RunContext<'_> {
 impl Worker {
     /// A context for work done outside a slot (a command acting at once), with its own run id.
     pub fn adhoc_context<'a>(&'a self, job: &'a JobSettings) -> RunContext<'a> {
-        let now = Utc::now();
         RunContext {
             worker: self,
             job,
-            slot: now,
+            slot: Utc::now(),
             run_id: uuid::Uuid::new_v4().to_string(),
             dry_run: false,
-            now,
             work_mark: format!("adhoc:{}", uuid::Uuid::new_v4()),
             stop: self.shutdown.child_token(),
             processed: AtomicI64::new(0),
@@ -230,12 +222,11 @@ impl SlotReport {
 #[derive(Debug, Default)]
 pub struct RunSummary {
     pub reports: Vec<SlotReport>,
-    pub status: Option<Status>,
 }
 
 impl RunSummary {
     pub fn status(&self) -> Status {
-        self.reports.iter().map(SlotReport::status).fold(self.status.unwrap_or(Status::Ok), Status::worst)
+        self.reports.iter().map(SlotReport::status).fold(Status::Ok, Status::worst)
     }
 }
 
@@ -265,13 +256,11 @@ pub async fn run_job(
         if worker.shutdown.is_triggered() {
             break;
         }
-        let report = run_slot(worker, &settings, slot, opts, now).await?;
+        let report = run_slot(worker, &settings, slot, opts).await?;
         let stop = matches!(report.result, SlotResult::Ran { outcome: Outcome::Failed | Outcome::Interrupted, .. });
-        let failed_status = report.status();
         summary.reports.push(report);
         if stop {
             // A failed slot stops catch-up: later slots would likely fail the same way.
-            summary.status = Some(summary.status.unwrap_or(Status::Ok).worst(failed_status));
             break;
         }
     }
@@ -327,7 +316,6 @@ pub async fn run_slot(
     job: &JobSettings,
     slot: DateTime<Utc>,
     opts: &RunOptions,
-    now: DateTime<Utc>,
 ) -> anyhow::Result<SlotReport> {
     let run_id = uuid::Uuid::new_v4().to_string();
     let name = job.name.as_str();
@@ -378,7 +366,6 @@ pub async fn run_slot(
         slot,
         run_id: run_id.clone(),
         dry_run: opts.dry_run,
-        now,
         work_mark: format!("{name}@{}#{attempt}", slot.to_rfc3339()),
         stop: stop.clone(),
         processed: AtomicI64::new(0),

@@ -39,13 +39,3 @@ pub async fn insert(store: &Store, c: &ApiCall<'_>) -> sqlx::Result<()> {
     .await
     .map(|_| ()))
 }
-
-/// Outcomes of one run's calls, counted (for reports and tests).
-pub async fn outcomes_of_run(store: &Store, run_id: &str) -> sqlx::Result<Vec<(String, i64)>> {
-    with_pool!(store, |p| sqlx::query_as(
-        "SELECT outcome, COUNT(*) FROM api_call WHERE run_id = $1 GROUP BY outcome ORDER BY outcome"
-    )
-    .bind(run_id)
-    .fetch_all(p)
-    .await)
-}

@@ -223,6 +223,11 @@ async fn the_guard_gives_every_reason_and_a_limit_is_reached_exactly(b: Backend)
     grant_store::set_needs_reauth(db, &users[5], now).await.unwrap();
     assert_eq!(guard::check(db, &ask(&users[5], 1), now).await.unwrap().reason, Some("reauthorization_required"));
     assert_eq!(guard::check(db, &ask("nobody", 1), now).await.unwrap().reason, Some("reauthorization_required"));
+    let other = GuardRequest { user_id: &users[0], amount: Cents(1), destination_id: Some("card-1") };
+    assert_eq!(guard::check(db, &other, now).await.unwrap().reason, Some("destination_mismatch"));
+    let unknown = GuardRequest { user_id: &users[0], amount: Cents(1), destination_id: Some("acct-elsewhere") };
+    let a = guard::check(db, &unknown, now).await.unwrap();
+    assert!(a.allowed && a.detail.unwrap().contains("not registered"));
 }
 both_backends!(
     the_guard_gives_every_reason_and_a_limit_is_reached_exactly,

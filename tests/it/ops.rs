@@ -239,8 +239,18 @@ async fn the_daemon_runs_every_slot_once_without_overlap_and_drains_on_sigterm()
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();
+        // Read its log as it comes (a full pipe would block the daemon).
+        let out = daemon.stdout.take().unwrap();
+        let reader = std::thread::spawn(move || {
+            let mut log = String::new();
+            for line in BufReader::new(out).lines() {
+                log.push_str(&line.unwrap());
+                log.push('\n');
+            }
+            log
+        });
         // Wait (bounded) until the daemon has run each job a few times.
-        let deadline = Instant::now() + Duration::from_secs(40);
+        let deadline = Instant::now() + Duration::from_secs(120);
         let mut once_runs = 0;
         loop {
             let r = runs(&env2, &config2);
@@ -266,12 +276,8 @@ async fn the_daemon_runs_every_slot_once_without_overlap_and_drains_on_sigterm()
         }
         let kill = Command::new("kill").args(["-TERM", &daemon.id().to_string()]).status().unwrap();
         assert!(kill.success());
-        let mut log = String::new();
-        for line in BufReader::new(daemon.stdout.take().unwrap()).lines() {
-            log.push_str(&line.unwrap());
-            log.push('\n');
-        }
-        (daemon.wait().unwrap(), log)
+        let status = daemon.wait().unwrap();
+        (status, reader.join().unwrap())
     })
     .await
     .unwrap();

@@ -1,0 +1,208 @@
+//! The benchmark harness: `cargo run --release --example bench [-- --pg postgres://…]`.
+//!
+//! 1. Guard latency: 10,000 users with grants, destinations and today's counters; 20,000 sequential
+//!    `guard::check` calls; mean, p50, p99 wall time per call (all of it database round trips).
+//! 2. Rotation: N due grants rotated against the sandbox, run as its own process (`astra-worker sandbox`, so
+//!    the memory measured is the worker's alone), at a configured rate: achieved rate, the most requests the
+//!    sandbox saw in any one second, and this process's peak memory (VmHWM), for two N.
+//!
+//! Build the binary first: `cargo build --release && cargo run --release --example bench`.
+//!
+//! Results are written down in the README with the machine they ran on. Nothing here is a test.
+
+use std::time::{Duration, Instant};
+
+use astra_worker::{
+    astra::Credentials,
+    config::{JobName, Settings},
+    crypto::Keyring,
+    guard::{self, GuardRequest},
+    mirror,
+    money::Cents,
+    registry::{self, DestinationLine, ImportLine as RegistryLine},
+    runner::{RunOptions, Worker, run_job},
+    sandbox::SandboxSettings,
+    services::Services,
+    store::Store,
+    tokens::{self, ImportLine},
+};
+use chrono::{TimeDelta, Utc};
+use secrecy::SecretString;
+
+fn settings(base: Option<&str>) -> Settings {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/jobs.toml")).unwrap();
+    Settings::parse(&text, base).unwrap()
+}
+
+fn keyring() -> Keyring {
+    Keyring::from_base64("BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=", &[]).unwrap()
+}
+
+async fn fresh(pg: Option<&str>) -> (String, Option<tempfile::TempDir>) {
+    match pg {
+        None => {
+            let d = tempfile::tempdir().unwrap();
+            (format!("sqlite://{}", d.path().join("bench.db").display()), Some(d))
+        }
+        Some(admin) => {
+            let name = format!("aw_bench_{}", uuid::Uuid::new_v4().simple());
+            let p = sqlx::PgPool::connect(admin).await.unwrap();
+            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&p).await.unwrap();
+            let mut u = reqwest::Url::parse(admin).unwrap();
+            u.set_path(&name);
+            (u.to_string(), None)
+        }
+    }
+}
+
+async fn bench_guard(label: &str, url: &str) {
+    let store = Store::open(url).await.unwrap();
+    let k = keyring();
+    let now = Utc::now();
+    let users = 10_000;
+    for i in 0..users {
+        let id = format!("u{i:05}");
+        let line = ImportLine {
+            user_id: id.clone(),
+            access_token: SecretString::from(format!("at_{i}")),
+            refresh_token: SecretString::from(format!("rt_{i}")),
+            refresh_token_issued_at: Some(now.fixed_offset()),
+            refresh_token_expires_at: None,
+            access_token_expires_at: None,
+            phone: None,
+        };
+        tokens::import(&store, &k, &line, now).await.unwrap();
+        let d = RegistryLine::Destination(DestinationLine {
+            destination_id: format!("acct-{i:05}"),
+            user_id: id,
+            kind: "account".into(),
+            bank_time_zone: "America/New_York".into(),
+            daily_limit_cents: 250_000,
+            frozen: None,
+            push_enabled: None,
+            pull_enabled: None,
+        });
+        registry::import(&store, &d, now).await.unwrap();
+        let day = astra_worker::bankday::BankDay::of(chrono_tz::America::New_York, now).key();
+        mirror::set_counter(&store, &format!("acct-{i:05}"), &day, (i as i64 * 37) % 300_000, 1).await.unwrap();
+    }
+    let calls = 20_000;
+    let mut lat = Vec::with_capacity(calls);
+    let mut denied = 0;
+    for n in 0..calls {
+        let user = format!("u{:05}", (n * 7919) % users);
+        let req = GuardRequest { user_id: &user, amount: Cents(10_000), destination_id: None };
+        let t = Instant::now();
+        let a = guard::check(&store, &req, now).await.unwrap();
+        lat.push(t.elapsed());
+        denied += usize::from(!a.allowed);
+    }
+    lat.sort();
+    let mean = lat.iter().sum::<Duration>() / calls as u32;
+    println!(
+        "guard [{label}]: {calls} calls over {users} users: mean {:?}, p50 {:?}, p99 {:?} ({denied} denied)",
+        mean,
+        lat[calls / 2],
+        lat[calls * 99 / 100]
+    );
+    store.close().await;
+}
+
+fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .map(|l| l.split_whitespace().nth(1).unwrap_or("0").parse().unwrap_or(0))
+        })
+        .unwrap_or(0)
+}
+
+/// The release binary's sandbox, as a child process; its base URL.
+fn spawn_sandbox() -> (std::process::Child, String) {
+    use std::io::BufRead;
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().and_then(|p| p.parent()).map(|p| p.join("astra-worker")).unwrap();
+    assert!(bin.exists(), "build the binary first: cargo build --release ({} is missing)", bin.display());
+    let mut child = std::process::Command::new(bin)
+        .args(["sandbox", "--listen", "127.0.0.1:0"])
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    (child, line.trim().to_string())
+}
+
+async fn bench_rotation(n: usize, rate: u32) {
+    let (mut sandbox, base) = spawn_sandbox();
+    let http = reqwest::Client::new();
+    let (url, _dir) = fresh(None).await;
+    let store = Store::open(&url).await.unwrap();
+    let mut s = settings(Some(&base));
+    s.astra.requests_per_second = rate;
+    s.astra.burst = astra_worker::limiter::default_burst(rate);
+    let now = Utc::now();
+    let k = keyring();
+    for i in 0..n {
+        let id = format!("u{i:06}");
+        http.post(format!("{base}/_sandbox/users")).json(&serde_json::json!({"id": id})).send().await.unwrap();
+        let g: serde_json::Value = http
+            .post(format!("{base}/_sandbox/grants"))
+            .json(&serde_json::json!({"user_id": id, "issued_at": now - TimeDelta::days(8)}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let line = ImportLine {
+            user_id: id,
+            access_token: SecretString::from(g["access_token"].as_str().unwrap().to_string()),
+            refresh_token: SecretString::from(g["refresh_token"].as_str().unwrap().to_string()),
+            refresh_token_issued_at: Some((now - TimeDelta::days(8)).fixed_offset()),
+            refresh_token_expires_at: None,
+            access_token_expires_at: None,
+            phone: None,
+        };
+        tokens::import(&store, &k, &line, now).await.unwrap();
+    }
+    let sb = SandboxSettings::default();
+    let credentials = Credentials { client_id: sb.client_id.into(), client_secret: sb.client_secret.into() };
+    let w = Worker::with_services(s, store, |s, l, st| Services::new(s, credentials, keyring(), None, l, st)).unwrap();
+    let before = peak_rss_kib();
+    let t = Instant::now();
+    let summary = run_job(&w, JobName::TokenRotation, &RunOptions::default(), Utc::now()).await.unwrap();
+    let secs = t.elapsed().as_secs_f64();
+    let stats: serde_json::Value =
+        http.get(format!("{base}/_sandbox/stats")).send().await.unwrap().json().await.unwrap();
+    let requests = stats["requests"].as_u64().unwrap_or(0);
+    println!(
+        "rotation: {n} grants at {rate}/s allowed: {:.1}s, {requests} requests ({:.0}/s achieved), at most {} in any one second, \
+         refreshes {}, worker peak RSS {} MiB (before the run {} MiB), status {:?}",
+        secs,
+        requests as f64 / secs,
+        stats["max_requests_in_one_second"],
+        stats["refreshes"],
+        peak_rss_kib() / 1024,
+        before / 1024,
+        summary.status()
+    );
+    let _ = sandbox.kill();
+}
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let pg = args.iter().position(|a| a == "--pg").and_then(|i| args.get(i + 1)).cloned();
+    let (sqlite, _d) = fresh(None).await;
+    bench_guard("sqlite", &sqlite).await;
+    if let Some(admin) = &pg {
+        let (url, _) = fresh(Some(admin)).await;
+        bench_guard("postgres", &url).await;
+    }
+    bench_rotation(2_000, 500).await;
+    bench_rotation(8_000, 500).await;
+}
