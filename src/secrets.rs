@@ -48,3 +48,31 @@ fn non_empty(name: &str, v: String, source: &str) -> anyhow::Result<Option<Secre
     }
     Ok(Some(SecretString::from(v)))
 }
+
+/// Replaces every quoted string in a parser message (it might be a token) with `"…"`.
+pub fn redact_quoted(msg: &str) -> String {
+    let mut out = String::new();
+    let mut inside = false;
+    for ch in msg.chars() {
+        if ch == '"' {
+            if !inside {
+                out.push_str("\"…\"");
+            }
+            inside = !inside;
+        } else if !inside {
+            out.push(ch);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parser_messages_lose_their_quoted_values() {
+        let m = r#"invalid type: string "tok-SECRET", expected i64 at line 1 column 20"#;
+        assert_eq!(redact_quoted(m), r#"invalid type: string "…", expected i64 at line 1 column 20"#);
+    }
+}

@@ -350,8 +350,11 @@ impl AstraClient {
             return match serde_json::from_slice::<T>(&body) {
                 Ok(v) => mk(Ok(v), None, false),
                 Err(e) => {
-                    let detail =
-                        if token_endpoint { redact_quoted(&e.to_string()) } else { truncate(&e.to_string(), 300) };
+                    let detail = if token_endpoint {
+                        crate::secrets::redact_quoted(&e.to_string())
+                    } else {
+                        truncate(&e.to_string(), 300)
+                    };
                     mk(Err(AstraError::Malformed { endpoint: endpoint.into(), detail }), None, false)
                 }
             };
@@ -535,32 +538,9 @@ fn truncate(s: &str, max: usize) -> String {
     format!("{}…", &s[..end])
 }
 
-/// Replaces every quoted string in a parser message (it might be a token) with `"…"`.
-fn redact_quoted(msg: &str) -> String {
-    let mut out = String::new();
-    let mut inside = false;
-    for ch in msg.chars() {
-        if ch == '"' {
-            if !inside {
-                out.push_str("\"…\"");
-            }
-            inside = !inside;
-        } else if !inside {
-            out.push(ch);
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parser_messages_from_the_token_endpoint_lose_their_quoted_values() {
-        let m = r#"invalid type: string "tok-SECRET", expected i64 at line 1 column 20"#;
-        assert_eq!(redact_quoted(m), r#"invalid type: string "…", expected i64 at line 1 column 20"#);
-    }
 
     #[test]
     fn backoff_grows_and_stays_bounded() {

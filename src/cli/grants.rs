@@ -1,9 +1,8 @@
 //! `astra-worker grants import|list`, `astra-worker token <user>`, `astra-worker keys rotate`: grants in and
 //! out. Nothing here ever prints a token, except `token`, which prints the access token alone on stdout.
 
-use std::{io::BufRead, path::PathBuf};
+use std::path::PathBuf;
 
-use anyhow::Context as _;
 use chrono::Utc;
 use secrecy::ExposeSecret;
 
@@ -46,19 +45,14 @@ pub async fn grants(store: &Store, cmd: &GrantsCommand) -> anyhow::Result<Status
 
 async fn import(store: &Store, file: Option<&PathBuf>) -> anyhow::Result<Status> {
     let keyring = Keyring::from_env()?;
-    let reader = super::output::input(file)?;
     let (mut new, mut replaced, mut unchanged, mut stale, mut bad) = (0, 0, 0, 0, 0);
-    for (i, line) in reader.lines().enumerate() {
-        let n = i + 1;
-        let line = line.with_context(|| format!("reading line {n}"))?;
-        if line.trim().is_empty() {
-            continue;
-        }
+    for item in super::output::numbered_lines(super::output::input(file)?) {
+        let (n, line) = item?;
         let parsed: ImportLine = match serde_json::from_str(&line) {
             Ok(p) => p,
             Err(e) => {
                 // serde's message never carries the token values of a well-formed line; strip quoted text anyway.
-                eprintln!("line {n}: skipped: {}", strip_quoted(&e.to_string()));
+                eprintln!("line {n}: skipped: {}", crate::secrets::redact_quoted(&e.to_string()));
                 bad += 1;
                 continue;
             }
@@ -89,22 +83,6 @@ async fn import(store: &Store, file: Option<&PathBuf>) -> anyhow::Result<Status>
 
 fn human(d: chrono::TimeDelta) -> String {
     humantime::format_duration(std::time::Duration::from_secs(d.num_seconds().max(0) as u64)).to_string()
-}
-
-fn strip_quoted(msg: &str) -> String {
-    let mut out = String::new();
-    let mut inside = false;
-    for ch in msg.chars() {
-        if ch == '"' {
-            inside = !inside;
-            if inside {
-                out.push_str("\"…\"");
-            }
-        } else if !inside {
-            out.push(ch);
-        }
-    }
-    out
 }
 
 async fn list(store: &Store, status: Option<&str>, limit: i64, format: Format) -> anyhow::Result<Status> {

@@ -1,8 +1,7 @@
 //! The money side's commands: `accounts import`, `cards freeze|unfreeze`, `users block|unblock`, `guard`.
 
-use std::{io::BufRead, path::PathBuf};
+use std::path::PathBuf;
 
-use anyhow::Context as _;
 use chrono::{TimeDelta, Utc};
 
 use crate::{
@@ -55,14 +54,9 @@ pub struct GuardArgs {
 
 pub async fn accounts(store: &Store, cmd: &AccountsCommand) -> anyhow::Result<Status> {
     let AccountsCommand::Import { file } = cmd;
-    let reader = super::output::input(file.as_ref())?;
     let (mut ok, mut bad) = (0, 0);
-    for (i, line) in reader.lines().enumerate() {
-        let n = i + 1;
-        let line = line.with_context(|| format!("reading line {n}"))?;
-        if line.trim().is_empty() {
-            continue;
-        }
+    for item in super::output::numbered_lines(super::output::input(file.as_ref())?) {
+        let (n, line) = item?;
         let parsed: ImportLine = match serde_json::from_str(&line) {
             Ok(p) => p,
             Err(_) => {

@@ -18,6 +18,15 @@ pub fn input(file: Option<&PathBuf>) -> anyhow::Result<Box<dyn BufRead>> {
     })
 }
 
+/// The non-blank lines, numbered from 1 (a read error names its line).
+pub fn numbered_lines(reader: Box<dyn BufRead>) -> impl Iterator<Item = anyhow::Result<(usize, String)>> {
+    reader.lines().enumerate().filter_map(|(i, l)| match l {
+        Ok(l) if l.trim().is_empty() => None,
+        Ok(l) => Some(Ok((i + 1, l))),
+        Err(e) => Some(Err(anyhow::Error::from(e).context(format!("reading line {}", i + 1)))),
+    })
+}
+
 pub fn line(args: std::fmt::Arguments<'_>) {
     let mut out = std::io::stdout().lock();
     if let Err(e) = out.write_fmt(args).and_then(|_| out.write_all(b"\n")) {

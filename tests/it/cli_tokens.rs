@@ -161,3 +161,46 @@ async fn the_token_commands_keep_secrets_out_of_logs_and_files_and_refuse_bad_cr
     assert_eq!(o.status.code(), Some(78));
     assert!(text(&o.stderr).contains("32 random bytes"), "{}", text(&o.stderr));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_processes_on_one_slot_against_postgres_refresh_each_due_grant_once() {
+    let env = Env {
+        sandbox: Arc::new(Sandbox::start_local(SandboxSettings::default()).await.unwrap()),
+        dir: tempfile::tempdir().unwrap(),
+    };
+    let db = crate::helpers::TestDb::new(crate::helpers::Backend::Postgres).await;
+    let store = db.store().await;
+    let now = Utc::now();
+    let mut users = Vec::new();
+    for i in 0..300 {
+        let id = format!("pg-user-{i:03}");
+        let g = {
+            let mut s = env.sandbox.state();
+            s.upsert_user(UserRec {
+                id: id.clone(),
+                status: astra_worker::astra::UserStatus::Approved,
+                phone: None,
+                email: None,
+            });
+            s.issue_grant(&id, now - TimeDelta::days(8))
+        };
+        crate::tokens::import(&store, &id, &g.access_token, &g.refresh_token, now - TimeDelta::days(8), None).await;
+        users.push(id);
+    }
+    env.sandbox.set_faults(astra_worker::sandbox::Faults { latency_ms: 3, ..Default::default() });
+    let spawn = || {
+        let mut c = env.cmd("sandbox-secret", &KEY_A);
+        c.env("DATABASE_URL", &db.url).args(["--run-once", "token-rotation"]);
+        c.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap()
+    };
+    let children = [spawn(), spawn(), spawn()];
+    let outs = tokio::task::spawn_blocking(move || children.map(|c| c.wait_with_output().unwrap())).await.unwrap();
+    for o in &outs {
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    }
+    let started: usize = outs.iter().map(|o| text(&o.stdout).matches("\"run started\"").count()).sum();
+    assert!(started >= 1);
+    for u in &users {
+        assert_eq!(env.sandbox.state().grant_info(u).unwrap().refreshes, 1, "{u} refreshed exactly once");
+    }
+}

@@ -392,3 +392,35 @@ both_backends!(
     a_transfer_failing_after_landing_gets_its_followups_once_even_with_two_workers,
     super::a_transfer_failing_after_landing_gets_its_followups_once_even_with_two_workers
 );
+
+async fn bad_items_are_skipped_or_left_uncounted_and_a_repeated_item_counts_once(b: Backend) {
+    use astra_worker::astra::model::parse_transfer;
+    let rig = Rig::new(b, SandboxSettings::default(), |_| {}).await;
+    let w = rig.worker(None).await;
+    let db = &w.store;
+    register(db, "dst", "u1", "account", NY, 100_000).await;
+    let item = |id: &str, dest: &str, amount: serde_json::Value| {
+        serde_json::json!({"id": id, "amount": amount, "initiated": "2026-11-20T15:00:00.000000", "status": "processed",
+                           "destination_id": dest})
+    };
+    // An amount that is not a number: that item is refused, naming it; the others parse.
+    let bad = parse_transfer(item("t-bad", "dst", serde_json::json!("twelve"))).unwrap_err();
+    assert!(bad.contains("t-bad"), "{bad}");
+    let good = parse_transfer(item("t-1", "dst", serde_json::json!(12.34))).unwrap();
+    let stray = parse_transfer(item("t-2", "elsewhere", serde_json::json!(5.0))).unwrap();
+    let now = Utc::now();
+    // A page that repeats an item: counted once.
+    for t in [&good, &good, &stray, &good] {
+        mirror::upsert(db, "u1", t, now).await.unwrap();
+    }
+    let day = "2026-11-20";
+    assert_eq!(mirror::counter(db, "dst", day).await.unwrap(), Some((1234, 1)));
+    // A transfer to an unregistered destination is mirrored but counted nowhere.
+    assert_eq!(mirror::counter(db, "elsewhere", day).await.unwrap(), None);
+    assert_eq!(count(db, "SELECT COUNT(*) FROM transfer").await, 2);
+    assert_eq!(count(db, "SELECT COUNT(*) FROM transfer WHERE counted").await, 1);
+}
+both_backends!(
+    bad_items_are_skipped_or_left_uncounted_and_a_repeated_item_counts_once,
+    super::bad_items_are_skipped_or_left_uncounted_and_a_repeated_item_counts_once
+);
