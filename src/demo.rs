@@ -23,7 +23,7 @@ use crate::{
     registry::{self, AchCreditLine, DestinationLine, ImportLine as RegistryLine},
     runner::{RunOptions, SlotResult, Worker, run_job},
     sandbox::CardRec,
-    sandbox::{Faults, Hold, Sandbox, SandboxSettings, TransferRec, UserRec},
+    sandbox::{Faults, Hold, Sandbox, SandboxSettings, TransferRec},
     services::Services,
     store::Store,
     tokens::{self, ImportLine, store as grant_store},
@@ -310,9 +310,10 @@ async fn seed(sandbox: &Sandbox, store: &Store, keyring: &Keyring, n: usize) -> 
         let issued = now - age(k, i);
         let g = {
             let mut s = sandbox.state();
-            let status = if k == Kind::Suspended { UserStatus::Suspended } else { UserStatus::Approved };
-            s.upsert_user(UserRec { id: id.clone(), status, phone: Some(format!("+1555{i:07}")), email: None });
-            let g = s.issue_grant(&id, issued);
+            let g = s.add_approved_user(&id, Some(format!("+1555{i:07}")), issued);
+            if k == Kind::Suspended {
+                s.set_user_status(&id, UserStatus::Suspended);
+            }
             if k == Kind::Revoked {
                 s.revoke_grant(&id);
             }

@@ -191,6 +191,12 @@ impl State {
         self.users.insert(u.id.clone(), u);
     }
 
+    /// An approved user with a grant whose refresh token was issued at `issued_at`.
+    pub fn add_approved_user(&mut self, id: &str, phone: Option<String>, issued_at: DateTime<Utc>) -> GrantInfo {
+        self.upsert_user(UserRec { id: id.into(), status: UserStatus::Approved, phone, email: None });
+        self.issue_grant(id, issued_at)
+    }
+
     pub fn set_user_status(&mut self, id: &str, status: UserStatus) -> bool {
         self.users.get_mut(id).map(|u| u.status = status).is_some()
     }
@@ -312,7 +318,7 @@ impl State {
         self.cards.insert(c.id.clone(), c);
     }
 
-    /// Freezes or unfreezes a client-issued card; unfreezing credits every transfer it held.
+    /// Freezes or unfreezes a client-issued card; the transfers it held clear when next read.
     pub fn set_card_frozen(&mut self, id: &str, frozen: bool) -> bool {
         let Some(c) = self.cards.get_mut(id) else { return false };
         c.frozen = frozen;

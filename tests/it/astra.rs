@@ -4,12 +4,12 @@
 use std::{sync::Arc, time::Duration};
 
 use astra_worker::{
-    astra::{AstraClient, AstraError, Call, Credentials, TransferStatus, UserStatus},
+    astra::{AstraClient, AstraError, Call, Credentials, TransferStatus},
     config::AstraSettings,
     exit::{Classify, Status},
     limiter::RequestLimiter,
     money::Cents,
-    sandbox::{Faults, MalformedKind, Sandbox, SandboxSettings, UserRec},
+    sandbox::{Faults, MalformedKind, Sandbox, SandboxSettings},
     store::Store,
     with_pool,
 };
@@ -59,14 +59,8 @@ async fn rig() -> Rig {
 /// Seeds an approved user with a fresh grant; returns (access, refresh).
 fn seed_user(sb: &Sandbox, id: &str) -> (SecretString, SecretString) {
     let mut s = sb.state();
-    s.upsert_user(UserRec {
-        id: id.into(),
-        status: UserStatus::Approved,
-        phone: Some("+15555550100".into()),
-        email: None,
-    });
     let now = s.now();
-    let g = s.issue_grant(id, now);
+    let g = s.add_approved_user(id, Some("+15555550100".into()), now);
     (g.access_token.into(), g.refresh_token.into())
 }
 

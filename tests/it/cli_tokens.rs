@@ -3,7 +3,7 @@
 
 use std::{path::Path, process::Command, sync::Arc};
 
-use astra_worker::sandbox::{Sandbox, SandboxSettings, UserRec};
+use astra_worker::sandbox::{Sandbox, SandboxSettings};
 use chrono::{TimeDelta, Utc};
 
 use crate::tokens::{KEY_A, KEY_B, b64};
@@ -66,16 +66,7 @@ async fn the_token_commands_keep_secrets_out_of_logs_and_files_and_refuse_bad_cr
     let mut users = Vec::new();
     for i in 0..30 {
         let id = format!("cli-user-{i:02}");
-        let g = {
-            let mut s = env.sandbox.state();
-            s.upsert_user(UserRec {
-                id: id.clone(),
-                status: astra_worker::astra::UserStatus::Approved,
-                phone: None,
-                email: None,
-            });
-            s.issue_grant(&id, now - TimeDelta::days(8))
-        };
+        let g = env.sandbox.state().add_approved_user(&id, None, now - TimeDelta::days(8));
         lines.push(
             serde_json::json!({
                 "user_id": id, "access_token": g.access_token, "refresh_token": g.refresh_token,
@@ -174,16 +165,7 @@ async fn three_processes_on_one_slot_against_postgres_refresh_each_due_grant_onc
     let mut users = Vec::new();
     for i in 0..300 {
         let id = format!("pg-user-{i:03}");
-        let g = {
-            let mut s = env.sandbox.state();
-            s.upsert_user(UserRec {
-                id: id.clone(),
-                status: astra_worker::astra::UserStatus::Approved,
-                phone: None,
-                email: None,
-            });
-            s.issue_grant(&id, now - TimeDelta::days(8))
-        };
+        let g = env.sandbox.state().add_approved_user(&id, None, now - TimeDelta::days(8));
         crate::tokens::import(&store, &id, &g.access_token, &g.refresh_token, now - TimeDelta::days(8), None).await;
         users.push(id);
     }

@@ -13,7 +13,7 @@ use astra_worker::{
     crypto::Keyring,
     outbox::{self, Deliverer},
     runner::{RunOptions, SlotResult, Worker, run_job},
-    sandbox::{Faults, Sandbox, SandboxSettings, UserRec},
+    sandbox::{Faults, Sandbox, SandboxSettings},
     services::Services,
     store::Store,
     tokens::{self, ImportLine, store as grant_store},
@@ -71,16 +71,7 @@ impl Rig {
         let now = Utc::now();
         for i in 0..n {
             let id = format!("user-{i:05}");
-            let g = {
-                let mut s = self.sandbox.state();
-                s.upsert_user(UserRec {
-                    id: id.clone(),
-                    status: astra_worker::astra::UserStatus::Approved,
-                    phone: Some(format!("+1555{i:07}")),
-                    email: None,
-                });
-                s.issue_grant(&id, now - age(i))
-            };
+            let g = self.sandbox.state().add_approved_user(&id, Some(format!("+1555{i:07}")), now - age(i));
             import(store, &id, &g.access_token, &g.refresh_token, now - age(i), Some(g.access_expires_at)).await;
             users.push(id);
         }
