@@ -13,17 +13,18 @@
 use std::time::{Duration, Instant};
 
 use astra_worker::{
+    app::Services,
+    app::Worker,
     astra::Credentials,
     config::{JobName, Settings},
-    crypto::Keyring,
-    guard::{self, GuardRequest},
-    mirror,
-    money::Cents,
-    registry::{self, DestinationLine, ImportLine as RegistryLine},
-    runner::{RunOptions, Worker, run_job},
+    domain::Cents,
+    reconcile::counters,
+    reconcile::guard::{self, GuardRequest},
+    reconcile::registry::{self, DestinationLine, ImportLine as RegistryLine},
+    runner::{RunOptions, run_job},
     sandbox::SandboxSettings,
-    services::Services,
     store::Store,
+    tokens::Keyring,
     tokens::{self, ImportLine},
 };
 use chrono::{TimeDelta, Utc};
@@ -83,8 +84,8 @@ async fn bench_guard(label: &str, url: &str) {
             pull_enabled: None,
         });
         registry::import(&store, &d, now).await.unwrap();
-        let day = astra_worker::bankday::BankDay::of(chrono_tz::America::New_York, now).key();
-        mirror::set_counter(&store, &format!("acct-{i:05}"), &day, (i as i64 * 37) % 300_000, 1).await.unwrap();
+        let day = astra_worker::domain::BankDay::of(chrono_tz::America::New_York, now).key();
+        counters::set_counter(&store, &format!("acct-{i:05}"), &day, (i as i64 * 37) % 300_000, 1).await.unwrap();
     }
     let calls = 20_000;
     let mut lat = Vec::with_capacity(calls);
@@ -143,7 +144,7 @@ async fn bench_rotation(n: usize, rate: u32) {
     let store = Store::open(&url).await.unwrap();
     let mut s = settings(Some(&base));
     s.astra.requests_per_second = rate;
-    s.astra.burst = astra_worker::limiter::default_burst(rate);
+    s.astra.burst = astra_worker::config::default_burst(rate);
     let now = Utc::now();
     let k = keyring();
     for i in 0..n {

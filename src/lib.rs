@@ -1,31 +1,35 @@
 //! astra-worker keeps a fintech's Astra integration healthy while nobody watches: it rotates OAuth grants
 //! before they die, prompts users whose grant died, guards routine requests against bank limits, and follows
 //! transfers Astra debited but could not credit. Every job runs through one runner and one slot ledger.
+//!
+//! The floor plan, bottom to top (a module imports only from the ones above it in this list):
+//! - leaves: [`failure`] (exit statuses), [`secrets`], [`shutdown`], [`telemetry`], [`domain`] (cents, bank
+//!   days, schedules, time);
+//! - [`config`] (`jobs.toml`), [`store`] (the database handle and the slot ledger);
+//! - [`astra`] (the client, its transport, limiter and records), [`outbox`] (messages to the fintech);
+//! - [`tokens`], the first half: keeping grants alive (import, access, refresh, keys, episodes);
+//! - [`reconcile`], the second half: keeping money inside the bank's limits (registry, mirror, counters,
+//!   guard);
+//! - [`exit`] (errors into exit codes), [`app`] (the process: settings, store, limiter, services);
+//! - [`jobs`] (one file per job and their run context), [`runner`] (slots, claims, heartbeat, grace);
+//! - [`ops`] (daemon, health, metrics, rendering), [`sandbox`] (the Astra simulator), [`demo`], [`cli`].
 
+pub mod app;
 pub mod astra;
-pub mod bankday;
 pub mod cli;
 pub mod config;
-pub mod crypto;
-pub mod daemon;
 pub mod demo;
-pub mod episodes;
+pub mod domain;
 pub mod exit;
-pub mod guard;
-pub mod health;
+pub mod failure;
 pub mod jobs;
-pub mod limiter;
-pub mod metrics;
-pub mod mirror;
-pub mod money;
+pub mod ops;
 pub mod outbox;
-pub mod registry;
-pub mod render;
+pub mod reconcile;
 pub mod runner;
 pub mod sandbox;
-pub mod schedule;
 pub mod secrets;
-pub mod services;
+pub mod shutdown;
 pub mod store;
 pub mod telemetry;
 pub mod tokens;

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use secrecy::SecretString;
 
-use crate::exit::Failure;
+use crate::failure::Failure;
 
 /// The secret `name`, or `None` when no source has it. An unreadable file named for it is an error.
 pub fn read(name: &str) -> anyhow::Result<Option<SecretString>> {

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::exit::{Classify, Status};
+use crate::failure::{Classify, Status};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AstraError {

@@ -5,7 +5,7 @@ use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use secrecy::SecretString;
 use serde::{Deserialize, Deserializer, Serialize};
 
-use crate::money::{Cents, dollars};
+use crate::domain::money::{Cents, dollars};
 
 /// A token pair from `POST /v1/oauth/token`. `Debug` prints no token.
 #[derive(Debug, Deserialize)]
@@ -31,6 +31,26 @@ pub enum UserStatus {
 }
 
 impl UserStatus {
+    const ALL: [UserStatus; 7] = [
+        UserStatus::Approved,
+        UserStatus::Pending,
+        UserStatus::Retry,
+        UserStatus::Document,
+        UserStatus::Suspended,
+        UserStatus::Rejected,
+        UserStatus::ConvertedToUser,
+    ];
+
+    pub fn parse(s: &str) -> Option<UserStatus> {
+        UserStatus::ALL.into_iter().find(|u| u.as_str() == s)
+    }
+
+    /// Suspended or rejected: never prompted to authorize again (they get a follow-up instead), and the guard
+    /// denies their routine requests.
+    pub fn is_barred(self) -> bool {
+        matches!(self, UserStatus::Suspended | UserStatus::Rejected)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             UserStatus::Approved => "approved",

@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, Utc};
 
-use crate::{store::Store, with_pool};
+use crate::{store::Store, store::with_pool};
 
 pub struct ApiCall<'a> {
     pub run_id: Option<&'a str>,

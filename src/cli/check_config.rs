@@ -4,7 +4,7 @@ use std::path::Path;
 
 use chrono::Utc;
 
-use crate::{config::Settings, exit::Status, secrets};
+use crate::{config::Settings, failure::Status, secrets};
 
 pub fn run(path: &Path) -> anyhow::Result<Status> {
     let settings = Settings::load(path)?;
@@ -29,7 +29,7 @@ pub fn run(path: &Path) -> anyhow::Result<Status> {
             s.expr(),
             s.zone().name(),
             job.catch_up,
-            humantime::format_duration(job.max_lateness)
+            humantime::format_duration(job.max_lateness.to_std().unwrap_or_default())
         );
         let mut t = now;
         for _ in 0..3 {

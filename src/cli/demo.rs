@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use crate::{config::Settings, demo, exit::Status};
+use crate::{config::Settings, demo, failure::Status};
 
 #[derive(clap::Args, Debug)]
 pub struct DemoArgs {

@@ -8,10 +8,10 @@ use secrecy::ExposeSecret;
 
 use super::Format;
 use crate::{
-    crypto::Keyring,
-    exit::Status,
-    runner::Worker,
+    app::Worker,
+    failure::Status,
     store::Store,
+    tokens::keys::Keyring,
     tokens::{self, ImportLine, Imported, store as grant_store},
 };
 
@@ -70,7 +70,7 @@ async fn import(store: &Store, file: Option<&PathBuf>) -> anyhow::Result<Status>
                 eprintln!("line {n}: user {}: skipped: older than the stored grant", parsed.user_id);
                 stale += 1;
             }
-            Err(e) if crate::exit::classify(&e) == Status::Bug => {
+            Err(e) if crate::exit::classify(&e) == Status::No => {
                 eprintln!("line {n}: user {}: skipped: {e:#}", parsed.user_id);
                 bad += 1;
             }
@@ -78,7 +78,7 @@ async fn import(store: &Store, file: Option<&PathBuf>) -> anyhow::Result<Status>
         }
     }
     outln!("imported: {new} new, {replaced} replaced, {unchanged} unchanged, {stale} stale, {bad} rejected");
-    Ok(if bad > 0 { Status::Bug } else { Status::Ok })
+    Ok(if bad > 0 { Status::No } else { Status::Ok })
 }
 
 fn human(d: chrono::TimeDelta) -> String {
@@ -117,7 +117,7 @@ async fn list(store: &Store, status: Option<&str>, limit: i64, format: Format) -
 /// Prints a valid access token alone on stdout.
 pub async fn token(worker: &Worker, user_id: &str) -> anyhow::Result<Status> {
     let svc = worker.services()?;
-    let t = tokens::access_token(&worker.store, &svc, &worker.settings, user_id).await?;
+    let t = tokens::access_token(&worker.store, &svc.tokens, user_id).await?;
     outln!("{}", t.expose_secret());
     Ok(Status::Ok)
 }

@@ -20,9 +20,11 @@ use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand};
 
 use crate::{
+    app::Worker,
     config::{JobName, Settings},
-    exit::{Failure, Status, classify},
-    runner::{RunOptions, Worker, run_job},
+    exit::classify,
+    failure::{Failure, Status},
+    runner::{RunOptions, run_job},
     store::{self, Store},
     telemetry::{self, LogTo},
 };
@@ -109,9 +111,6 @@ pub enum Format {
     Json,
 }
 
-/// The guard's exit code for an internal error (EX_SOFTWARE), since 1 means "denied" there.
-const GUARD_BUG: u8 = 70;
-
 /// Parses the command line, runs it, and turns the result into the exit code.
 pub fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -131,8 +130,6 @@ pub fn main() -> ExitCode {
         LogTo::Stderr
     };
     telemetry::init(log_to);
-    // The guard's exit 1 means "denied": its own failures must exit 2 or more.
-    let bug_status = if matches!(cli.command, Some(Command::Guard(_))) { GUARD_BUG } else { Status::Bug.code() };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
@@ -143,8 +140,7 @@ pub fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(status) => status.into(),
         Err(e) => {
-            let status = classify(&e);
-            let code = if status == Status::Bug { bug_status } else { status.code() };
+            let code = classify(&e).code();
             tracing::error!(exit_code = code, "{e:#}");
             eprintln!("astra-worker: error: {e:#}");
             ExitCode::from(code)
@@ -183,7 +179,7 @@ async fn run(cli: Cli) -> anyhow::Result<Status> {
         }
         Some(Command::Run(args)) => {
             if let Some(p) = &cli.metrics_file {
-                crate::metrics::check_writable(p)?;
+                crate::ops::metrics::check_writable(p)?;
             }
             let worker = std::sync::Arc::new(Worker::new(Settings::load(&cli.config)?, open_store(&cli).await?));
             worker.shutdown.listen_for_signals().context("installing signal handlers")?;
@@ -222,7 +218,7 @@ async fn run_once(cli: &Cli, job_arg: &str) -> anyhow::Result<Status> {
     let settings = Settings::load(&cli.config)?;
     let jobs = jobs_named(job_arg, &settings)?;
     if let Some(p) = &cli.metrics_file {
-        crate::metrics::check_writable(p)?;
+        crate::ops::metrics::check_writable(p)?;
     }
     let store = open_store(cli).await?;
     let worker = Worker::new(settings, store);
@@ -241,7 +237,7 @@ async fn run_once(cli: &Cli, job_arg: &str) -> anyhow::Result<Status> {
         status = status.worst(Status::Temporary);
     }
     if let Some(p) = &cli.metrics_file
-        && let Err(e) = crate::metrics::write_file(&worker, p).await
+        && let Err(e) = crate::ops::metrics::write_file(&worker, p).await
     {
         tracing::warn!(error = %format!("{e:#}"), "could not write the metrics file");
     }

@@ -2,16 +2,15 @@
 
 use std::path::PathBuf;
 
-use chrono::{TimeDelta, Utc};
+use chrono::Utc;
 
 use crate::{
-    exit::{Failure, Status},
-    guard::{self, GuardRequest},
-    jobs::reprocessing_check,
-    mirror,
-    money::Cents,
-    registry::{self, ImportLine},
-    runner::Worker,
+    app::Worker,
+    domain::money::Cents,
+    failure::{Failure, Status},
+    jobs::reprocessing_check::{self, Recheck},
+    reconcile::guard::{self, GuardRequest},
+    reconcile::registry::{self, ImportLine},
     store::Store,
 };
 
@@ -69,7 +68,7 @@ pub async fn accounts(store: &Store, cmd: &AccountsCommand) -> anyhow::Result<St
         };
         match registry::import(store, &parsed, Utc::now()).await {
             Ok(()) => ok += 1,
-            Err(e) if crate::exit::classify(&e) == Status::Bug => {
+            Err(e) if crate::exit::classify(&e) == Status::No => {
                 eprintln!("line {n}: skipped: {e:#}");
                 bad += 1;
             }
@@ -77,7 +76,7 @@ pub async fn accounts(store: &Store, cmd: &AccountsCommand) -> anyhow::Result<St
         }
     }
     outln!("imported: {ok} lines, {bad} rejected");
-    Ok(if bad > 0 { Status::Bug } else { Status::Ok })
+    Ok(if bad > 0 { Status::No } else { Status::Ok })
 }
 
 pub async fn cards(worker: &Worker, cmd: &CardsCommand) -> anyhow::Result<Status> {
@@ -95,31 +94,13 @@ pub async fn cards(worker: &Worker, cmd: &CardsCommand) -> anyhow::Result<Status
     Ok(Status::Ok)
 }
 
-/// Re-reads the transfers a card held, right after it is unfrozen (skipped without Astra credentials).
+/// Re-checks at once the transfers the card held (without Astra credentials, the next run does).
 async fn recheck_card(worker: &Worker, card: &str) -> anyhow::Result<()> {
-    let held = mirror::watched(&worker.store, Some(card)).await?;
-    if held.is_empty() {
-        return Ok(());
+    match reprocessing_check::recheck_card(worker, card).await? {
+        Recheck::NothingHeld => {}
+        Recheck::Later { held, why } => outln!("{held} held transfers: {why}"),
+        Recheck::Done { held, details } => outln!("re-checked {held} held transfers: {details}"),
     }
-    let Ok(svc) = worker.services() else {
-        outln!("{} held transfers will be re-checked by the next reprocessing-check run", held.len());
-        return Ok(());
-    };
-    let Some(job) = worker.settings.job(crate::config::JobName::ReprocessingCheck) else {
-        outln!("{} held transfers: reprocessing-check is not configured; not re-checked", held.len());
-        return Ok(());
-    };
-    let stuck_after = match &job.params {
-        crate::config::JobParams::ReprocessingCheck(p) => {
-            TimeDelta::from_std(p.stuck_after).unwrap_or(TimeDelta::hours(72))
-        }
-        _ => TimeDelta::hours(72),
-    };
-    let ctx = worker.adhoc_context(job);
-    for w in &held {
-        reprocessing_check::check(&ctx, &svc, w, stuck_after).await?;
-    }
-    outln!("re-checked {} held transfers: {}", held.len(), ctx.details_json());
     Ok(())
 }
 
@@ -143,5 +124,5 @@ pub async fn guard(store: &Store, args: &GuardArgs) -> anyhow::Result<Status> {
     let req = GuardRequest { user_id: &args.user, amount, destination_id: args.destination.as_deref() };
     let answer = guard::check(store, &req, Utc::now()).await?;
     outln!("{}", serde_json::to_string(&answer)?);
-    Ok(if answer.allowed { Status::Ok } else { Status::Bug })
+    Ok(if answer.allowed { Status::Ok } else { Status::No })
 }

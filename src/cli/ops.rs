@@ -6,10 +6,11 @@ use chrono::Utc;
 
 use super::Format;
 use crate::{
-    daemon::{self, DaemonOptions},
-    exit::{Failure, Status},
-    health, metrics,
-    runner::Worker,
+    app::Worker,
+    failure::{Failure, Status},
+    ops::daemon::{self, DaemonOptions},
+    ops::health,
+    ops::metrics,
 };
 
 #[derive(clap::Args, Debug)]
@@ -82,6 +83,6 @@ pub async fn health(worker: &Worker, args: &HealthArgs) -> anyhow::Result<Status
         Ok(Status::Ok)
     } else {
         eprintln!("astra-worker: stale: {}", stale.join(", "));
-        Ok(Status::Bug)
+        Ok(Status::No)
     }
 }

@@ -6,7 +6,7 @@ use std::{
     path::PathBuf,
 };
 
-use crate::exit::Failure;
+use crate::failure::Failure;
 
 /// The lines of `file`, or of stdin when it is absent or `-`.
 pub fn input(file: Option<&PathBuf>) -> anyhow::Result<Box<dyn BufRead>> {

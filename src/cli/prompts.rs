@@ -1,7 +1,7 @@
 //! `astra-worker prompts list`: the outbox of prompts and follow-ups, delivered or not.
 
 use super::Format;
-use crate::{exit::Status, outbox::store as outbox_store, store::Store};
+use crate::{failure::Status, outbox::store as outbox_store, store::Store};
 
 #[derive(clap::Subcommand, Debug)]
 pub enum PromptsCommand {

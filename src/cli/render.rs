@@ -1,11 +1,11 @@
-//! `astra-worker render systemd|kubernetes`: see [`crate::render`].
+//! `astra-worker render systemd|kubernetes`: see [`crate::ops::render`].
 
 use std::path::{Path, PathBuf};
 
 use crate::{
     config::Settings,
-    exit::{Failure, Status},
-    render::{self, RenderOptions},
+    failure::{Failure, Status},
+    ops::render::{self, RenderOptions},
 };
 
 #[derive(clap::Args, Debug)]

@@ -2,7 +2,7 @@
 
 use super::Format;
 use crate::{
-    exit::Status,
+    failure::Status,
     store::{Store, ledger},
 };
 

@@ -3,7 +3,7 @@
 use std::{net::SocketAddr, path::PathBuf};
 
 use crate::{
-    exit::{Failure, Status},
+    failure::{Failure, Status},
     sandbox::{Sandbox, SandboxSettings},
 };
 
@@ -32,7 +32,7 @@ pub async fn run(args: &SandboxArgs) -> anyhow::Result<Status> {
     let sb = Sandbox::start(args.listen, settings).await?;
     tracing::info!(url = %sb.base_url(), "Astra sandbox listening; admin under /_sandbox (loopback only)");
     outln!("{}", sb.base_url());
-    let shutdown = crate::runner::Shutdown::new();
+    let shutdown = crate::shutdown::Shutdown::new();
     shutdown.listen_for_signals()?;
     shutdown.triggered().await;
     sb.stop();

@@ -5,10 +5,10 @@ mod raw;
 
 use std::{path::Path, time::Duration};
 
-use chrono_tz::Tz;
+use chrono::TimeDelta;
 use reqwest::Url;
 
-use crate::{exit::Failure, schedule::Schedule};
+use crate::{domain::Schedule, failure::Failure};
 
 pub use raw::CatchUp;
 
@@ -33,8 +33,9 @@ pub struct OutboxSettings {
 pub struct RunnerSettings {
     /// How long in-flight work may take to finish after SIGTERM/SIGINT.
     pub grace_period: Duration,
-    /// How long a slot claim lives without a heartbeat before another process may take it over.
-    pub claim_lease: Duration,
+    /// How long a slot claim (or a grant's lease) lives without renewal before another process may take
+    /// it over.
+    pub claim_lease: TimeDelta,
 }
 
 #[derive(Debug, Clone)]
@@ -49,7 +50,7 @@ pub struct AstraSettings {
     pub max_retries: u32,
     pub retry_budget: Duration,
     /// `token <user>` refreshes first when the access token expires within this margin.
-    pub access_margin: Duration,
+    pub access_margin: TimeDelta,
 }
 
 /// The jobs this worker knows.
@@ -104,7 +105,7 @@ pub struct JobSettings {
     pub schedule: Schedule,
     pub catch_up: CatchUp,
     /// A slot older than this when its run would start is missed, not run.
-    pub max_lateness: Duration,
+    pub max_lateness: TimeDelta,
     pub params: JobParams,
 }
 
@@ -155,7 +156,7 @@ fn test_hold_settings() -> JobSettings {
         enabled: true,
         schedule: Schedule::parse("0 * * * * *", "UTC").expect("a valid fixed schedule"),
         catch_up: CatchUp::Latest,
-        max_lateness: Duration::from_secs(3600),
+        max_lateness: TimeDelta::hours(1),
         params: JobParams::TestHold {
             items: var("ASTRA_WORKER_TEST_HOLD_ITEMS", 3) as u32,
             hold: Duration::from_millis(var("ASTRA_WORKER_TEST_HOLD_MS", 100)),
@@ -182,10 +183,9 @@ fn is_loopback(url: &Url) -> bool {
     }
 }
 
-/// The zone parsed from an IANA name.
-pub fn parse_zone(name: &str) -> Result<Tz, String> {
-    name.parse::<Tz>()
-        .map_err(|_| format!("unknown time zone `{name}` (expected an IANA name such as America/New_York)"))
+/// About 20 ms of quota, at least one request: the limiter's burst when `astra.burst` is not set.
+pub fn default_burst(requests_per_second: u32) -> u32 {
+    requests_per_second.div_ceil(50).max(1)
 }
 
 #[cfg(test)]

@@ -2,13 +2,20 @@
 
 use std::time::Duration;
 
+use chrono::TimeDelta;
 use serde::{Deserialize, Deserializer};
 use toml::Spanned;
 
 use super::{
-    AstraSettings, JobName, JobParams, JobSettings, OutboxSettings, RunnerSettings, Settings, check_url, parse_zone,
+    AstraSettings, JobName, JobParams, JobSettings, OutboxSettings, RunnerSettings, Settings, check_url, default_burst,
 };
-use crate::schedule::Schedule;
+use crate::domain::{
+    Schedule,
+    time::{parse_duration, parse_zone},
+};
+
+/// Default request timeout toward the fintech's outbox endpoint.
+const DEFAULT_OUTBOX_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -34,8 +41,8 @@ struct Outbox {
 struct Runner {
     #[serde(default = "d_grace", deserialize_with = "duration")]
     grace_period: Duration,
-    #[serde(default = "d_lease", deserialize_with = "duration")]
-    claim_lease: Duration,
+    #[serde(default = "d_lease", deserialize_with = "delta")]
+    claim_lease: TimeDelta,
 }
 
 impl Default for Runner {
@@ -47,8 +54,8 @@ impl Default for Runner {
 fn d_grace() -> Duration {
     Duration::from_secs(20)
 }
-fn d_lease() -> Duration {
-    Duration::from_secs(120)
+fn d_lease() -> TimeDelta {
+    TimeDelta::minutes(2)
 }
 
 #[derive(Deserialize)]
@@ -71,12 +78,12 @@ struct Astra {
     max_retries: u32,
     #[serde(default = "d_budget", deserialize_with = "duration")]
     retry_budget: Duration,
-    #[serde(default = "d_margin", deserialize_with = "duration")]
-    access_margin: Duration,
+    #[serde(default = "d_margin", deserialize_with = "delta")]
+    access_margin: TimeDelta,
 }
 
-fn d_margin() -> Duration {
-    Duration::from_secs(300)
+fn d_margin() -> TimeDelta {
+    TimeDelta::minutes(5)
 }
 
 fn d_base_url() -> Spanned<String> {
@@ -116,8 +123,8 @@ struct Job<P> {
     time_zone: Spanned<String>,
     #[serde(default)]
     catch_up: CatchUp,
-    #[serde(deserialize_with = "duration")]
-    max_lateness: Duration,
+    #[serde(deserialize_with = "delta")]
+    max_lateness: TimeDelta,
     #[serde(default)]
     settings: P,
 }
@@ -141,8 +148,8 @@ pub enum CatchUp {
 #[serde(deny_unknown_fields, default)]
 pub struct TokenRotationParams {
     /// Rotate grants whose refresh token expires before the next slot plus this margin.
-    #[serde(deserialize_with = "duration")]
-    pub safety_margin: Duration,
+    #[serde(deserialize_with = "delta")]
+    pub safety_margin: TimeDelta,
     /// Grants refreshed at once (each still waits for the shared rate limiter).
     pub concurrency: u32,
     /// Grants claimed per batch.
@@ -154,7 +161,7 @@ pub struct TokenRotationParams {
 impl Default for TokenRotationParams {
     fn default() -> Self {
         TokenRotationParams {
-            safety_margin: Duration::from_secs(72 * 3600),
+            safety_margin: TimeDelta::hours(72),
             concurrency: 16,
             batch_size: 200,
             read_user_status: true,
@@ -168,8 +175,8 @@ pub struct InboundVolumeParams {
     /// Warn when a day's inbound total reaches this share of the limit, in percent.
     pub warn_percent: u8,
     /// How far back each user's transfers are mirrored.
-    #[serde(deserialize_with = "duration")]
-    pub lookback: Duration,
+    #[serde(deserialize_with = "delta")]
+    pub lookback: TimeDelta,
     /// Transfers asked for per page.
     pub page_size: u32,
     /// Users mirrored at once (each still waits for the shared rate limiter).
@@ -178,12 +185,7 @@ pub struct InboundVolumeParams {
 
 impl Default for InboundVolumeParams {
     fn default() -> Self {
-        InboundVolumeParams {
-            warn_percent: 80,
-            lookback: Duration::from_secs(3 * 24 * 3600),
-            page_size: 100,
-            concurrency: 8,
-        }
+        InboundVolumeParams { warn_percent: 80, lookback: TimeDelta::days(3), page_size: 100, concurrency: 8 }
     }
 }
 
@@ -191,19 +193,16 @@ impl Default for InboundVolumeParams {
 #[serde(deny_unknown_fields, default)]
 pub struct ReprocessingCheckParams {
     /// A transfer debited but not credited for longer than this gets one `transfer_stuck` follow-up.
-    #[serde(deserialize_with = "duration")]
-    pub stuck_after: Duration,
+    #[serde(deserialize_with = "delta")]
+    pub stuck_after: TimeDelta,
     /// Transfers that landed within this are re-read too, to catch a failure after landing.
-    #[serde(deserialize_with = "duration")]
-    pub watch_landed_for: Duration,
+    #[serde(deserialize_with = "delta")]
+    pub watch_landed_for: TimeDelta,
 }
 
 impl Default for ReprocessingCheckParams {
     fn default() -> Self {
-        ReprocessingCheckParams {
-            stuck_after: Duration::from_secs(72 * 3600),
-            watch_landed_for: Duration::from_secs(5 * 24 * 3600),
-        }
+        ReprocessingCheckParams { stuck_after: TimeDelta::hours(72), watch_landed_for: TimeDelta::days(5) }
     }
 }
 
@@ -211,19 +210,16 @@ impl Default for ReprocessingCheckParams {
 #[serde(deny_unknown_fields, default)]
 pub struct StaleAuthorizationSweepParams {
     /// Grants this close to expiry that rotation has not renewed get one rescue attempt.
-    #[serde(deserialize_with = "duration")]
-    pub danger_window: Duration,
+    #[serde(deserialize_with = "delta")]
+    pub danger_window: TimeDelta,
     /// An unanswered re-authorization prompt is sent again after this long.
-    #[serde(deserialize_with = "duration")]
-    pub reprompt_after: Duration,
+    #[serde(deserialize_with = "delta")]
+    pub reprompt_after: TimeDelta,
 }
 
 impl Default for StaleAuthorizationSweepParams {
     fn default() -> Self {
-        StaleAuthorizationSweepParams {
-            danger_window: Duration::from_secs(48 * 3600),
-            reprompt_after: Duration::from_secs(72 * 3600),
-        }
+        StaleAuthorizationSweepParams { danger_window: TimeDelta::hours(48), reprompt_after: TimeDelta::hours(72) }
     }
 }
 
@@ -232,10 +228,13 @@ fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::
 }
 
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let t = delta(d)?;
+    t.to_std().map_err(|_| serde::de::Error::custom("a duration must not be negative"))
+}
+
+fn delta<'de, D: Deserializer<'de>>(d: D) -> Result<TimeDelta, D::Error> {
     let s = String::deserialize(d)?;
-    humantime::parse_duration(&s).map_err(|e| {
-        serde::de::Error::custom(format!("invalid duration `{s}` ({e}); write e.g. \"20s\", \"48h\", \"7d\""))
-    })
+    parse_duration(&s).map_err(serde::de::Error::custom)
 }
 
 /// Where a value sits: "line N" for a value read from the file.
@@ -278,7 +277,7 @@ pub(super) fn parse(text: &str, base_url_override: Option<&str>) -> Result<Setti
         authorize_url,
         redirect_uri: a.redirect_uri.into_inner(),
         requests_per_second: rps,
-        burst: if a.burst == 0 { crate::limiter::default_burst(rps) } else { a.burst },
+        burst: if a.burst == 0 { default_burst(rps) } else { a.burst },
         connect_timeout: a.connect_timeout,
         request_timeout: a.request_timeout,
         max_retries: a.max_retries,
@@ -289,11 +288,9 @@ pub(super) fn parse(text: &str, base_url_override: Option<&str>) -> Result<Setti
         Some(e) => Some(parse_url(&loc.at("outbox.endpoint", e), e.get_ref())?),
         None => None,
     };
-    let outbox = OutboxSettings {
-        endpoint,
-        request_timeout: file.outbox.request_timeout.unwrap_or(crate::outbox::DEFAULT_TIMEOUT),
-    };
-    if file.runner.claim_lease < Duration::from_secs(5) {
+    let outbox =
+        OutboxSettings { endpoint, request_timeout: file.outbox.request_timeout.unwrap_or(DEFAULT_OUTBOX_TIMEOUT) };
+    if file.runner.claim_lease < TimeDelta::seconds(5) {
         return Err("runner.claim_lease: must be at least 5s".into());
     }
 
@@ -316,7 +313,7 @@ pub(super) fn parse(text: &str, base_url_override: Option<&str>) -> Result<Setti
     })?;
     push(&mut jobs, &loc, JobName::ReprocessingCheck, j.reprocessing_check, |p| Ok(JobParams::ReprocessingCheck(p)))?;
     push(&mut jobs, &loc, JobName::StaleAuthorizationSweep, j.stale_authorization_sweep, |p| {
-        if p.danger_window.is_zero() {
+        if p.danger_window <= TimeDelta::zero() {
             return Err("settings.danger_window must be longer than zero".into());
         }
         Ok(JobParams::StaleAuthorizationSweep(p))
@@ -344,7 +341,7 @@ fn push<P>(
     let sched_key = loc.at(&format!("{key}.schedule"), &job.schedule);
     let schedule =
         Schedule::parse(job.schedule.get_ref(), job.time_zone.get_ref()).map_err(|e| format!("{sched_key}: {e}"))?;
-    if job.max_lateness.is_zero() {
+    if job.max_lateness <= TimeDelta::zero() {
         return Err(format!("{key}.max_lateness: must be longer than zero"));
     }
     let params = params(job.settings).map_err(|e| format!("{key}.{e}"))?;

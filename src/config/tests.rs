@@ -97,3 +97,11 @@ fn a_schedule_that_never_fires_is_refused() {
     let e = err(&shipped_with("schedule = \"0 30 4 * * *\"", "schedule = \"0 0 0 31 2 *\""));
     assert!(e.contains("never fires"), "{e}");
 }
+
+#[test]
+fn the_default_burst_is_about_twenty_milliseconds_of_quota() {
+    assert_eq!(super::default_burst(1), 1);
+    assert_eq!(super::default_burst(50), 1);
+    assert_eq!(super::default_burst(200), 4);
+    assert_eq!(super::default_burst(1000), 20);
+}

@@ -4,66 +4,64 @@
 use chrono::Utc;
 use tracing::warn;
 
+use super::{ItemOutcome, RunContext};
 use crate::{
-    astra::Call,
-    runner::RunContext,
-    services::Services,
-    tokens::{self, Refreshed, store},
+    app::Services,
+    tokens::{self, Refreshed, episodes::Opened, store},
 };
 
 /// Refreshes one grant whose lease `ctx.run_id` holds, records the outcome, releases the lease.
-pub async fn refresh_one(
+pub(super) async fn refresh_one(
     ctx: &RunContext<'_>,
     svc: &Services,
     user_id: &str,
     read_user_status: bool,
 ) -> anyhow::Result<()> {
     let db = &ctx.worker.store;
-    let call = Call::of(ctx, user_id);
-    let r = tokens::refresh_leased(db, svc, &ctx.worker.settings, call, user_id, &ctx.run_id).await;
+    let call = ctx.call(user_id);
+    let r = tokens::refresh_leased(db, &svc.tokens, call, user_id, &ctx.run_id).await;
     store::release(db, user_id, &ctx.run_id).await?;
-    match r? {
+    let outcome = match r? {
         Refreshed::Rotated { access } => {
-            ctx.processed(1);
             ctx.tally("rotated", 1);
             if read_user_status {
-                match svc.client.user(call, &access).await {
-                    Ok(u) => store::set_user_status(db, user_id, u.status.as_str(), Utc::now()).await?,
+                match svc.client().user(call, &access).await {
+                    Ok(u) => store::set_user_status(db, user_id, u.status, Utc::now()).await?,
                     Err(e) => warn!(user_id, error = %e, "could not read the user's status after rotation"),
                 }
             }
+            ItemOutcome::Done
         }
         Refreshed::Adopted => {
-            ctx.processed(1);
             ctx.tally("adopted", 1);
+            ItemOutcome::Done
         }
         Refreshed::Dead { reason, opened } => {
-            ctx.processed(1);
             ctx.tally(&format!("dead_{}", reason.as_str()), 1);
-            ctx.tally(
-                match opened {
-                    crate::episodes::Opened::Episode => "episodes_opened",
-                    crate::episodes::Opened::AlreadyOpen => "episodes_already_open",
-                    crate::episodes::Opened::UserSuspended => "suspended_followups",
-                },
-                1,
-            );
+            ctx.tally(opened_figure(opened), 1);
+            ItemOutcome::Done
         }
-        Refreshed::Failed { detail } => {
-            warn!(user_id, error = %detail, "grant not refreshed; left for the next run");
-            ctx.failed(1);
-        }
-        Refreshed::Inactive => ctx.skipped(1),
-    }
+        Refreshed::Failed { detail } => ItemOutcome::Retry(format!("grant not refreshed: {detail}")),
+        Refreshed::Inactive => ItemOutcome::Skip,
+    };
+    ctx.record(user_id, outcome);
     Ok(())
+}
+
+/// The run figure that counts what opening an episode did.
+pub(super) fn opened_figure(opened: Opened) -> &'static str {
+    match opened {
+        Opened::Episode => "episodes_opened",
+        Opened::AlreadyOpen => "episodes_already_open",
+        Opened::UserSuspended => "suspended_followups",
+    }
 }
 
 /// Probes every grant with an orphaned refresh intent (a process died mid-refresh): refreshing with the stored
 /// token either succeeds (healthy) or is rejected (the rotation was applied, its answer lost: an episode now).
-pub async fn resolve_orphans(ctx: &RunContext<'_>, svc: &Services) -> anyhow::Result<()> {
+pub(super) async fn resolve_orphans(ctx: &RunContext<'_>, svc: &Services) -> anyhow::Result<()> {
     let db = &ctx.worker.store;
-    let lease =
-        chrono::TimeDelta::from_std(ctx.worker.settings.runner.claim_lease).unwrap_or(chrono::TimeDelta::minutes(2));
+    let lease = ctx.worker.settings.runner.claim_lease;
     for user_id in store::orphaned_intents(db, Utc::now()).await? {
         if ctx.stopping() {
             break;

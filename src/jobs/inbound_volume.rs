@@ -2,20 +2,30 @@
 //! the day just ended and the day now running recomputes each destination's inbound total from the mirror,
 //! records and fixes any drift of the counter, and records the decision (ok, warn, blocked) with its evidence.
 
-use chrono::{TimeDelta, Utc};
+use chrono::{DateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
 use tracing::warn;
 
+use super::{ItemOutcome, RunContext};
 use crate::{
-    astra::Call, bankday::BankDay, config::InboundVolumeParams, mirror, registry, runner::RunContext,
-    services::Services, store::Store, tokens, with_pool,
+    app::Services,
+    astra::AstraError,
+    config::InboundVolumeParams,
+    domain::BankDay,
+    exit::classify,
+    failure::Status,
+    reconcile::{
+        counters::{self, Decision, LimitState},
+        mirror, registry,
+    },
+    tokens::{self, store as grants},
 };
 
-pub async fn run(ctx: &RunContext<'_>, p: &InboundVolumeParams) -> anyhow::Result<()> {
+pub(super) async fn run(ctx: &RunContext<'_>, p: &InboundVolumeParams) -> anyhow::Result<()> {
     let svc = ctx.worker.services()?;
     let db = &ctx.worker.store;
-    let since = Utc::now() - TimeDelta::from_std(p.lookback).unwrap_or(TimeDelta::days(3));
-    let users = active_users(db).await?;
+    let since = Utc::now() - p.lookback;
+    let users = grants::active_users(db).await?;
     if ctx.dry_run {
         ctx.tally("would_mirror_users", users.len() as i64);
     } else {
@@ -35,38 +45,31 @@ pub async fn run(ctx: &RunContext<'_>, p: &InboundVolumeParams) -> anyhow::Resul
     decide(ctx, p).await
 }
 
-async fn active_users(db: &Store) -> sqlx::Result<Vec<String>> {
-    with_pool!(db, |p| sqlx::query_scalar("SELECT user_id FROM grant_token WHERE status = 'active' ORDER BY user_id")
-        .fetch_all(p)
-        .await)
-}
-
 /// Mirrors one user's transfers since `since`; counts, never fails the run for one user's trouble with Astra.
-pub async fn mirror_user(
+pub(super) async fn mirror_user(
     ctx: &RunContext<'_>,
     svc: &Services,
     user_id: &str,
-    since: chrono::DateTime<Utc>,
+    since: DateTime<Utc>,
     page: u32,
 ) -> anyhow::Result<()> {
     let db = &ctx.worker.store;
-    let call = Call::of(ctx, user_id);
-    let listed = tokens::with_access(db, svc, &ctx.worker.settings, call, user_id, |access| async move {
-        svc.client.transfers_since(call, &access, since, page).await
+    let call = ctx.call(user_id);
+    let listed = tokens::with_access(db, &svc.tokens, call, user_id, |access| async move {
+        svc.client().transfers_since(call, &access, since, page).await
     })
     .await;
     let listing = match listed {
         Ok(Ok(l)) => l,
-        Ok(Err(e)) if matches!(e, crate::astra::AstraError::ClientRejected) => return Err(e.into()),
+        Ok(Err(e @ AstraError::ClientRejected)) => return Err(e.into()),
         Ok(Err(e)) => {
-            warn!(user_id, error = %e, "could not read the user's transfers; left for the next run");
-            ctx.failed(1);
+            ctx.record(user_id, ItemOutcome::Retry(format!("could not read the user's transfers: {e}")));
             return Ok(());
         }
-        Err(e) if crate::exit::classify(&e) == crate::exit::Status::Config => return Err(e),
+        Err(e) if classify(&e) == Status::Config => return Err(e),
         Err(e) => {
             warn!(user_id, error = %format!("{e:#}"), "no usable access token; transfers not read");
-            ctx.skipped(1);
+            ctx.record(user_id, ItemOutcome::Skip);
             return Ok(());
         }
     };
@@ -84,7 +87,7 @@ pub async fn mirror_user(
             ctx.tally("transfers_without_destination", 1);
         }
     }
-    ctx.processed(1);
+    ctx.record(user_id, ItemOutcome::Done);
     Ok(())
 }
 
@@ -96,8 +99,8 @@ async fn decide(ctx: &RunContext<'_>, p: &InboundVolumeParams) -> anyhow::Result
         let today = BankDay::of(d.zone(), now);
         for day in [today.previous(), today] {
             let key = day.key();
-            let (total, n) = mirror::recompute(db, &d.destination_id, &key).await?;
-            let counter = mirror::counter(db, &d.destination_id, &key).await?.map(|c| c.0).unwrap_or(0);
+            let (total, n) = counters::recompute(db, &d.destination_id, &key).await?;
+            let counter = counters::counter(db, &d.destination_id, &key).await?.map(|c| c.0).unwrap_or(0);
             let drift = counter - total;
             if drift != 0 {
                 warn!(destination = %d.destination_id, bank_day = %key, counter, recomputed = total, "inbound counter drifted; fixed");
@@ -108,54 +111,16 @@ async fn decide(ctx: &RunContext<'_>, p: &InboundVolumeParams) -> anyhow::Result
                 continue;
             }
             if drift != 0 {
-                mirror::set_counter(db, &d.destination_id, &key, total, n).await?;
+                counters::set_counter(db, &d.destination_id, &key, total, n).await?;
             }
             let limit = d.daily_limit_cents;
-            let state = if total >= limit {
-                "blocked"
-            } else if i128::from(total) * 100 >= i128::from(limit) * i128::from(p.warn_percent) {
-                "warn"
-            } else {
-                "ok"
-            };
+            let state = LimitState::of(total, limit, p.warn_percent);
             if day == today {
-                ctx.tally(&format!("today_{state}"), 1);
+                ctx.tally(&format!("today_{}", state.as_str()), 1);
             }
-            record(db, &d.destination_id, &day, state, total, limit, drift, now).await?;
+            let decision = Decision { destination_id: &d.destination_id, day: &day, state, total, limit, drift };
+            counters::record_decision(db, &decision, now).await?;
         }
     }
     Ok(())
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn record(
-    db: &Store,
-    destination: &str,
-    day: &BankDay,
-    state: &str,
-    total: i64,
-    limit: i64,
-    drift: i64,
-    now: chrono::DateTime<Utc>,
-) -> sqlx::Result<()> {
-    with_pool!(db, |p| sqlx::query(
-        "INSERT INTO limit_decision (destination_id, bank_day, state, total_cents, limit_cents, window_start,
-             window_end, drift_cents, computed_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-         ON CONFLICT (destination_id, bank_day) DO UPDATE SET state = excluded.state,
-             total_cents = excluded.total_cents, limit_cents = excluded.limit_cents, drift_cents = excluded.drift_cents,
-             computed_at = excluded.computed_at"
-    )
-    .bind(destination)
-    .bind(day.key())
-    .bind(state)
-    .bind(total)
-    .bind(limit)
-    .bind(day.start())
-    .bind(day.end())
-    .bind(drift)
-    .bind(now)
-    .execute(p)
-    .await
-    .map(|_| ()))
 }

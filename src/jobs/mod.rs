@@ -1,16 +1,19 @@
-//! The jobs: each is a plain `async fn` over a [`RunContext`], called only through the runner.
+//! The jobs: each is a plain `async fn` over a [`RunContext`], called only through the runner; one file per
+//! job, and `grant_work` for what rotation and the sweep share.
 
+mod context;
 mod grant_work;
-pub mod inbound_volume;
+mod inbound_volume;
 pub mod reprocessing_check;
 mod stale_sweep;
 mod test_hold;
 mod token_rotation;
 
+pub use context::{ItemOutcome, RunContext};
+
 use crate::{
     config::{JobName, JobParams},
     outbox,
-    runner::RunContext,
 };
 
 /// Jobs that call Astra or read tokens (they need the secrets).

@@ -8,22 +8,22 @@ use chrono::{DateTime, TimeDelta, Utc};
 use serde_json::json;
 use tracing::warn;
 
+use super::{ItemOutcome, RunContext, inbound_volume};
 use crate::{
-    astra::{AstraError, Call, TransferStatus},
-    config::ReprocessingCheckParams,
-    jobs::inbound_volume,
-    mirror::{self, Watched},
+    app::{Services, Worker},
+    astra::{AstraError, Transfer, TransferStatus},
+    config::{JobName, JobParams, ReprocessingCheckParams},
+    exit::classify,
+    failure::Status,
     outbox::{self, Message},
-    runner::RunContext,
-    services::Services,
+    reconcile::mirror::{self, Watched},
     tokens,
 };
 
-pub async fn run(ctx: &RunContext<'_>, p: &ReprocessingCheckParams) -> anyhow::Result<()> {
+pub(super) async fn run(ctx: &RunContext<'_>, p: &ReprocessingCheckParams) -> anyhow::Result<()> {
     let svc = ctx.worker.services()?;
     let db = &ctx.worker.store;
-    let stuck_after = TimeDelta::from_std(p.stuck_after).unwrap_or(TimeDelta::hours(72));
-    let landed_since = Utc::now() - TimeDelta::from_std(p.watch_landed_for).unwrap_or(TimeDelta::days(5));
+    let landed_since = Utc::now() - p.watch_landed_for;
     let held = mirror::watched(db, None).await?;
     let landed_users = mirror::users_with_landed_since(db, landed_since).await?;
     if ctx.dry_run {
@@ -35,7 +35,7 @@ pub async fn run(ctx: &RunContext<'_>, p: &ReprocessingCheckParams) -> anyhow::R
         if ctx.stopping() {
             break;
         }
-        check(ctx, &svc, &w, stuck_after).await?;
+        check(ctx, &svc, &w, p.stuck_after).await?;
     }
     for user in landed_users {
         if ctx.stopping() {
@@ -50,36 +50,35 @@ pub async fn run(ctx: &RunContext<'_>, p: &ReprocessingCheckParams) -> anyhow::R
 const LIST_PAGE: u32 = 100;
 
 /// Re-reads one watched transfer and acts on what it became.
-pub async fn check(ctx: &RunContext<'_>, svc: &Services, w: &Watched, stuck_after: TimeDelta) -> anyhow::Result<()> {
+async fn check(ctx: &RunContext<'_>, svc: &Services, w: &Watched, stuck_after: TimeDelta) -> anyhow::Result<()> {
     let db = &ctx.worker.store;
-    let call = Call::of(ctx, &w.user_id);
+    let call = ctx.call(&w.user_id);
     let id = w.id.as_str();
-    let read = tokens::with_access(db, svc, &ctx.worker.settings, call, &w.user_id, |access| async move {
-        svc.client.transfer(call, &access, id).await
+    let read = tokens::with_access(db, &svc.tokens, call, &w.user_id, |access| async move {
+        svc.client().transfer(call, &access, id).await
     })
     .await;
     let t = match read {
         Ok(Ok(t)) => t,
         Ok(Err(e @ AstraError::ClientRejected)) => return Err(e.into()),
         Ok(Err(AstraError::NotFound { .. })) => {
-            ctx.skipped(1);
+            ctx.record(&w.user_id, ItemOutcome::Skip);
             return Ok(());
         }
         Ok(Err(e)) => {
-            warn!(transfer = id, error = %e, "could not re-read the transfer; left for the next run");
-            ctx.failed(1);
+            ctx.record(&w.user_id, ItemOutcome::Retry(format!("could not re-read transfer {id}: {e}")));
             return Ok(());
         }
-        Err(e) if crate::exit::classify(&e) == crate::exit::Status::Config => return Err(e),
+        Err(e) if classify(&e) == Status::Config => return Err(e),
         Err(e) => {
             warn!(transfer = id, error = %format!("{e:#}"), "no usable access token; transfer not re-read");
-            ctx.skipped(1);
+            ctx.record(&w.user_id, ItemOutcome::Skip);
             return Ok(());
         }
     };
     let now = Utc::now();
     let u = mirror::upsert(db, &w.user_id, &t, now).await?;
-    ctx.processed(1);
+    ctx.record(&w.user_id, ItemOutcome::Done);
     ctx.tally("followups", i64::from(u.followups));
     if u.cleared {
         ctx.tally("cleared", 1);
@@ -96,12 +95,7 @@ pub async fn check(ctx: &RunContext<'_>, svc: &Services, w: &Watched, stuck_afte
     Ok(())
 }
 
-fn stuck_message(
-    user_id: &str,
-    t: &crate::astra::Transfer,
-    held_since: Option<DateTime<Utc>>,
-    now: DateTime<Utc>,
-) -> Message {
+fn stuck_message(user_id: &str, t: &Transfer, held_since: Option<DateTime<Utc>>, now: DateTime<Utc>) -> Message {
     Message::once(
         "transfer_stuck",
         &t.id,
@@ -116,4 +110,39 @@ fn stuck_message(
         }),
         now,
     )
+}
+
+/// What re-checking an unfrozen card's held transfers did.
+pub enum Recheck {
+    NothingHeld,
+    /// Not now: the next `reprocessing-check` run will (`why` says why not now).
+    Later {
+        held: usize,
+        why: &'static str,
+    },
+    Done {
+        held: usize,
+        details: serde_json::Value,
+    },
+}
+
+/// Re-reads the transfers a card held, right after it is unfrozen (left for the next run without Astra
+/// credentials or without the job configured).
+pub async fn recheck_card(worker: &Worker, card: &str) -> anyhow::Result<Recheck> {
+    let held = mirror::watched(&worker.store, Some(card)).await?;
+    if held.is_empty() {
+        return Ok(Recheck::NothingHeld);
+    }
+    let Ok(svc) = worker.services() else {
+        return Ok(Recheck::Later { held: held.len(), why: "the next reprocessing-check run re-checks them" });
+    };
+    let Some(job) = worker.settings.job(JobName::ReprocessingCheck) else {
+        return Ok(Recheck::Later { held: held.len(), why: "reprocessing-check is not configured; not re-checked" });
+    };
+    let JobParams::ReprocessingCheck(p) = &job.params else { unreachable!("the job's own parameters") };
+    let ctx = RunContext::adhoc(worker, job);
+    for w in &held {
+        check(&ctx, &svc, w, p.stuck_after).await?;
+    }
+    Ok(Recheck::Done { held: held.len(), details: ctx.details() })
 }

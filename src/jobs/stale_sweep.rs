@@ -2,17 +2,22 @@
 //! whose refresh token already expired open an `expired` episode (no call can save them); grants within the
 //! danger window get one rescue refresh; unanswered episodes are prompted again.
 
-use chrono::{TimeDelta, Utc};
+use chrono::Utc;
 
-use super::grant_work::{refresh_one, resolve_orphans};
+use super::{
+    RunContext,
+    grant_work::{opened_figure, refresh_one, resolve_orphans},
+};
 use crate::{
     config::StaleAuthorizationSweepParams,
-    episodes::{self, DeadGrant, Opened, Reason},
-    runner::RunContext,
-    tokens::{self, store},
+    tokens::{
+        self,
+        episodes::{self, DeadGrant, Reason},
+        store,
+    },
 };
 
-pub async fn run(ctx: &RunContext<'_>, p: &StaleAuthorizationSweepParams) -> anyhow::Result<()> {
+pub(super) async fn run(ctx: &RunContext<'_>, p: &StaleAuthorizationSweepParams) -> anyhow::Result<()> {
     let result = sweep(ctx, p).await;
     store::release_all(&ctx.worker.store, &ctx.run_id).await?;
     result
@@ -21,28 +26,25 @@ pub async fn run(ctx: &RunContext<'_>, p: &StaleAuthorizationSweepParams) -> any
 async fn sweep(ctx: &RunContext<'_>, p: &StaleAuthorizationSweepParams) -> anyhow::Result<()> {
     let svc = ctx.worker.services()?;
     let db = &ctx.worker.store;
-    let settings = &ctx.worker.settings;
     resolve_orphans(ctx, &svc).await?;
 
     let now = Utc::now();
-    let lease = TimeDelta::from_std(settings.runner.claim_lease).unwrap_or(TimeDelta::minutes(2));
-    let danger = TimeDelta::from_std(p.danger_window).unwrap_or(TimeDelta::hours(48));
-    for user_id in store::active_expiring_before(db, now + danger, i64::MAX).await? {
+    let lease = ctx.worker.settings.runner.claim_lease;
+    for user_id in store::active_expiring_before(db, now + p.danger_window, i64::MAX).await? {
         if ctx.stopping() {
             break;
         }
-        let Some(g) = tokens::load(db, &svc.keyring, &user_id).await? else { continue };
+        let Some(g) = tokens::load(db, &svc.tokens.keyring, &user_id).await? else { continue };
         if g.refresh_expires_at <= Utc::now() {
             if ctx.dry_run {
                 ctx.tally("would_open_expired", 1);
                 continue;
             }
-            let dead =
-                DeadGrant { user_id: &user_id, phone: g.phone.as_deref(), user_status: g.user_status.as_deref() };
-            let opened = episodes::open(db, &dead, Reason::Expired, &svc.prompt_link(settings), Utc::now()).await?;
+            let dead = DeadGrant { user_id: &user_id, phone: g.phone.as_deref(), user_status: g.user_status };
+            let opened = episodes::open(db, &dead, Reason::Expired, &svc.tokens.link, Utc::now()).await?;
             ctx.processed(1);
             ctx.tally("dead_expired", 1);
-            ctx.tally(if opened == Opened::UserSuspended { "suspended_followups" } else { "episodes_opened" }, 1);
+            ctx.tally(opened_figure(opened), 1);
             continue;
         }
         if ctx.dry_run {
@@ -56,8 +58,7 @@ async fn sweep(ctx: &RunContext<'_>, p: &StaleAuthorizationSweepParams) -> anyho
         }
     }
     if !ctx.dry_run {
-        let after = TimeDelta::from_std(p.reprompt_after).unwrap_or(TimeDelta::hours(72));
-        let n = episodes::reprompt_unanswered(db, after, &svc.prompt_link(settings), Utc::now()).await?;
+        let n = episodes::reprompt_unanswered(db, p.reprompt_after, &svc.tokens.link, Utc::now()).await?;
         ctx.tally("reprompts", n as i64);
     }
     Ok(())

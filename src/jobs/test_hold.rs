@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use tracing::info;
 
-use crate::runner::RunContext;
+use crate::jobs::RunContext;
 
 pub async fn run(ctx: &RunContext<'_>, items: u32, hold: Duration) -> anyhow::Result<()> {
     for item in 0..items {

@@ -5,10 +5,11 @@
 use chrono::{TimeDelta, Utc};
 use futures::{StreamExt, TryStreamExt};
 
+use super::RunContext;
 use super::grant_work::{refresh_one, resolve_orphans};
-use crate::{config::TokenRotationParams, runner::RunContext, tokens::store};
+use crate::{config::TokenRotationParams, tokens::store};
 
-pub async fn run(ctx: &RunContext<'_>, p: &TokenRotationParams) -> anyhow::Result<()> {
+pub(super) async fn run(ctx: &RunContext<'_>, p: &TokenRotationParams) -> anyhow::Result<()> {
     let result = rotate_due(ctx, p).await;
     // However the run ends, the grants it claimed are free for the next one.
     store::release_all(&ctx.worker.store, &ctx.run_id).await?;
@@ -20,11 +21,10 @@ async fn rotate_due(ctx: &RunContext<'_>, p: &TokenRotationParams) -> anyhow::Re
     let db = &ctx.worker.store;
     resolve_orphans(ctx, &svc).await?;
 
-    let margin = TimeDelta::from_std(p.safety_margin).unwrap_or(TimeDelta::days(3));
     let next = ctx.job.schedule.next_after(ctx.slot).unwrap_or(ctx.slot + TimeDelta::days(7));
-    let due_before = next + margin;
+    let due_before = next + p.safety_margin;
     ctx.tally("due_before_unix", due_before.timestamp());
-    let lease = TimeDelta::from_std(ctx.worker.settings.runner.claim_lease).unwrap_or(TimeDelta::minutes(2));
+    let lease = ctx.worker.settings.runner.claim_lease;
 
     if ctx.dry_run {
         let due = store::active_expiring_before(db, due_before, i64::MAX).await?;

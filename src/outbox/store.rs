@@ -4,11 +4,10 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::{store::Store, with_pool};
+use crate::{store::Store, store::with_pool};
 
 /// Inserts an outbox message on a connection or transaction; a second message with the same idempotency key
 /// is ignored. Evaluates to `sqlx::Result<u64>` (rows inserted).
-#[macro_export]
 macro_rules! outbox_insert {
     ($conn:expr, $msg:expr) => {{
         let m: &$crate::outbox::Message = $msg;
@@ -27,6 +26,7 @@ macro_rules! outbox_insert {
         .map(|r| r.rows_affected())
     }};
 }
+pub(crate) use outbox_insert;
 
 /// Adds one message on its own.
 pub async fn insert(store: &Store, m: &super::Message) -> sqlx::Result<bool> {

@@ -3,94 +3,23 @@
 //! responses, malformed bodies, 429 over a rate). Tests, the demo and `astra-worker sandbox` run it on a
 //! loopback port; its admin surface (`/_sandbox/…`, loopback only) seeds it and reads its call log.
 
+mod admin;
+mod api;
+mod faults;
 mod routes;
+mod settings;
 pub mod state;
 
 use std::{
     net::SocketAddr,
     sync::{Arc, Mutex, MutexGuard},
-    time::Duration,
 };
 
-use chrono_tz::Tz;
-use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
+use settings::hang_for;
+pub use settings::{Faults, MalformedKind, SandboxSettings};
 pub use state::{CallRec, CardRec, GrantInfo, Hold, State, TransferRec, UserRec};
-
-/// How the sandbox behaves where Astra's documentation is silent, and what faults it injects.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct SandboxSettings {
-    pub client_id: String,
-    pub client_secret: String,
-    /// When set, refreshes must carry this `redirect_uri`.
-    pub redirect_uri: Option<String>,
-    /// A refresh invalidates the old refresh token (Astra: undocumented; default yes).
-    pub strict_rotation: bool,
-    /// A new refresh token lives ten days from its refresh (Astra: undocumented; default yes).
-    pub fresh_refresh_lifetime: bool,
-    /// Access token lifetime (Astra: undocumented; default 7200 s).
-    pub access_ttl_secs: i64,
-    /// Requests per second before 429 (`None`: no limit).
-    pub rate_limit: Option<u32>,
-    pub retry_after_secs: u64,
-    /// The bank's zone, whose midnight ends a daily-limit hold.
-    pub bank_time_zone: Tz,
-    /// Seeds every random draw (tokens, faults).
-    pub seed: u64,
-    pub faults: Faults,
-}
-
-impl Default for SandboxSettings {
-    fn default() -> Self {
-        SandboxSettings {
-            client_id: "sandbox-client".into(),
-            client_secret: "sandbox-secret".into(),
-            redirect_uri: None,
-            strict_rotation: true,
-            fresh_refresh_lifetime: true,
-            access_ttl_secs: 7200,
-            rate_limit: None,
-            retry_after_secs: 1,
-            bank_time_zone: chrono_tz::America::New_York,
-            seed: 7,
-            faults: Faults::default(),
-        }
-    }
-}
-
-/// Faults, each a share of API requests (0.0 to 1.0).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct Faults {
-    /// Fixed latency added to each request, and a uniform random extra up to `latency_jitter_ms`.
-    pub latency_ms: u64,
-    pub latency_jitter_ms: u64,
-    /// Answer 500/503 instead.
-    pub error_rate: f64,
-    /// Hang past any client timeout (for `hang_ms`), then answer 504.
-    pub hang_rate: f64,
-    pub hang_ms: u64,
-    /// Apply a refresh's rotation, then lose its answer (hang, as above).
-    pub lost_refresh_rate: f64,
-    /// Replace a successful body with a malformed one, of one of `malformed_kinds`.
-    pub malformed_rate: f64,
-    pub malformed_kinds: Vec<MalformedKind>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum MalformedKind {
-    /// The JSON cut in half.
-    Truncated,
-    /// An HTML error page with status 200.
-    Html,
-    /// An empty body.
-    Empty,
-    /// `{}`: every field missing.
-    MissingFields,
-}
 
 /// A running sandbox.
 pub struct Sandbox {
@@ -148,9 +77,4 @@ impl Drop for Sandbox {
     fn drop(&mut self) {
         self.stop.cancel();
     }
-}
-
-/// A hang long enough to pass any sane client timeout, unless configured.
-fn hang_for(f: &Faults) -> Duration {
-    Duration::from_millis(if f.hang_ms == 0 { 60_000 } else { f.hang_ms })
 }

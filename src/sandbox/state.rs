@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use super::SandboxSettings;
 use crate::{
     astra::{TransferStatus, UserStatus, model::format_time},
-    money::Cents,
+    domain::money::Cents,
 };
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -5,7 +5,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use serde::Serialize;
 
 use super::Store;
-use crate::with_pool;
+use crate::store::with_pool;
 
 /// What a claim attempt found.
 #[derive(Debug, Clone, PartialEq, Eq)]

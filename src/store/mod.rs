@@ -13,7 +13,7 @@ use sqlx::{
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
 };
 
-use crate::exit::{Status, classify_sqlx};
+use crate::failure::{Classify, Status};
 
 /// The default store: a SQLite file in the working directory, created on first use.
 pub const DEFAULT_URL: &str = "sqlite://astra-worker.db";
@@ -25,7 +25,6 @@ pub enum Store {
 }
 
 /// Runs the same body against whichever pool the store holds (`$p` is the pool).
-#[macro_export]
 macro_rules! with_pool {
     ($store:expr, |$p:ident| $body:expr) => {
         match $store {
@@ -34,6 +33,7 @@ macro_rules! with_pool {
         }
     };
 }
+pub(crate) use with_pool;
 
 /// Opening or migrating the store failed; says which store (without its password) and why.
 #[derive(Debug, thiserror::Error)]
@@ -50,8 +50,10 @@ impl StoreError {
     fn new(url: &str, what: &'static str, source: sqlx::Error) -> StoreError {
         StoreError { url: redact_url(url), what, status: classify_sqlx(&source), source: source.into() }
     }
+}
 
-    pub fn status(&self) -> Status {
+impl Classify for StoreError {
+    fn status(&self) -> Status {
         self.status
     }
 }
@@ -130,5 +132,43 @@ impl Store {
 
     pub async fn close(&self) {
         with_pool!(self, |p| p.close().await)
+    }
+}
+
+/// Database errors: unreachable, busy or out of space is temporary; refused credentials, a missing
+/// database, a read-only or unopenable file is configuration; anything else is a bug.
+pub(crate) fn classify_sqlx(e: &sqlx::Error) -> Status {
+    use sqlx::Error as E;
+    match e {
+        E::Io(_) | E::Tls(_) | E::PoolTimedOut | E::PoolClosed | E::WorkerCrashed | E::Protocol(_) => Status::Temporary,
+        E::Configuration(_) => Status::Config,
+        E::Database(db) => match db.code().as_deref() {
+            // PostgreSQL: authentication, missing database, missing role.
+            Some("28P01" | "28000" | "3D000" | "42501") => Status::Config,
+            // PostgreSQL: shutting down, starting up, too many connections, serialization, deadlock, disk full.
+            Some("57P01" | "57P02" | "57P03" | "53300" | "40001" | "40P01" | "53100") => Status::Temporary,
+            // SQLite primary result codes: BUSY, LOCKED, FULL (temporary), READONLY, CANTOPEN, PERM, AUTH
+            // (configuration).
+            Some(c) if matches!(sqlite_primary(c), Some(5 | 6 | 13)) => Status::Temporary,
+            Some(c) if matches!(sqlite_primary(c), Some(8 | 14 | 3 | 23)) => Status::Config,
+            _ => Status::Bug,
+        },
+        _ => Status::Bug,
+    }
+}
+
+fn sqlite_primary(code: &str) -> Option<i64> {
+    code.parse::<i64>().ok().map(|c| c & 0xff)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unreachable_database_is_temporary() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        assert_eq!(classify_sqlx(&sqlx::Error::Io(io)), Status::Temporary);
+        assert_eq!(classify_sqlx(&sqlx::Error::PoolTimedOut), Status::Temporary);
     }
 }

@@ -6,12 +6,14 @@ use chrono::{TimeDelta, Utc};
 use secrecy::SecretString;
 use tracing::{info, warn};
 
-use super::{load, seal, store};
-use crate::{
-    astra::{AstraError, Call},
-    config::Settings,
+use super::{
+    GrantStatus, Tokens,
     episodes::{self, DeadGrant, Opened, Reason},
-    services::Services,
+    grants::{load, seal},
+    store,
+};
+use crate::{
+    astra::{AstraError, Call, REFRESH_TOKEN_LIFETIME},
     store::Store,
 };
 
@@ -35,14 +37,13 @@ pub enum Refreshed {
 /// `Err` only for what must stop the run: rejected client credentials, an undecryptable grant, the store.
 pub async fn refresh_leased(
     db: &Store,
-    svc: &Services,
-    settings: &Settings,
+    tok: &Tokens,
     call: Call<'_>,
     user_id: &str,
     owner: &str,
 ) -> anyhow::Result<Refreshed> {
-    let Some(g) = load(db, &svc.keyring, user_id).await? else { return Ok(Refreshed::Inactive) };
-    if g.status != "active" {
+    let Some(g) = load(db, &tok.keyring, user_id).await? else { return Ok(Refreshed::Inactive) };
+    if g.status != GrantStatus::Active {
         return Ok(Refreshed::Inactive);
     }
     let now = Utc::now();
@@ -53,13 +54,13 @@ pub async fn refresh_leased(
             None => return Ok(Refreshed::Failed { detail: "another refresh of this grant is in progress".into() }),
         },
     };
-    match svc.client.refresh(call, &g.refresh).await {
+    match tok.client.refresh(call, &g.refresh).await {
         Ok(pair) => {
             let now = Utc::now();
             let mut version = g.version + 1;
             let mut old = g.version;
             loop {
-                let sealed = seal(&svc.keyring, user_id, version, &pair.access_token, &pair.refresh_token);
+                let sealed = seal(&tok.keyring, user_id, version, &pair.access_token, &pair.refresh_token);
                 let w = store::GrantWrite {
                     user_id,
                     version,
@@ -67,7 +68,7 @@ pub async fn refresh_leased(
                     access_ct: &sealed.access_ct,
                     refresh_ct: &sealed.refresh_ct,
                     access_expires_at: Some(now + TimeDelta::seconds(pair.expires_in)),
-                    refresh_expires_at: now + crate::astra::REFRESH_TOKEN_LIFETIME,
+                    refresh_expires_at: now + REFRESH_TOKEN_LIFETIME,
                     phone: None,
                     now,
                 };
@@ -96,8 +97,8 @@ pub async fn refresh_leased(
             } else {
                 Reason::RefreshRejected
             };
-            let dead = DeadGrant { user_id, phone: g.phone.as_deref(), user_status: g.user_status.as_deref() };
-            let opened = episodes::open(db, &dead, reason, &svc.prompt_link(settings), now).await?;
+            let dead = DeadGrant { user_id, phone: g.phone.as_deref(), user_status: g.user_status };
+            let opened = episodes::open(db, &dead, reason, &tok.link, now).await?;
             store::close_intent(db, &intent, "rejected", now).await?;
             info!(user_id, reason = reason.as_str(), astra = %description, ?opened, "grant is dead");
             Ok(Refreshed::Dead { reason, opened })

@@ -1,10 +1,13 @@
-//! SQL of `grant_token` and `refresh_intent`: sealed rows in and out, per-grant leases, batch claims of due
+//! The owner of `grant_token` and `refresh_intent`: sealed rows in and out, per-grant leases, batch claims of due
 //! grants (`for update skip locked` on PostgreSQL), and compare-and-swap writes on the token version.
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::{store::Store, with_pool};
+use crate::{
+    astra::UserStatus,
+    store::{Store, with_pool},
+};
 
 /// A grant row as stored: tokens still sealed.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -246,11 +249,11 @@ pub async fn set_needs_reauth(store: &Store, user_id: &str, now: DateTime<Utc>) 
     .map(|_| ()))
 }
 
-pub async fn set_user_status(store: &Store, user_id: &str, status: &str, now: DateTime<Utc>) -> sqlx::Result<()> {
+pub async fn set_user_status(store: &Store, user_id: &str, status: UserStatus, now: DateTime<Utc>) -> sqlx::Result<()> {
     with_pool!(store, |p| sqlx::query(
         "UPDATE grant_token SET user_status = $1, user_status_at = $2 WHERE user_id = $3"
     )
-    .bind(status)
+    .bind(status.as_str())
     .bind(now)
     .bind(user_id)
     .execute(p)
@@ -313,6 +316,15 @@ pub async fn orphaned_intents(store: &Store, now: DateTime<Utc>) -> sqlx::Result
          ORDER BY i.opened_at"
     )
     .bind(now)
+    .fetch_all(p)
+    .await)
+}
+
+/// Users whose grant is active.
+pub async fn active_users(store: &Store) -> sqlx::Result<Vec<String>> {
+    with_pool!(store, |p| sqlx::query_scalar(
+        "SELECT user_id FROM grant_token WHERE status = 'active' ORDER BY user_id"
+    )
     .fetch_all(p)
     .await)
 }

@@ -3,15 +3,15 @@
 
 use std::{sync::Arc, time::Duration};
 
+use crate::with_pool;
 use astra_worker::{
+    astra::RequestLimiter,
     astra::{AstraClient, AstraError, Call, Credentials, TransferStatus},
     config::AstraSettings,
-    exit::{Classify, Status},
-    limiter::RequestLimiter,
-    money::Cents,
+    domain::Cents,
+    failure::{Classify, Status},
     sandbox::{Faults, MalformedKind, Sandbox, SandboxSettings},
     store::Store,
-    with_pool,
 };
 use chrono::{TimeDelta, Utc};
 use secrecy::{ExposeSecret, SecretString};
@@ -342,7 +342,7 @@ async fn an_oversized_page_is_refused_as_malformed() {
 async fn the_shared_limiter_keeps_32_callers_within_rate_plus_burst_in_every_second() {
     let r = rig_with(SandboxSettings::default(), |a| {
         a.requests_per_second = 200;
-        a.burst = astra_worker::limiter::default_burst(200);
+        a.burst = astra_worker::config::default_burst(200);
     })
     .await;
     let (at, _) = seed_user(&r.sandbox, "u1");
@@ -362,7 +362,7 @@ async fn the_shared_limiter_keeps_32_callers_within_rate_plus_burst_in_every_sec
         t.await.unwrap();
     }
     let max = r.sandbox.state().max_in_one_second;
-    let burst = astra_worker::limiter::default_burst(200) as usize;
+    let burst = astra_worker::config::default_burst(200) as usize;
     assert!(max <= 200 + burst, "the sandbox saw {max} requests in one second (limit {})", 200 + burst);
     assert!(max >= 150, "the limiter let the rate through: {max}");
 }

@@ -1,6 +1,6 @@
 //! Shared test helpers: a fresh store per test on either backend, and the worker built on it.
 
-use astra_worker::{config::Settings, runner::Worker, store::Store};
+use astra_worker::{app::Worker, config::Settings, store::Store};
 
 /// The PostgreSQL server tests use (`.ci/run` sets it; the default is this machine's local server).
 pub fn pg_admin_url() -> String {
@@ -70,6 +70,18 @@ macro_rules! both_backends {
             async fn postgres() {
                 $body($crate::helpers::Backend::Postgres).await
             }
+        }
+    };
+}
+
+/// Runs the same raw SQL body against whichever pool a store holds (`$p` is the pool): the tests' own way to
+/// arrange and inspect rows.
+#[macro_export]
+macro_rules! with_pool {
+    ($store:expr, |$p:ident| $body:expr) => {
+        match $store {
+            astra_worker::store::Store::Sqlite($p) => $body,
+            astra_worker::store::Store::Postgres($p) => $body,
         }
     };
 }

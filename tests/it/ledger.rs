@@ -2,7 +2,8 @@
 
 use astra_worker::{
     config::JobName,
-    exit::{Status, classify},
+    exit::classify,
+    failure::Status,
     runner::{RunOptions, SlotResult, run_job},
     store::ledger::{self, Claim, Claimant, Outcome},
 };

@@ -1,19 +1,20 @@
 //! The money side on both stores: the transfer mirror and its counters, drift, the guard's every reason,
 //! reprocessing (limit, frozen card, stuck) and the follow-ups of a transfer that failed after landing.
 
+use crate::with_pool;
 use astra_worker::{
+    app::Worker,
     astra::TransferStatus,
     config::{JobName, JobParams},
-    guard::{self, GuardRequest},
-    mirror,
-    money::Cents,
+    domain::Cents,
     outbox,
-    registry::{self, AchCreditLine, DestinationLine, ImportLine},
-    runner::{RunOptions, Worker, run_job},
+    reconcile::guard::{self, GuardRequest},
+    reconcile::registry::{self, AchCreditLine, DestinationLine, ImportLine},
+    reconcile::{counters, mirror},
+    runner::{RunOptions, run_job},
     sandbox::{CardRec, Hold, SandboxSettings},
     store::Store,
     tokens::store as grant_store,
-    with_pool,
 };
 use chrono::{DateTime, TimeDelta, TimeZone, Utc};
 
@@ -51,11 +52,11 @@ async fn force(w: &Worker, job: JobName) -> astra_worker::runner::RunSummary {
 }
 
 async fn total(store: &Store, dest: &str, day: &str) -> i64 {
-    mirror::counter(store, dest, day).await.unwrap().map(|c| c.0).unwrap_or(0)
+    counters::counter(store, dest, day).await.unwrap().map(|c| c.0).unwrap_or(0)
 }
 
 fn today_ny() -> String {
-    astra_worker::bankday::BankDay::of(NY.parse().unwrap(), Utc::now()).key()
+    astra_worker::domain::BankDay::of(NY.parse().unwrap(), Utc::now()).key()
 }
 
 async fn a_thousand_random_amounts_sum_exactly_and_mirroring_twice_changes_nothing(b: Backend) {
@@ -64,7 +65,7 @@ async fn a_thousand_random_amounts_sum_exactly_and_mirroring_twice_changes_nothi
     let users = rig.seed(&w.store, 1, |_| TimeDelta::hours(1)).await;
     register(&w.store, "dst", &users[0], "account", NY, 1_000_000_000).await;
     let mut rng = rand::rngs::StdRng::seed_from_u64(42);
-    let day_start = astra_worker::bankday::BankDay::of(NY.parse().unwrap(), Utc::now()).start();
+    let day_start = astra_worker::domain::BankDay::of(NY.parse().unwrap(), Utc::now()).start();
     let span = (Utc::now() - day_start).num_seconds().max(2);
     let mut expected = 0i64;
     for i in 0..1000 {
@@ -75,7 +76,7 @@ async fn a_thousand_random_amounts_sum_exactly_and_mirroring_twice_changes_nothi
     }
     force(&w, JobName::InboundVolume).await;
     assert_eq!(total(&w.store, "dst", &today_ny()).await, expected);
-    assert_eq!(mirror::recompute(&w.store, "dst", &today_ny()).await.unwrap(), (expected, 1000));
+    assert_eq!(counters::recompute(&w.store, "dst", &today_ny()).await.unwrap(), (expected, 1000));
     let events = count(&w.store, "SELECT COUNT(*) FROM transfer_event").await;
 
     force(&w, JobName::InboundVolume).await;
@@ -127,7 +128,7 @@ async fn pages_stop_at_the_window_and_drift_is_found_and_fixed(b: Backend) {
     assert_eq!(count(&w.store, "SELECT COUNT(*) FROM transfer").await, 12);
 
     // A counter changed behind the worker's back (on the newest transfer's bank day).
-    let day = astra_worker::bankday::BankDay::of(NY.parse().unwrap(), now - TimeDelta::hours(1)).key();
+    let day = astra_worker::domain::BankDay::of(NY.parse().unwrap(), now - TimeDelta::hours(1)).key();
     let before = total(&w.store, "dst", &day).await;
     with_pool!(&w.store, |p| sqlx::query("UPDATE inbound_day SET total_cents = total_cents + 500 WHERE bank_day = $1")
         .bind(&day)
@@ -184,7 +185,7 @@ async fn the_guard_gives_every_reason_and_a_limit_is_reached_exactly(b: Backend)
         add_transfer(&mut s, "early", &users[0], 60_000, midnight, TransferStatus::Processed, None);
     }
     force(&w, JobName::InboundVolume).await;
-    let today = astra_worker::bankday::BankDay::of(zone, Utc::now());
+    let today = astra_worker::domain::BankDay::of(zone, Utc::now());
     assert_eq!(total(db, "dst", &today.key()).await, 60_000);
     assert_eq!(total(db, "dst", &today.previous().key()).await, 99_999);
 
@@ -218,7 +219,7 @@ async fn the_guard_gives_every_reason_and_a_limit_is_reached_exactly(b: Backend)
     registry::block_user(db, &users[3], "fraud review", now).await.unwrap();
     let a = guard::check(db, &ask(&users[3], 1), now).await.unwrap();
     assert_eq!((a.reason, a.detail.as_deref()), (Some("user_blocked"), Some("fraud review")));
-    grant_store::set_user_status(db, &users[4], "suspended", now).await.unwrap();
+    grant_store::set_user_status(db, &users[4], astra_worker::astra::UserStatus::Suspended, now).await.unwrap();
     assert_eq!(guard::check(db, &ask(&users[4], 1), now).await.unwrap().reason, Some("user_suspended"));
     grant_store::set_needs_reauth(db, &users[5], now).await.unwrap();
     assert_eq!(guard::check(db, &ask(&users[5], 1), now).await.unwrap().reason, Some("reauthorization_required"));
@@ -238,7 +239,7 @@ async fn held_transfers_clear_after_the_bank_day_or_the_unfreeze_and_a_stuck_one
     let rig = Rig::new(b, SandboxSettings::default(), |s| {
         let job = s.jobs.iter_mut().find(|j| j.name == JobName::ReprocessingCheck).unwrap();
         if let JobParams::ReprocessingCheck(p) = &mut job.params {
-            p.stuck_after = std::time::Duration::from_secs(3600);
+            p.stuck_after = TimeDelta::hours(1);
         }
     })
     .await;
@@ -414,9 +415,9 @@ async fn bad_items_are_skipped_or_left_uncounted_and_a_repeated_item_counts_once
         mirror::upsert(db, "u1", t, now).await.unwrap();
     }
     let day = "2026-11-20";
-    assert_eq!(mirror::counter(db, "dst", day).await.unwrap(), Some((1234, 1)));
+    assert_eq!(counters::counter(db, "dst", day).await.unwrap(), Some((1234, 1)));
     // A transfer to an unregistered destination is mirrored but counted nowhere.
-    assert_eq!(mirror::counter(db, "elsewhere", day).await.unwrap(), None);
+    assert_eq!(counters::counter(db, "elsewhere", day).await.unwrap(), None);
     assert_eq!(count(db, "SELECT COUNT(*) FROM transfer").await, 2);
     assert_eq!(count(db, "SELECT COUNT(*) FROM transfer WHERE counted").await, 1);
 }

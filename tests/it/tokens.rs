@@ -8,16 +8,17 @@ use std::{
     time::Duration,
 };
 
+use crate::with_pool;
 use astra_worker::{
+    app::Services,
+    app::Worker,
     config::{JobName, Settings},
-    crypto::Keyring,
     outbox::{self, Deliverer},
-    runner::{RunOptions, SlotResult, Worker, run_job},
+    runner::{RunOptions, SlotResult, run_job},
     sandbox::{Faults, Sandbox, SandboxSettings},
-    services::Services,
     store::Store,
+    tokens::Keyring,
     tokens::{self, ImportLine, store as grant_store},
-    with_pool,
 };
 use base64::Engine as _;
 use chrono::{DateTime, TimeDelta, Utc};
@@ -157,7 +158,7 @@ async fn rotation_refreshes_exactly_the_due_grants_once(b: Backend) {
     }
     // `token` on rotated grants returns the live access token without a refresh.
     for u in users.iter().filter(|u| due.contains(u)).step_by(25) {
-        let t = tokens::access_token(&w.store, &w.services().unwrap(), &w.settings, u).await.unwrap();
+        let t = tokens::access_token(&w.store, &w.services().unwrap().tokens, u).await.unwrap();
         assert_eq!(t.expose_secret(), rig.sandbox.state().grant_info(u).unwrap().access_token);
     }
 
@@ -209,7 +210,7 @@ both_backends!(
 
 async fn token_calls_racing_rotation_open_no_episode(b: Backend) {
     // A margin longer than the access token's life: every `token` call refreshes, under the same lease.
-    let rig = Rig::new(b, SandboxSettings::default(), |s| s.astra.access_margin = Duration::from_secs(3 * 3600)).await;
+    let rig = Rig::new(b, SandboxSettings::default(), |s| s.astra.access_margin = TimeDelta::hours(3)).await;
     let w = Arc::new(rig.worker(None).await);
     let users = rig.seed(&w.store, 200, |_| TimeDelta::days(8)).await;
     let now = Utc::now();
@@ -218,7 +219,7 @@ async fn token_calls_racing_rotation_open_no_episode(b: Backend) {
         tokio::spawn(async move {
             let svc = w.services().unwrap();
             for u in users.iter().step_by(3).chain(users.iter().step_by(7)) {
-                tokens::access_token(&w.store, &svc, &w.settings, u).await.unwrap();
+                tokens::access_token(&w.store, &svc.tokens, u).await.unwrap();
             }
         })
     };
@@ -338,7 +339,9 @@ async fn the_sweep_opens_one_episode_per_dead_grant_never_prompts_suspended_user
         })
         .await;
     rig.sandbox.state().revoke_grant(&users[1]);
-    grant_store::set_user_status(&w.store, &users[2], "suspended", Utc::now()).await.unwrap();
+    grant_store::set_user_status(&w.store, &users[2], astra_worker::astra::UserStatus::Suspended, Utc::now())
+        .await
+        .unwrap();
 
     for i in 0..3 {
         let opts = RunOptions { force: true, ..Default::default() };
@@ -410,7 +413,7 @@ async fn tokens_are_sealed_bound_to_their_grant_and_survive_key_rotation(b: Back
     .unwrap());
     let e = tokens::load(&w.store, &keyring(), &users[2]).await.unwrap_err();
     assert!(format!("{e:#}").contains("belongs to another grant"), "{e:#}");
-    assert_eq!(astra_worker::exit::classify(&e), astra_worker::exit::Status::Config);
+    assert_eq!(astra_worker::exit::classify(&e), astra_worker::failure::Status::Config);
     with_pool!(&w.store, |p| sqlx::query("DELETE FROM grant_token WHERE user_id = $1")
         .bind(&users[2])
         .execute(p)
@@ -438,7 +441,7 @@ async fn catch_up_all_runs_every_missed_slot_oldest_first_once(b: Backend) {
     let rig = Rig::new(b, SandboxSettings::default(), |s| {
         let job = s.jobs.iter_mut().find(|j| j.name == JobName::TokenRotation).unwrap();
         job.catch_up = astra_worker::config::CatchUp::All;
-        job.max_lateness = Duration::from_secs(20 * 24 * 3600);
+        job.max_lateness = TimeDelta::days(20);
     })
     .await;
     let w = rig.worker(None).await;
@@ -462,7 +465,7 @@ async fn an_unanswered_episode_is_prompted_again_still_one_episode(b: Backend) {
     let rig = Rig::new(b, SandboxSettings::default(), |s| {
         let job = s.jobs.iter_mut().find(|j| j.name == JobName::StaleAuthorizationSweep).unwrap();
         if let astra_worker::config::JobParams::StaleAuthorizationSweep(p) = &mut job.params {
-            p.reprompt_after = Duration::from_secs(1);
+            p.reprompt_after = TimeDelta::seconds(1);
         }
     })
     .await;

@@ -6,7 +6,7 @@ use std::{fmt::Write as _, path::Path};
 
 use anyhow::Context as _;
 
-use crate::{exit::Failure, runner::Worker, store::ledger, with_pool};
+use crate::{app::Worker, failure::Failure, store::ledger, store::with_pool};
 
 /// The metrics text.
 pub async fn render(worker: &Worker) -> anyhow::Result<String> {

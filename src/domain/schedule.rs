@@ -34,7 +34,7 @@ const MAX_SKIPS: usize = 16;
 impl Schedule {
     /// Parses a six-field cron expression in an IANA zone; refuses one that never fires.
     pub fn parse(expr: &str, zone: &str) -> Result<Schedule, String> {
-        let zone: Tz = crate::config::parse_zone(zone)?;
+        let zone: Tz = super::time::parse_zone(zone)?;
         let fields = expr.split_whitespace().count();
         if !(6..=7).contains(&fields) {
             return Err(format!(

@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
 
-use crate::{money::Cents, store::Store, with_pool};
+use crate::{domain::money::Cents, failure::Failure, store::Store, store::with_pool};
 
 /// A registered destination.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
@@ -70,7 +70,7 @@ impl DestinationLine {
         if !matches!(self.kind.as_str(), "account" | "card") {
             return Err(format!("kind must be \"account\" or \"card\" (got \"{}\")", self.kind));
         }
-        crate::config::parse_zone(&self.bank_time_zone)?;
+        crate::domain::time::parse_zone(&self.bank_time_zone)?;
         if self.daily_limit_cents < 0 {
             return Err(format!("daily_limit_cents must not be negative (got {})", self.daily_limit_cents));
         }
@@ -94,7 +94,7 @@ impl AchCreditLine {
 pub async fn import(store: &Store, line: &ImportLine, now: DateTime<Utc>) -> anyhow::Result<()> {
     match line {
         ImportLine::Destination(d) => {
-            d.validate().map_err(anyhow::Error::msg)?;
+            d.validate().map_err(Failure::rejected)?;
             with_pool!(store, |p| sqlx::query(
                 "INSERT INTO destination (destination_id, user_id, kind, bank_time_zone, daily_limit_cents, frozen,
                      push_enabled, pull_enabled, updated_at)
@@ -120,7 +120,7 @@ pub async fn import(store: &Store, line: &ImportLine, now: DateTime<Utc>) -> any
             .map(|_| ()))?;
         }
         ImportLine::AchCredit(a) => {
-            a.validate().map_err(anyhow::Error::msg)?;
+            a.validate().map_err(Failure::rejected)?;
             with_pool!(store, |p| {
                 sqlx::query(
                 "INSERT INTO ach_credit (routine_id, ach_credit_id, addenda) VALUES ($1, $2, $3)

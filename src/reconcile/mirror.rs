@@ -1,19 +1,20 @@
-//! The transfer mirror: Astra transfers upserted by id with a compare-and-swap on their version. In the same
-//! transaction as each new or changed transfer: the per-(destination, bank day) inbound counter moves, the
+//! The transfer mirror, owner of `transfer` and `transfer_event`: Astra transfers upserted by id with a
+//! compare-and-swap on their version. In the same transaction as each new or changed transfer: the per-(destination, bank day) inbound counter moves, the
 //! status change is recorded with when it was seen, and a transfer that failed after its funds landed
 //! produces its follow-ups (once, by idempotency key).
 
 use chrono::{DateTime, NaiveDate, Utc};
 use serde_json::json;
 
+use super::{
+    counters::counter_add,
+    registry::{self, Destination},
+};
 use crate::{
     astra::{Transfer, TransferStatus},
-    bankday::BankDay,
-    outbox::Message,
-    outbox_insert,
-    registry::{self, Destination},
-    store::Store,
-    with_pool,
+    domain::BankDay,
+    outbox::{Message, outbox_insert},
+    store::{Store, with_pool},
 };
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -266,18 +267,7 @@ async fn write(
             moves.push((d, day, t.amount.0, 1));
         }
         for (d, day, cents, n) in moves {
-            sqlx::query(
-                "INSERT INTO inbound_day (destination_id, bank_day, total_cents, transfers) VALUES ($1, $2, $3, $4)
-                 ON CONFLICT (destination_id, bank_day) DO UPDATE SET
-                     total_cents = inbound_day.total_cents + excluded.total_cents,
-                     transfers = inbound_day.transfers + excluded.transfers",
-            )
-            .bind(d)
-            .bind(day)
-            .bind(cents)
-            .bind(n)
-            .execute(&mut *tx)
-            .await?;
+            counter_add!(&mut *tx, d, day, cents, n)?;
         }
         if old.is_none_or(|o| o.status != status || o.settlement_reason != t.astra_settlement_reason) {
             sqlx::query(
@@ -330,44 +320,4 @@ pub async fn users_with_landed_since(store: &Store, since: DateTime<Utc>) -> sql
     .bind(since)
     .fetch_all(p)
     .await)
-}
-
-/// The counter of a destination's bank day.
-pub async fn counter(store: &Store, destination_id: &str, day: &str) -> sqlx::Result<Option<(i64, i64)>> {
-    with_pool!(store, |p| sqlx::query_as(
-        "SELECT total_cents, transfers FROM inbound_day WHERE destination_id = $1 AND bank_day = $2"
-    )
-    .bind(destination_id)
-    .bind(day)
-    .fetch_optional(p)
-    .await)
-}
-
-/// The total recomputed from the mirror: (cents, transfers).
-pub async fn recompute(store: &Store, destination_id: &str, day: &str) -> sqlx::Result<(i64, i64)> {
-    let (sum, n): (Option<i64>, i64) = with_pool!(store, |p| sqlx::query_as(
-        "SELECT CAST(SUM(amount_cents) AS BIGINT), COUNT(*) FROM transfer
-         WHERE destination_id = $1 AND bank_day = $2 AND status NOT IN ('failed', 'cancelled')"
-    )
-    .bind(destination_id)
-    .bind(day)
-    .fetch_one(p)
-    .await?);
-    Ok((sum.unwrap_or(0), n))
-}
-
-/// Sets the counter to the recomputed total.
-pub async fn set_counter(store: &Store, destination_id: &str, day: &str, cents: i64, n: i64) -> sqlx::Result<()> {
-    with_pool!(store, |p| sqlx::query(
-        "INSERT INTO inbound_day (destination_id, bank_day, total_cents, transfers) VALUES ($1, $2, $3, $4)
-         ON CONFLICT (destination_id, bank_day) DO UPDATE SET total_cents = excluded.total_cents,
-             transfers = excluded.transfers"
-    )
-    .bind(destination_id)
-    .bind(day)
-    .bind(cents)
-    .bind(n)
-    .execute(p)
-    .await
-    .map(|_| ()))
 }

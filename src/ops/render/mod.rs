@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 
-use crate::{config::Settings, exit::Failure};
+use crate::{config::Settings, failure::Failure};
 
 /// Where and how the files point.
 pub struct RenderOptions {
@@ -160,7 +160,7 @@ pub fn kubernetes(settings: &Settings, jobs_toml: &str, o: &RenderOptions) -> an
         let s = &job.schedule;
         let schedule =
             cron::to_kubernetes(s.expr()).map_err(|e| Failure::Config(format!("jobs.{}.schedule: {e}", job.name)))?;
-        let deadline = job.max_lateness.as_secs().min(86_400);
+        let deadline = job.max_lateness.num_seconds().min(86_400);
         files.push((
             PathBuf::from(format!("cronjob-{}.yaml", job.name)),
             format!(

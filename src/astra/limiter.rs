@@ -7,11 +7,6 @@ use std::{num::NonZeroU32, sync::Mutex, time::Duration};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::time::Instant;
 
-/// About 20 ms of quota, at least one request.
-pub fn default_burst(requests_per_second: u32) -> u32 {
-    requests_per_second.div_ceil(50).max(1)
-}
-
 pub struct RequestLimiter {
     limiter: DefaultDirectRateLimiter,
     rate: u32,
@@ -71,14 +66,6 @@ impl RequestLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_default_burst_is_about_twenty_milliseconds_of_quota() {
-        assert_eq!(default_burst(1), 1);
-        assert_eq!(default_burst(50), 1);
-        assert_eq!(default_burst(200), 4);
-        assert_eq!(default_burst(1000), 20);
-    }
 
     #[tokio::test]
     async fn a_pause_holds_the_next_request_back() {

@@ -6,7 +6,9 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::{bankday::BankDay, money::Cents, registry::Destination, store::Store, with_pool};
+use crate::{
+    domain::bankday::BankDay, domain::money::Cents, reconcile::registry::Destination, store::Store, store::with_pool,
+};
 
 #[derive(Debug, Clone)]
 pub struct GuardRequest<'a> {

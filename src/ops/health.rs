@@ -5,7 +5,7 @@ use std::{collections::HashMap, time::Duration};
 
 use chrono::{DateTime, TimeDelta, Utc};
 
-use crate::{config::JobName, exit::Failure, runner::Worker, with_pool};
+use crate::{app::Worker, config::JobName, failure::Failure, store::with_pool};
 
 /// One job's verdict.
 #[derive(Debug, Clone, serde::Serialize)]

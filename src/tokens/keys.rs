@@ -12,7 +12,7 @@ use base64::Engine as _;
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 
-use crate::{exit::Failure, secrets};
+use crate::{failure::Failure, secrets};
 
 const NONCE_LEN: usize = 12;
 
@@ -62,9 +62,9 @@ pub enum CryptoError {
     Undecryptable { user_id: String, version: i64, kind: &'static str },
 }
 
-impl crate::exit::Classify for CryptoError {
-    fn status(&self) -> crate::exit::Status {
-        crate::exit::Status::Config
+impl crate::failure::Classify for CryptoError {
+    fn status(&self) -> crate::failure::Status {
+        crate::failure::Status::Config
     }
 }
 

@@ -2,7 +2,7 @@
 //! slot ledger as `--run-once` (a daemon and a CronJob on one database never double a slot).
 //!
 //! tokio-cron-scheduler is the tick source, but only for one-shot ticks at instants computed by
-//! [`crate::schedule::Schedule`]: its own cron jobs keep the UTC offset they were created with, an hour off
+//! [`crate::domain::schedule::Schedule`]: its own cron jobs keep the UTC offset they were created with, an hour off
 //! after a daylight-saving change. Each job has one driver task; a tick that arrives while the job runs is
 //! folded into the next run, so a job never overlaps itself. On start every job runs once, which applies its
 //! catch-up policy to slots missed while nothing ran.
@@ -15,11 +15,13 @@ use tokio_cron_scheduler::{Job, JobScheduler};
 use tracing::{error, info, warn};
 
 use crate::{
+    app::Worker,
     config::{JobName, JobSettings},
-    exit::{Failure, Status, classify},
-    metrics,
-    runner::{RunOptions, Worker, run_job},
-    schedule::Schedule,
+    domain::schedule::Schedule,
+    exit::classify,
+    failure::{Failure, Status},
+    ops::metrics,
+    runner::{RunOptions, run_job},
 };
 
 /// When the daemon next fires a job whose schedule is `s`, seen at `now`: the next slot.

@@ -6,7 +6,11 @@ use chrono::{DateTime, TimeDelta, Utc};
 use reqwest::Url;
 use serde_json::json;
 
-use crate::{outbox::Message, outbox_insert, store::Store, with_pool};
+use crate::{
+    astra::UserStatus,
+    outbox::{Message, outbox_insert},
+    store::{Store, with_pool},
+};
 
 /// Why a grant needs the user to authorize again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,20 +45,21 @@ pub enum Opened {
 }
 
 /// The fields of the SDK re-authorization URL.
-pub struct PromptLink<'a> {
-    pub authorize_url: &'a Url,
-    pub client_id: &'a str,
-    pub redirect_uri: &'a str,
+#[derive(Debug, Clone)]
+pub struct PromptLink {
+    pub authorize_url: Url,
+    pub client_id: String,
+    pub redirect_uri: String,
 }
 
-impl PromptLink<'_> {
+impl PromptLink {
     /// `…/login/oauth/authorize?client_id=…&redirect_uri=…&response_type=code&user_id=…&phone=…&phone_read_only=true`
     pub fn url(&self, user_id: &str, phone: Option<&str>) -> String {
         let mut u = self.authorize_url.clone();
         {
             let mut q = u.query_pairs_mut();
-            q.append_pair("client_id", self.client_id)
-                .append_pair("redirect_uri", self.redirect_uri)
+            q.append_pair("client_id", &self.client_id)
+                .append_pair("redirect_uri", &self.redirect_uri)
                 .append_pair("response_type", "code")
                 .append_pair("user_id", user_id);
             if let Some(p) = phone {
@@ -69,11 +74,7 @@ impl PromptLink<'_> {
 pub struct DeadGrant<'a> {
     pub user_id: &'a str,
     pub phone: Option<&'a str>,
-    pub user_status: Option<&'a str>,
-}
-
-fn is_blocked_status(s: Option<&str>) -> bool {
-    matches!(s, Some("suspended" | "rejected"))
+    pub user_status: Option<UserStatus>,
 }
 
 /// Marks the grant `needs_reauth` and opens its episode with one prompt, or the `user_suspended` follow-up,
@@ -82,17 +83,17 @@ pub async fn open(
     store: &Store,
     g: &DeadGrant<'_>,
     reason: Reason,
-    link: &PromptLink<'_>,
+    link: &PromptLink,
     now: DateTime<Utc>,
 ) -> sqlx::Result<Opened> {
-    let suspended = is_blocked_status(g.user_status);
+    let suspended = g.user_status.is_some_and(UserStatus::is_barred);
     let episode_id = uuid::Uuid::new_v4().to_string();
     let msg = if suspended {
         Message::once(
             "user_suspended",
             g.user_id,
             Some(g.user_id),
-            json!({"user_status": g.user_status, "grant_reason": reason.as_str()}),
+            json!({"user_status": g.user_status.map(UserStatus::as_str), "grant_reason": reason.as_str()}),
             now,
         )
     } else {
@@ -160,7 +161,7 @@ struct Unanswered {
 pub async fn reprompt_unanswered(
     store: &Store,
     after: TimeDelta,
-    link: &PromptLink<'_>,
+    link: &PromptLink,
     now: DateTime<Utc>,
 ) -> sqlx::Result<u64> {
     let due: Vec<Unanswered> = with_pool!(store, |p| sqlx::query_as(
@@ -173,7 +174,7 @@ pub async fn reprompt_unanswered(
     .await?);
     let mut sent = 0;
     for e in due {
-        if is_blocked_status(e.user_status.as_deref()) {
+        if e.user_status.as_deref().and_then(UserStatus::parse).is_some_and(UserStatus::is_barred) {
             continue;
         }
         let n = e.prompts_sent + 1;
@@ -229,7 +230,8 @@ mod tests {
     #[test]
     fn the_prompt_url_is_prefilled_with_the_user_and_a_read_only_phone() {
         let base = Url::parse("https://app-sandbox.astra.finance/login/oauth/authorize").unwrap();
-        let link = PromptLink { authorize_url: &base, client_id: "cid", redirect_uri: "https://x.example/cb" };
+        let link =
+            PromptLink { authorize_url: base, client_id: "cid".into(), redirect_uri: "https://x.example/cb".into() };
         let u = Url::parse(&link.url("u 1", Some("+15555550100"))).unwrap();
         let q: std::collections::HashMap<_, _> = u.query_pairs().into_owned().collect();
         assert_eq!(q["client_id"], "cid");

@@ -1,0 +1,162 @@
+//! Astra's endpoints the worker calls, as typed methods of [`AstraClient`].
+
+use std::{sync::Arc, time::Duration};
+
+use chrono::{DateTime, Utc};
+use reqwest::{Method, Url};
+use secrecy::{ExposeSecret, SecretString};
+use serde::de::DeserializeOwned;
+
+use super::{
+    Call, Credentials, RequestLimiter,
+    error::AstraError,
+    model::{self, Card, TokenPair, Transfer, TransferPage, User},
+    transport::path_segment,
+};
+use crate::{config::AstraSettings, store::Store};
+
+#[derive(Clone)]
+pub struct AstraClient {
+    pub(super) http: reqwest::Client,
+    pub(super) base: Url,
+    pub(super) credentials: Credentials,
+    pub(super) redirect_uri: String,
+    pub(super) limiter: Arc<RequestLimiter>,
+    pub(super) store: Option<Store>,
+    pub(super) max_retries: u32,
+    pub(super) retry_budget: Duration,
+}
+
+impl std::fmt::Debug for AstraClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "AstraClient({})", self.base)
+    }
+}
+
+impl AstraClient {
+    pub fn new(
+        settings: &AstraSettings,
+        credentials: Credentials,
+        limiter: Arc<RequestLimiter>,
+        store: Option<Store>,
+    ) -> anyhow::Result<AstraClient> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(settings.connect_timeout)
+            .timeout(settings.request_timeout)
+            .user_agent(concat!("astra-worker/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(AstraClient {
+            http,
+            base: settings.base_url.clone(),
+            credentials,
+            redirect_uri: settings.redirect_uri.clone(),
+            limiter,
+            store,
+            max_retries: settings.max_retries,
+            retry_budget: settings.retry_budget,
+        })
+    }
+
+    /// `POST /v1/oauth/token` with `grant_type=refresh_token`: a new pair; the old tokens die.
+    pub async fn refresh(&self, call: Call<'_>, refresh_token: &SecretString) -> Result<TokenPair, AstraError> {
+        let form = [
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh_token.expose_secret()),
+            ("redirect_uri", self.redirect_uri.as_str()),
+        ];
+        self.token_request(call, &form).await
+    }
+
+    /// `POST /v1/oauth/token` with `grant_type=authorization_code`: the code from the SDK redirect.
+    pub async fn exchange_code(&self, call: Call<'_>, code: &SecretString) -> Result<TokenPair, AstraError> {
+        let form = [
+            ("grant_type", "authorization_code"),
+            ("code", code.expose_secret()),
+            ("redirect_uri", self.redirect_uri.as_str()),
+        ];
+        self.token_request(call, &form).await
+    }
+
+    async fn token_request(&self, call: Call<'_>, form: &[(&str, &str)]) -> Result<TokenPair, AstraError> {
+        let c = &self.credentials;
+        self.send(call, Method::POST, "/v1/oauth/token", true, |r| {
+            r.basic_auth(c.client_id.expose_secret(), Some(c.client_secret.expose_secret())).form(form)
+        })
+        .await
+    }
+
+    /// `GET /v1/user`: the user the access token belongs to.
+    pub async fn user(&self, call: Call<'_>, access: &SecretString) -> Result<User, AstraError> {
+        self.get(call, "/v1/user", access, &[]).await
+    }
+
+    /// One page of `GET /v1/transfers`, newest first.
+    pub async fn transfers_page(
+        &self,
+        call: Call<'_>,
+        access: &SecretString,
+        limit: u32,
+        offset: u64,
+    ) -> Result<TransferPage, AstraError> {
+        let q = [("limit", limit.to_string()), ("offset", offset.to_string())];
+        self.get(call, "/v1/transfers", access, &q).await
+    }
+
+    /// The user's transfers initiated at or after `since`, newest first: pages until an older item or the end.
+    /// Items that do not parse are returned as rejected, with the reason.
+    pub async fn transfers_since(
+        &self,
+        call: Call<'_>,
+        access: &SecretString,
+        since: DateTime<Utc>,
+        page_size: u32,
+    ) -> Result<model::Listing, AstraError> {
+        let mut out = model::Listing::default();
+        let mut offset = 0u64;
+        loop {
+            let page = self.transfers_page(call, access, page_size, offset).await?;
+            let n = page.transfers.len();
+            let mut reached_window_end = false;
+            for item in page.transfers {
+                match model::parse_transfer(item) {
+                    Ok(t) if t.initiated < since => {
+                        reached_window_end = true;
+                        break;
+                    }
+                    Ok(t) => out.transfers.push(t),
+                    Err(e) => out.rejected.push(e),
+                }
+            }
+            offset += n as u64;
+            if reached_window_end || n < page_size as usize || offset >= page.count {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// `GET /v1/transfers/{id}`.
+    pub async fn transfer(&self, call: Call<'_>, access: &SecretString, id: &str) -> Result<Transfer, AstraError> {
+        self.get(call, &format!("/v1/transfers/{}", path_segment(id)), access, &[]).await
+    }
+
+    /// `GET /v1/cards`.
+    pub async fn cards(&self, call: Call<'_>, access: &SecretString) -> Result<Vec<Card>, AstraError> {
+        let list: model::CardList = self.get(call, "/v1/cards", access, &[]).await?;
+        Ok(list.cards)
+    }
+
+    /// `GET /v1/cards/{id}`.
+    pub async fn card(&self, call: Call<'_>, access: &SecretString, id: &str) -> Result<Card, AstraError> {
+        self.get(call, &format!("/v1/cards/{}", path_segment(id)), access, &[]).await
+    }
+
+    async fn get<T: DeserializeOwned>(
+        &self,
+        call: Call<'_>,
+        path: &str,
+        access: &SecretString,
+        query: &[(&str, String)],
+    ) -> Result<T, AstraError> {
+        self.send(call, Method::GET, path, false, |r| r.bearer_auth(access.expose_secret()).query(query)).await
+    }
+}

@@ -1,0 +1,101 @@
+//! A valid access token for a user, refreshed first under the grant's lease when it is about to expire or
+//! Astra refused it: the call the fintech's backend makes (`token <user>`), and the one every job uses.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use secrecy::SecretString;
+
+use super::{
+    GrantStatus, Tokens,
+    grants::load,
+    refresh::{Refreshed, refresh_leased},
+    store,
+};
+use crate::{
+    astra::{AstraError, Call},
+    failure::Failure,
+    store::Store,
+};
+
+/// How long `token <user>` waits for another process that is refreshing the same grant.
+const LEASE_WAIT: Duration = Duration::from_secs(30);
+
+/// A valid access token for `user_id`, refreshed first (under the grant's lease) when it expires within
+/// `astra.access_margin`. This is the call the fintech's backend makes before calling Astra.
+pub async fn access_token(db: &Store, tok: &Tokens, user_id: &str) -> anyhow::Result<SecretString> {
+    fresh_access(db, tok, Call::for_user(user_id), user_id, None).await.map(|(t, _)| t)
+}
+
+/// Runs `f` with the user's access token; when Astra rejects that token (401), refreshes once and runs again.
+pub async fn with_access<T, F, Fut>(
+    db: &Store,
+    tok: &Tokens,
+    call: Call<'_>,
+    user_id: &str,
+    f: F,
+) -> anyhow::Result<Result<T, AstraError>>
+where
+    F: Fn(SecretString) -> Fut,
+    Fut: std::future::Future<Output = Result<T, AstraError>>,
+{
+    let (token, version) = fresh_access(db, tok, call, user_id, None).await?;
+    match f(token).await {
+        Err(AstraError::AccessTokenRejected { .. }) => {
+            let (token, _) = fresh_access(db, tok, call, user_id, Some(version)).await?;
+            Ok(f(token).await)
+        }
+        other => Ok(other),
+    }
+}
+
+/// The access token and its grant version; refreshed first when it expires within the margin, or when its
+/// version is `rejected_version` (Astra refused it).
+async fn fresh_access(
+    db: &Store,
+    tok: &Tokens,
+    call: Call<'_>,
+    user_id: &str,
+    rejected_version: Option<i64>,
+) -> anyhow::Result<(SecretString, i64)> {
+    let owner = format!("token:{}:{}", std::process::id(), uuid::Uuid::new_v4());
+    let give_up = tokio::time::Instant::now() + LEASE_WAIT;
+    loop {
+        let g = load(db, &tok.keyring, user_id).await?.ok_or_else(|| {
+            anyhow::anyhow!("no grant for user {user_id}; import one with `astra-worker grants import`")
+        })?;
+        if g.status != GrantStatus::Active {
+            anyhow::bail!("the grant of user {user_id} needs re-authorization (status {})", g.status);
+        }
+        let now = Utc::now();
+        if g.access_expires_at.is_some_and(|t| t > now + tok.access_margin) && rejected_version != Some(g.version) {
+            return Ok((g.access, g.version));
+        }
+        if store::try_lease(db, user_id, &owner, now + tok.lease, now).await? {
+            let r = refresh_leased(db, tok, call, user_id, &owner).await;
+            store::release(db, user_id, &owner).await?;
+            match r? {
+                Refreshed::Rotated { access } => return Ok((access, g.version + 1)),
+                Refreshed::Adopted | Refreshed::Inactive => continue,
+                Refreshed::Dead { reason, .. } => {
+                    anyhow::bail!(
+                        "the grant of user {user_id} is dead ({}); the user must authorize again",
+                        reason.as_str()
+                    )
+                }
+                Refreshed::Failed { detail } => {
+                    return Err(
+                        Failure::Unavailable(format!("refreshing the grant of user {user_id}: {detail}")).into()
+                    );
+                }
+            }
+        }
+        if tokio::time::Instant::now() >= give_up {
+            return Err(Failure::Unavailable(format!(
+                "the grant of user {user_id} is being refreshed by another process"
+            ))
+            .into());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
