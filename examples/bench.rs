@@ -76,7 +76,7 @@ async fn bench_guard(label: &str, url: &str) {
         let d = RegistryLine::Destination(DestinationLine {
             destination_id: format!("acct-{i:05}"),
             user_id: id,
-            kind: "account".into(),
+            kind: astra_worker::reconcile::registry::DestinationKind::Account,
             bank_time_zone: "America/New_York".into(),
             daily_limit_cents: 250_000,
             frozen: None,

@@ -7,7 +7,7 @@ use secrecy::SecretString;
 use crate::{
     astra::{TransferStatus, UserStatus},
     domain::money::Cents,
-    reconcile::registry::{self, AchCreditLine, DestinationLine, ImportLine as RegistryLine},
+    reconcile::registry::{self, AchCreditLine, DestinationKind, DestinationLine, ImportLine as RegistryLine},
     sandbox::CardRec,
     sandbox::{Hold, Sandbox, TransferRec},
     store::Store,
@@ -165,7 +165,7 @@ async fn register(store: &Store, user_id: &str, i: usize) -> anyhow::Result<()> 
     let mut lines = vec![RegistryLine::Destination(DestinationLine {
         destination_id: format!("acct-{i:04}"),
         user_id: user_id.into(),
-        kind: "account".into(),
+        kind: DestinationKind::Account,
         bank_time_zone: zone.into(),
         daily_limit_cents: DEMO_LIMIT.0,
         frozen: None,
@@ -176,7 +176,7 @@ async fn register(store: &Store, user_id: &str, i: usize) -> anyhow::Result<()> 
         lines.push(RegistryLine::Destination(DestinationLine {
             destination_id: format!("card-{i:04}"),
             user_id: user_id.into(),
-            kind: "card".into(),
+            kind: DestinationKind::Card,
             bank_time_zone: zone.into(),
             daily_limit_cents: DEMO_LIMIT.0,
             frozen: Some(true),

@@ -5,7 +5,7 @@ use std::{collections::HashMap, time::Duration};
 
 use chrono::{DateTime, TimeDelta, Utc};
 
-use crate::{app::Worker, config::JobName, failure::Failure, store::with_pool};
+use crate::{app::Worker, config::JobName, failure::Failure, store::ledger};
 
 /// One job's verdict.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -37,12 +37,7 @@ pub async fn check(
 ) -> anyhow::Result<Vec<JobHealth>> {
     let mut out = Vec::new();
     for job in worker.settings.jobs.iter().filter(|j| j.enabled) {
-        let last: Option<DateTime<Utc>> = with_pool!(&worker.store, |p| sqlx::query_scalar(
-            "SELECT MAX(slot) FROM slot_claim WHERE job = $1 AND state = 'succeeded'"
-        )
-        .bind(job.name.as_str())
-        .fetch_one(p)
-        .await)?;
+        let last = ledger::last_succeeded_slot(&worker.store, job.name.as_str()).await?;
         let max_age = match max_ages.get(&job.name) {
             Some(d) => TimeDelta::from_std(*d).unwrap_or(TimeDelta::MAX),
             None => default_max_age(job, now),

@@ -6,7 +6,7 @@ use std::{fmt::Write as _, path::Path};
 
 use anyhow::Context as _;
 
-use crate::{app::Worker, failure::Failure, store::ledger, store::with_pool};
+use crate::{app::Worker, failure::Failure, store::ledger};
 
 /// The metrics text.
 pub async fn render(worker: &Worker) -> anyhow::Result<String> {
@@ -28,12 +28,7 @@ pub async fn render(worker: &Worker) -> anyhow::Result<String> {
     }
     for job in worker.settings.jobs.iter().filter(|j| j.enabled) {
         let name = job.name.as_str();
-        let last_ok: Option<chrono::DateTime<chrono::Utc>> = with_pool!(&worker.store, |p| sqlx::query_scalar(
-            "SELECT MAX(finished_at) FROM job_run WHERE job = $1 AND outcome = 'succeeded'"
-        )
-        .bind(name)
-        .fetch_one(p)
-        .await)?;
+        let last_ok = ledger::last_success_finished(&worker.store, name).await?;
         if let Some(t) = last_ok {
             let _ = writeln!(lines, "astra_worker_last_success_timestamp_seconds{{job=\"{name}\"}} {}", t.timestamp());
         }

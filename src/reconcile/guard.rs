@@ -6,8 +6,12 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+use super::registry::{Destination, DestinationKind, DestinationRow};
 use crate::{
-    domain::bankday::BankDay, domain::money::Cents, reconcile::registry::Destination, store::Store, store::with_pool,
+    astra::UserStatus,
+    domain::{BankDay, Cents},
+    store::{Store, with_pool},
+    tokens::GrantStatus,
 };
 
 #[derive(Debug, Clone)]
@@ -17,13 +21,52 @@ pub struct GuardRequest<'a> {
     pub destination_id: Option<&'a str>,
 }
 
+/// Why the guard said no. Checked in this order; the JSON spells each in snake case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DenyReason {
+    /// The fintech blocked the user (`users block`).
+    UserBlocked,
+    /// Astra's status of the user is `suspended` or `rejected`.
+    UserSuspended,
+    /// No grant, or the grant died: the user must authorize again first.
+    ReauthorizationRequired,
+    /// The destination named belongs to another user.
+    DestinationMismatch,
+    /// The destination is a client-issued card its issuer froze.
+    CardFrozen,
+    /// The destination is a card that cannot receive pushes.
+    CardNotPushEnabled,
+    /// The amount would pass the bank's daily depository limit for the destination's bank day.
+    DailyLimit,
+}
+
+impl DenyReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DenyReason::UserBlocked => "user_blocked",
+            DenyReason::UserSuspended => "user_suspended",
+            DenyReason::ReauthorizationRequired => "reauthorization_required",
+            DenyReason::DestinationMismatch => "destination_mismatch",
+            DenyReason::CardFrozen => "card_frozen",
+            DenyReason::CardNotPushEnabled => "card_not_push_enabled",
+            DenyReason::DailyLimit => "daily_limit",
+        }
+    }
+}
+
+impl std::fmt::Display for DenyReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
 /// The answer, as `astra-worker guard` prints it.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct GuardAnswer {
     pub allowed: bool,
-    /// `daily_limit`, `card_frozen`, `card_not_push_enabled`, `user_blocked`, `user_suspended`,
-    /// `reauthorization_required`; `null` when allowed.
-    pub reason: Option<&'static str>,
+    /// Why not; `null` when allowed.
+    pub reason: Option<DenyReason>,
     pub user_id: String,
     pub destination_id: Option<String>,
     pub amount_cents: i64,
@@ -54,7 +97,7 @@ impl GuardAnswer {
         }
     }
 
-    fn deny(mut self, reason: &'static str, detail: Option<String>) -> GuardAnswer {
+    fn deny(mut self, reason: DenyReason, detail: Option<String>) -> GuardAnswer {
         self.allowed = false;
         self.reason = Some(reason);
         self.detail = detail;
@@ -108,26 +151,26 @@ pub async fn check(store: &Store, req: &GuardRequest<'_>, now: DateTime<Utc>) ->
         .map(|d| d.format("%Y-%m-%d").to_string());
     let rows = facts(store, req.user_id, req.destination_id, days).await?;
     let Some(first) = rows.first() else {
-        return Ok(answer.deny("reauthorization_required", Some("no grant for this user".into())));
+        return Ok(answer.deny(DenyReason::ReauthorizationRequired, Some("no grant for this user".into())));
     };
     if let Some(reason) = &first.block_reason {
-        return Ok(answer.deny("user_blocked", Some(reason.clone())));
+        return Ok(answer.deny(DenyReason::UserBlocked, Some(reason.clone())));
     }
     match (&first.grant_status, &first.user_status) {
-        (Some(_), Some(s)) if s == "suspended" || s == "rejected" => {
-            return Ok(answer.deny("user_suspended", Some(format!("Astra user status {s}"))));
+        (Some(_), Some(s)) if UserStatus::parse(s).is_some_and(UserStatus::is_barred) => {
+            return Ok(answer.deny(DenyReason::UserSuspended, Some(format!("Astra user status {s}"))));
         }
-        (Some(status), _) if status != "active" => {
-            return Ok(answer.deny("reauthorization_required", Some("the user's grant died".into())));
+        (Some(status), _) if GrantStatus::parse(status) != Some(GrantStatus::Active) => {
+            return Ok(answer.deny(DenyReason::ReauthorizationRequired, Some("the user's grant died".into())));
         }
-        (None, _) => return Ok(answer.deny("reauthorization_required", Some("no grant for this user".into()))),
+        (None, _) => return Ok(answer.deny(DenyReason::ReauthorizationRequired, Some("no grant for this user".into()))),
         _ => {}
     }
     // One destination per id, with the counter of its own bank day.
     let mut destinations: Vec<(Destination, i64)> = Vec::new();
     for r in &rows {
         let Some(id) = &r.destination_id else { continue };
-        let d = Destination {
+        let d = DestinationRow {
             destination_id: id.clone(),
             user_id: r.dest_user_id.clone().unwrap_or_default(),
             kind: r.kind.clone().unwrap_or_default(),
@@ -136,7 +179,8 @@ pub async fn check(store: &Store, req: &GuardRequest<'_>, now: DateTime<Utc>) ->
             frozen: r.frozen.unwrap_or(false),
             push_enabled: r.push_enabled,
             pull_enabled: r.pull_enabled,
-        };
+        }
+        .parse()?;
         let day = BankDay::of(d.zone(), now).key();
         let total = if r.bank_day.as_deref() == Some(day.as_str()) { r.total_cents.unwrap_or(0) } else { 0 };
         match destinations.iter_mut().find(|(x, _)| x.destination_id == *id) {
@@ -147,7 +191,8 @@ pub async fn check(store: &Store, req: &GuardRequest<'_>, now: DateTime<Utc>) ->
     if let Some(id) = req.destination_id {
         match destinations.first() {
             Some((d, _)) if d.user_id != req.user_id => {
-                return Ok(answer.deny("destination_mismatch", Some("the destination belongs to another user".into())));
+                return Ok(answer
+                    .deny(DenyReason::DestinationMismatch, Some("the destination belongs to another user".into())));
             }
             None => {
                 let mut a = answer;
@@ -179,11 +224,11 @@ fn check_destination(
     now: DateTime<Utc>,
 ) -> GuardAnswer {
     a.destination_id = Some(d.destination_id.clone());
-    if d.kind == "card" && d.frozen {
-        return a.deny("card_frozen", Some("the card is frozen by its issuer".into()));
+    if d.kind == DestinationKind::Card && d.frozen {
+        return a.deny(DenyReason::CardFrozen, Some("the card is frozen by its issuer".into()));
     }
-    if d.kind == "card" && d.push_enabled == Some(false) {
-        return a.deny("card_not_push_enabled", None);
+    if d.kind == DestinationKind::Card && d.push_enabled == Some(false) {
+        return a.deny(DenyReason::CardNotPushEnabled, None);
     }
     let day = BankDay::of(d.zone(), now);
     let limit = d.limit().0;
@@ -195,7 +240,7 @@ fn check_destination(
         a.headroom_cents = Some(room.max(0));
         a.block_lifts_at = Some(day.end());
         let detail = format!("{} today + {} would pass the daily limit of {}", Cents(total), amount, Cents(limit));
-        return a.deny("daily_limit", Some(detail));
+        return a.deny(DenyReason::DailyLimit, Some(detail));
     }
     a.headroom_cents = Some(room - amount.0);
     a

@@ -5,15 +5,41 @@ use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
 
-use crate::{domain::money::Cents, failure::Failure, store::Store, store::with_pool};
+use crate::{
+    domain::{Cents, time::parse_zone},
+    failure::Failure,
+    store::{Store, with_pool},
+};
+
+/// What a destination is: a bank account, or a client-issued card (which its issuer may freeze).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DestinationKind {
+    Account,
+    Card,
+}
+
+impl DestinationKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DestinationKind::Account => "account",
+            DestinationKind::Card => "card",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<DestinationKind> {
+        [DestinationKind::Account, DestinationKind::Card].into_iter().find(|k| k.as_str() == s)
+    }
+}
 
 /// A registered destination.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Destination {
     pub destination_id: String,
     pub user_id: String,
-    pub kind: String,
-    pub bank_time_zone: String,
+    pub kind: DestinationKind,
+    /// The bank's zone, whose local midnights bound its business days.
+    pub bank_time_zone: Tz,
     pub daily_limit_cents: i64,
     pub frozen: bool,
     pub push_enabled: Option<bool>,
@@ -22,11 +48,45 @@ pub struct Destination {
 
 impl Destination {
     pub fn zone(&self) -> Tz {
-        self.bank_time_zone.parse().unwrap_or(chrono_tz::UTC)
+        self.bank_time_zone
     }
 
     pub fn limit(&self) -> Cents {
         Cents(self.daily_limit_cents)
+    }
+}
+
+/// A `destination` row as stored; its kind and zone are checked on the way in and parsed on the way out.
+#[derive(sqlx::FromRow)]
+pub(super) struct DestinationRow {
+    pub(super) destination_id: String,
+    pub(super) user_id: String,
+    pub(super) kind: String,
+    pub(super) bank_time_zone: String,
+    pub(super) daily_limit_cents: i64,
+    pub(super) frozen: bool,
+    pub(super) push_enabled: Option<bool>,
+    pub(super) pull_enabled: Option<bool>,
+}
+
+impl DestinationRow {
+    /// The typed destination; a row whose kind or zone does not parse (written by hand) is an error naming it.
+    pub(super) fn parse(self) -> anyhow::Result<Destination> {
+        let kind = DestinationKind::parse(&self.kind).ok_or_else(|| {
+            anyhow::anyhow!("destination {}: unknown kind `{}` in the store", self.destination_id, self.kind)
+        })?;
+        let zone = parse_zone(&self.bank_time_zone)
+            .map_err(|e| anyhow::anyhow!("destination {}: {e} in the store", self.destination_id))?;
+        Ok(Destination {
+            destination_id: self.destination_id,
+            user_id: self.user_id,
+            kind,
+            bank_time_zone: zone,
+            daily_limit_cents: self.daily_limit_cents,
+            frozen: self.frozen,
+            push_enabled: self.push_enabled,
+            pull_enabled: self.pull_enabled,
+        })
     }
 }
 
@@ -43,7 +103,7 @@ pub enum ImportLine {
 pub struct DestinationLine {
     pub destination_id: String,
     pub user_id: String,
-    pub kind: String,
+    pub kind: DestinationKind,
     pub bank_time_zone: String,
     pub daily_limit_cents: i64,
     #[serde(default)]
@@ -67,10 +127,7 @@ impl DestinationLine {
         if self.destination_id.trim().is_empty() || self.user_id.trim().is_empty() {
             return Err("destination_id and user_id must not be empty".into());
         }
-        if !matches!(self.kind.as_str(), "account" | "card") {
-            return Err(format!("kind must be \"account\" or \"card\" (got \"{}\")", self.kind));
-        }
-        crate::domain::time::parse_zone(&self.bank_time_zone)?;
+        parse_zone(&self.bank_time_zone).map_err(|e| format!("bank_time_zone: {e}"))?;
         if self.daily_limit_cents < 0 {
             return Err(format!("daily_limit_cents must not be negative (got {})", self.daily_limit_cents));
         }
@@ -108,7 +165,7 @@ pub async fn import(store: &Store, line: &ImportLine, now: DateTime<Utc>) -> any
             )
             .bind(&d.destination_id)
             .bind(&d.user_id)
-            .bind(&d.kind)
+            .bind(d.kind.as_str())
             .bind(&d.bank_time_zone)
             .bind(d.daily_limit_cents)
             .bind(d.frozen)
@@ -138,33 +195,31 @@ pub async fn import(store: &Store, line: &ImportLine, now: DateTime<Utc>) -> any
     Ok(())
 }
 
-pub async fn destination(store: &Store, id: &str) -> sqlx::Result<Option<Destination>> {
-    with_pool!(store, |p| sqlx::query_as(
+pub async fn destination(store: &Store, id: &str) -> anyhow::Result<Option<Destination>> {
+    let row: Option<DestinationRow> =
+        with_pool!(store, |p| {
+            sqlx::query_as(
         "SELECT destination_id, user_id, kind, bank_time_zone, daily_limit_cents, frozen, push_enabled, pull_enabled
          FROM destination WHERE destination_id = $1"
     )
     .bind(id)
     .fetch_optional(p)
-    .await)
+    .await
+        })?;
+    row.map(DestinationRow::parse).transpose()
 }
 
-pub async fn destinations_of(store: &Store, user_id: &str) -> sqlx::Result<Vec<Destination>> {
-    with_pool!(store, |p| sqlx::query_as(
-        "SELECT destination_id, user_id, kind, bank_time_zone, daily_limit_cents, frozen, push_enabled, pull_enabled
-         FROM destination WHERE user_id = $1 ORDER BY destination_id"
-    )
-    .bind(user_id)
-    .fetch_all(p)
-    .await)
-}
-
-pub async fn all_destinations(store: &Store) -> sqlx::Result<Vec<Destination>> {
-    with_pool!(store, |p| sqlx::query_as(
+pub async fn all_destinations(store: &Store) -> anyhow::Result<Vec<Destination>> {
+    let rows: Vec<DestinationRow> =
+        with_pool!(store, |p| {
+            sqlx::query_as(
         "SELECT destination_id, user_id, kind, bank_time_zone, daily_limit_cents, frozen, push_enabled, pull_enabled
          FROM destination ORDER BY destination_id"
     )
     .fetch_all(p)
-    .await)
+    .await
+        })?;
+    rows.into_iter().map(DestinationRow::parse).collect()
 }
 
 /// Freezes or unfreezes a card; `false` when no such card is registered.
@@ -207,11 +262,4 @@ pub async fn unblock_user(store: &Store, user_id: &str) -> sqlx::Result<bool> {
         .execute(p)
         .await
         .map(|r| r.rows_affected() == 1))
-}
-
-pub async fn user_block(store: &Store, user_id: &str) -> sqlx::Result<Option<String>> {
-    with_pool!(store, |p| sqlx::query_scalar("SELECT reason FROM user_block WHERE user_id = $1")
-        .bind(user_id)
-        .fetch_optional(p)
-        .await)
 }

@@ -257,3 +257,21 @@ pub async fn list_runs(store: &Store, job: Option<&str>, limit: i64) -> sqlx::Re
     .fetch_all(p)
     .await)
 }
+
+/// The latest slot of `job` that succeeded.
+pub async fn last_succeeded_slot(store: &Store, job: &str) -> sqlx::Result<Option<DateTime<Utc>>> {
+    with_pool!(store, |p| sqlx::query_scalar("SELECT MAX(slot) FROM slot_claim WHERE job = $1 AND state = 'succeeded'")
+        .bind(job)
+        .fetch_one(p)
+        .await)
+}
+
+/// When a run of `job` last finished successfully.
+pub async fn last_success_finished(store: &Store, job: &str) -> sqlx::Result<Option<DateTime<Utc>>> {
+    with_pool!(store, |p| sqlx::query_scalar(
+        "SELECT MAX(finished_at) FROM job_run WHERE job = $1 AND outcome = 'succeeded'"
+    )
+    .bind(job)
+    .fetch_one(p)
+    .await)
+}

@@ -1,4 +1,4 @@
-//! Re-authorization episodes: a dead grant opens at most one, with its prompt written to the outbox in the
+//! Re-authorization episodes (the owner of `reauth_episode`): a dead grant opens at most one, with its prompt written to the outbox in the
 //! same transaction; suspended or rejected users get a `user_suspended` follow-up instead, once; unanswered
 //! episodes are prompted again on a schedule; importing a new grant closes the episode (see `tokens`).
 
@@ -6,6 +6,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use reqwest::Url;
 use serde_json::json;
 
+use super::store::grant_mark_dead;
 use crate::{
     astra::UserStatus,
     outbox::{Message, outbox_insert},
@@ -112,13 +113,7 @@ pub async fn open(
     };
     with_pool!(store, |p| {
         let mut tx = p.begin().await?;
-        sqlx::query(
-            "UPDATE grant_token SET status = 'needs_reauth', lease_until = NULL, updated_at = $1 WHERE user_id = $2",
-        )
-        .bind(now)
-        .bind(g.user_id)
-        .execute(&mut *tx)
-        .await?;
+        grant_mark_dead!(&mut *tx, g.user_id, now)?;
         let outcome = if suspended {
             outbox_insert!(&mut *tx, &msg)?;
             Opened::UserSuspended
@@ -155,6 +150,22 @@ struct Unanswered {
     phone: Option<String>,
     user_status: Option<String>,
 }
+
+/// Closes the user's open episode because a new grant arrived, on a connection or transaction (the grant
+/// store's). Evaluates to `sqlx::Result<Option<DateTime<Utc>>>`: when the closed episode was opened.
+macro_rules! episode_close_for_new_grant {
+    ($conn:expr, $user_id:expr, $now:expr) => {
+        sqlx::query_scalar::<_, chrono::DateTime<chrono::Utc>>(
+            "UPDATE reauth_episode SET closed_at = $1, close_reason = 'new_grant_imported'
+             WHERE user_id = $2 AND closed_at IS NULL RETURNING opened_at",
+        )
+        .bind($now)
+        .bind($user_id)
+        .fetch_optional($conn)
+        .await
+    };
+}
+pub(crate) use episode_close_for_new_grant;
 
 /// Prompts again every open episode last prompted more than `after` ago (still one episode). Returns how
 /// many prompts were written.

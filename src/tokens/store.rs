@@ -4,6 +4,7 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+use super::episodes::episode_close_for_new_grant;
 use crate::{
     astra::UserStatus,
     store::{Store, with_pool},
@@ -78,14 +79,7 @@ pub async fn put_imported(store: &Store, w: &GrantWrite<'_>) -> sqlx::Result<Opt
         .bind(w.user_id)
         .execute(&mut *tx)
         .await?;
-        let opened: Option<DateTime<Utc>> = sqlx::query_scalar(
-            "UPDATE reauth_episode SET closed_at = $1, close_reason = 'new_grant_imported'
-             WHERE user_id = $2 AND closed_at IS NULL RETURNING opened_at",
-        )
-        .bind(w.now)
-        .bind(w.user_id)
-        .fetch_optional(&mut *tx)
-        .await?;
+        let opened = episode_close_for_new_grant!(&mut *tx, w.user_id, w.now)?;
         tx.commit().await?;
         Ok(opened.map(|o| w.now - o))
     })
@@ -237,16 +231,25 @@ pub async fn claim_due(
         .await)
 }
 
+/// Marks the grant dead (`needs_reauth`) and releases its lease, on a connection or transaction (an
+/// episode's). Evaluates to `sqlx::Result<u64>`.
+macro_rules! grant_mark_dead {
+    ($conn:expr, $user_id:expr, $now:expr) => {
+        sqlx::query(
+            "UPDATE grant_token SET status = 'needs_reauth', lease_until = NULL, updated_at = $1 WHERE user_id = $2",
+        )
+        .bind($now)
+        .bind($user_id)
+        .execute($conn)
+        .await
+        .map(|r| r.rows_affected())
+    };
+}
+pub(crate) use grant_mark_dead;
+
 /// Marks the grant dead (`needs_reauth`) and releases its lease.
 pub async fn set_needs_reauth(store: &Store, user_id: &str, now: DateTime<Utc>) -> sqlx::Result<()> {
-    with_pool!(store, |p| sqlx::query(
-        "UPDATE grant_token SET status = 'needs_reauth', lease_until = NULL, updated_at = $1 WHERE user_id = $2"
-    )
-    .bind(now)
-    .bind(user_id)
-    .execute(p)
-    .await
-    .map(|_| ()))
+    with_pool!(store, |p| grant_mark_dead!(p, user_id, now).map(|_| ()))
 }
 
 pub async fn set_user_status(store: &Store, user_id: &str, status: UserStatus, now: DateTime<Utc>) -> sqlx::Result<()> {

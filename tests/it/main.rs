@@ -5,6 +5,7 @@ mod binary;
 mod cli_money;
 mod cli_tokens;
 mod helpers;
+mod layout;
 mod ledger;
 mod money;
 mod ops;

@@ -9,7 +9,7 @@ use astra_worker::{
     domain::Cents,
     outbox,
     reconcile::guard::{self, GuardRequest},
-    reconcile::registry::{self, AchCreditLine, DestinationLine, ImportLine},
+    reconcile::registry::{self, AchCreditLine, DestinationKind, DestinationLine, ImportLine},
     reconcile::{counters, mirror},
     runner::{RunOptions, run_job},
     sandbox::{CardRec, Hold, SandboxSettings},
@@ -28,7 +28,7 @@ async fn register(store: &Store, dest: &str, user: &str, kind: &str, zone: &str,
     let line = ImportLine::Destination(DestinationLine {
         destination_id: dest.into(),
         user_id: user.into(),
-        kind: kind.into(),
+        kind: DestinationKind::parse(kind).unwrap(),
         bank_time_zone: zone.into(),
         daily_limit_cents: limit,
         frozen: None,
@@ -195,7 +195,7 @@ async fn the_guard_gives_every_reason_and_a_limit_is_reached_exactly(b: Backend)
     assert!(a.allowed, "reaching the limit exactly is allowed: {a:?}");
     assert_eq!(a.headroom_cents, Some(0));
     let a = guard::check(db, &ask(&u0, 40_001), now).await.unwrap();
-    assert_eq!((a.allowed, a.reason), (false, Some("daily_limit")));
+    assert_eq!((a.allowed, a.reason.map(|r| r.as_str())), (false, Some("daily_limit")));
     assert_eq!(a.headroom_cents, Some(40_000));
     assert_eq!(a.block_lifts_at, Some(today.end()));
     let next_day = guard::check(db, &ask(&u0, 40_001), today.end()).await.unwrap();
@@ -203,11 +203,14 @@ async fn the_guard_gives_every_reason_and_a_limit_is_reached_exactly(b: Backend)
 
     register(db, "card-1", &users[1], "card", NY, 100_000).await;
     registry::set_frozen(db, "card-1", true, now).await.unwrap();
-    assert_eq!(guard::check(db, &ask(&users[1], 1), now).await.unwrap().reason, Some("card_frozen"));
+    assert_eq!(
+        guard::check(db, &ask(&users[1], 1), now).await.unwrap().reason.map(|r| r.as_str()),
+        Some("card_frozen")
+    );
     let line = ImportLine::Destination(DestinationLine {
         destination_id: "card-2".into(),
         user_id: users[2].clone(),
-        kind: "card".into(),
+        kind: DestinationKind::Card,
         bank_time_zone: NY.into(),
         daily_limit_cents: 100_000,
         frozen: None,
@@ -215,17 +218,29 @@ async fn the_guard_gives_every_reason_and_a_limit_is_reached_exactly(b: Backend)
         pull_enabled: None,
     });
     registry::import(db, &line, now).await.unwrap();
-    assert_eq!(guard::check(db, &ask(&users[2], 1), now).await.unwrap().reason, Some("card_not_push_enabled"));
+    assert_eq!(
+        guard::check(db, &ask(&users[2], 1), now).await.unwrap().reason.map(|r| r.as_str()),
+        Some("card_not_push_enabled")
+    );
     registry::block_user(db, &users[3], "fraud review", now).await.unwrap();
     let a = guard::check(db, &ask(&users[3], 1), now).await.unwrap();
-    assert_eq!((a.reason, a.detail.as_deref()), (Some("user_blocked"), Some("fraud review")));
+    assert_eq!((a.reason.map(|r| r.as_str()), a.detail.as_deref()), (Some("user_blocked"), Some("fraud review")));
     grant_store::set_user_status(db, &users[4], astra_worker::astra::UserStatus::Suspended, now).await.unwrap();
-    assert_eq!(guard::check(db, &ask(&users[4], 1), now).await.unwrap().reason, Some("user_suspended"));
+    assert_eq!(
+        guard::check(db, &ask(&users[4], 1), now).await.unwrap().reason.map(|r| r.as_str()),
+        Some("user_suspended")
+    );
     grant_store::set_needs_reauth(db, &users[5], now).await.unwrap();
-    assert_eq!(guard::check(db, &ask(&users[5], 1), now).await.unwrap().reason, Some("reauthorization_required"));
-    assert_eq!(guard::check(db, &ask("nobody", 1), now).await.unwrap().reason, Some("reauthorization_required"));
+    assert_eq!(
+        guard::check(db, &ask(&users[5], 1), now).await.unwrap().reason.map(|r| r.as_str()),
+        Some("reauthorization_required")
+    );
+    assert_eq!(
+        guard::check(db, &ask("nobody", 1), now).await.unwrap().reason.map(|r| r.as_str()),
+        Some("reauthorization_required")
+    );
     let other = GuardRequest { user_id: &users[0], amount: Cents(1), destination_id: Some("card-1") };
-    assert_eq!(guard::check(db, &other, now).await.unwrap().reason, Some("destination_mismatch"));
+    assert_eq!(guard::check(db, &other, now).await.unwrap().reason.map(|r| r.as_str()), Some("destination_mismatch"));
     let unknown = GuardRequest { user_id: &users[0], amount: Cents(1), destination_id: Some("acct-elsewhere") };
     let a = guard::check(db, &unknown, now).await.unwrap();
     assert!(a.allowed && a.detail.unwrap().contains("not registered"));
