@@ -9,7 +9,7 @@ use secrecy::SecretString;
 use crate::failure::Failure;
 
 /// The secret `name`, or `None` when no source has it. An unreadable file named for it is an error.
-pub fn read(name: &str) -> anyhow::Result<Option<SecretString>> {
+pub(crate) fn read(name: &str) -> anyhow::Result<Option<SecretString>> {
     if let Ok(v) = std::env::var(name) {
         return non_empty(name, v, "the environment");
     }
@@ -33,7 +33,7 @@ pub fn read(name: &str) -> anyhow::Result<Option<SecretString>> {
 }
 
 /// The secret `name`; its absence is a configuration failure that says where it was looked for.
-pub fn require(name: &str) -> anyhow::Result<SecretString> {
+pub(crate) fn require(name: &str) -> anyhow::Result<SecretString> {
     read(name)?.ok_or_else(|| {
         Failure::config(format!(
             "missing secret {name}: set {name}, or {name}_FILE to a file holding it, or put it in \
@@ -50,7 +50,7 @@ fn non_empty(name: &str, v: String, source: &str) -> anyhow::Result<Option<Secre
 }
 
 /// Replaces every quoted string in a parser message (it might be a token) with `"…"`.
-pub fn redact_quoted(msg: &str) -> String {
+pub(crate) fn redact_quoted(msg: &str) -> String {
     let mut out = String::new();
     let mut inside = false;
     for ch in msg.chars() {

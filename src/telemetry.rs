@@ -6,12 +6,12 @@ use std::io::IsTerminal;
 use tracing_subscriber::{EnvFilter, fmt::writer::BoxMakeWriter};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogTo {
+pub(crate) enum LogTo {
     Stdout,
     Stderr,
 }
 
-pub fn init(to: LogTo) {
+pub(crate) fn init(to: LogTo) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let (terminal, writer) = match to {
         LogTo::Stdout => (std::io::stdout().is_terminal(), BoxMakeWriter::new(std::io::stdout)),

@@ -67,16 +67,6 @@ impl AstraClient {
         self.token_request(call, &form).await
     }
 
-    /// `POST /v1/oauth/token` with `grant_type=authorization_code`: the code from the SDK redirect.
-    pub async fn exchange_code(&self, call: Call<'_>, code: &SecretString) -> Result<TokenPair, AstraError> {
-        let form = [
-            ("grant_type", "authorization_code"),
-            ("code", code.expose_secret()),
-            ("redirect_uri", self.redirect_uri.as_str()),
-        ];
-        self.token_request(call, &form).await
-    }
-
     async fn token_request(&self, call: Call<'_>, form: &[(&str, &str)]) -> Result<TokenPair, AstraError> {
         let c = &self.credentials;
         self.send(call, Method::POST, "/v1/oauth/token", true, |r| {
@@ -134,20 +124,15 @@ impl AstraClient {
         }
     }
 
-    /// `GET /v1/transfers/{id}`.
-    pub async fn transfer(&self, call: Call<'_>, access: &SecretString, id: &str) -> Result<Transfer, AstraError> {
-        self.get(call, &format!("/v1/transfers/{}", path_segment(id)), access, &[]).await
-    }
-
     /// `GET /v1/cards`.
     pub async fn cards(&self, call: Call<'_>, access: &SecretString) -> Result<Vec<Card>, AstraError> {
         let list: model::CardList = self.get(call, "/v1/cards", access, &[]).await?;
         Ok(list.cards)
     }
 
-    /// `GET /v1/cards/{id}`.
-    pub async fn card(&self, call: Call<'_>, access: &SecretString, id: &str) -> Result<Card, AstraError> {
-        self.get(call, &format!("/v1/cards/{}", path_segment(id)), access, &[]).await
+    /// `GET /v1/transfers/{id}`.
+    pub async fn transfer(&self, call: Call<'_>, access: &SecretString, id: &str) -> Result<Transfer, AstraError> {
+        self.get(call, &format!("/v1/transfers/{}", path_segment(id)), access, &[]).await
     }
 
     async fn get<T: DeserializeOwned>(

@@ -37,10 +37,6 @@ impl RequestLimiter {
         self.rate
     }
 
-    pub fn burst(&self) -> u32 {
-        self.burst
-    }
-
     /// Waits until one more request may go out.
     pub async fn acquire(&self) {
         loop {

@@ -14,8 +14,6 @@ pub struct TokenPair {
     pub refresh_token: SecretString,
     /// Seconds the access token lives.
     pub expires_in: i64,
-    #[serde(default)]
-    pub token_type: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

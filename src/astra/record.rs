@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 
 use crate::{store::Store, store::with_pool};
 
-pub struct ApiCall<'a> {
+pub(super) struct ApiCall<'a> {
     pub run_id: Option<&'a str>,
     pub at: DateTime<Utc>,
     pub method: &'a str,
@@ -18,7 +18,7 @@ pub struct ApiCall<'a> {
     pub error: Option<&'a str>,
 }
 
-pub async fn insert(store: &Store, c: &ApiCall<'_>) -> sqlx::Result<()> {
+pub(super) async fn insert(store: &Store, c: &ApiCall<'_>) -> sqlx::Result<()> {
     with_pool!(store, |p| sqlx::query(
         "INSERT INTO api_call (run_id, at, method, endpoint, user_id, attempt, status, latency_ms, request_id,
                                outcome, error)

@@ -4,9 +4,9 @@ use std::path::Path;
 
 use chrono::Utc;
 
-use crate::{config::Settings, failure::Status, secrets};
+use crate::{config::Settings, domain::time::utc_seconds, failure::Status, secrets};
 
-pub fn run(path: &Path) -> anyhow::Result<Status> {
+pub(super) fn run(path: &Path) -> anyhow::Result<Status> {
     let settings = Settings::load(path)?;
     let a = &settings.astra;
     outln!("{}: valid", path.display());
@@ -34,11 +34,7 @@ pub fn run(path: &Path) -> anyhow::Result<Status> {
         let mut t = now;
         for _ in 0..3 {
             let Some(next) = s.next_after(t) else { break };
-            outln!(
-                "  {}   {}",
-                next.with_timezone(&s.zone()).format("%a %Y-%m-%d %H:%M:%S %Z"),
-                next.format("%Y-%m-%dT%H:%M:%SZ")
-            );
+            outln!("  {}   {}", next.with_timezone(&s.zone()).format("%a %Y-%m-%d %H:%M:%S %Z"), utc_seconds(next));
             t = next;
         }
     }

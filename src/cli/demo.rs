@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use crate::{config::Settings, demo, failure::Status};
 
 #[derive(clap::Args, Debug)]
-pub struct DemoArgs {
+pub(super) struct DemoArgs {
     /// How many users to seed.
     #[arg(long, default_value_t = 1000)]
     users: usize,
@@ -17,7 +17,7 @@ pub struct DemoArgs {
     requests_per_second: u32,
 }
 
-pub async fn run(config: &std::path::Path, args: &DemoArgs) -> anyhow::Result<Status> {
+pub(super) async fn run(config: &std::path::Path, args: &DemoArgs) -> anyhow::Result<Status> {
     let settings = Settings::load(config)?;
     let opts = demo::DemoOptions {
         users: args.users,

@@ -9,14 +9,15 @@ use secrecy::ExposeSecret;
 use super::Format;
 use crate::{
     app::Worker,
+    domain::time::utc_seconds,
     failure::Status,
     store::Store,
-    tokens::keys::Keyring,
+    tokens::Keyring,
     tokens::{self, ImportLine, Imported, store as grant_store},
 };
 
 #[derive(clap::Subcommand, Debug)]
-pub enum GrantsCommand {
+pub(super) enum GrantsCommand {
     /// Import grants as JSON lines (from FILE, or stdin with `-` or nothing).
     Import { file: Option<PathBuf> },
     /// List grants (never a token).
@@ -31,12 +32,12 @@ pub enum GrantsCommand {
 }
 
 #[derive(clap::Subcommand, Debug)]
-pub enum KeysCommand {
+pub(super) enum KeysCommand {
     /// Re-encrypt every grant under ASTRA_WORKER_TOKEN_KEY (old keys in ASTRA_WORKER_TOKEN_KEY_PREVIOUS).
     Rotate,
 }
 
-pub async fn grants(store: &Store, cmd: &GrantsCommand) -> anyhow::Result<Status> {
+pub(super) async fn grants(store: &Store, cmd: &GrantsCommand) -> anyhow::Result<Status> {
     match cmd {
         GrantsCommand::Import { file } => import(store, file.as_ref()).await,
         GrantsCommand::List { status, limit, format } => list(store, status.as_deref(), *limit, *format).await,
@@ -103,8 +104,8 @@ async fn list(store: &Store, status: Option<&str>, limit: i64, format: Format) -
                     "{:<24} {:<13} {:<21} {:<21} {:<10} {}",
                     r.user_id,
                     r.status,
-                    r.refresh_expires_at.format("%Y-%m-%dT%H:%M:%SZ"),
-                    r.last_rotated_at.map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string()).unwrap_or_else(|| "-".into()),
+                    utc_seconds(r.refresh_expires_at),
+                    r.last_rotated_at.map(utc_seconds).unwrap_or_else(|| "-".into()),
                     r.user_status.unwrap_or_else(|| "-".into()),
                     r.episode_reason.map(|e| format!("open ({e})")).unwrap_or_else(|| "-".into()),
                 );
@@ -115,14 +116,14 @@ async fn list(store: &Store, status: Option<&str>, limit: i64, format: Format) -
 }
 
 /// Prints a valid access token alone on stdout.
-pub async fn token(worker: &Worker, user_id: &str) -> anyhow::Result<Status> {
+pub(super) async fn token(worker: &Worker, user_id: &str) -> anyhow::Result<Status> {
     let svc = worker.services()?;
     let t = tokens::access_token(&worker.store, &svc.tokens, user_id).await?;
     outln!("{}", t.expose_secret());
     Ok(Status::Ok)
 }
 
-pub async fn keys(store: &Store, cmd: &KeysCommand) -> anyhow::Result<Status> {
+pub(super) async fn keys(store: &Store, cmd: &KeysCommand) -> anyhow::Result<Status> {
     match cmd {
         KeysCommand::Rotate => {
             let keyring = Keyring::from_env()?;

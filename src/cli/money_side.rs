@@ -15,13 +15,13 @@ use crate::{
 };
 
 #[derive(clap::Subcommand, Debug)]
-pub enum AccountsCommand {
+pub(super) enum AccountsCommand {
     /// Import destinations (and ACH credits) as JSON lines, from FILE or stdin.
     Import { file: Option<PathBuf> },
 }
 
 #[derive(clap::Subcommand, Debug)]
-pub enum CardsCommand {
+pub(super) enum CardsCommand {
     /// Mark a client-issued card frozen: the guard denies requests to it.
     Freeze { card_id: String },
     /// Unfreeze it, and re-check at once the transfers it held (when Astra credentials are set).
@@ -29,7 +29,7 @@ pub enum CardsCommand {
 }
 
 #[derive(clap::Subcommand, Debug)]
-pub enum UsersCommand {
+pub(super) enum UsersCommand {
     /// Stop routine requests for a user.
     Block {
         user_id: String,
@@ -41,7 +41,7 @@ pub enum UsersCommand {
 }
 
 #[derive(clap::Args, Debug)]
-pub struct GuardArgs {
+pub(super) struct GuardArgs {
     #[arg(long)]
     user: String,
     /// The request's amount in dollars (e.g. 12.50).
@@ -51,7 +51,7 @@ pub struct GuardArgs {
     destination: Option<String>,
 }
 
-pub async fn accounts(store: &Store, cmd: &AccountsCommand) -> anyhow::Result<Status> {
+pub(super) async fn accounts(store: &Store, cmd: &AccountsCommand) -> anyhow::Result<Status> {
     let AccountsCommand::Import { file } = cmd;
     let (mut ok, mut bad) = (0, 0);
     for item in super::output::numbered_lines(super::output::input(file.as_ref())?) {
@@ -79,7 +79,7 @@ pub async fn accounts(store: &Store, cmd: &AccountsCommand) -> anyhow::Result<St
     Ok(if bad > 0 { Status::No } else { Status::Ok })
 }
 
-pub async fn cards(worker: &Worker, cmd: &CardsCommand) -> anyhow::Result<Status> {
+pub(super) async fn cards(worker: &Worker, cmd: &CardsCommand) -> anyhow::Result<Status> {
     let (card, frozen) = match cmd {
         CardsCommand::Freeze { card_id } => (card_id, true),
         CardsCommand::Unfreeze { card_id } => (card_id, false),
@@ -104,7 +104,7 @@ async fn recheck_card(worker: &Worker, card: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn users(store: &Store, cmd: &UsersCommand) -> anyhow::Result<Status> {
+pub(super) async fn users(store: &Store, cmd: &UsersCommand) -> anyhow::Result<Status> {
     match cmd {
         UsersCommand::Block { user_id, reason } => {
             registry::block_user(store, user_id, reason, Utc::now()).await?;
@@ -119,7 +119,7 @@ pub async fn users(store: &Store, cmd: &UsersCommand) -> anyhow::Result<Status> 
 }
 
 /// Prints the answer as JSON; exit 0 allowed, 1 denied.
-pub async fn guard(store: &Store, args: &GuardArgs) -> anyhow::Result<Status> {
+pub(super) async fn guard(store: &Store, args: &GuardArgs) -> anyhow::Result<Status> {
     let amount = Cents::parse_dollars(&args.amount).map_err(|e| Failure::Config(format!("--amount: {e}")))?;
     let req = GuardRequest { user_id: &args.user, amount, destination_id: args.destination.as_deref() };
     let answer = guard::check(store, &req, Utc::now()).await?;

@@ -7,6 +7,7 @@ use chrono::Utc;
 use super::Format;
 use crate::{
     app::Worker,
+    domain::time::utc_seconds,
     failure::{Failure, Status},
     ops::daemon::{self, DaemonOptions},
     ops::health,
@@ -14,14 +15,14 @@ use crate::{
 };
 
 #[derive(clap::Args, Debug)]
-pub struct RunArgs {
+pub(super) struct RunArgs {
     /// Also serve the metrics at http://ADDR/metrics (loopback only).
     #[arg(long, value_name = "ADDR")]
     metrics_listen: Option<SocketAddr>,
 }
 
 #[derive(clap::Args, Debug)]
-pub struct HealthArgs {
+pub(super) struct HealthArgs {
     /// How old a job's last successful slot may be, e.g. token-rotation=8d (default: two periods).
     #[arg(long = "max-age", value_name = "JOB=DURATION")]
     max_age: Vec<String>,
@@ -29,7 +30,7 @@ pub struct HealthArgs {
     format: Format,
 }
 
-pub async fn run(worker: Arc<Worker>, args: &RunArgs, metrics_file: Option<PathBuf>) -> anyhow::Result<Status> {
+pub(super) async fn run(worker: Arc<Worker>, args: &RunArgs, metrics_file: Option<PathBuf>) -> anyhow::Result<Status> {
     if let Some(addr) = args.metrics_listen {
         serve_metrics(worker.clone(), addr).await?;
     }
@@ -62,17 +63,14 @@ async fn serve_metrics(worker: Arc<Worker>, addr: SocketAddr) -> anyhow::Result<
     Ok(())
 }
 
-pub async fn health(worker: &Worker, args: &HealthArgs) -> anyhow::Result<Status> {
+pub(super) async fn health(worker: &Worker, args: &HealthArgs) -> anyhow::Result<Status> {
     let max_ages = health::parse_max_ages(&args.max_age)?;
     let report = health::check(worker, &max_ages, Utc::now()).await?;
     match args.format {
         Format::Json => outln!("{}", serde_json::to_string_pretty(&report)?),
         Format::Text => {
             for h in &report {
-                let last = h
-                    .last_success_slot
-                    .map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
-                    .unwrap_or_else(|| "never".into());
+                let last = h.last_success_slot.map(utc_seconds).unwrap_or_else(|| "never".into());
                 let verdict = if h.healthy { "ok" } else { "STALE" };
                 outln!("{:<26} {verdict:<6} last successful slot {last} (max age {}s)", h.job, h.max_age_seconds);
             }

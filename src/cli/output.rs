@@ -9,7 +9,7 @@ use std::{
 use crate::failure::Failure;
 
 /// The lines of `file`, or of stdin when it is absent or `-`.
-pub fn input(file: Option<&PathBuf>) -> anyhow::Result<Box<dyn BufRead>> {
+pub(super) fn input(file: Option<&PathBuf>) -> anyhow::Result<Box<dyn BufRead>> {
     Ok(match file.filter(|f| f.as_os_str() != "-") {
         Some(f) => Box::new(BufReader::new(
             std::fs::File::open(f).map_err(|e| Failure::Config(format!("cannot read {}: {e}", f.display())))?,
@@ -19,7 +19,7 @@ pub fn input(file: Option<&PathBuf>) -> anyhow::Result<Box<dyn BufRead>> {
 }
 
 /// The non-blank lines, numbered from 1 (a read error names its line).
-pub fn numbered_lines(reader: Box<dyn BufRead>) -> impl Iterator<Item = anyhow::Result<(usize, String)>> {
+pub(super) fn numbered_lines(reader: Box<dyn BufRead>) -> impl Iterator<Item = anyhow::Result<(usize, String)>> {
     reader.lines().enumerate().filter_map(|(i, l)| match l {
         Ok(l) if l.trim().is_empty() => None,
         Ok(l) => Some(Ok((i + 1, l))),
@@ -27,7 +27,7 @@ pub fn numbered_lines(reader: Box<dyn BufRead>) -> impl Iterator<Item = anyhow::
     })
 }
 
-pub fn line(args: std::fmt::Arguments<'_>) {
+pub(super) fn line(args: std::fmt::Arguments<'_>) {
     let mut out = std::io::stdout().lock();
     if let Err(e) = out.write_fmt(args).and_then(|_| out.write_all(b"\n")) {
         if e.kind() == std::io::ErrorKind::BrokenPipe {

@@ -1,10 +1,10 @@
 //! `astra-worker prompts list`: the outbox of prompts and follow-ups, delivered or not.
 
 use super::Format;
-use crate::{failure::Status, outbox::store as outbox_store, store::Store};
+use crate::{domain::time::utc_seconds, failure::Status, outbox::store as outbox_store, store::Store};
 
 #[derive(clap::Subcommand, Debug)]
-pub enum PromptsCommand {
+pub(super) enum PromptsCommand {
     /// List outbox messages, newest first.
     List {
         /// Only messages not yet delivered.
@@ -20,7 +20,7 @@ pub enum PromptsCommand {
     },
 }
 
-pub async fn run(store: &Store, cmd: &PromptsCommand) -> anyhow::Result<Status> {
+pub(super) async fn run(store: &Store, cmd: &PromptsCommand) -> anyhow::Result<Status> {
     let PromptsCommand::List { open, kind, limit, format } = cmd;
     let rows = outbox_store::list(store, *open, kind.as_deref(), *limit).await?;
     match format {
@@ -32,7 +32,7 @@ pub async fn run(store: &Store, cmd: &PromptsCommand) -> anyhow::Result<Status> 
                     "{:<24} {:<24} {:<21} {:>8}  {:<10} {}",
                     r.kind,
                     r.user_id.unwrap_or_default(),
-                    r.created_at.format("%Y-%m-%dT%H:%M:%SZ"),
+                    utc_seconds(r.created_at),
                     r.attempts,
                     if r.delivered_at.is_some() { "yes" } else { "no" },
                     r.idempotency_key

@@ -9,7 +9,7 @@ use crate::{
 };
 
 #[derive(clap::Args, Debug)]
-pub struct RenderArgs {
+pub(super) struct RenderArgs {
     /// `systemd` or `kubernetes`.
     #[arg(value_parser = ["systemd", "kubernetes"])]
     target: String,
@@ -24,7 +24,7 @@ pub struct RenderArgs {
     image: Option<String>,
 }
 
-pub fn run(config: &Path, args: &RenderArgs) -> anyhow::Result<Status> {
+pub(super) fn run(config: &Path, args: &RenderArgs) -> anyhow::Result<Status> {
     let settings = Settings::load(config)?;
     let text = std::fs::read_to_string(config)
         .map_err(|e| Failure::Config(format!("cannot read {}: {e}", config.display())))?;

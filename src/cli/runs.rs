@@ -2,12 +2,13 @@
 
 use super::Format;
 use crate::{
+    domain::time::utc_seconds,
     failure::Status,
     store::{Store, ledger},
 };
 
 #[derive(clap::Args, Debug)]
-pub struct RunsArgs {
+pub(super) struct RunsArgs {
     /// Only this job's runs.
     #[arg(long)]
     job: Option<String>,
@@ -19,7 +20,7 @@ pub struct RunsArgs {
     format: Format,
 }
 
-pub async fn run(store: &Store, args: &RunsArgs) -> anyhow::Result<Status> {
+pub(super) async fn run(store: &Store, args: &RunsArgs) -> anyhow::Result<Status> {
     let rows = ledger::list_runs(store, args.job.as_deref(), args.limit.max(1)).await?;
     match args.format {
         Format::Json => outln!("{}", serde_json::to_string_pretty(&rows)?),
@@ -39,7 +40,7 @@ pub async fn run(store: &Store, args: &RunsArgs) -> anyhow::Result<Status> {
                 outln!(
                     "{:<26} {:<21} {:<11} {:<20} {:>7} {:>6} {:>6} {:>8}  {}",
                     r.job,
-                    r.slot.format("%Y-%m-%dT%H:%M:%SZ"),
+                    utc_seconds(r.slot),
                     r.outcome,
                     r.started_at.format("%Y-%m-%d %H:%M:%S"),
                     r.processed,

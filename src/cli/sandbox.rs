@@ -8,7 +8,7 @@ use crate::{
 };
 
 #[derive(clap::Args, Debug)]
-pub struct SandboxArgs {
+pub(super) struct SandboxArgs {
     /// Loopback address to listen on.
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
@@ -17,7 +17,7 @@ pub struct SandboxArgs {
     settings: Option<PathBuf>,
 }
 
-pub async fn run(args: &SandboxArgs) -> anyhow::Result<Status> {
+pub(super) async fn run(args: &SandboxArgs) -> anyhow::Result<Status> {
     if !args.listen.ip().is_loopback() {
         return Err(Failure::config(format!("--listen {}: the sandbox listens on loopback only", args.listen)));
     }

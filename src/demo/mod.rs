@@ -27,15 +27,15 @@ use crate::{
     runner::{RunOptions, SlotResult, run_job},
     sandbox::{Faults, Sandbox, SandboxSettings},
     store::Store,
+    tokens::Keyring,
     tokens::episodes,
-    tokens::keys::Keyring,
     tokens::store as grant_store,
 };
 
 use report::{Hook, figures, guard_examples, pairs};
 use seed::between_jobs;
 
-pub struct DemoOptions {
+pub(crate) struct DemoOptions {
     pub users: usize,
     /// The SQLite file the demo writes (replaced if it exists).
     pub database: PathBuf,
@@ -43,7 +43,7 @@ pub struct DemoOptions {
 }
 
 /// Runs the demo and returns the report text.
-pub async fn run(settings: Settings, opts: &DemoOptions) -> anyhow::Result<String> {
+pub(crate) async fn run(settings: Settings, opts: &DemoOptions) -> anyhow::Result<String> {
     let started = Instant::now();
     let sandbox = Sandbox::start_local(SandboxSettings::default()).await?;
     sandbox.set_faults(Faults {

@@ -11,7 +11,7 @@ use crate::{
     sandbox::CardRec,
     sandbox::{Hold, Sandbox, TransferRec},
     store::Store,
-    tokens::keys::Keyring,
+    tokens::Keyring,
     tokens::{self, ImportLine, store as grant_store},
 };
 

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{app::Worker, astra::Call, config::JobSettings, store::ledger::Counts};
 
 /// The state one run of one job on one slot works with.
-pub struct RunContext<'a> {
+pub(crate) struct RunContext<'a> {
     pub worker: &'a Worker,
     pub job: &'a JobSettings,
     pub slot: DateTime<Utc>,
@@ -30,7 +30,7 @@ pub struct RunContext<'a> {
 
 /// What one item of a run came to; the jobs share it, and [`RunContext::record`] counts it.
 #[derive(Debug)]
-pub enum ItemOutcome {
+pub(crate) enum ItemOutcome {
     /// Done: counted as processed.
     Done,
     /// Nothing to do for it now (gone, no longer due): counted as skipped.
@@ -41,7 +41,7 @@ pub enum ItemOutcome {
 }
 
 impl<'a> RunContext<'a> {
-    pub fn new(
+    pub(crate) fn new(
         worker: &'a Worker,
         job: &'a JobSettings,
         slot: DateTime<Utc>,
@@ -67,7 +67,7 @@ impl<'a> RunContext<'a> {
     }
 
     /// A context for work done outside a slot (a command acting at once), with its own run id.
-    pub fn adhoc(worker: &'a Worker, job: &'a JobSettings) -> RunContext<'a> {
+    pub(crate) fn adhoc(worker: &'a Worker, job: &'a JobSettings) -> RunContext<'a> {
         let stop = worker.shutdown.child_token();
         RunContext::new(
             worker,
@@ -81,17 +81,17 @@ impl<'a> RunContext<'a> {
     }
 
     /// An Astra call on behalf of `user_id`, recorded under this run and counted toward its requests.
-    pub fn call<'c>(&'c self, user_id: &'c str) -> Call<'c> {
+    pub(crate) fn call<'c>(&'c self, user_id: &'c str) -> Call<'c> {
         Call { run_id: Some(&self.run_id), user_id: Some(user_id), requests: Some(&self.requests) }
     }
 
     /// True once the run should stop taking new work (signal received, or the claim was taken over).
-    pub fn stopping(&self) -> bool {
+    pub(crate) fn stopping(&self) -> bool {
         self.stop.is_cancelled()
     }
 
     /// Counts one item's outcome; a retry is logged with the user it concerns.
-    pub fn record(&self, user_id: &str, outcome: ItemOutcome) {
+    pub(crate) fn record(&self, user_id: &str, outcome: ItemOutcome) {
         match outcome {
             ItemOutcome::Done => self.processed(1),
             ItemOutcome::Skip => self.skipped(1),
@@ -102,25 +102,25 @@ impl<'a> RunContext<'a> {
         }
     }
 
-    pub fn processed(&self, n: i64) {
+    pub(crate) fn processed(&self, n: i64) {
         self.processed.fetch_add(n, Ordering::Relaxed);
     }
-    pub fn failed(&self, n: i64) {
+    pub(crate) fn failed(&self, n: i64) {
         self.failed.fetch_add(n, Ordering::Relaxed);
     }
-    pub fn skipped(&self, n: i64) {
+    pub(crate) fn skipped(&self, n: i64) {
         self.skipped.fetch_add(n, Ordering::Relaxed);
     }
 
     /// Adds `n` to the job's own figure `key` (shown in `runs` and the demo report).
-    pub fn tally(&self, key: &str, n: i64) {
+    pub(crate) fn tally(&self, key: &str, n: i64) {
         let mut d = self.details.lock().unwrap_or_else(|p| p.into_inner());
         let cur = d.get(key).and_then(|v| v.as_i64()).unwrap_or(0);
         d.insert(key.to_string(), (cur + n).into());
     }
 
     /// The items counted so far.
-    pub fn counts(&self) -> Counts {
+    pub(crate) fn counts(&self) -> Counts {
         Counts {
             processed: self.processed.load(Ordering::Relaxed),
             failed: self.failed.load(Ordering::Relaxed),
@@ -130,7 +130,7 @@ impl<'a> RunContext<'a> {
     }
 
     /// The job's own figures so far, as JSON.
-    pub fn details(&self) -> serde_json::Value {
+    pub(crate) fn details(&self) -> serde_json::Value {
         serde_json::Value::Object(self.details.lock().unwrap_or_else(|p| p.into_inner()).clone())
     }
 }

@@ -4,12 +4,12 @@
 mod context;
 mod grant_work;
 mod inbound_volume;
-pub mod reprocessing_check;
+pub(crate) mod reprocessing_check;
 mod stale_sweep;
 mod test_hold;
 mod token_rotation;
 
-pub use context::{ItemOutcome, RunContext};
+pub(crate) use context::{ItemOutcome, RunContext};
 
 use crate::{
     config::{JobName, JobParams},
@@ -17,17 +17,17 @@ use crate::{
 };
 
 /// Jobs that call Astra or read tokens (they need the secrets).
-pub fn needs_services(job: JobName) -> bool {
+pub(crate) fn needs_services(job: JobName) -> bool {
     !matches!(job, JobName::TestHold)
 }
 
 /// Jobs whose items are claimed one by one, so several processes can share one slot.
-pub fn splits_work(job: JobName) -> bool {
+pub(crate) fn splits_work(job: JobName) -> bool {
     matches!(job, JobName::TokenRotation)
 }
 
 /// Runs the body of the job the context names, then delivers whatever it (or earlier runs) left in the outbox.
-pub async fn execute(ctx: &RunContext<'_>) -> anyhow::Result<()> {
+pub(crate) async fn execute(ctx: &RunContext<'_>) -> anyhow::Result<()> {
     match &ctx.job.params {
         JobParams::TestHold { items, hold } => return test_hold::run(ctx, *items, *hold).await,
         JobParams::TokenRotation(p) => token_rotation::run(ctx, p).await?,

@@ -113,7 +113,7 @@ fn stuck_message(user_id: &str, t: &Transfer, held_since: Option<DateTime<Utc>>,
 }
 
 /// What re-checking an unfrozen card's held transfers did.
-pub enum Recheck {
+pub(crate) enum Recheck {
     NothingHeld,
     /// Not now: the next `reprocessing-check` run will (`why` says why not now).
     Later {
@@ -128,7 +128,7 @@ pub enum Recheck {
 
 /// Re-reads the transfers a card held, right after it is unfrozen (left for the next run without Astra
 /// credentials or without the job configured).
-pub async fn recheck_card(worker: &Worker, card: &str) -> anyhow::Result<Recheck> {
+pub(crate) async fn recheck_card(worker: &Worker, card: &str) -> anyhow::Result<Recheck> {
     let held = mirror::watched(&worker.store, Some(card)).await?;
     if held.is_empty() {
         return Ok(Recheck::NothingHeld);

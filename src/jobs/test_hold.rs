@@ -7,7 +7,7 @@ use tracing::info;
 
 use crate::jobs::RunContext;
 
-pub async fn run(ctx: &RunContext<'_>, items: u32, hold: Duration) -> anyhow::Result<()> {
+pub(super) async fn run(ctx: &RunContext<'_>, items: u32, hold: Duration) -> anyhow::Result<()> {
     for item in 0..items {
         if ctx.stopping() {
             ctx.skipped(i64::from(items - item));

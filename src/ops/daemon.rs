@@ -18,6 +18,7 @@ use crate::{
     app::Worker,
     config::{JobName, JobSettings},
     domain::schedule::Schedule,
+    domain::time::utc_seconds,
     exit::classify,
     failure::{Failure, Status},
     ops::metrics,
@@ -25,17 +26,17 @@ use crate::{
 };
 
 /// When the daemon next fires a job whose schedule is `s`, seen at `now`: the next slot.
-pub fn next_fire(s: &Schedule, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+pub(crate) fn next_fire(s: &Schedule, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
     s.next_after(now)
 }
 
-pub struct DaemonOptions {
+pub(crate) struct DaemonOptions {
     pub metrics_file: Option<std::path::PathBuf>,
 }
 
 /// Runs until SIGTERM/SIGINT; drains in-flight work within the grace period and returns `Ok` (exit 0).
 /// A configuration failure met by a run (rejected credentials) stops the daemon with exit 78.
-pub async fn run(worker: Arc<Worker>, opts: DaemonOptions) -> anyhow::Result<Status> {
+pub(crate) async fn run(worker: Arc<Worker>, opts: DaemonOptions) -> anyhow::Result<Status> {
     let jobs: Vec<JobSettings> = worker.settings.jobs.iter().filter(|j| j.enabled).cloned().collect();
     if jobs.is_empty() {
         return Err(Failure::config("no job is enabled in jobs.toml: the daemon would do nothing"));
@@ -139,7 +140,7 @@ impl Driver {
         })
         .map_err(|e| anyhow::anyhow!("scheduling {name}: {e}"))?;
         self.sched.add(tick).await.map_err(|e| anyhow::anyhow!("scheduling {name}: {e}"))?;
-        info!(job = %name, next = %next.format("%Y-%m-%dT%H:%M:%SZ"), "next run scheduled");
+        info!(job = %name, next = %utc_seconds(next), "next run scheduled");
         Ok(())
     }
 }

@@ -9,7 +9,7 @@ use crate::{app::Worker, config::JobName, failure::Failure, store::ledger};
 
 /// One job's verdict.
 #[derive(Debug, Clone, serde::Serialize)]
-pub struct JobHealth {
+pub(crate) struct JobHealth {
     pub job: JobName,
     pub last_success_slot: Option<DateTime<Utc>>,
     pub max_age_seconds: i64,
@@ -17,7 +17,7 @@ pub struct JobHealth {
 }
 
 /// Parses `job=duration` pairs.
-pub fn parse_max_ages(args: &[String]) -> anyhow::Result<HashMap<JobName, Duration>> {
+pub(crate) fn parse_max_ages(args: &[String]) -> anyhow::Result<HashMap<JobName, Duration>> {
     let mut out = HashMap::new();
     for a in args {
         let (job, d) = a
@@ -30,7 +30,7 @@ pub fn parse_max_ages(args: &[String]) -> anyhow::Result<HashMap<JobName, Durati
     Ok(out)
 }
 
-pub async fn check(
+pub(crate) async fn check(
     worker: &Worker,
     max_ages: &HashMap<JobName, Duration>,
     now: DateTime<Utc>,

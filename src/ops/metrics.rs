@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use crate::{app::Worker, failure::Failure, store::ledger};
 
 /// The metrics text.
-pub async fn render(worker: &Worker) -> anyhow::Result<String> {
+pub(crate) async fn render(worker: &Worker) -> anyhow::Result<String> {
     let mut out = String::new();
     let mut gauge = |name: &str, help: &str| {
         let _ = writeln!(out, "# HELP astra_worker_{name} {help}\n# TYPE astra_worker_{name} gauge");
@@ -50,7 +50,7 @@ pub async fn render(worker: &Worker) -> anyhow::Result<String> {
 }
 
 /// Writes the metrics to `path` atomically (a temporary file beside it, then a rename).
-pub async fn write_file(worker: &Worker, path: &Path) -> anyhow::Result<()> {
+pub(crate) async fn write_file(worker: &Worker, path: &Path) -> anyhow::Result<()> {
     let text = render(worker).await?;
     write_atomically(path, &text)
 }
@@ -62,7 +62,7 @@ fn write_atomically(path: &Path, text: &str) -> anyhow::Result<()> {
 }
 
 /// Refuses, at start, a metrics path that cannot be written.
-pub fn check_writable(path: &Path) -> anyhow::Result<()> {
+pub(crate) fn check_writable(path: &Path) -> anyhow::Result<()> {
     let probe = path.with_extension(format!("probe.{}", std::process::id()));
     std::fs::write(&probe, b"")
         .map_err(|e| Failure::Config(format!("--metrics-file {}: cannot write there: {e}", path.display())))?;

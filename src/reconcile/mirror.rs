@@ -295,14 +295,13 @@ async fn write(
 pub struct Watched {
     pub id: String,
     pub user_id: String,
-    pub destination_id: Option<String>,
     pub initiated_at: DateTime<Utc>,
     pub held_since: Option<DateTime<Utc>>,
 }
 
 pub async fn watched(store: &Store, card: Option<&str>) -> sqlx::Result<Vec<Watched>> {
     with_pool!(store, |p| sqlx::query_as(
-        "SELECT id, user_id, destination_id, initiated_at, held_since FROM transfer
+        "SELECT id, user_id, initiated_at, held_since FROM transfer
          WHERE status = 'pending' AND held_since IS NOT NULL AND cleared_at IS NULL
            AND ($1 IS NULL OR destination_id = $1)
          ORDER BY initiated_at"

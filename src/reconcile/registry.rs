@@ -196,29 +196,27 @@ pub async fn import(store: &Store, line: &ImportLine, now: DateTime<Utc>) -> any
 }
 
 pub async fn destination(store: &Store, id: &str) -> anyhow::Result<Option<Destination>> {
-    let row: Option<DestinationRow> =
-        with_pool!(store, |p| {
-            sqlx::query_as(
+    let row: Option<DestinationRow> = with_pool!(store, |p| {
+        sqlx::query_as(
         "SELECT destination_id, user_id, kind, bank_time_zone, daily_limit_cents, frozen, push_enabled, pull_enabled
          FROM destination WHERE destination_id = $1"
     )
     .bind(id)
     .fetch_optional(p)
     .await
-        })?;
+    })?;
     row.map(DestinationRow::parse).transpose()
 }
 
 pub async fn all_destinations(store: &Store) -> anyhow::Result<Vec<Destination>> {
-    let rows: Vec<DestinationRow> =
-        with_pool!(store, |p| {
-            sqlx::query_as(
+    let rows: Vec<DestinationRow> = with_pool!(store, |p| {
+        sqlx::query_as(
         "SELECT destination_id, user_id, kind, bank_time_zone, daily_limit_cents, frozen, push_enabled, pull_enabled
          FROM destination ORDER BY destination_id"
     )
     .fetch_all(p)
     .await
-        })?;
+    })?;
     rows.into_iter().map(DestinationRow::parse).collect()
 }
 

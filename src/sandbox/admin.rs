@@ -173,7 +173,7 @@ async fn admin_transfer(AxState(st): AxState<Shared>, Json(t): Json<NewTransfer>
 }
 
 /// ACH estimate: the next day.
-pub fn clearing_date(initiated: DateTime<Utc>) -> NaiveDate {
+pub(super) fn clearing_date(initiated: DateTime<Utc>) -> NaiveDate {
     (initiated + TimeDelta::days(1)).date_naive()
 }
 

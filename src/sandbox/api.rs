@@ -79,7 +79,6 @@ async fn token(AxState(st): AxState<Shared>, headers: HeaderMap, body: String) -
             tokio::time::sleep(d).await;
             astra_error(StatusCode::GATEWAY_TIMEOUT, "answer lost")
         }
-        TokenAnswer::InvalidClient => oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", "client rejected"),
         TokenAnswer::InvalidGrant(why) => oauth_error(StatusCode::BAD_REQUEST, "invalid_grant", why),
     }
 }

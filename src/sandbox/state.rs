@@ -123,7 +123,6 @@ pub enum TokenAnswer {
     Issued(Value),
     /// Rotation applied, answer to be lost.
     Lost,
-    InvalidClient,
     InvalidGrant(&'static str),
 }
 

@@ -72,7 +72,7 @@ impl PromptLink {
 }
 
 /// The dead grant, as the episode needs it.
-pub struct DeadGrant<'a> {
+pub(crate) struct DeadGrant<'a> {
     pub user_id: &'a str,
     pub phone: Option<&'a str>,
     pub user_status: Option<UserStatus>,
@@ -80,7 +80,7 @@ pub struct DeadGrant<'a> {
 
 /// Marks the grant `needs_reauth` and opens its episode with one prompt, or the `user_suspended` follow-up,
 /// in one transaction.
-pub async fn open(
+pub(crate) async fn open(
     store: &Store,
     g: &DeadGrant<'_>,
     reason: Reason,
@@ -169,7 +169,7 @@ pub(crate) use episode_close_for_new_grant;
 
 /// Prompts again every open episode last prompted more than `after` ago (still one episode). Returns how
 /// many prompts were written.
-pub async fn reprompt_unanswered(
+pub(crate) async fn reprompt_unanswered(
     store: &Store,
     after: TimeDelta,
     link: &PromptLink,
@@ -226,7 +226,7 @@ pub async fn reprompt_unanswered(
 }
 
 /// Open episodes by reason.
-pub async fn open_by_reason(store: &Store) -> sqlx::Result<Vec<(String, i64)>> {
+pub(crate) async fn open_by_reason(store: &Store) -> sqlx::Result<Vec<(String, i64)>> {
     with_pool!(store, |p| sqlx::query_as(
         "SELECT reason, COUNT(*) FROM reauth_episode WHERE closed_at IS NULL GROUP BY reason ORDER BY reason"
     )

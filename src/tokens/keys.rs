@@ -154,7 +154,7 @@ impl Keyring {
 mod tests {
     use super::*;
 
-    pub fn key(b: u8) -> String {
+    pub(super) fn key(b: u8) -> String {
         base64::engine::general_purpose::STANDARD.encode([b; 32])
     }
 

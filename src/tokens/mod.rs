@@ -4,10 +4,10 @@
 //! tokens, and — when Astra proves one dead — turned into a re-authorization episode.
 
 mod access;
-pub mod episodes;
+pub(crate) mod episodes;
 mod grants;
 mod import;
-pub mod keys;
+mod keys;
 mod refresh;
 pub mod store;
 
@@ -52,10 +52,5 @@ impl Tokens {
             access_margin: settings.astra.access_margin,
             lease: settings.runner.claim_lease,
         }
-    }
-
-    /// How long a grant's lease lives without renewal.
-    pub fn lease(&self) -> TimeDelta {
-        self.lease
     }
 }

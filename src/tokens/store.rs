@@ -247,11 +247,6 @@ macro_rules! grant_mark_dead {
 }
 pub(crate) use grant_mark_dead;
 
-/// Marks the grant dead (`needs_reauth`) and releases its lease.
-pub async fn set_needs_reauth(store: &Store, user_id: &str, now: DateTime<Utc>) -> sqlx::Result<()> {
-    with_pool!(store, |p| grant_mark_dead!(p, user_id, now).map(|_| ()))
-}
-
 pub async fn set_user_status(store: &Store, user_id: &str, status: UserStatus, now: DateTime<Utc>) -> sqlx::Result<()> {
     with_pool!(store, |p| sqlx::query(
         "UPDATE grant_token SET user_status = $1, user_status_at = $2 WHERE user_id = $3"

@@ -19,14 +19,14 @@ use secrecy::{ExposeSecret, SecretString};
 use crate::helpers::{Backend, TestDb, shipped_settings};
 
 /// A sandbox, a client pointed at it (short timeouts, fast retries), and the store calls are recorded in.
-pub struct Rig {
+pub(crate) struct Rig {
     pub sandbox: Sandbox,
     pub client: AstraClient,
     pub store: Store,
     _db: TestDb,
 }
 
-pub fn test_astra_settings(base_url: &str) -> AstraSettings {
+pub(crate) fn test_astra_settings(base_url: &str) -> AstraSettings {
     let mut a = shipped_settings(Some(base_url)).astra;
     a.request_timeout = Duration::from_millis(500);
     a.max_retries = 2;
@@ -36,7 +36,7 @@ pub fn test_astra_settings(base_url: &str) -> AstraSettings {
     a
 }
 
-pub fn sandbox_credentials() -> Credentials {
+pub(crate) fn sandbox_credentials() -> Credentials {
     let s = SandboxSettings::default();
     Credentials { client_id: s.client_id.into(), client_secret: s.client_secret.into() }
 }
@@ -245,7 +245,7 @@ async fn paging_stops_once_items_are_older_than_the_window() {
     assert_eq!(got[0].amount, Cents(349));
 }
 
-pub fn add_transfer(
+pub(crate) fn add_transfer(
     s: &mut astra_worker::sandbox::State,
     id: &str,
     user: &str,

@@ -3,24 +3,24 @@
 use astra_worker::{app::Worker, config::Settings, store::Store};
 
 /// The PostgreSQL server tests use (`.ci/run` sets it; the default is this machine's local server).
-pub fn pg_admin_url() -> String {
+pub(crate) fn pg_admin_url() -> String {
     std::env::var("ASTRA_WORKER_TEST_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backend {
+pub(crate) enum Backend {
     Sqlite,
     Postgres,
 }
 
 /// A fresh, empty database: a SQLite file in its own temporary folder, or a new PostgreSQL database.
-pub struct TestDb {
+pub(crate) struct TestDb {
     pub url: String,
     _dir: Option<tempfile::TempDir>,
 }
 
 impl TestDb {
-    pub async fn new(backend: Backend) -> TestDb {
+    pub(crate) async fn new(backend: Backend) -> TestDb {
         match backend {
             Backend::Sqlite => {
                 let dir = tempfile::tempdir().unwrap();
@@ -42,18 +42,18 @@ impl TestDb {
         }
     }
 
-    pub async fn store(&self) -> Store {
+    pub(crate) async fn store(&self) -> Store {
         Store::open(&self.url).await.unwrap()
     }
 }
 
 /// The shipped `jobs.toml`, pointed at `base_url` when given.
-pub fn shipped_settings(base_url: Option<&str>) -> Settings {
+pub(crate) fn shipped_settings(base_url: Option<&str>) -> Settings {
     let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/jobs.toml")).unwrap();
     Settings::parse(&text, base_url).unwrap()
 }
 
-pub async fn worker(db: &TestDb) -> Worker {
+pub(crate) async fn worker(db: &TestDb) -> Worker {
     Worker::new(shipped_settings(None), db.store().await)
 }
 

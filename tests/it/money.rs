@@ -230,7 +230,12 @@ async fn the_guard_gives_every_reason_and_a_limit_is_reached_exactly(b: Backend)
         guard::check(db, &ask(&users[4], 1), now).await.unwrap().reason.map(|r| r.as_str()),
         Some("user_suspended")
     );
-    grant_store::set_needs_reauth(db, &users[5], now).await.unwrap();
+    with_pool!(db, |p| sqlx::query("UPDATE grant_token SET status = 'needs_reauth' WHERE user_id = $1")
+        .bind(&users[5])
+        .execute(p)
+        .await
+        .map(|_| ())
+        .unwrap());
     assert_eq!(
         guard::check(db, &ask(&users[5], 1), now).await.unwrap().reason.map(|r| r.as_str()),
         Some("reauthorization_required")

@@ -30,25 +30,25 @@ use crate::{
     helpers::{Backend, TestDb, shipped_settings},
 };
 
-pub const KEY_A: [u8; 32] = [7; 32];
-pub const KEY_B: [u8; 32] = [9; 32];
+pub(crate) const KEY_A: [u8; 32] = [7; 32];
+pub(crate) const KEY_B: [u8; 32] = [9; 32];
 
-pub fn b64(k: &[u8; 32]) -> String {
+pub(crate) fn b64(k: &[u8; 32]) -> String {
     base64::engine::general_purpose::STANDARD.encode(k)
 }
 
-pub fn keyring() -> Keyring {
+pub(crate) fn keyring() -> Keyring {
     Keyring::from_base64(&b64(&KEY_A), &[]).unwrap()
 }
 
-pub struct Rig {
+pub(crate) struct Rig {
     pub sandbox: Arc<Sandbox>,
     pub db: TestDb,
     pub settings: Settings,
 }
 
 impl Rig {
-    pub async fn new(b: Backend, sb: SandboxSettings, tweak: impl FnOnce(&mut Settings)) -> Rig {
+    pub(crate) async fn new(b: Backend, sb: SandboxSettings, tweak: impl FnOnce(&mut Settings)) -> Rig {
         let db = TestDb::new(b).await;
         db.store().await.close().await;
         let sandbox = Arc::new(Sandbox::start_local(sb).await.unwrap());
@@ -59,7 +59,7 @@ impl Rig {
     }
 
     /// A worker (its own pool, as another process would have) with services pointed at the sandbox.
-    pub async fn worker(&self, deliverer: Option<Deliverer>) -> Worker {
+    pub(crate) async fn worker(&self, deliverer: Option<Deliverer>) -> Worker {
         Worker::with_services(self.settings.clone(), self.db.store().await, |s, limiter, store| {
             Services::new(s, sandbox_credentials(), keyring(), deliverer, limiter, store)
         })
@@ -67,7 +67,7 @@ impl Rig {
     }
 
     /// Seeds `n` approved users whose grants were issued `age(i)` ago, in the sandbox and the store.
-    pub async fn seed(&self, store: &Store, n: usize, age: impl Fn(usize) -> TimeDelta) -> Vec<String> {
+    pub(crate) async fn seed(&self, store: &Store, n: usize, age: impl Fn(usize) -> TimeDelta) -> Vec<String> {
         let mut users = Vec::new();
         let now = Utc::now();
         for i in 0..n {
@@ -79,23 +79,23 @@ impl Rig {
         users
     }
 
-    pub fn refreshes(&self, user: &str) -> u32 {
+    pub(crate) fn refreshes(&self, user: &str) -> u32 {
         self.sandbox.state().grant_info(user).unwrap().refreshes
     }
 
-    pub fn token_calls(&self) -> usize {
+    pub(crate) fn token_calls(&self) -> usize {
         self.sandbox.state().calls.iter().filter(|c| c.path == "/v1/oauth/token").count()
     }
 
     /// The stored pair equals the sandbox's live pair.
-    pub async fn stored_is_live(&self, store: &Store, user: &str) -> bool {
+    pub(crate) async fn stored_is_live(&self, store: &Store, user: &str) -> bool {
         let g = tokens::load(store, &keyring(), user).await.unwrap().unwrap();
         let live = self.sandbox.state().grant_info(user).unwrap();
         g.refresh.expose_secret() == live.refresh_token && g.access.expose_secret() == live.access_token
     }
 }
 
-pub async fn import(
+pub(crate) async fn import(
     store: &Store,
     user: &str,
     access: &str,
@@ -291,15 +291,15 @@ both_backends!(
 );
 
 /// Deliveries received: headers and body.
-pub type Received = Arc<Mutex<Vec<(HashMap<String, String>, String)>>>;
+pub(crate) type Received = Arc<Mutex<Vec<(HashMap<String, String>, String)>>>;
 
 /// A loopback endpoint that records deliveries and fails the first `fail_first` of them.
-pub struct Endpoint {
+pub(crate) struct Endpoint {
     pub url: String,
     pub received: Received,
 }
 
-pub async fn endpoint(fail_first: usize) -> Endpoint {
+pub(crate) async fn endpoint(fail_first: usize) -> Endpoint {
     use axum::{Router, http::HeaderMap, routing::post};
     let received: Received = Arc::default();
     let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));

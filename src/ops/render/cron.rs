@@ -74,7 +74,7 @@ fn weekday(s: &str) -> Result<String, String> {
 }
 
 /// `0 0 3 * * Mon` in America/New_York → `Mon *-*-* 03:00:00 America/New_York`.
-pub fn to_oncalendar(expr: &str, zone: &str) -> Result<String, String> {
+pub(crate) fn to_oncalendar(expr: &str, zone: &str) -> Result<String, String> {
     let f = fields(expr)?;
     for field in [f.sec, f.min, f.hour, f.dom, f.mon, f.dow] {
         if let Some(c) = unsupported(field) {
@@ -94,7 +94,7 @@ pub fn to_oncalendar(expr: &str, zone: &str) -> Result<String, String> {
 
 /// `0 0 3 * * Mon` → `0 3 * * Mon` (Kubernetes fires at minute resolution and ORs day-of-month with
 /// day-of-week, so a seconds field other than one number, or both days restricted, is refused).
-pub fn to_kubernetes(expr: &str) -> Result<String, String> {
+pub(crate) fn to_kubernetes(expr: &str) -> Result<String, String> {
     let f = fields(expr)?;
     if f.sec.parse::<u32>().is_err() {
         return Err(format!(

@@ -2,7 +2,7 @@
 //! and zones have one source of truth. The committed `systemd/` and `deploy/kubernetes/` are this output for
 //! the shipped `jobs.toml` (a test keeps them equal).
 
-pub mod cron;
+pub(crate) mod cron;
 
 use std::path::{Path, PathBuf};
 
@@ -11,7 +11,7 @@ use anyhow::Context as _;
 use crate::{config::Settings, failure::Failure};
 
 /// Where and how the files point.
-pub struct RenderOptions {
+pub(crate) struct RenderOptions {
     /// The binary's path in the systemd units.
     pub bin: String,
     /// The container image in the Kubernetes manifests.
@@ -87,7 +87,7 @@ fn hardening(settings: &Settings) -> String {
 }
 
 /// The systemd units: the daemon, the one-shot template, one timer per enabled job.
-pub fn systemd(settings: &Settings, o: &RenderOptions) -> anyhow::Result<Vec<(PathBuf, String)>> {
+pub(crate) fn systemd(settings: &Settings, o: &RenderOptions) -> anyhow::Result<Vec<(PathBuf, String)>> {
     let stop = settings.runner.grace_period.as_secs() + 10;
     let harden = hardening(settings);
     let mut files = vec![
@@ -147,7 +147,11 @@ fn indent(text: &str, by: usize) -> String {
 }
 
 /// The Kubernetes manifests: the configuration as a ConfigMap, one CronJob per enabled job.
-pub fn kubernetes(settings: &Settings, jobs_toml: &str, o: &RenderOptions) -> anyhow::Result<Vec<(PathBuf, String)>> {
+pub(crate) fn kubernetes(
+    settings: &Settings,
+    jobs_toml: &str,
+    o: &RenderOptions,
+) -> anyhow::Result<Vec<(PathBuf, String)>> {
     let grace = settings.runner.grace_period.as_secs();
     let mut files = vec![(
         PathBuf::from("configmap.yaml"),
@@ -264,7 +268,7 @@ spec:
 }
 
 /// Writes the files into `dir` (created if needed).
-pub fn write(dir: &Path, files: &[(PathBuf, String)]) -> anyhow::Result<()> {
+pub(crate) fn write(dir: &Path, files: &[(PathBuf, String)]) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     for (name, text) in files {
         let p = dir.join(name);
