@@ -1,4 +1,6 @@
 //! Logging: JSON lines when the output is not a terminal, readable text when it is; `RUST_LOG` respected.
+//! Context comes from spans: a run's (`run_id`, `job`, `slot`) and, inside it, an item's (`user_id`); a JSON
+//! line carries the innermost in `span` and all of them, outermost first, in `spans`.
 //! Commands that print data on stdout (`runs`, `token`, `guard`, …) log to stderr instead.
 
 use std::io::IsTerminal;
@@ -21,6 +23,6 @@ pub(crate) fn init(to: LogTo) {
     let _ = if terminal {
         builder.compact().try_init()
     } else {
-        builder.json().flatten_event(true).with_current_span(true).with_span_list(false).try_init()
+        builder.json().flatten_event(true).with_current_span(true).with_span_list(true).try_init()
     };
 }

@@ -17,8 +17,16 @@ pub(super) struct DemoArgs {
     requests_per_second: u32,
 }
 
-pub(super) async fn run(config: &std::path::Path, args: &DemoArgs) -> anyhow::Result<Status> {
-    let settings = Settings::load(config)?;
+/// The shipped `jobs.toml`: the demo's settings when no configuration file is at hand, so that it runs from
+/// any directory.
+const BUILT_IN: &str = include_str!("../../jobs.toml");
+
+pub(super) async fn run(config: &std::path::Path, explicit: bool, args: &DemoArgs) -> anyhow::Result<Status> {
+    let settings = if explicit || config.exists() {
+        Settings::load(config)?
+    } else {
+        Settings::parse(BUILT_IN, None).map_err(|e| anyhow::anyhow!("the built-in settings: {e}"))?
+    };
     let opts = demo::DemoOptions {
         users: args.users,
         database: args.database.clone(),

@@ -37,9 +37,9 @@ use crate::{
     arg_required_else_help = true
 )]
 pub struct Cli {
-    /// The job configuration file.
-    #[arg(long, global = true, default_value = "jobs.toml", value_name = "PATH")]
-    config: PathBuf,
+    /// The job configuration file [default: jobs.toml; the demo uses its built-in settings when there is none].
+    #[arg(long, global = true, value_name = "PATH")]
+    config: Option<PathBuf>,
     /// The store: sqlite://FILE (one host) or postgres://… (several instances).
     #[arg(long, global = true, env = "DATABASE_URL", default_value = store::DEFAULT_URL, value_name = "URL", hide_env_values = true)]
     database_url: String,
@@ -156,7 +156,7 @@ async fn run(cli: Cli) -> anyhow::Result<Status> {
         return run_once(&cli, job).await;
     }
     match &cli.command {
-        Some(Command::CheckConfig) => check_config::run(&cli.config),
+        Some(Command::CheckConfig) => check_config::run(&cli.config()),
         Some(Command::Migrate) => {
             let store = Store::open(&cli.database_url).await?;
             store.close().await;
@@ -165,7 +165,7 @@ async fn run(cli: Cli) -> anyhow::Result<Status> {
         }
         Some(Command::Runs(args)) => runs::run(&open_store(&cli).await?, args).await,
         Some(Command::Sandbox(args)) => sandbox::run(args).await,
-        Some(Command::Demo(args)) => demo::run(&cli.config, args).await,
+        Some(Command::Demo(args)) => demo::run(&cli.config(), cli.config.is_some(), args).await,
         Some(Command::Grants(cmd)) => grants::grants(&open_store(&cli).await?, cmd).await,
         Some(Command::Keys(cmd)) => grants::keys(&open_store(&cli).await?, cmd).await,
         Some(Command::Prompts(cmd)) => prompts::run(&open_store(&cli).await?, cmd).await,
@@ -173,7 +173,7 @@ async fn run(cli: Cli) -> anyhow::Result<Status> {
         Some(Command::Users(cmd)) => money_side::users(&open_store(&cli).await?, cmd).await,
         Some(Command::Guard(args)) => money_side::guard(&open_store(&cli).await?, args).await,
         Some(Command::Cards(cmd)) => {
-            let settings = Settings::load(&cli.config)?;
+            let settings = Settings::load(&cli.config())?;
             let worker = Worker::new(settings, open_store(&cli).await?);
             money_side::cards(&worker, cmd).await
         }
@@ -181,21 +181,27 @@ async fn run(cli: Cli) -> anyhow::Result<Status> {
             if let Some(p) = &cli.metrics_file {
                 crate::ops::metrics::check_writable(p)?;
             }
-            let worker = std::sync::Arc::new(Worker::new(Settings::load(&cli.config)?, open_store(&cli).await?));
+            let worker = std::sync::Arc::new(Worker::new(Settings::load(&cli.config())?, open_store(&cli).await?));
             worker.shutdown.listen_for_signals().context("installing signal handlers")?;
             ops::run(worker, args, cli.metrics_file.clone()).await
         }
-        Some(Command::Render(args)) => render::run(&cli.config, args),
+        Some(Command::Render(args)) => render::run(&cli.config(), args),
         Some(Command::Health(args)) => {
-            let worker = Worker::new(Settings::load(&cli.config)?, open_store(&cli).await?);
+            let worker = Worker::new(Settings::load(&cli.config())?, open_store(&cli).await?);
             ops::health(&worker, args).await
         }
         Some(Command::Token { user_id }) => {
-            let settings = Settings::load(&cli.config)?;
+            let settings = Settings::load(&cli.config())?;
             let worker = Worker::new(settings, open_store(&cli).await?);
             grants::token(&worker, user_id).await
         }
         None => Err(Failure::config("nothing to do: give --run-once JOB or a command (see --help)")),
+    }
+}
+
+impl Cli {
+    fn config(&self) -> PathBuf {
+        self.config.clone().unwrap_or_else(|| PathBuf::from("jobs.toml"))
     }
 }
 
@@ -215,7 +221,7 @@ fn jobs_named(arg: &str, settings: &Settings) -> anyhow::Result<Vec<JobName>> {
 }
 
 async fn run_once(cli: &Cli, job_arg: &str) -> anyhow::Result<Status> {
-    let settings = Settings::load(&cli.config)?;
+    let settings = Settings::load(&cli.config())?;
     let jobs = jobs_named(job_arg, &settings)?;
     if let Some(p) = &cli.metrics_file {
         crate::ops::metrics::check_writable(p)?;

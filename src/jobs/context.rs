@@ -90,13 +90,13 @@ impl<'a> RunContext<'a> {
         self.stop.is_cancelled()
     }
 
-    /// Counts one item's outcome; a retry is logged with the user it concerns.
-    pub(crate) fn record(&self, user_id: &str, outcome: ItemOutcome) {
+    /// Counts one item's outcome; a retry is logged (the item's span names the user).
+    pub(crate) fn record(&self, outcome: ItemOutcome) {
         match outcome {
             ItemOutcome::Done => self.processed(1),
             ItemOutcome::Skip => self.skipped(1),
             ItemOutcome::Retry(why) => {
-                tracing::warn!(user_id, error = %why, "item not done; left for the next run");
+                tracing::warn!(error = %why, "item not done; left for the next run");
                 self.failed(1);
             }
         }

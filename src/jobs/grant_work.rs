@@ -2,7 +2,7 @@
 //! and probe grants whose refresh died between Astra's answer and the commit.
 
 use chrono::Utc;
-use tracing::warn;
+use tracing::{instrument, warn};
 
 use super::{ItemOutcome, RunContext};
 use crate::{
@@ -11,6 +11,7 @@ use crate::{
 };
 
 /// Refreshes one grant whose lease `ctx.run_id` holds, records the outcome, releases the lease.
+#[instrument(name = "grant", skip_all, fields(user_id = %user_id))]
 pub(super) async fn refresh_one(
     ctx: &RunContext<'_>,
     svc: &Services,
@@ -27,7 +28,7 @@ pub(super) async fn refresh_one(
             if read_user_status {
                 match svc.client().user(call, &access).await {
                     Ok(u) => store::set_user_status(db, user_id, u.status, Utc::now()).await?,
-                    Err(e) => warn!(user_id, error = %e, "could not read the user's status after rotation"),
+                    Err(e) => warn!(error = %e, "could not read the user's status after rotation"),
                 }
             }
             ItemOutcome::Done
@@ -44,7 +45,7 @@ pub(super) async fn refresh_one(
         Refreshed::Failed { detail } => ItemOutcome::Retry(format!("grant not refreshed: {detail}")),
         Refreshed::Inactive => ItemOutcome::Skip,
     };
-    ctx.record(user_id, outcome);
+    ctx.record(outcome);
     Ok(())
 }
 

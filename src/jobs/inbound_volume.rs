@@ -4,7 +4,7 @@
 
 use chrono::{DateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
-use tracing::warn;
+use tracing::{instrument, warn};
 
 use super::{ItemOutcome, RunContext};
 use crate::{
@@ -46,6 +46,7 @@ pub(super) async fn run(ctx: &RunContext<'_>, p: &InboundVolumeParams) -> anyhow
 }
 
 /// Mirrors one user's transfers since `since`; counts, never fails the run for one user's trouble with Astra.
+#[instrument(name = "user", skip_all, fields(user_id = %user_id))]
 pub(super) async fn mirror_user(
     ctx: &RunContext<'_>,
     svc: &Services,
@@ -63,18 +64,18 @@ pub(super) async fn mirror_user(
         Ok(Ok(l)) => l,
         Ok(Err(e @ AstraError::ClientRejected)) => return Err(e.into()),
         Ok(Err(e)) => {
-            ctx.record(user_id, ItemOutcome::Retry(format!("could not read the user's transfers: {e}")));
+            ctx.record(ItemOutcome::Retry(format!("could not read the user's transfers: {e}")));
             return Ok(());
         }
         Err(e) if classify(&e) == Status::Config => return Err(e),
         Err(e) => {
-            warn!(user_id, error = %format!("{e:#}"), "no usable access token; transfers not read");
-            ctx.record(user_id, ItemOutcome::Skip);
+            warn!(error = %format!("{e:#}"), "no usable access token; transfers not read");
+            ctx.record(ItemOutcome::Skip);
             return Ok(());
         }
     };
     for bad in &listing.rejected {
-        warn!(user_id, error = %bad, "transfer skipped: it does not parse");
+        warn!(error = %bad, "transfer skipped: it does not parse");
     }
     ctx.tally("transfers_rejected", listing.rejected.len() as i64);
     let now = Utc::now();
@@ -87,7 +88,7 @@ pub(super) async fn mirror_user(
             ctx.tally("transfers_without_destination", 1);
         }
     }
-    ctx.record(user_id, ItemOutcome::Done);
+    ctx.record(ItemOutcome::Done);
     Ok(())
 }
 

@@ -6,7 +6,7 @@
 
 use chrono::{DateTime, TimeDelta, Utc};
 use serde_json::json;
-use tracing::warn;
+use tracing::{instrument, warn};
 
 use super::{ItemOutcome, RunContext, inbound_volume};
 use crate::{
@@ -50,6 +50,7 @@ pub(super) async fn run(ctx: &RunContext<'_>, p: &ReprocessingCheckParams) -> an
 const LIST_PAGE: u32 = 100;
 
 /// Re-reads one watched transfer and acts on what it became.
+#[instrument(name = "transfer", skip_all, fields(user_id = %w.user_id, transfer = %w.id))]
 async fn check(ctx: &RunContext<'_>, svc: &Services, w: &Watched, stuck_after: TimeDelta) -> anyhow::Result<()> {
     let db = &ctx.worker.store;
     let call = ctx.call(&w.user_id);
@@ -62,23 +63,23 @@ async fn check(ctx: &RunContext<'_>, svc: &Services, w: &Watched, stuck_after: T
         Ok(Ok(t)) => t,
         Ok(Err(e @ AstraError::ClientRejected)) => return Err(e.into()),
         Ok(Err(AstraError::NotFound { .. })) => {
-            ctx.record(&w.user_id, ItemOutcome::Skip);
+            ctx.record(ItemOutcome::Skip);
             return Ok(());
         }
         Ok(Err(e)) => {
-            ctx.record(&w.user_id, ItemOutcome::Retry(format!("could not re-read transfer {id}: {e}")));
+            ctx.record(ItemOutcome::Retry(format!("could not re-read transfer {id}: {e}")));
             return Ok(());
         }
         Err(e) if classify(&e) == Status::Config => return Err(e),
         Err(e) => {
-            warn!(transfer = id, error = %format!("{e:#}"), "no usable access token; transfer not re-read");
-            ctx.record(&w.user_id, ItemOutcome::Skip);
+            warn!(error = %format!("{e:#}"), "no usable access token; transfer not re-read");
+            ctx.record(ItemOutcome::Skip);
             return Ok(());
         }
     };
     let now = Utc::now();
     let u = mirror::upsert(db, &w.user_id, &t, now).await?;
-    ctx.record(&w.user_id, ItemOutcome::Done);
+    ctx.record(ItemOutcome::Done);
     ctx.tally("followups", i64::from(u.followups));
     if u.cleared {
         ctx.tally("cleared", 1);

@@ -5,6 +5,7 @@
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+use tracing::instrument;
 
 use super::registry::{Destination, DestinationKind, DestinationRow};
 use crate::{
@@ -143,6 +144,7 @@ async fn facts(store: &Store, user_id: &str, destination: Option<&str>, days: [S
     .await)
 }
 
+#[instrument(name = "guard", skip_all, fields(user_id = %req.user_id))]
 pub async fn check(store: &Store, req: &GuardRequest<'_>, now: DateTime<Utc>) -> anyhow::Result<GuardAnswer> {
     let answer = GuardAnswer::new(req);
     // The bank's day is the UTC date, the day before, or the day after, whatever its zone.

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use secrecy::SecretString;
+use tracing::instrument;
 
 use super::{
     GrantStatus, Tokens,
@@ -23,6 +24,7 @@ const LEASE_WAIT: Duration = Duration::from_secs(30);
 
 /// A valid access token for `user_id`, refreshed first (under the grant's lease) when it expires within
 /// `astra.access_margin`. This is the call the fintech's backend makes before calling Astra.
+#[instrument(name = "access_token", skip_all, fields(user_id = %user_id))]
 pub async fn access_token(db: &Store, tok: &Tokens, user_id: &str) -> anyhow::Result<SecretString> {
     fresh_access(db, tok, Call::for_user(user_id), user_id, None).await.map(|(t, _)| t)
 }

@@ -4,6 +4,7 @@
 use chrono::{DateTime, FixedOffset, TimeDelta, Utc};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
+use tracing::instrument;
 
 use super::{
     grants::{GrantStatus, seal, unseal},
@@ -64,6 +65,7 @@ impl ImportLine {
 }
 
 /// Imports one grant: idempotent; a newer grant replaces the stored one and closes the user's episode.
+#[instrument(name = "import", skip_all, fields(user_id = %line.user_id))]
 pub async fn import(db: &Store, keyring: &Keyring, line: &ImportLine, now: DateTime<Utc>) -> anyhow::Result<Imported> {
     let refresh_expires_at = line.validate().map_err(Failure::rejected)?;
     let existing = store::load(db, &line.user_id).await?;

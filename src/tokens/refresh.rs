@@ -4,7 +4,7 @@
 
 use chrono::{TimeDelta, Utc};
 use secrecy::SecretString;
-use tracing::{info, warn};
+use tracing::{info, instrument, warn};
 
 use super::{
     GrantStatus, Tokens,
@@ -35,6 +35,7 @@ pub enum Refreshed {
 /// Refreshes `user_id`'s grant, whose lease `owner` holds. A refresh intent left open by a process that died
 /// turns this call into a probe: a rejection then means the earlier rotation was applied and its answer lost.
 /// `Err` only for what must stop the run: rejected client credentials, an undecryptable grant, the store.
+#[instrument(name = "refresh", skip_all, fields(user_id = %user_id))]
 pub async fn refresh_leased(
     db: &Store,
     tok: &Tokens,
@@ -78,7 +79,7 @@ pub async fn refresh_leased(
                 // Someone wrote the grant while we refreshed (our lease ran out). Astra answered us last,
                 // so our pair is the live one: write it over theirs.
                 let cur = store::load(db, user_id).await?.map(|s| s.token_version).unwrap_or(old);
-                warn!(user_id, "grant was written concurrently; storing the pair Astra issued last");
+                warn!("grant was written concurrently; storing the pair Astra issued last");
                 old = cur;
                 version = cur + 1;
             }
@@ -100,7 +101,7 @@ pub async fn refresh_leased(
             let dead = DeadGrant { user_id, phone: g.phone.as_deref(), user_status: g.user_status };
             let opened = episodes::open(db, &dead, reason, &tok.link, now).await?;
             store::close_intent(db, &intent, "rejected", now).await?;
-            info!(user_id, reason = reason.as_str(), astra = %description, ?opened, "grant is dead");
+            info!(reason = reason.as_str(), astra = %description, ?opened, "grant is dead");
             Ok(Refreshed::Dead { reason, opened })
         }
         Err(e @ AstraError::ClientRejected) => {
@@ -109,7 +110,7 @@ pub async fn refresh_leased(
         }
         Err(e @ (AstraError::Transient { maybe_applied: true, .. } | AstraError::Malformed { .. })) => {
             // Astra may have rotated: keep the intent open so the next run probes this grant.
-            warn!(user_id, error = %e, "refresh may have been applied without an answer; the next run probes it");
+            warn!(error = %e, "refresh may have been applied without an answer; the next run probes it");
             Ok(Refreshed::Failed { detail: e.to_string() })
         }
         Err(e) => {

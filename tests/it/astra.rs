@@ -16,40 +16,21 @@ use astra_worker::{
 use chrono::{TimeDelta, Utc};
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::helpers::{Backend, TestDb, shipped_settings};
+use crate::helpers::{Backend, TestApp, test_astra_settings};
 
 /// A sandbox, a client pointed at it (short timeouts, fast retries), and the store calls are recorded in.
-pub(crate) struct Rig {
-    pub sandbox: Sandbox,
-    pub client: AstraClient,
-    pub store: Store,
-    _db: TestDb,
-}
-
-pub(crate) fn test_astra_settings(base_url: &str) -> AstraSettings {
-    let mut a = shipped_settings(Some(base_url)).astra;
-    a.request_timeout = Duration::from_millis(500);
-    a.max_retries = 2;
-    a.retry_budget = Duration::from_secs(10);
-    a.requests_per_second = 1000;
-    a.burst = 20;
-    a
-}
-
-pub(crate) fn sandbox_credentials() -> Credentials {
-    let s = SandboxSettings::default();
-    Credentials { client_id: s.client_id.into(), client_secret: s.client_secret.into() }
+struct Rig {
+    sandbox: Arc<Sandbox>,
+    client: AstraClient,
+    store: Store,
+    _app: TestApp,
 }
 
 async fn rig_with(sb: SandboxSettings, tweak: impl FnOnce(&mut AstraSettings)) -> Rig {
-    let db = TestDb::new(Backend::Sqlite).await;
-    let store = db.store().await;
-    let sandbox = Sandbox::start_local(sb).await.unwrap();
-    let mut a = test_astra_settings(&sandbox.base_url());
-    tweak(&mut a);
-    let limiter = Arc::new(RequestLimiter::new(a.requests_per_second, a.burst));
-    let client = AstraClient::new(&a, sandbox_credentials(), limiter, Some(store.clone())).unwrap();
-    Rig { sandbox, client, store, _db: db }
+    let app = TestApp::new(Backend::Sqlite, sb, |s| tweak(&mut s.astra)).await;
+    let store = app.db.store().await;
+    let client = app.client(&store);
+    Rig { sandbox: app.sandbox.clone(), client, store, _app: app }
 }
 
 async fn rig() -> Rig {

@@ -2,45 +2,30 @@
 
 use std::{
     io::{BufRead, BufReader},
-    path::{Path, PathBuf},
+    path::Path,
     process::{Command, Output, Stdio},
 };
 
 use crate::{
     both_backends,
-    helpers::{Backend, TestDb},
+    helpers::{BIN, Backend, TestDb, bin, bin_with, shipped_config, text},
 };
 
-const BIN: &str = env!("CARGO_BIN_EXE_astra-worker");
-
-fn shipped_config() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("jobs.toml")
-}
-
-/// The binary with the shipped config, the test hooks on and no Astra secrets from the caller's environment.
+/// The binary with the shipped config and the test hooks on.
 fn cmd(db_url: &str) -> Command {
-    cmd_with(db_url, &shipped_config())
+    let mut c = bin(db_url);
+    c.env("ASTRA_WORKER_TEST_HOOKS", "1");
+    c
 }
 
 fn cmd_with(db_url: &str, config: &Path) -> Command {
-    let mut c = Command::new(BIN);
-    c.env("ASTRA_WORKER_TEST_HOOKS", "1")
-        .env("DATABASE_URL", db_url)
-        .env("RUST_LOG", "info")
-        .env_remove("ASTRA_CLIENT_ID")
-        .env_remove("ASTRA_CLIENT_SECRET")
-        .env_remove("ASTRA_BASE_URL")
-        .arg("--config")
-        .arg(config);
+    let mut c = bin_with(db_url, config);
+    c.env("ASTRA_WORKER_TEST_HOOKS", "1");
     c
 }
 
 fn code(o: &Output) -> i32 {
     o.status.code().expect("exited, not killed")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
 }
 
 #[test]

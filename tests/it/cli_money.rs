@@ -1,24 +1,14 @@
 //! Black-box tests of the money commands: `accounts import` with bad lines, `guard` exit codes (0 allowed,
 //! 1 denied, 78 bad input), `users block`, `cards freeze`.
 
-use std::{path::Path, process::Command};
+use std::process::Command;
 
-use crate::tokens::{KEY_A, b64};
-
-const BIN: &str = env!("CARGO_BIN_EXE_astra-worker");
+use crate::helpers::{KEY_A, b64, bin, text};
 
 fn cmd(db: &str) -> Command {
-    let mut c = Command::new(BIN);
-    c.env("DATABASE_URL", db)
-        .env("ASTRA_WORKER_TOKEN_KEY", b64(&KEY_A))
-        .env_remove("ASTRA_CLIENT_ID")
-        .arg("--config")
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("jobs.toml"));
+    let mut c = bin(db);
+    c.env("ASTRA_WORKER_TOKEN_KEY", b64(&KEY_A));
     c
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
 }
 
 #[test]

@@ -1,14 +1,12 @@
 //! Black-box tests of the token commands: import with bad lines, a rejected client (exit 78, nothing
 //! changed), no token in logs at trace level or in the raw database files, `token`, a wrong key.
 
-use std::{path::Path, process::Command, sync::Arc};
+use std::{process::Command, sync::Arc};
 
 use astra_worker::sandbox::{Sandbox, SandboxSettings};
 use chrono::{TimeDelta, Utc};
 
-use crate::tokens::{KEY_A, KEY_B, b64};
-
-const BIN: &str = env!("CARGO_BIN_EXE_astra-worker");
+use crate::helpers::{KEY_A, KEY_B, b64, bin, text};
 
 struct Env {
     sandbox: Arc<Sandbox>,
@@ -21,16 +19,11 @@ impl Env {
     }
 
     fn cmd(&self, secret: &str, key: &[u8; 32]) -> Command {
-        let mut c = Command::new(BIN);
-        c.env("DATABASE_URL", self.db())
-            .env("ASTRA_BASE_URL", self.sandbox.base_url())
+        let mut c = bin(&self.db());
+        c.env("ASTRA_BASE_URL", self.sandbox.base_url())
             .env("ASTRA_CLIENT_ID", "sandbox-client")
             .env("ASTRA_CLIENT_SECRET", secret)
-            .env("ASTRA_WORKER_TOKEN_KEY", b64(key))
-            .env("RUST_LOG", "info")
-            .env_remove("ASTRA_WORKER_TOKEN_KEY_PREVIOUS")
-            .arg("--config")
-            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("jobs.toml"));
+            .env("ASTRA_WORKER_TOKEN_KEY", b64(key));
         c
     }
 
@@ -49,10 +42,6 @@ impl Env {
 
 async fn output(mut c: Command) -> std::process::Output {
     tokio::task::spawn_blocking(move || c.output().unwrap()).await.unwrap()
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -166,7 +155,7 @@ async fn three_processes_on_one_slot_against_postgres_refresh_each_due_grant_onc
     for i in 0..300 {
         let id = format!("pg-user-{i:03}");
         let g = env.sandbox.state().add_approved_user(&id, None, now - TimeDelta::days(8));
-        crate::tokens::import(&store, &id, &g.access_token, &g.refresh_token, now - TimeDelta::days(8), None).await;
+        crate::helpers::import(&store, &id, &g.access_token, &g.refresh_token, now - TimeDelta::days(8), None).await;
         users.push(id);
     }
     env.sandbox.set_faults(astra_worker::sandbox::Faults { latency_ms: 3, ..Default::default() });

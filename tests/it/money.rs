@@ -20,7 +20,11 @@ use chrono::{DateTime, TimeDelta, TimeZone, Utc};
 
 use rand::{Rng, SeedableRng};
 
-use crate::{astra::add_transfer, both_backends, helpers::Backend, tokens::Rig};
+use crate::{
+    astra::add_transfer,
+    both_backends,
+    helpers::{Backend, TestApp},
+};
 
 const NY: &str = "America/New_York";
 
@@ -39,7 +43,7 @@ async fn register(store: &Store, dest: &str, user: &str, kind: &str, zone: &str,
 }
 
 /// A transfer to destination `dst` in the sandbox.
-fn transfer(rig: &Rig, id: &str, user: &str, cents: i64, at: DateTime<Utc>, status: TransferStatus) {
+fn transfer(rig: &TestApp, id: &str, user: &str, cents: i64, at: DateTime<Utc>, status: TransferStatus) {
     add_transfer(&mut rig.sandbox.state(), id, user, cents, at, status, None);
 }
 
@@ -60,7 +64,7 @@ fn today_ny() -> String {
 }
 
 async fn a_thousand_random_amounts_sum_exactly_and_mirroring_twice_changes_nothing(b: Backend) {
-    let rig = Rig::new(b, SandboxSettings::default(), |_| {}).await;
+    let rig = TestApp::new(b, SandboxSettings::default(), |_| {}).await;
     let w = rig.worker(None).await;
     let users = rig.seed(&w.store, 1, |_| TimeDelta::hours(1)).await;
     register(&w.store, "dst", &users[0], "account", NY, 1_000_000_000).await;
@@ -108,7 +112,7 @@ async fn cents_of(store: &Store, id: &str) -> i64 {
 }
 
 async fn pages_stop_at_the_window_and_drift_is_found_and_fixed(b: Backend) {
-    let rig = Rig::new(b, SandboxSettings::default(), |_| {}).await;
+    let rig = TestApp::new(b, SandboxSettings::default(), |_| {}).await;
     let w = rig.worker(None).await;
     let users = rig.seed(&w.store, 1, |_| TimeDelta::hours(1)).await;
     register(&w.store, "dst", &users[0], "account", NY, 1_000_000).await;
@@ -159,7 +163,7 @@ both_backends!(
 );
 
 async fn the_guard_gives_every_reason_and_a_limit_is_reached_exactly(b: Backend) {
-    let rig = Rig::new(b, SandboxSettings::default(), |_| {}).await;
+    let rig = TestApp::new(b, SandboxSettings::default(), |_| {}).await;
     let w = rig.worker(None).await;
     let users = rig.seed(&w.store, 6, |_| TimeDelta::hours(1)).await;
     let db = &w.store;
@@ -256,7 +260,7 @@ both_backends!(
 );
 
 async fn held_transfers_clear_after_the_bank_day_or_the_unfreeze_and_a_stuck_one_gets_one_followup(b: Backend) {
-    let rig = Rig::new(b, SandboxSettings::default(), |s| {
+    let rig = TestApp::new(b, SandboxSettings::default(), |s| {
         let job = s.jobs.iter_mut().find(|j| j.name == JobName::ReprocessingCheck).unwrap();
         if let JobParams::ReprocessingCheck(p) = &mut job.params {
             p.stuck_after = TimeDelta::hours(1);
@@ -333,7 +337,7 @@ both_backends!(
 );
 
 async fn a_transfer_failing_after_landing_gets_its_followups_once_even_with_two_workers(b: Backend) {
-    let rig = Rig::new(b, SandboxSettings::default(), |_| {}).await;
+    let rig = TestApp::new(b, SandboxSettings::default(), |_| {}).await;
     let (w1, w2) = (rig.worker(None).await, rig.worker(None).await);
     let users = rig.seed(&w1.store, 1, |_| TimeDelta::hours(1)).await;
     register(&w1.store, "dst", &users[0], "account", NY, 10_000_000).await;
@@ -416,7 +420,7 @@ both_backends!(
 
 async fn bad_items_are_skipped_or_left_uncounted_and_a_repeated_item_counts_once(b: Backend) {
     use astra_worker::astra::model::parse_transfer;
-    let rig = Rig::new(b, SandboxSettings::default(), |_| {}).await;
+    let rig = TestApp::new(b, SandboxSettings::default(), |_| {}).await;
     let w = rig.worker(None).await;
     let db = &w.store;
     register(db, "dst", "u1", "account", NY, 100_000).await;

@@ -11,16 +11,10 @@ use std::{
 
 use astra_worker::sandbox::{Sandbox, SandboxSettings};
 
-use crate::tokens::{KEY_A, b64};
-
-const BIN: &str = env!("CARGO_BIN_EXE_astra-worker");
+use crate::helpers::{BIN, KEY_A, b64, bin, text};
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
 }
 
 fn render(target: &str, out: &Path, bin: Option<&str>) {
@@ -72,7 +66,9 @@ fn systemd_verifies_the_units_and_rates_both_services_ok() {
         .args(["verify", "--man=no"])
         .args(&units)
         .output()
-        .expect("systemd-analyze (Debian package systemd) is needed");
+        .expect(
+            "systemd-analyze (Debian package systemd) is needed: run the tests with scripts/test, which installs it",
+        );
     assert!(o.status.success() && o.stderr.is_empty(), "verify: {}", text(&o.stderr));
     for unit in ["astra-worker.service", "astra-worker@.service"] {
         let o = Command::new("systemd-analyze")
@@ -98,7 +94,7 @@ fn the_kubernetes_manifests_validate_against_the_schemas() {
         .args(["-k", "1.30.0", "--strict"])
         .args(&manifests)
         .output()
-        .expect("kubernetes-validate (PyPI) is needed; .ci/run installs it");
+        .expect("kubernetes-validate (PyPI) is needed: run the tests with scripts/test, which installs it");
     assert!(o.status.success(), "{}{}", text(&o.stdout), text(&o.stderr));
     let all: String = manifests.iter().map(|p| std::fs::read_to_string(p).unwrap()).collect();
     for must in [
@@ -113,8 +109,8 @@ fn the_kubernetes_manifests_validate_against_the_schemas() {
 }
 
 fn cmd(db: &str) -> Command {
-    let mut c = Command::new(BIN);
-    c.env("DATABASE_URL", db).env("ASTRA_WORKER_TEST_HOOKS", "1").arg("--config").arg(root().join("jobs.toml"));
+    let mut c = bin(db);
+    c.env("ASTRA_WORKER_TEST_HOOKS", "1");
     c
 }
 

@@ -10,110 +10,22 @@ use std::{
 
 use crate::with_pool;
 use astra_worker::{
-    app::Services,
     app::Worker,
-    config::{JobName, Settings},
+    config::JobName,
     outbox::{self, Deliverer},
     runner::{RunOptions, SlotResult, run_job},
-    sandbox::{Faults, Sandbox, SandboxSettings},
+    sandbox::{Faults, SandboxSettings},
     store::Store,
     tokens::Keyring,
-    tokens::{self, ImportLine, store as grant_store},
+    tokens::{self, store as grant_store},
 };
-use base64::Engine as _;
 use chrono::{DateTime, TimeDelta, Utc};
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::{
-    astra::{sandbox_credentials, test_astra_settings},
     both_backends,
-    helpers::{Backend, TestDb, shipped_settings},
+    helpers::{Backend, KEY_A, KEY_B, TestApp, b64, import, keyring},
 };
-
-pub(crate) const KEY_A: [u8; 32] = [7; 32];
-pub(crate) const KEY_B: [u8; 32] = [9; 32];
-
-pub(crate) fn b64(k: &[u8; 32]) -> String {
-    base64::engine::general_purpose::STANDARD.encode(k)
-}
-
-pub(crate) fn keyring() -> Keyring {
-    Keyring::from_base64(&b64(&KEY_A), &[]).unwrap()
-}
-
-pub(crate) struct Rig {
-    pub sandbox: Arc<Sandbox>,
-    pub db: TestDb,
-    pub settings: Settings,
-}
-
-impl Rig {
-    pub(crate) async fn new(b: Backend, sb: SandboxSettings, tweak: impl FnOnce(&mut Settings)) -> Rig {
-        let db = TestDb::new(b).await;
-        db.store().await.close().await;
-        let sandbox = Arc::new(Sandbox::start_local(sb).await.unwrap());
-        let mut settings = shipped_settings(Some(&sandbox.base_url()));
-        settings.astra = test_astra_settings(&sandbox.base_url());
-        tweak(&mut settings);
-        Rig { sandbox, db, settings }
-    }
-
-    /// A worker (its own pool, as another process would have) with services pointed at the sandbox.
-    pub(crate) async fn worker(&self, deliverer: Option<Deliverer>) -> Worker {
-        Worker::with_services(self.settings.clone(), self.db.store().await, |s, limiter, store| {
-            Services::new(s, sandbox_credentials(), keyring(), deliverer, limiter, store)
-        })
-        .unwrap()
-    }
-
-    /// Seeds `n` approved users whose grants were issued `age(i)` ago, in the sandbox and the store.
-    pub(crate) async fn seed(&self, store: &Store, n: usize, age: impl Fn(usize) -> TimeDelta) -> Vec<String> {
-        let mut users = Vec::new();
-        let now = Utc::now();
-        for i in 0..n {
-            let id = format!("user-{i:05}");
-            let g = self.sandbox.state().add_approved_user(&id, Some(format!("+1555{i:07}")), now - age(i));
-            import(store, &id, &g.access_token, &g.refresh_token, now - age(i), Some(g.access_expires_at)).await;
-            users.push(id);
-        }
-        users
-    }
-
-    pub(crate) fn refreshes(&self, user: &str) -> u32 {
-        self.sandbox.state().grant_info(user).unwrap().refreshes
-    }
-
-    pub(crate) fn token_calls(&self) -> usize {
-        self.sandbox.state().calls.iter().filter(|c| c.path == "/v1/oauth/token").count()
-    }
-
-    /// The stored pair equals the sandbox's live pair.
-    pub(crate) async fn stored_is_live(&self, store: &Store, user: &str) -> bool {
-        let g = tokens::load(store, &keyring(), user).await.unwrap().unwrap();
-        let live = self.sandbox.state().grant_info(user).unwrap();
-        g.refresh.expose_secret() == live.refresh_token && g.access.expose_secret() == live.access_token
-    }
-}
-
-pub(crate) async fn import(
-    store: &Store,
-    user: &str,
-    access: &str,
-    refresh: &str,
-    issued: DateTime<Utc>,
-    access_exp: Option<DateTime<Utc>>,
-) {
-    let line = ImportLine {
-        user_id: user.into(),
-        access_token: SecretString::from(access.to_string()),
-        refresh_token: SecretString::from(refresh.to_string()),
-        refresh_token_issued_at: Some(issued.fixed_offset()),
-        refresh_token_expires_at: None,
-        access_token_expires_at: access_exp.map(|t| t.fixed_offset()),
-        phone: Some("+15555550100".into()),
-    };
-    tokens::import(store, &keyring(), &line, Utc::now()).await.unwrap();
-}
 
 async fn episodes(store: &Store) -> Vec<(String, String)> {
     with_pool!(store, |p| sqlx::query_as(
@@ -140,7 +52,7 @@ async fn run(w: &Worker, job: JobName, now: DateTime<Utc>) -> astra_worker::runn
 }
 
 async fn rotation_refreshes_exactly_the_due_grants_once(b: Backend) {
-    let rig = Rig::new(b, SandboxSettings::default(), |_| {}).await;
+    let rig = TestApp::new(b, SandboxSettings::default(), |_| {}).await;
     let w = rig.worker(None).await;
     let n = 1000;
     let users = rig.seed(&w.store, n, spread(n)).await;
@@ -178,7 +90,7 @@ async fn rotation_refreshes_exactly_the_due_grants_once(b: Backend) {
 both_backends!(rotation_refreshes_exactly_the_due_grants_once, super::rotation_refreshes_exactly_the_due_grants_once);
 
 async fn three_workers_on_one_slot_refresh_each_due_grant_once(b: Backend) {
-    let rig = Rig::new(b, SandboxSettings { seed: 11, ..Default::default() }, |s| {
+    let rig = TestApp::new(b, SandboxSettings { seed: 11, ..Default::default() }, |s| {
         s.astra.max_retries = 3;
     })
     .await;
@@ -210,7 +122,7 @@ both_backends!(
 
 async fn token_calls_racing_rotation_open_no_episode(b: Backend) {
     // A margin longer than the access token's life: every `token` call refreshes, under the same lease.
-    let rig = Rig::new(b, SandboxSettings::default(), |s| s.astra.access_margin = TimeDelta::hours(3)).await;
+    let rig = TestApp::new(b, SandboxSettings::default(), |s| s.astra.access_margin = TimeDelta::hours(3)).await;
     let w = Arc::new(rig.worker(None).await);
     let users = rig.seed(&w.store, 200, |_| TimeDelta::days(8)).await;
     let now = Utc::now();
@@ -234,7 +146,7 @@ async fn token_calls_racing_rotation_open_no_episode(b: Backend) {
 both_backends!(token_calls_racing_rotation_open_no_episode, super::token_calls_racing_rotation_open_no_episode);
 
 async fn lost_refresh_responses_open_lost_rotation_episodes_for_exactly_those_grants(b: Backend) {
-    let rig = Rig::new(b, SandboxSettings { seed: 5, ..Default::default() }, |s| {
+    let rig = TestApp::new(b, SandboxSettings { seed: 5, ..Default::default() }, |s| {
         s.astra.request_timeout = Duration::from_millis(300);
     })
     .await;
@@ -262,7 +174,7 @@ both_backends!(
 );
 
 async fn flaky_astra_kills_no_grant_and_three_runs_rotate_every_due_grant(b: Backend) {
-    let rig = Rig::new(b, SandboxSettings { seed: 9, rate_limit: Some(100), ..Default::default() }, |s| {
+    let rig = TestApp::new(b, SandboxSettings { seed: 9, rate_limit: Some(100), ..Default::default() }, |s| {
         s.astra.max_retries = 3;
         s.astra.requests_per_second = 110;
     })
@@ -325,7 +237,7 @@ pub(crate) async fn endpoint(fail_first: usize) -> Endpoint {
 }
 
 async fn the_sweep_opens_one_episode_per_dead_grant_never_prompts_suspended_users_and_delivers_once(b: Backend) {
-    let rig = Rig::new(b, SandboxSettings::default(), |_| {}).await;
+    let rig = TestApp::new(b, SandboxSettings::default(), |_| {}).await;
     let hook = endpoint(1).await;
     let key = SecretString::from("outbox-signing-key".to_string());
     let mk = || Deliverer::new(&rig.settings.outbox, reqwest::Url::parse(&hook.url).unwrap(), key.clone()).unwrap();
@@ -388,7 +300,7 @@ both_backends!(
 );
 
 async fn tokens_are_sealed_bound_to_their_grant_and_survive_key_rotation(b: Backend) {
-    let rig = Rig::new(b, SandboxSettings::default(), |_| {}).await;
+    let rig = TestApp::new(b, SandboxSettings::default(), |_| {}).await;
     let w = rig.worker(None).await;
     let users = rig.seed(&w.store, 20, |_| TimeDelta::days(8)).await;
     run(&w, JobName::TokenRotation, Utc::now()).await;
@@ -438,7 +350,7 @@ both_backends!(
 );
 
 async fn catch_up_all_runs_every_missed_slot_oldest_first_once(b: Backend) {
-    let rig = Rig::new(b, SandboxSettings::default(), |s| {
+    let rig = TestApp::new(b, SandboxSettings::default(), |s| {
         let job = s.jobs.iter_mut().find(|j| j.name == JobName::TokenRotation).unwrap();
         job.catch_up = astra_worker::config::CatchUp::All;
         job.max_lateness = TimeDelta::days(20);
@@ -462,7 +374,7 @@ both_backends!(
 );
 
 async fn an_unanswered_episode_is_prompted_again_still_one_episode(b: Backend) {
-    let rig = Rig::new(b, SandboxSettings::default(), |s| {
+    let rig = TestApp::new(b, SandboxSettings::default(), |s| {
         let job = s.jobs.iter_mut().find(|j| j.name == JobName::StaleAuthorizationSweep).unwrap();
         if let astra_worker::config::JobParams::StaleAuthorizationSweep(p) = &mut job.params {
             p.reprompt_after = TimeDelta::seconds(1);
