@@ -94,7 +94,7 @@ async fn bench_guard(label: &str, url: &str) {
         let user = format!("u{:05}", (n * 7919) % users);
         let req = GuardRequest { user_id: &user, amount: Cents(10_000), destination_id: None };
         let t = Instant::now();
-        let a = guard::check(&store, &req, now).await.unwrap();
+        let a = guard::check(&store, &astra_worker::config::GuardSettings::default(), &req, now).await.unwrap();
         lat.push(t.elapsed());
         denied += usize::from(!a.allowed);
     }

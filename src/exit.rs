@@ -5,7 +5,7 @@ use crate::{
     astra::AstraError,
     failure::{Classify, Failure, Status},
     store::{StoreError, classify_sqlx},
-    tokens::CryptoError,
+    tokens::{CryptoError, NoToken},
 };
 
 /// Walks the error chain and picks the status of the first cause that knows its kind.
@@ -21,6 +21,9 @@ pub fn classify(err: &anyhow::Error) -> Status {
             return e.status();
         }
         if let Some(e) = cause.downcast_ref::<CryptoError>() {
+            return e.status();
+        }
+        if let Some(e) = cause.downcast_ref::<NoToken>() {
             return e.status();
         }
         if let Some(e) = cause.downcast_ref::<StoreError>() {

@@ -1,11 +1,12 @@
 //! Astra's endpoints the worker calls, as typed methods of [`AstraClient`].
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::HashSet, sync::Arc, time::Duration};
 
 use chrono::{DateTime, Utc};
 use reqwest::{Method, Url};
 use secrecy::{ExposeSecret, SecretString};
 use serde::de::DeserializeOwned;
+use tracing::warn;
 
 use super::{
     Call, Credentials, RequestLimiter,
@@ -92,36 +93,63 @@ impl AstraClient {
         self.get(call, "/v1/transfers", access, &q).await
     }
 
-    /// The user's transfers initiated at or after `since`, newest first: pages until an older item or the end.
-    /// Items that do not parse are returned as rejected, with the reason.
+    /// The user's transfers initiated at or after `since`, newest first. Paging stops on an item older than
+    /// the window, a short page, or a page that brings no new id — never on `count`, which Astra's spec words
+    /// as the page's size. A full page of repeated items, or reaching `max_pages`, marks the listing truncated
+    /// (incomplete): the caller fails closed. An item listed
+    /// twice is kept once; items that do not parse are returned as rejected.
     pub async fn transfers_since(
         &self,
         call: Call<'_>,
         access: &SecretString,
         since: DateTime<Utc>,
         page_size: u32,
+        max_pages: u32,
     ) -> Result<model::Listing, AstraError> {
         let mut out = model::Listing::default();
+        let mut seen = HashSet::new();
         let mut offset = 0u64;
-        loop {
+        for _ in 0..max_pages {
             let page = self.transfers_page(call, access, page_size, offset).await?;
             let n = page.transfers.len();
+            let mut new_items = 0;
             let mut reached_window_end = false;
             for item in page.transfers {
+                if let Some(id) = item.get("id").and_then(|i| i.as_str())
+                    && !seen.insert(id.to_string())
+                {
+                    continue;
+                }
+                new_items += 1;
                 match model::parse_transfer(item) {
                     Ok(t) if t.initiated < since => {
                         reached_window_end = true;
                         break;
                     }
                     Ok(t) => out.transfers.push(t),
-                    Err(e) => out.rejected.push(e),
+                    Err(r) => out.rejected.push(r),
                 }
             }
             offset += n as u64;
-            if reached_window_end || n < page_size as usize || offset >= page.count {
+            if new_items == 0 && n >= page_size as usize {
+                // A full page of items already seen: Astra's paging went wrong, and what lies behind it is unread.
+                warn!(
+                    user_id = call.user_id,
+                    offset, "a full page repeated items already listed: the listing is incomplete"
+                );
+                out.truncated = true;
+                return Ok(out);
+            }
+            if reached_window_end || n < page_size as usize || new_items == 0 {
                 return Ok(out);
             }
         }
+        warn!(
+            user_id = call.user_id,
+            max_pages, "stopped listing transfers at the page cap: the listing is incomplete"
+        );
+        out.truncated = true;
+        Ok(out)
     }
 
     /// `GET /v1/cards`.

@@ -2,6 +2,7 @@
 //! offset (no offset means UTC), dollars into exact cents, `cancelled` and `canceled` alike.
 
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
+use chrono_tz::Tz;
 use secrecy::SecretString;
 use serde::{Deserialize, Deserializer, Serialize};
 
@@ -106,6 +107,9 @@ pub struct Transfer {
     pub routine_id: Option<String>,
     #[serde(default)]
     pub routine_type: Option<String>,
+    /// The integrator's own id, set when the routine was created (the guard's hold key, when it made one).
+    #[serde(default)]
+    pub client_correlation_id: Option<String>,
     #[serde(default)]
     pub source_id: Option<String>,
     #[serde(default)]
@@ -120,13 +124,49 @@ pub struct Transfer {
     pub initiated: DateTime<Utc>,
     #[serde(default, deserialize_with = "opt_timestamp")]
     pub updated: Option<DateTime<Utc>>,
-    #[serde(default)]
-    pub estimated_clearing_date: Option<NaiveDate>,
+    /// A date-time in Astra's spec (`"2020-09-17T15:12:04.746260"`), a bare date in some answers: both read.
+    #[serde(default, deserialize_with = "opt_clearing")]
+    pub estimated_clearing_date: Option<Clearing>,
     pub status: TransferStatus,
     #[serde(default)]
     pub astra_settlement_reason: Option<String>,
     #[serde(default)]
     pub failure_reason: Option<String>,
+}
+
+/// When Astra expects a transfer to clear: an instant, or (in some answers) only a date.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum Clearing {
+    At(DateTime<Utc>),
+    On(NaiveDate),
+}
+
+impl Clearing {
+    /// Parses a date-time (with or without an offset) or a bare `YYYY-MM-DD`.
+    pub fn parse(s: &str) -> Result<Clearing, String> {
+        if let Ok(d) = NaiveDate::parse_from_str(s.trim(), "%Y-%m-%d") {
+            return Ok(Clearing::On(d));
+        }
+        parse_time(s).map(Clearing::At).map_err(|_| format!("invalid clearing date `{s}`"))
+    }
+
+    /// Whether the clearing date has passed at `now`, judged in the bank's zone: an instant has passed once
+    /// it is behind `now`; a date once the bank's day is past it.
+    pub fn has_passed(self, now: DateTime<Utc>, bank_zone: Tz) -> bool {
+        match self {
+            Clearing::At(t) => t < now,
+            Clearing::On(d) => d < now.with_timezone(&bank_zone).date_naive(),
+        }
+    }
+
+    /// As stored: the date, or the instant in RFC 3339.
+    pub fn to_text(self) -> String {
+        match self {
+            Clearing::At(t) => t.to_rfc3339(),
+            Clearing::On(d) => d.format("%Y-%m-%d").to_string(),
+        }
+    }
 }
 
 /// A page of `GET /v1/transfers`; items are parsed one by one, so one bad item does not sink the page.
@@ -136,17 +176,35 @@ pub struct TransferPage {
     pub transfers: Vec<serde_json::Value>,
 }
 
-/// Transfers read, and the items that did not parse (with the reason).
+/// Transfers read, the items that did not parse, and whether the listing stopped before the window's end.
 #[derive(Debug, Default)]
 pub struct Listing {
     pub transfers: Vec<Transfer>,
-    pub rejected: Vec<String>,
+    pub rejected: Vec<Rejected>,
+    /// The page cap was reached before an item older than the window: the listing is incomplete.
+    pub truncated: bool,
 }
 
-/// Parses one listed transfer, naming it in the error.
-pub fn parse_transfer(v: serde_json::Value) -> Result<Transfer, String> {
-    let id = v.get("id").and_then(|i| i.as_str()).unwrap_or("(no id)").to_string();
-    serde_json::from_value(v).map_err(|e| format!("transfer {id}: {e}"))
+/// A listed item that did not parse, with what could be read of it (to know which day it leaves uncertain).
+#[derive(Debug, Clone)]
+pub struct Rejected {
+    pub id: Option<String>,
+    pub destination_id: Option<String>,
+    pub initiated: Option<DateTime<Utc>>,
+    pub detail: String,
+}
+
+/// Parses one listed transfer; an item that does not parse is returned with what could be read of it.
+pub fn parse_transfer(v: serde_json::Value) -> Result<Transfer, Rejected> {
+    let text = |k: &str| v.get(k).and_then(|i| i.as_str()).map(str::to_string);
+    let (id, destination_id) = (text("id"), text("destination_id"));
+    let initiated = text("initiated").and_then(|t| parse_time(&t).ok());
+    serde_json::from_value(v).map_err(|e| Rejected {
+        detail: format!("transfer {}: {e}", id.as_deref().unwrap_or("(no id)")),
+        id,
+        destination_id,
+        initiated,
+    })
 }
 
 /// A card as `GET /v1/cards` returns it.
@@ -155,7 +213,8 @@ pub struct Card {
     pub id: String,
     #[serde(default)]
     pub user_id: Option<String>,
-    pub status: String,
+    #[serde(default)]
+    pub status: Option<String>,
     #[serde(default)]
     pub push_enabled: Option<bool>,
     #[serde(default)]
@@ -188,6 +247,13 @@ pub fn format_time(t: DateTime<Utc>) -> String {
 fn timestamp<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
     let s = String::deserialize(d)?;
     parse_time(&s).map_err(serde::de::Error::custom)
+}
+
+fn opt_clearing<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Clearing>, D::Error> {
+    match Option::<String>::deserialize(d)? {
+        None => Ok(None),
+        Some(s) => Clearing::parse(&s).map(Some).map_err(serde::de::Error::custom),
+    }
 }
 
 fn opt_timestamp<'de, D: Deserializer<'de>>(d: D) -> Result<Option<DateTime<Utc>>, D::Error> {
@@ -224,6 +290,39 @@ mod tests {
         let t: Transfer = serde_json::from_str(&body("cancelled")).unwrap();
         assert_eq!(t.status, TransferStatus::Cancelled);
         assert!(serde_json::from_str::<Transfer>(&body("teleported")).is_err());
+    }
+
+    #[test]
+    fn a_clearing_date_is_read_as_astra_publishes_it_and_as_a_bare_date() {
+        let body = |clearing: &str| {
+            format!(
+                r#"{{"id":"t1","amount":1,"initiated":"2020-09-15T15:12:04.746260","status":"pending",
+                    "client_correlation_id":"hold-1","estimated_clearing_date":{clearing}}}"#
+            )
+        };
+        let t: Transfer = serde_json::from_str(&body(r#""2020-09-17T15:12:04.746260""#)).unwrap();
+        let at = parse_time("2020-09-17T15:12:04.746260Z").unwrap();
+        assert_eq!(t.estimated_clearing_date, Some(Clearing::At(at)));
+        assert_eq!(t.client_correlation_id.as_deref(), Some("hold-1"));
+        let t: Transfer = serde_json::from_str(&body(r#""2020-09-17""#)).unwrap();
+        let day = NaiveDate::from_ymd_opt(2020, 9, 17).unwrap();
+        assert_eq!(t.estimated_clearing_date, Some(Clearing::On(day)));
+        let t: Transfer = serde_json::from_str(&body("null")).unwrap();
+        assert_eq!(t.estimated_clearing_date, None);
+        assert!(serde_json::from_str::<Transfer>(&body(r#""next week""#)).is_err());
+    }
+
+    #[test]
+    fn a_clearing_date_passes_in_the_bank_zone_not_in_utc() {
+        let ny: Tz = "America/New_York".parse().unwrap();
+        let day = Clearing::On(NaiveDate::from_ymd_opt(2026, 11, 20).unwrap());
+        // 02:00 UTC on the 21st is still the 20th in New York: not passed there, though it is in UTC.
+        let now = parse_time("2026-11-21T02:00:00Z").unwrap();
+        assert!(!day.has_passed(now, ny));
+        assert!(day.has_passed(now, chrono_tz::UTC));
+        assert!(day.has_passed(parse_time("2026-11-21T05:00:00Z").unwrap(), ny));
+        let at = Clearing::At(parse_time("2026-11-21T01:00:00Z").unwrap());
+        assert!(at.has_passed(now, ny));
     }
 
     #[test]

@@ -96,6 +96,9 @@ enum Command {
     Users(money_side::UsersCommand),
     /// May this routine request go out? JSON answer; exit 0 allowed, 1 denied, 75/78 errors.
     Guard(money_side::GuardArgs),
+    /// The guard's holds: release, attach to a routine, list.
+    #[command(subcommand)]
+    Holds(money_side::HoldsCommand),
     /// The daemon: every enabled job on its schedule, until SIGTERM.
     Run(ops::RunArgs),
     /// Exit 0 when every enabled job's last successful slot is recent enough; 1 naming the stale ones.
@@ -171,7 +174,8 @@ async fn run(cli: Cli) -> anyhow::Result<Status> {
         Some(Command::Prompts(cmd)) => prompts::run(&open_store(&cli).await?, cmd).await,
         Some(Command::Accounts(cmd)) => money_side::accounts(&open_store(&cli).await?, cmd).await,
         Some(Command::Users(cmd)) => money_side::users(&open_store(&cli).await?, cmd).await,
-        Some(Command::Guard(args)) => money_side::guard(&open_store(&cli).await?, args).await,
+        Some(Command::Guard(args)) => money_side::guard(&open_store(&cli).await?, &cli.guard_settings()?, args).await,
+        Some(Command::Holds(cmd)) => money_side::holds(&open_store(&cli).await?, cmd).await,
         Some(Command::Cards(cmd)) => {
             let settings = Settings::load(&cli.config())?;
             let worker = Worker::new(settings, open_store(&cli).await?);
@@ -202,6 +206,16 @@ async fn run(cli: Cli) -> anyhow::Result<Status> {
 impl Cli {
     fn config(&self) -> PathBuf {
         self.config.clone().unwrap_or_else(|| PathBuf::from("jobs.toml"))
+    }
+
+    /// The guard's settings: `[guard]` of the configuration file; the defaults when no file was named and
+    /// there is no `jobs.toml` here (the guard needs no job).
+    fn guard_settings(&self) -> anyhow::Result<crate::config::GuardSettings> {
+        let path = self.config();
+        if self.config.is_none() && !path.exists() {
+            return Ok(crate::config::GuardSettings::default());
+        }
+        Ok(Settings::load(&path)?.guard)
     }
 }
 

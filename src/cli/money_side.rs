@@ -1,16 +1,21 @@
-//! The money side's commands: `accounts import`, `cards freeze|unfreeze`, `users block|unblock`, `guard`.
+//! The money side's commands: `accounts import`, `cards freeze|unfreeze`, `users block|unblock`, `guard`,
+//! `holds`.
 
 use std::path::PathBuf;
 
 use chrono::Utc;
 
+use super::Format;
 use crate::{
     app::Worker,
+    config::GuardSettings,
     domain::money::Cents,
+    domain::time::{parse_duration, utc_seconds},
     failure::{Failure, Status},
     jobs::reprocessing_check::{self, Recheck},
     reconcile::guard::{self, GuardRequest},
     reconcile::registry::{self, ImportLine},
+    reconcile::{guard::HoldRequest, holds},
     store::Store,
 };
 
@@ -49,6 +54,35 @@ pub(super) struct GuardArgs {
     amount: String,
     #[arg(long)]
     destination: Option<String>,
+    /// When allowed, reserve the amount under this key (the routine's client_correlation_id) until its transfer
+    /// is counted, the hold is released, or it expires. The same key again returns the same answer.
+    #[arg(long, value_name = "KEY")]
+    hold: Option<String>,
+    /// How long the hold lasts (default: guard.hold_for, 1h).
+    #[arg(long, requires = "hold", value_name = "DURATION")]
+    hold_for: Option<String>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub(super) enum HoldsCommand {
+    /// End a hold: its routine was not created.
+    Release { key: String },
+    /// Tie a hold to the routine Astra created for it, so the routine's transfer ends it.
+    Attach {
+        key: String,
+        #[arg(long)]
+        routine_id: String,
+    },
+    /// The holds, newest first.
+    List {
+        /// Only the holds still open.
+        #[arg(long)]
+        open: bool,
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+    },
 }
 
 pub(super) async fn accounts(store: &Store, cmd: &AccountsCommand) -> anyhow::Result<Status> {
@@ -119,10 +153,70 @@ pub(super) async fn users(store: &Store, cmd: &UsersCommand) -> anyhow::Result<S
 }
 
 /// Prints the answer as JSON; exit 0 allowed, 1 denied.
-pub(super) async fn guard(store: &Store, args: &GuardArgs) -> anyhow::Result<Status> {
+pub(super) async fn guard(store: &Store, settings: &GuardSettings, args: &GuardArgs) -> anyhow::Result<Status> {
     let amount = Cents::parse_dollars(&args.amount).map_err(|e| Failure::Config(format!("--amount: {e}")))?;
     let req = GuardRequest { user_id: &args.user, amount, destination_id: args.destination.as_deref() };
-    let answer = guard::check(store, &req, Utc::now()).await?;
+    let now = Utc::now();
+    let answer = match &args.hold {
+        None => guard::check(store, settings, &req, now).await?,
+        Some(key) => {
+            let hold_for = match &args.hold_for {
+                Some(d) => parse_duration(d).map_err(|e| Failure::Config(format!("--hold-for: {e}")))?,
+                None => settings.hold_for,
+            };
+            guard::check_and_hold(store, settings, &req, &HoldRequest { key, hold_for }, now).await?
+        }
+    };
     outln!("{}", serde_json::to_string(&answer)?);
     Ok(if answer.allowed { Status::Ok } else { Status::No })
+}
+
+pub(super) async fn holds(store: &Store, cmd: &HoldsCommand) -> anyhow::Result<Status> {
+    let now = Utc::now();
+    match cmd {
+        HoldsCommand::Release { key } => {
+            if !holds::release(store, key, now).await? {
+                return Err(Failure::config(format!("no open hold under key {}", holds::shown(key))));
+            }
+            outln!("hold {}: released", holds::shown(key));
+        }
+        HoldsCommand::Attach { key, routine_id } => {
+            holds::attach(store, key, routine_id).await?;
+            outln!("hold {}: attached to routine {routine_id}", holds::shown(key));
+        }
+        HoldsCommand::List { open, limit, format } => {
+            let rows = holds::list(store, *open, now, *limit).await?;
+            match format {
+                Format::Json => outln!("{}", serde_json::to_string_pretty(&rows)?),
+                Format::Text => {
+                    outln!(
+                        "{:<24} {:<16} {:<16} {:<10} {:>12} {:<20} state",
+                        "key",
+                        "user",
+                        "destination",
+                        "day",
+                        "amount",
+                        "expires"
+                    );
+                    for h in rows {
+                        let state = match (&h.end_reason, h.is_open(now)) {
+                            (Some(r), _) => r.clone(),
+                            (None, true) => "open".into(),
+                            (None, false) => "expired".into(),
+                        };
+                        outln!(
+                            "{:<24} {:<16} {:<16} {:<10} {:>12} {:<20} {state}",
+                            h.hold_key,
+                            h.user_id,
+                            h.destination_id,
+                            h.bank_day,
+                            Cents(h.amount_cents).to_string(),
+                            utc_seconds(h.expires_at)
+                        );
+                    }
+                }
+            }
+        }
+    }
+    Ok(Status::Ok)
 }

@@ -18,6 +18,7 @@ pub struct Settings {
     pub runner: RunnerSettings,
     pub astra: AstraSettings,
     pub outbox: OutboxSettings,
+    pub guard: GuardSettings,
     pub jobs: Vec<JobSettings>,
 }
 
@@ -58,6 +59,7 @@ pub struct AstraSettings {
 pub enum JobName {
     TokenRotation,
     InboundVolume,
+    TransferSync,
     ReprocessingCheck,
     StaleAuthorizationSweep,
     /// A job that only holds work in flight, for tests of the runner; accepted only with
@@ -66,13 +68,19 @@ pub enum JobName {
 }
 
 impl JobName {
-    pub const ALL: [JobName; 4] =
-        [JobName::TokenRotation, JobName::InboundVolume, JobName::ReprocessingCheck, JobName::StaleAuthorizationSweep];
+    pub const ALL: [JobName; 5] = [
+        JobName::TokenRotation,
+        JobName::InboundVolume,
+        JobName::TransferSync,
+        JobName::ReprocessingCheck,
+        JobName::StaleAuthorizationSweep,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             JobName::TokenRotation => "token-rotation",
             JobName::InboundVolume => "inbound-volume",
+            JobName::TransferSync => "transfer-sync",
             JobName::ReprocessingCheck => "reprocessing-check",
             JobName::StaleAuthorizationSweep => "stale-authorization-sweep",
             JobName::TestHold => "test-hold",
@@ -114,12 +122,16 @@ pub struct JobSettings {
 pub enum JobParams {
     TokenRotation(raw::TokenRotationParams),
     InboundVolume(raw::InboundVolumeParams),
+    TransferSync(raw::TransferSyncParams),
     ReprocessingCheck(raw::ReprocessingCheckParams),
     StaleAuthorizationSweep(raw::StaleAuthorizationSweepParams),
     TestHold { items: u32, hold: Duration },
 }
 
-pub use raw::{InboundVolumeParams, ReprocessingCheckParams, StaleAuthorizationSweepParams, TokenRotationParams};
+pub use raw::{
+    GuardSettings, InboundVolumeParams, OnUncertain, ReprocessingCheckParams, StaleAuthorizationSweepParams,
+    TokenRotationParams, TransferSyncParams,
+};
 
 impl Settings {
     /// Reads and validates the file; a missing or broken file is a configuration failure naming it.

@@ -25,6 +25,8 @@ struct File {
     astra: Astra,
     #[serde(default)]
     outbox: Outbox,
+    #[serde(default)]
+    guard: GuardSettings,
     jobs: Jobs,
 }
 
@@ -110,6 +112,7 @@ fn d_budget() -> Duration {
 struct Jobs {
     token_rotation: Option<Job<TokenRotationParams>>,
     inbound_volume: Option<Job<InboundVolumeParams>>,
+    transfer_sync: Option<Job<TransferSyncParams>>,
     reprocessing_check: Option<Job<ReprocessingCheckParams>>,
     stale_authorization_sweep: Option<Job<StaleAuthorizationSweepParams>>,
 }
@@ -169,6 +172,64 @@ impl Default for TokenRotationParams {
     }
 }
 
+/// `[guard]`: how the guard answers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GuardSettings {
+    /// Deny with `counter_stale` when the user's transfers were last read from Astra longer ago than this (or
+    /// never). Off when absent.
+    #[serde(deserialize_with = "opt_delta")]
+    pub max_staleness: Option<TimeDelta>,
+    /// What to answer when the day's counter is uncertain (a transfer could not be read): `deny` (the
+    /// default, with `counter_uncertain`) or `allow` (flagged `uncertain`).
+    pub on_uncertain: OnUncertain,
+    /// How long a hold lasts when the caller gives no `--hold-for`.
+    #[serde(deserialize_with = "delta")]
+    pub hold_for: TimeDelta,
+}
+
+impl Default for GuardSettings {
+    fn default() -> Self {
+        GuardSettings { max_staleness: None, on_uncertain: OnUncertain::Deny, hold_for: TimeDelta::hours(1) }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnUncertain {
+    Deny,
+    Allow,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TransferSyncParams {
+    /// Read back this far before the newest transfer already seen (a transfer Astra lists late still counts).
+    #[serde(deserialize_with = "delta")]
+    pub overlap: TimeDelta,
+    /// How far back a user never read before is read.
+    #[serde(deserialize_with = "delta")]
+    pub lookback: TimeDelta,
+    /// Transfers asked for per page.
+    pub page_size: u32,
+    /// Pages read per user at most (the run is partial when a listing is cut there).
+    pub max_pages: u32,
+    /// Users read at once (each still waits for the shared rate limiter).
+    pub concurrency: u32,
+}
+
+impl Default for TransferSyncParams {
+    fn default() -> Self {
+        TransferSyncParams {
+            overlap: TimeDelta::hours(1),
+            lookback: TimeDelta::days(1),
+            page_size: 100,
+            max_pages: 50,
+            concurrency: 8,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct InboundVolumeParams {
@@ -179,13 +240,21 @@ pub struct InboundVolumeParams {
     pub lookback: TimeDelta,
     /// Transfers asked for per page.
     pub page_size: u32,
+    /// Pages read per user at most (the run is partial when a listing is cut there).
+    pub max_pages: u32,
     /// Users mirrored at once (each still waits for the shared rate limiter).
     pub concurrency: u32,
 }
 
 impl Default for InboundVolumeParams {
     fn default() -> Self {
-        InboundVolumeParams { warn_percent: 80, lookback: TimeDelta::days(3), page_size: 100, concurrency: 8 }
+        InboundVolumeParams {
+            warn_percent: 80,
+            lookback: TimeDelta::days(3),
+            page_size: 100,
+            max_pages: 50,
+            concurrency: 8,
+        }
     }
 }
 
@@ -202,7 +271,7 @@ pub struct ReprocessingCheckParams {
 
 impl Default for ReprocessingCheckParams {
     fn default() -> Self {
-        ReprocessingCheckParams { stuck_after: TimeDelta::hours(72), watch_landed_for: TimeDelta::days(5) }
+        ReprocessingCheckParams { stuck_after: TimeDelta::hours(72), watch_landed_for: TimeDelta::days(60) }
     }
 }
 
@@ -230,6 +299,10 @@ fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let t = delta(d)?;
     t.to_std().map_err(|_| serde::de::Error::custom("a duration must not be negative"))
+}
+
+fn opt_delta<'de, D: Deserializer<'de>>(d: D) -> Result<Option<TimeDelta>, D::Error> {
+    delta(d).map(Some)
 }
 
 fn delta<'de, D: Deserializer<'de>>(d: D) -> Result<TimeDelta, D::Error> {
@@ -306,10 +379,16 @@ pub(super) fn parse(text: &str, base_url_override: Option<&str>) -> Result<Setti
         if p.warn_percent == 0 || p.warn_percent > 100 {
             return Err(format!("settings.warn_percent must be between 1 and 100 (got {})", p.warn_percent));
         }
-        if p.page_size == 0 || p.concurrency == 0 {
-            return Err("settings.page_size and settings.concurrency must be at least 1".into());
+        if p.page_size == 0 || p.max_pages == 0 || p.concurrency == 0 {
+            return Err("settings.page_size, settings.max_pages and settings.concurrency must be at least 1".into());
         }
         Ok(JobParams::InboundVolume(p))
+    })?;
+    push(&mut jobs, &loc, JobName::TransferSync, j.transfer_sync, |p| {
+        if p.page_size == 0 || p.max_pages == 0 || p.concurrency == 0 {
+            return Err("settings.page_size, settings.max_pages and settings.concurrency must be at least 1".into());
+        }
+        Ok(JobParams::TransferSync(p))
     })?;
     push(&mut jobs, &loc, JobName::ReprocessingCheck, j.reprocessing_check, |p| Ok(JobParams::ReprocessingCheck(p)))?;
     push(&mut jobs, &loc, JobName::StaleAuthorizationSweep, j.stale_authorization_sweep, |p| {
@@ -319,7 +398,11 @@ pub(super) fn parse(text: &str, base_url_override: Option<&str>) -> Result<Setti
         Ok(JobParams::StaleAuthorizationSweep(p))
     })?;
 
+    if file.guard.hold_for <= TimeDelta::zero() {
+        return Err("guard.hold_for: must be longer than zero".into());
+    }
     Ok(Settings {
+        guard: file.guard,
         runner: RunnerSettings { grace_period: file.runner.grace_period, claim_lease: file.runner.claim_lease },
         astra,
         outbox,

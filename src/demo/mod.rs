@@ -132,7 +132,7 @@ pub(crate) async fn run(settings: Settings, opts: &DemoOptions) -> anyhow::Resul
     for (user, dollars, dest) in guard_examples(&worker.store).await? {
         let req =
             GuardRequest { user_id: &user, amount: Cents::parse_dollars(dollars)?, destination_id: dest.as_deref() };
-        let a = guard::check(&worker.store, &req, Utc::now()).await?;
+        let a = guard::check(&worker.store, &worker.settings.guard, &req, Utc::now()).await?;
         let verdict = match a.reason {
             None => format!("allowed, {} left today", Cents(a.headroom_cents.unwrap_or(0))),
             Some(r) => format!("denied: {r}{}", a.detail.map(|d| format!(" ({d})")).unwrap_or_default()),

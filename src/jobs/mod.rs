@@ -8,6 +8,8 @@ pub(crate) mod reprocessing_check;
 mod stale_sweep;
 mod test_hold;
 mod token_rotation;
+mod transfer_sync;
+mod transfers;
 
 pub(crate) use context::{ItemOutcome, RunContext};
 
@@ -33,6 +35,7 @@ pub(crate) async fn execute(ctx: &RunContext<'_>) -> anyhow::Result<()> {
         JobParams::TokenRotation(p) => token_rotation::run(ctx, p).await?,
         JobParams::StaleAuthorizationSweep(p) => stale_sweep::run(ctx, p).await?,
         JobParams::InboundVolume(p) => inbound_volume::run(ctx, p).await?,
+        JobParams::TransferSync(p) => transfer_sync::run(ctx, p).await?,
         JobParams::ReprocessingCheck(p) => reprocessing_check::run(ctx, p).await?,
     }
     if !ctx.dry_run {

@@ -1,5 +1,5 @@
-//! The per-(destination, bank day) inbound counters (`inbound_day`) and the daily limit decisions
-//! (`limit_decision`): moved by the mirror in the same transaction as each transfer, recomputed from the
+//! The per-(destination, bank day) inbound counters (`inbound_day`), the days they cannot vouch for
+//! (`uncertain_day`), and the daily limit decisions (`limit_decision`): moved by the mirror in the same transaction as each transfer, recomputed from the
 //! mirror by `inbound-volume`, read by the guard.
 
 use chrono::{DateTime, Utc};
@@ -52,6 +52,123 @@ pub async fn recompute(store: &Store, destination_id: &str, day: &str) -> sqlx::
     .fetch_one(p)
     .await?);
     Ok((sum.unwrap_or(0), n))
+}
+
+/// Takes the lock of a destination's bank day and reads its counter, on a transaction: the first statement
+/// writes (SQLite takes its write lock at once; PostgreSQL locks the row), creating the row if needed.
+/// Evaluates to `sqlx::Result<(i64, i64)>`: (cents, transfers).
+macro_rules! day_lock {
+    ($conn:expr, $destination:expr, $day:expr) => {
+        sqlx::query_as::<_, (i64, i64)>(
+            "INSERT INTO inbound_day (destination_id, bank_day, total_cents, transfers) VALUES ($1, $2, 0, 0)
+             ON CONFLICT (destination_id, bank_day) DO UPDATE SET total_cents = inbound_day.total_cents
+             RETURNING total_cents, transfers",
+        )
+        .bind($destination)
+        .bind($day)
+        .fetch_one($conn)
+        .await
+    };
+}
+pub(crate) use day_lock;
+
+/// What fixing a day found: the counter before, and the total recomputed from the mirror.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DayFix {
+    pub counter: i64,
+    pub total: i64,
+    pub transfers: i64,
+}
+
+impl DayFix {
+    /// Counter minus recomputed total, before the fix.
+    pub fn drift(&self) -> i64 {
+        self.counter - self.total
+    }
+}
+
+/// Recomputes a destination's bank day from the mirror and sets its counter, in one transaction that holds
+/// the day's lock: a mirror write racing it either lands before (and is in the sum) or waits (and adds to the
+/// fixed counter). Nothing is erased.
+pub async fn fix_day(store: &Store, destination_id: &str, day: &str) -> sqlx::Result<DayFix> {
+    with_pool!(store, |p| {
+        let mut tx = p.begin().await?;
+        let (counter, _) = day_lock!(&mut *tx, destination_id, day)?;
+        let (sum, n): (Option<i64>, i64) = sqlx::query_as(
+            "SELECT CAST(SUM(amount_cents) AS BIGINT), COUNT(*) FROM transfer
+             WHERE destination_id = $1 AND bank_day = $2 AND status NOT IN ('failed', 'cancelled')",
+        )
+        .bind(destination_id)
+        .bind(day)
+        .fetch_one(&mut *tx)
+        .await?;
+        let total = sum.unwrap_or(0);
+        if total != counter {
+            sqlx::query(
+                "UPDATE inbound_day SET total_cents = $1, transfers = $2 WHERE destination_id = $3 AND bank_day = $4",
+            )
+            .bind(total)
+            .bind(n)
+            .bind(destination_id)
+            .bind(day)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(DayFix { counter, total, transfers: n })
+    })
+}
+
+/// Marks a destination's bank day uncertain: a transfer that may count there could not be read.
+pub async fn mark_uncertain(
+    store: &Store,
+    destination_id: &str,
+    day: &str,
+    user_id: &str,
+    detail: &str,
+    now: DateTime<Utc>,
+) -> sqlx::Result<()> {
+    let detail: String = detail.chars().take(300).collect();
+    with_pool!(store, |p| sqlx::query(
+        "INSERT INTO uncertain_day (destination_id, bank_day, user_id, detail, since) VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT (destination_id, bank_day) DO UPDATE SET detail = excluded.detail"
+    )
+    .bind(destination_id)
+    .bind(day)
+    .bind(user_id)
+    .bind(detail)
+    .bind(now)
+    .execute(p)
+    .await
+    .map(|_| ()))
+}
+
+/// Clears the uncertain days a user's transfers left, from `first_day` on, that were marked before
+/// `read_started`: a later reading of those days found every transfer readable.
+pub async fn clear_uncertain(
+    store: &Store,
+    user_id: &str,
+    first_day: &str,
+    read_started: DateTime<Utc>,
+) -> sqlx::Result<u64> {
+    with_pool!(store, |p| sqlx::query("DELETE FROM uncertain_day WHERE user_id = $1 AND bank_day >= $2 AND since < $3")
+        .bind(user_id)
+        .bind(first_day)
+        .bind(read_started)
+        .execute(p)
+        .await
+        .map(|r| r.rows_affected()))
+}
+
+/// Why a destination's bank day is uncertain, if it is.
+pub async fn uncertainty(store: &Store, destination_id: &str, day: &str) -> sqlx::Result<Option<String>> {
+    with_pool!(store, |p| sqlx::query_scalar(
+        "SELECT detail FROM uncertain_day WHERE destination_id = $1 AND bank_day = $2"
+    )
+    .bind(destination_id)
+    .bind(day)
+    .fetch_optional(p)
+    .await)
 }
 
 /// Sets the counter to the recomputed total.

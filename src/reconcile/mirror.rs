@@ -1,13 +1,15 @@
-//! The transfer mirror, owner of `transfer` and `transfer_event`: Astra transfers upserted by id with a
+//! The transfer mirror, owner of `transfer`, `transfer_event` and `transfer_sync`: Astra transfers upserted by id with a
 //! compare-and-swap on their version. In the same transaction as each new or changed transfer: the per-(destination, bank day) inbound counter moves, the
 //! status change is recorded with when it was seen, and a transfer that failed after its funds landed
 //! produces its follow-ups (once, by idempotency key).
 
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
+use chrono_tz::Tz;
 use serde_json::json;
 
 use super::{
     counters::counter_add,
+    holds::holds_end_for_transfer,
     registry::{self, Destination},
 };
 use crate::{
@@ -53,10 +55,19 @@ pub struct Upserted {
     pub followups: u32,
 }
 
-/// Debited but not credited: pending with a settlement reason, or pending past its estimated clearing date.
-pub fn is_held(t: &Transfer, today: NaiveDate) -> bool {
+/// Debited but not credited: pending with a settlement reason, or pending past its estimated clearing date
+/// (judged in the bank's zone).
+pub fn is_held(t: &Transfer, now: DateTime<Utc>, bank_zone: Tz) -> bool {
     t.status == TransferStatus::Pending
-        && (t.astra_settlement_reason.is_some() || t.estimated_clearing_date.is_some_and(|d| d < today))
+        && (t.astra_settlement_reason.is_some()
+            || t.estimated_clearing_date.is_some_and(|c| c.has_passed(now, bank_zone)))
+}
+
+/// When a landed transfer is read again: 1, 2, 3, 5, 8, 13, 21, 34 and 55 days after it landed (ACH returns
+/// come mostly within two bank days, unauthorized ones up to 60 days later), then no more.
+pub fn next_recheck(landed_at: DateTime<Utc>, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    const DAYS: [i64; 9] = [1, 2, 3, 5, 8, 13, 21, 34, 55];
+    DAYS.iter().map(|d| landed_at + TimeDelta::days(*d)).find(|t| *t > after)
 }
 
 fn is_account_to_card(routine_type: Option<&str>) -> bool {
@@ -75,7 +86,8 @@ struct Next {
 
 fn next_state(t: &Transfer, dest: Option<&Destination>, old: Option<&Row>, now: DateTime<Utc>) -> Next {
     let live = !matches!(t.status, TransferStatus::Failed | TransferStatus::Cancelled);
-    let held_now = is_held(t, now.date_naive());
+    let zone = dest.map(Destination::zone).unwrap_or(chrono_tz::UTC);
+    let held_now = is_held(t, now, zone);
     let held_since = old.and_then(|o| o.held_since).or(held_now.then_some(now));
     let landed_at = old.and_then(|o| o.landed_at).or((t.status == TransferStatus::Processed).then_some(now));
     let cleared_at = old
@@ -189,7 +201,12 @@ async fn write(
     now: DateTime<Utc>,
 ) -> anyhow::Result<bool> {
     let status = t.status.as_str();
-    let clearing = t.estimated_clearing_date.map(|d| d.to_string());
+    let clearing = t.estimated_clearing_date.map(|c| c.to_text());
+    let live = !matches!(t.status, TransferStatus::Failed | TransferStatus::Cancelled);
+    let recheck_at = match (next.landed_at, old.and_then(|o| o.landed_at)) {
+        (Some(landed), None) if live => next_recheck(landed, now),
+        _ => None,
+    };
     with_pool!(store, |p| {
         let mut tx = p.begin().await?;
         let wrote = match old {
@@ -197,8 +214,9 @@ async fn write(
                 "INSERT INTO transfer (id, user_id, version, routine_id, routine_type, source_id, destination_id,
                      amount_cents, payment_type, status, settlement_reason, failure_reason, initiated_at, updated_at,
                      estimated_clearing_date, bank_day, counted, held_since, landed_at, cleared_at, first_seen_at,
-                     last_seen_at)
-                 VALUES ($1, $2, 1, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $20)
+                     last_seen_at, client_correlation_id, recheck_at)
+                 VALUES ($1, $2, 1, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $20,
+                     $21, $22)
                  ON CONFLICT (id) DO NOTHING",
             )
             .bind(&t.id)
@@ -221,6 +239,8 @@ async fn write(
             .bind(next.landed_at)
             .bind(next.cleared_at)
             .bind(now)
+            .bind(&t.client_correlation_id)
+            .bind(recheck_at)
             .execute(&mut *tx)
             .await?
             .rows_affected(),
@@ -228,7 +248,8 @@ async fn write(
                 "UPDATE transfer SET version = version + 1, destination_id = $1, amount_cents = $2, status = $3,
                      settlement_reason = $4, failure_reason = $5, updated_at = $6, estimated_clearing_date = $7,
                      bank_day = $8, counted = $9, held_since = $10, landed_at = $11, cleared_at = $12,
-                     last_seen_at = $13
+                     last_seen_at = $13, client_correlation_id = COALESCE($16, client_correlation_id),
+                     recheck_at = CASE WHEN $17 THEN COALESCE($18, recheck_at) ELSE NULL END
                  WHERE id = $14 AND version = $15",
             )
             .bind(&t.destination_id)
@@ -246,6 +267,9 @@ async fn write(
             .bind(now)
             .bind(&t.id)
             .bind(o.version)
+            .bind(&t.client_correlation_id)
+            .bind(live)
+            .bind(recheck_at)
             .execute(&mut *tx)
             .await?
             .rows_affected(),
@@ -285,6 +309,9 @@ async fn write(
         for m in msgs {
             outbox_insert!(&mut *tx, m)?;
         }
+        if t.client_correlation_id.is_some() || t.routine_id.is_some() {
+            holds_end_for_transfer!(&mut *tx, &t.id, &t.client_correlation_id, &t.routine_id, now)?;
+        }
         tx.commit().await?;
         Ok(true)
     })
@@ -295,13 +322,16 @@ async fn write(
 pub struct Watched {
     pub id: String,
     pub user_id: String,
+    pub destination_id: Option<String>,
+    pub amount_cents: i64,
+    pub settlement_reason: Option<String>,
     pub initiated_at: DateTime<Utc>,
     pub held_since: Option<DateTime<Utc>>,
 }
 
 pub async fn watched(store: &Store, card: Option<&str>) -> sqlx::Result<Vec<Watched>> {
     with_pool!(store, |p| sqlx::query_as(
-        "SELECT id, user_id, initiated_at, held_since FROM transfer
+        "SELECT id, user_id, destination_id, amount_cents, settlement_reason, initiated_at, held_since FROM transfer
          WHERE status = 'pending' AND held_since IS NOT NULL AND cleared_at IS NULL
            AND ($1 IS NULL OR destination_id = $1)
          ORDER BY initiated_at"
@@ -311,12 +341,69 @@ pub async fn watched(store: &Store, card: Option<&str>) -> sqlx::Result<Vec<Watc
     .await)
 }
 
-/// Users with a transfer seen landed (processed) since `since`: a failure after landing needs a follow-up.
-pub async fn users_with_landed_since(store: &Store, since: DateTime<Utc>) -> sqlx::Result<Vec<String>> {
-    with_pool!(store, |p| sqlx::query_scalar(
-        "SELECT DISTINCT user_id FROM transfer WHERE status = 'processed' AND landed_at >= $1 ORDER BY user_id"
+/// A landed transfer due to be read again.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct LandedDue {
+    pub id: String,
+    pub user_id: String,
+    pub landed_at: DateTime<Utc>,
+}
+
+/// Landed transfers whose next reading is due at `now` and that landed within `watch_for`, oldest due first.
+pub async fn rechecks_due(
+    store: &Store,
+    now: DateTime<Utc>,
+    watch_for: TimeDelta,
+    limit: i64,
+) -> sqlx::Result<Vec<LandedDue>> {
+    with_pool!(store, |p| sqlx::query_as(
+        "SELECT id, user_id, landed_at FROM transfer
+         WHERE recheck_at IS NOT NULL AND recheck_at <= $1 AND landed_at >= $2 AND status = 'processed'
+         ORDER BY recheck_at, id LIMIT $3"
     )
-    .bind(since)
+    .bind(now)
+    .bind(now - watch_for)
+    .bind(limit)
     .fetch_all(p)
     .await)
+}
+
+/// Sets when a landed transfer is read next (`None`: never again).
+pub async fn set_recheck(store: &Store, id: &str, at: Option<DateTime<Utc>>) -> sqlx::Result<()> {
+    with_pool!(store, |p| sqlx::query("UPDATE transfer SET recheck_at = $1 WHERE id = $2")
+        .bind(at)
+        .bind(id)
+        .execute(p)
+        .await
+        .map(|_| ()))
+}
+
+/// Records that a user's transfers were read from Astra at `read_at`, and the newest one seen.
+pub async fn record_read(
+    store: &Store,
+    user_id: &str,
+    read_at: DateTime<Utc>,
+    newest: Option<DateTime<Utc>>,
+) -> sqlx::Result<()> {
+    let sql = if store.is_postgres() {
+        "INSERT INTO transfer_sync (user_id, read_at, newest_initiated) VALUES ($1, $2, $3)
+         ON CONFLICT (user_id) DO UPDATE SET read_at = GREATEST(transfer_sync.read_at, excluded.read_at),
+             newest_initiated = GREATEST(transfer_sync.newest_initiated, excluded.newest_initiated)"
+    } else {
+        "INSERT INTO transfer_sync (user_id, read_at, newest_initiated) VALUES ($1, $2, $3)
+         ON CONFLICT (user_id) DO UPDATE SET read_at = MAX(transfer_sync.read_at, excluded.read_at),
+             newest_initiated = COALESCE(MAX(transfer_sync.newest_initiated, excluded.newest_initiated),
+                                         transfer_sync.newest_initiated, excluded.newest_initiated)"
+    };
+    with_pool!(store, |p| sqlx::query(sql).bind(user_id).bind(read_at).bind(newest).execute(p).await.map(|_| ()))
+}
+
+/// The newest transfer seen for a user: the sync reads back to it (less an overlap).
+pub async fn newest_seen(store: &Store, user_id: &str) -> sqlx::Result<Option<DateTime<Utc>>> {
+    let v: Option<Option<DateTime<Utc>>> =
+        with_pool!(store, |p| sqlx::query_scalar("SELECT newest_initiated FROM transfer_sync WHERE user_id = $1")
+            .bind(user_id)
+            .fetch_optional(p)
+            .await)?;
+    Ok(v.flatten())
 }

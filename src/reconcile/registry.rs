@@ -208,6 +208,20 @@ pub async fn destination(store: &Store, id: &str) -> anyhow::Result<Option<Desti
     row.map(DestinationRow::parse).transpose()
 }
 
+/// The destinations registered for a user.
+pub async fn destinations_of(store: &Store, user_id: &str) -> anyhow::Result<Vec<Destination>> {
+    let rows: Vec<DestinationRow> = with_pool!(store, |p| {
+        sqlx::query_as(
+        "SELECT destination_id, user_id, kind, bank_time_zone, daily_limit_cents, frozen, push_enabled, pull_enabled
+         FROM destination WHERE user_id = $1 ORDER BY destination_id"
+    )
+    .bind(user_id)
+    .fetch_all(p)
+    .await
+    })?;
+    rows.into_iter().map(DestinationRow::parse).collect()
+}
+
 pub async fn all_destinations(store: &Store) -> anyhow::Result<Vec<Destination>> {
     let rows: Vec<DestinationRow> = with_pool!(store, |p| {
         sqlx::query_as(

@@ -62,7 +62,16 @@ fn approved() -> UserStatus {
     UserStatus::Approved
 }
 
+/// `converted_to_user` is a user intent's status; `GET /v1/user` never answers it.
+fn user_status_refused(status: UserStatus) -> Option<Response> {
+    (status == UserStatus::ConvertedToUser)
+        .then(|| astra_error(StatusCode::BAD_REQUEST, "converted_to_user is a user intent's status, not a user's"))
+}
+
 async fn admin_user(AxState(st): AxState<Shared>, Json(u): Json<NewUser>) -> Response {
+    if let Some(r) = user_status_refused(u.status) {
+        return r;
+    }
     let mut s = lock(&st);
     let id = u.id.unwrap_or_else(|| s.new_id("usr"));
     s.upsert_user(UserRec { id: id.clone(), status: u.status, phone: u.phone, email: u.email });
@@ -83,6 +92,9 @@ async fn admin_user_status(
     let Ok(status) = serde_json::from_value::<UserStatus>(Value::String(b.status.clone())) else {
         return astra_error(StatusCode::BAD_REQUEST, "unknown user status");
     };
+    if let Some(r) = user_status_refused(status) {
+        return r;
+    }
     if lock(&st).set_user_status(&id, status) {
         StatusCode::NO_CONTENT.into_response()
     } else {
@@ -131,6 +143,7 @@ struct NewTransfer {
     destination_id: Option<String>,
     source_id: Option<String>,
     routine_type: Option<String>,
+    client_correlation_id: Option<String>,
     /// `daily_limit_exceeded` or `card_frozen` (then `destination_id` is the card).
     settlement_reason: Option<String>,
 }
@@ -158,6 +171,7 @@ async fn admin_transfer(AxState(st): AxState<Shared>, Json(t): Json<NewTransfer>
         user_id: t.user_id,
         routine_id: Some(format!("rtn_{id}")),
         routine_type: t.routine_type,
+        client_correlation_id: t.client_correlation_id,
         source_id: t.source_id,
         destination_id: t.destination_id,
         amount: Cents(t.amount_cents),

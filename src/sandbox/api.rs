@@ -14,7 +14,7 @@ use serde_json::json;
 use super::{
     hang_for,
     routes::{Shared, astra_error, lock, oauth_error},
-    state::TokenAnswer,
+    state::{PageQuery, TokenAnswer},
 };
 
 /// The Astra `/v1` routes.
@@ -101,15 +101,9 @@ async fn user(AxState(st): AxState<Shared>, h: HeaderMap) -> Response {
     }
 }
 
-#[derive(Deserialize)]
-struct PageQuery {
-    limit: Option<usize>,
-    offset: Option<usize>,
-}
-
 async fn transfers(AxState(st): AxState<Shared>, h: HeaderMap, Query(q): Query<PageQuery>) -> Response {
     let Some(uid) = authed(&st, &h) else { return unauthorized() };
-    let (count, page) = lock(&st).transfers_page(&uid, q.limit.unwrap_or(25).clamp(1, 100_000), q.offset.unwrap_or(0));
+    let (count, page) = lock(&st).transfers_page(&uid, &q);
     tagged(Json(json!({"count": count, "transfers": page})).into_response(), &uid)
 }
 
@@ -125,7 +119,7 @@ async fn transfer(AxState(st): AxState<Shared>, h: HeaderMap, Path(id): Path<Str
 async fn cards(AxState(st): AxState<Shared>, h: HeaderMap) -> Response {
     let Some(uid) = authed(&st, &h) else { return unauthorized() };
     let cards = lock(&st).cards_of(&uid);
-    tagged(Json(json!({"cards": cards})).into_response(), &uid)
+    tagged(Json(json!({"count": cards.len(), "cards": cards})).into_response(), &uid)
 }
 
 async fn card(AxState(st): AxState<Shared>, h: HeaderMap, Path(id): Path<String>) -> Response {

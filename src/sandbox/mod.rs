@@ -18,7 +18,7 @@ use std::{
 use tokio_util::sync::CancellationToken;
 
 use settings::hang_for;
-pub use settings::{Faults, MalformedKind, SandboxSettings};
+pub use settings::{ClearingFormat, CountSemantics, Faults, MalformedKind, SandboxSettings};
 pub use state::{CallRec, CardRec, GrantInfo, Hold, State, TransferRec, UserRec};
 
 /// A running sandbox.

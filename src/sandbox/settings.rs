@@ -26,6 +26,11 @@ pub struct SandboxSettings {
     pub bank_time_zone: Tz,
     /// Seeds every random draw (tokens, faults).
     pub seed: u64,
+    /// What `count` of `GET /v1/transfers` means (Astra: "the number of transfers returned"; undocumented
+    /// whether that is the page or the total; default: the page).
+    pub count_semantics: CountSemantics,
+    /// How `estimated_clearing_date` is written (Astra's spec: a date-time; some answers: a date).
+    pub clearing_format: ClearingFormat,
     pub faults: Faults,
 }
 
@@ -42,9 +47,29 @@ impl Default for SandboxSettings {
             retry_after_secs: 1,
             bank_time_zone: chrono_tz::America::New_York,
             seed: 7,
+            count_semantics: CountSemantics::Page,
+            clearing_format: ClearingFormat::DateTime,
             faults: Faults::default(),
         }
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CountSemantics {
+    /// The number of transfers on this page.
+    Page,
+    /// The number of the user's transfers in all.
+    Total,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClearingFormat {
+    /// `2020-09-17T15:12:04.746260` (no offset: UTC), as the spec types it.
+    DateTime,
+    /// `2020-09-17`.
+    Date,
 }
 
 /// Faults, each a share of API requests (0.0 to 1.0).
@@ -64,6 +89,10 @@ pub struct Faults {
     /// Replace a successful body with a malformed one, of one of `malformed_kinds`.
     pub malformed_rate: f64,
     pub malformed_kinds: Vec<MalformedKind>,
+    /// Transfers (by id) served with an amount that is not a number, wherever they are listed or read.
+    pub unreadable_transfers: Vec<String>,
+    /// `GET /v1/transfers` ignores `offset`: every page repeats the first.
+    pub ignore_offset: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

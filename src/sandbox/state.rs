@@ -9,7 +9,7 @@ use rand::{Rng, SeedableRng, rngs::StdRng};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::SandboxSettings;
+use super::{ClearingFormat, CountSemantics, SandboxSettings};
 use crate::{
     astra::{TransferStatus, UserStatus, model::format_time},
     domain::money::Cents,
@@ -55,6 +55,8 @@ pub struct TransferRec {
     pub user_id: String,
     pub routine_id: Option<String>,
     pub routine_type: Option<String>,
+    /// The integrator's id, as given when the routine was created.
+    pub client_correlation_id: Option<String>,
     pub source_id: Option<String>,
     pub destination_id: Option<String>,
     pub amount: Cents,
@@ -307,10 +309,10 @@ impl State {
 
     pub fn user_json(&self, id: &str) -> Option<Value> {
         let u = self.users.get(id)?;
-        Some(json!({
+        Some(without_nulls(json!({
             "id": u.id, "status": u.status.as_str(), "email": u.email, "phone": u.phone,
             "first_name": "Sandbox", "last_name": "User",
-        }))
+        })))
     }
 
     pub fn add_card(&mut self, c: CardRec) {
@@ -331,11 +333,11 @@ impl State {
     pub fn cards_of(&self, user_id: &str) -> Vec<Value> {
         let mut v: Vec<&CardRec> = self.cards.values().filter(|c| c.user_id == user_id).collect();
         v.sort_by(|a, b| a.id.cmp(&b.id));
-        v.into_iter().map(|c| serde_json::to_value(c).unwrap_or(Value::Null)).collect()
+        v.into_iter().map(card_json).collect()
     }
 
     pub fn card_json(&self, user_id: &str, id: &str) -> Option<Value> {
-        self.cards.get(id).filter(|c| c.user_id == user_id).and_then(|c| serde_json::to_value(c).ok())
+        self.cards.get(id).filter(|c| c.user_id == user_id).map(card_json)
     }
 
     /// The end of the bank day (in the sandbox's bank zone) that `t` falls on.
@@ -380,18 +382,39 @@ impl State {
         }
     }
 
-    /// One user's transfers, newest first, one page (`limit`, `offset`), with the total count.
-    pub fn transfers_page(&mut self, user_id: &str, limit: usize, offset: usize) -> (usize, Vec<Value>) {
+    /// One user's transfers, newest first, filtered by status and source, one page (`limit`, `offset`), with
+    /// `count` as the settings say (the page's size, as Astra's spec words it, or the total).
+    pub fn transfers_page(&mut self, user_id: &str, q: &PageQuery) -> (usize, Vec<Value>) {
         let mut idx: Vec<usize> = (0..self.transfers.len()).filter(|&i| self.transfers[i].user_id == user_id).collect();
-        idx.sort_by(|&a, &b| self.transfers[b].initiated.cmp(&self.transfers[a].initiated));
-        let count = idx.len();
-        let page: Vec<usize> = idx.into_iter().skip(offset).take(limit).collect();
-        let mut out = Vec::with_capacity(page.len());
-        for i in page {
+        for &i in &idx {
             self.settle(i);
-            out.push(transfer_json(&self.transfers[i]));
         }
+        idx.retain(|&i| {
+            let t = &self.transfers[i];
+            q.status
+                .as_deref()
+                .is_none_or(|s| t.status.as_str() == s || (s == "canceled" && t.status == TransferStatus::Cancelled))
+                && q.source_id.as_deref().is_none_or(|s| t.source_id.as_deref() == Some(s))
+        });
+        idx.sort_by(|&a, &b| self.transfers[b].initiated.cmp(&self.transfers[a].initiated));
+        let total = idx.len();
+        let offset = if self.settings.faults.ignore_offset { 0 } else { q.offset.unwrap_or(0) };
+        let page: Vec<usize> = idx.into_iter().skip(offset).take(q.limit.unwrap_or(25).clamp(1, 100_000)).collect();
+        let out: Vec<Value> = page.iter().map(|&i| self.transfer_value(i)).collect();
+        let count = match self.settings.count_semantics {
+            CountSemantics::Page => out.len(),
+            CountSemantics::Total => total,
+        };
         (count, out)
+    }
+
+    fn transfer_value(&self, i: usize) -> Value {
+        let t = &self.transfers[i];
+        let mut v = transfer_json(t, self.settings.clearing_format);
+        if self.settings.faults.unreadable_transfers.contains(&t.id) {
+            v["amount"] = Value::String("not a number".into());
+        }
+        v
     }
 
     pub fn transfer_json(&mut self, user_id: &str, id: &str) -> Option<Value> {
@@ -400,17 +423,48 @@ impl State {
             return None;
         }
         self.settle(i);
-        Some(transfer_json(&self.transfers[i]))
+        Some(self.transfer_value(i))
     }
 }
 
-fn transfer_json(t: &TransferRec) -> Value {
+/// A card as Astra's spec documents it (id, company, expiry, last four) with the flags public clients read.
+fn card_json(c: &CardRec) -> Value {
+    json!({
+        "id": c.id,
+        "card_company": "Visa",
+        "expiration_date": "12/2030",
+        "last_four_digits": "4242",
+        "status": c.status,
+        "push_enabled": c.push_enabled,
+        "pull_enabled": c.pull_enabled,
+    })
+}
+
+/// The query of `GET /v1/transfers`: Astra's documented filters and the paging public clients send.
+#[derive(Debug, Default, Deserialize)]
+pub struct PageQuery {
+    pub limit: Option<usize>,
+    pub offset: Option<usize>,
+    pub status: Option<String>,
+    pub source_id: Option<String>,
+}
+
+/// A JSON object without its null members: Astra's spec types every field as a string, so an absent value
+/// is left out rather than written `null`.
+pub(super) fn without_nulls(mut v: Value) -> Value {
+    if let Value::Object(m) = &mut v {
+        m.retain(|_, x| !x.is_null());
+    }
+    v
+}
+
+fn transfer_json(t: &TransferRec, clearing: ClearingFormat) -> Value {
     let reason = match &t.hold {
         Some(Hold::DailyLimit { .. }) => Some("daily_limit_exceeded"),
         Some(Hold::CardFrozen { .. }) => Some("card_frozen"),
         None => None,
     };
-    json!({
+    without_nulls(json!({
         "id": t.id,
         "routine_id": t.routine_id,
         "routine_name": t.routine_id.as_ref().map(|_| "Sandbox routine"),
@@ -422,9 +476,14 @@ fn transfer_json(t: &TransferRec) -> Value {
         "payment_type": t.payment_type,
         "initiated": format_time(t.initiated),
         "updated": format_time(t.updated),
-        "estimated_clearing_date": t.estimated_clearing_date.to_string(),
+        "estimated_clearing_date": match clearing {
+            // As Astra's spec types it (date-time) and its fixtures write it: no offset, meaning UTC.
+            ClearingFormat::DateTime => t.estimated_clearing_date.and_time(t.initiated.time()).format("%Y-%m-%dT%H:%M:%S%.6f").to_string(),
+            ClearingFormat::Date => t.estimated_clearing_date.to_string(),
+        },
+        "client_correlation_id": t.client_correlation_id,
         "status": t.status.as_str(),
         "astra_settlement_reason": reason,
         "failure_reason": t.failure_reason,
-    })
+    }))
 }

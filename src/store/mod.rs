@@ -4,7 +4,7 @@
 
 pub mod ledger;
 
-use std::{str::FromStr, time::Duration};
+use std::{path::PathBuf, str::FromStr, time::Duration};
 
 use sqlx::{
     PgPool, SqlitePool,
@@ -108,6 +108,18 @@ impl Store {
     /// Opens the store and brings its schema up to date.
     pub async fn open(url: &str) -> anyhow::Result<Store> {
         let store = Store::connect(url).await?;
+        // SQLite has no lock of its own around migrations (PostgreSQL's migrator takes an advisory lock): two
+        // processes starting on a fresh file would both apply them. A lock file beside the database serializes
+        // them.
+        let _guard = match &store {
+            Store::Sqlite(p) => migration_lock(p).await.map_err(|e| StoreError {
+                url: redact_url(url),
+                what: "cannot take the migration lock",
+                status: Status::Config,
+                source: e.into(),
+            })?,
+            Store::Postgres(_) => None,
+        };
         store.migrate().await.map_err(|e| {
             let status = match &e {
                 MigrateError::Execute(inner) | MigrateError::ExecuteMigration(inner, _) => classify_sqlx(inner),
@@ -118,6 +130,7 @@ impl Store {
         Ok(store)
     }
 
+    /// Applies the migrations the schema lacks (callers on SQLite hold the migration lock; see [`Store::open`]).
     pub async fn migrate(&self) -> Result<(), MigrateError> {
         match self {
             Store::Sqlite(p) => sqlx::migrate!("./migrations/sqlite").run(p).await?,
@@ -133,6 +146,22 @@ impl Store {
     pub async fn close(&self) {
         with_pool!(self, |p| p.close().await)
     }
+}
+
+/// An exclusive lock on `<database file>.migrate-lock`, held until dropped; `None` for an in-memory database.
+async fn migration_lock(pool: &SqlitePool) -> std::io::Result<Option<std::fs::File>> {
+    let file = pool.connect_options().get_filename().to_path_buf();
+    if file.as_os_str().is_empty() || file.to_string_lossy().contains(":memory:") {
+        return Ok(None);
+    }
+    let lock_path = PathBuf::from(format!("{}.migrate-lock", file.display()));
+    tokio::task::spawn_blocking(move || {
+        let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path)?;
+        f.lock()?;
+        Ok(Some(f))
+    })
+    .await
+    .map_err(std::io::Error::other)?
 }
 
 /// Database errors: unreachable, busy or out of space is temporary; refused credentials, a missing

@@ -15,9 +15,24 @@ use super::{
 };
 use crate::{
     astra::{AstraError, Call},
-    failure::Failure,
+    failure::{Classify, Failure, Status},
     store::Store,
 };
+
+/// No access token can be had for the user until the fintech acts: not a failure of the worker (exit 1, "no").
+#[derive(Debug, thiserror::Error)]
+pub enum NoToken {
+    #[error("no grant for user {user_id}; import one with `astra-worker grants import`")]
+    NoGrant { user_id: String },
+    #[error("the grant of user {user_id} needs re-authorization ({why}); the user must authorize again")]
+    NeedsReauthorization { user_id: String, why: String },
+}
+
+impl Classify for NoToken {
+    fn status(&self) -> Status {
+        Status::No
+    }
+}
 
 /// How long `token <user>` waits for another process that is refreshing the same grant.
 const LEASE_WAIT: Duration = Duration::from_secs(30);
@@ -63,11 +78,12 @@ async fn fresh_access(
     let owner = format!("token:{}:{}", std::process::id(), uuid::Uuid::new_v4());
     let give_up = tokio::time::Instant::now() + LEASE_WAIT;
     loop {
-        let g = load(db, &tok.keyring, user_id).await?.ok_or_else(|| {
-            anyhow::anyhow!("no grant for user {user_id}; import one with `astra-worker grants import`")
-        })?;
+        let g =
+            load(db, &tok.keyring, user_id).await?.ok_or_else(|| NoToken::NoGrant { user_id: user_id.to_string() })?;
         if g.status != GrantStatus::Active {
-            anyhow::bail!("the grant of user {user_id} needs re-authorization (status {})", g.status);
+            return Err(
+                NoToken::NeedsReauthorization { user_id: user_id.to_string(), why: g.status.to_string() }.into()
+            );
         }
         let now = Utc::now();
         if g.access_expires_at.is_some_and(|t| t > now + tok.access_margin) && rejected_version != Some(g.version) {
@@ -80,10 +96,8 @@ async fn fresh_access(
                 Refreshed::Rotated { access } => return Ok((access, g.version + 1)),
                 Refreshed::Adopted | Refreshed::Inactive => continue,
                 Refreshed::Dead { reason, .. } => {
-                    anyhow::bail!(
-                        "the grant of user {user_id} is dead ({}); the user must authorize again",
-                        reason.as_str()
-                    )
+                    let why = format!("dead: {}", reason.as_str());
+                    return Err(NoToken::NeedsReauthorization { user_id: user_id.to_string(), why }.into());
                 }
                 Refreshed::Failed { detail } => {
                     return Err(

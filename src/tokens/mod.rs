@@ -14,7 +14,7 @@ pub mod store;
 use chrono::TimeDelta;
 use secrecy::ExposeSecret;
 
-pub use access::{access_token, with_access};
+pub use access::{NoToken, access_token, with_access};
 pub use episodes::PromptLink;
 pub use grants::{Grant, GrantStatus, load, rotate_keys};
 pub use import::{ImportLine, Imported, import};

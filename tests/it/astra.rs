@@ -219,7 +219,7 @@ async fn paging_stops_once_items_are_older_than_the_window() {
     }
     // The newest 120 are at or after `since`.
     let since = base + TimeDelta::hours(130);
-    let got = r.client.transfers_since(Call::default(), &at, since, 50).await.unwrap().transfers;
+    let got = r.client.transfers_since(Call::default(), &at, since, 50, 100).await.unwrap().transfers;
     assert_eq!(got.len(), 120);
     assert!(got.windows(2).all(|w| w[0].initiated >= w[1].initiated), "newest first");
     assert_eq!(calls_to(&r.sandbox, "/v1/transfers"), 3, "pages of 50 until one reaches the window");
@@ -240,6 +240,7 @@ pub(crate) fn add_transfer(
         user_id: user.into(),
         routine_id: None,
         routine_type: None,
+        client_correlation_id: None,
         source_id: Some("src".into()),
         destination_id: Some("dst".into()),
         amount: Cents(cents),
@@ -311,11 +312,11 @@ async fn an_oversized_page_is_refused_as_malformed() {
     {
         let mut s = r.sandbox.state();
         let now = s.now();
-        for i in 0..25_000 {
+        for i in 0..40_000 {
             add_transfer(&mut s, &format!("big{i:06}"), "u1", 1, now, TransferStatus::Processed, None);
         }
     }
-    let e = r.client.transfers_page(Call::default(), &at, 25_000, 0).await.unwrap_err();
+    let e = r.client.transfers_page(Call::default(), &at, 40_000, 0).await.unwrap_err();
     assert!(matches!(&e, AstraError::Malformed { detail, .. } if detail.contains("larger than")), "{e:?}");
 }
 

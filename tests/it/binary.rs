@@ -33,10 +33,11 @@ fn the_shipped_config_passes_check_config_and_shows_three_slots_per_job() {
     let o = cmd("sqlite::memory:").arg("check-config").output().unwrap();
     assert_eq!(code(&o), 0, "{}", text(&o.stderr));
     let out = text(&o.stdout);
-    for job in ["token-rotation", "inbound-volume", "reprocessing-check", "stale-authorization-sweep"] {
+    for job in ["token-rotation", "inbound-volume", "transfer-sync", "reprocessing-check", "stale-authorization-sweep"]
+    {
         assert!(out.contains(job), "{out}");
     }
-    assert_eq!(out.matches("Z\n").count(), 12, "three slots for each of four jobs, in UTC too:\n{out}");
+    assert_eq!(out.matches("Z\n").count(), 15, "three slots for each of five jobs, in UTC too:\n{out}");
 }
 
 #[test]

@@ -5,7 +5,7 @@ use crate::with_pool;
 use astra_worker::{
     app::Worker,
     astra::TransferStatus,
-    config::{JobName, JobParams},
+    config::{GuardSettings, JobName, JobParams},
     domain::Cents,
     outbox,
     reconcile::guard::{self, GuardRequest},
@@ -195,20 +195,20 @@ async fn the_guard_gives_every_reason_and_a_limit_is_reached_exactly(b: Backend)
 
     let now = Utc::now();
     let u0 = users[0].clone();
-    let a = guard::check(db, &ask(&u0, 40_000), now).await.unwrap();
+    let a = guard::check(db, &GuardSettings::default(), &ask(&u0, 40_000), now).await.unwrap();
     assert!(a.allowed, "reaching the limit exactly is allowed: {a:?}");
     assert_eq!(a.headroom_cents, Some(0));
-    let a = guard::check(db, &ask(&u0, 40_001), now).await.unwrap();
+    let a = guard::check(db, &GuardSettings::default(), &ask(&u0, 40_001), now).await.unwrap();
     assert_eq!((a.allowed, a.reason.map(|r| r.as_str())), (false, Some("daily_limit")));
     assert_eq!(a.headroom_cents, Some(40_000));
     assert_eq!(a.block_lifts_at, Some(today.end()));
-    let next_day = guard::check(db, &ask(&u0, 40_001), today.end()).await.unwrap();
+    let next_day = guard::check(db, &GuardSettings::default(), &ask(&u0, 40_001), today.end()).await.unwrap();
     assert!(next_day.allowed, "the block lifts at the next local midnight");
 
     register(db, "card-1", &users[1], "card", NY, 100_000).await;
     registry::set_frozen(db, "card-1", true, now).await.unwrap();
     assert_eq!(
-        guard::check(db, &ask(&users[1], 1), now).await.unwrap().reason.map(|r| r.as_str()),
+        guard::check(db, &GuardSettings::default(), &ask(&users[1], 1), now).await.unwrap().reason.map(|r| r.as_str()),
         Some("card_frozen")
     );
     let line = ImportLine::Destination(DestinationLine {
@@ -223,15 +223,15 @@ async fn the_guard_gives_every_reason_and_a_limit_is_reached_exactly(b: Backend)
     });
     registry::import(db, &line, now).await.unwrap();
     assert_eq!(
-        guard::check(db, &ask(&users[2], 1), now).await.unwrap().reason.map(|r| r.as_str()),
+        guard::check(db, &GuardSettings::default(), &ask(&users[2], 1), now).await.unwrap().reason.map(|r| r.as_str()),
         Some("card_not_push_enabled")
     );
     registry::block_user(db, &users[3], "fraud review", now).await.unwrap();
-    let a = guard::check(db, &ask(&users[3], 1), now).await.unwrap();
+    let a = guard::check(db, &GuardSettings::default(), &ask(&users[3], 1), now).await.unwrap();
     assert_eq!((a.reason.map(|r| r.as_str()), a.detail.as_deref()), (Some("user_blocked"), Some("fraud review")));
     grant_store::set_user_status(db, &users[4], astra_worker::astra::UserStatus::Suspended, now).await.unwrap();
     assert_eq!(
-        guard::check(db, &ask(&users[4], 1), now).await.unwrap().reason.map(|r| r.as_str()),
+        guard::check(db, &GuardSettings::default(), &ask(&users[4], 1), now).await.unwrap().reason.map(|r| r.as_str()),
         Some("user_suspended")
     );
     with_pool!(db, |p| sqlx::query("UPDATE grant_token SET status = 'needs_reauth' WHERE user_id = $1")
@@ -241,17 +241,20 @@ async fn the_guard_gives_every_reason_and_a_limit_is_reached_exactly(b: Backend)
         .map(|_| ())
         .unwrap());
     assert_eq!(
-        guard::check(db, &ask(&users[5], 1), now).await.unwrap().reason.map(|r| r.as_str()),
+        guard::check(db, &GuardSettings::default(), &ask(&users[5], 1), now).await.unwrap().reason.map(|r| r.as_str()),
         Some("reauthorization_required")
     );
     assert_eq!(
-        guard::check(db, &ask("nobody", 1), now).await.unwrap().reason.map(|r| r.as_str()),
+        guard::check(db, &GuardSettings::default(), &ask("nobody", 1), now).await.unwrap().reason.map(|r| r.as_str()),
         Some("reauthorization_required")
     );
     let other = GuardRequest { user_id: &users[0], amount: Cents(1), destination_id: Some("card-1") };
-    assert_eq!(guard::check(db, &other, now).await.unwrap().reason.map(|r| r.as_str()), Some("destination_mismatch"));
+    assert_eq!(
+        guard::check(db, &GuardSettings::default(), &other, now).await.unwrap().reason.map(|r| r.as_str()),
+        Some("destination_mismatch")
+    );
     let unknown = GuardRequest { user_id: &users[0], amount: Cents(1), destination_id: Some("acct-elsewhere") };
-    let a = guard::check(db, &unknown, now).await.unwrap();
+    let a = guard::check(db, &GuardSettings::default(), &unknown, now).await.unwrap();
     assert!(a.allowed && a.detail.unwrap().contains("not registered"));
 }
 both_backends!(
@@ -367,6 +370,7 @@ async fn a_transfer_failing_after_landing_gets_its_followups_once_even_with_two_
             user_id: users[0].clone(),
             routine_id: Some("rtn_a2c".into()),
             routine_type: Some("account-to-card".into()),
+            client_correlation_id: None,
             source_id: Some("src".into()),
             destination_id: Some("dst".into()),
             amount: Cents(2500),
@@ -430,7 +434,7 @@ async fn bad_items_are_skipped_or_left_uncounted_and_a_repeated_item_counts_once
     };
     // An amount that is not a number: that item is refused, naming it; the others parse.
     let bad = parse_transfer(item("t-bad", "dst", serde_json::json!("twelve"))).unwrap_err();
-    assert!(bad.contains("t-bad"), "{bad}");
+    assert!(bad.detail.contains("t-bad"), "{}", bad.detail);
     let good = parse_transfer(item("t-1", "dst", serde_json::json!(12.34))).unwrap();
     let stray = parse_transfer(item("t-2", "elsewhere", serde_json::json!(5.0))).unwrap();
     let now = Utc::now();

@@ -1,0 +1,49 @@
+//! `transfer-sync` (every few minutes): reads the transfers of the users who need it now — those with a hold
+//! open, so each hold meets its transfer within minutes — newest first, back only to the newest transfer
+//! already seen (less an overlap). Its cost grows with activity, not with the number of users; expired holds
+//! are closed on the way. The daily `inbound-volume` stays the backstop for everyone.
+
+use chrono::Utc;
+use futures::{StreamExt, TryStreamExt};
+
+use super::{
+    RunContext,
+    transfers::{Window, read_user},
+};
+use crate::{
+    config::TransferSyncParams,
+    reconcile::{holds, mirror},
+};
+
+pub(super) async fn run(ctx: &RunContext<'_>, p: &TransferSyncParams) -> anyhow::Result<()> {
+    let db = &ctx.worker.store;
+    let now = Utc::now();
+    let users = holds::users_with_open_holds(db, now).await?;
+    if ctx.dry_run {
+        ctx.tally("would_read_users", users.len() as i64);
+        return Ok(());
+    }
+    let expired = holds::end_expired(db, now).await?;
+    ctx.tally("holds_expired", expired as i64);
+    if users.is_empty() {
+        return Ok(());
+    }
+    let svc = ctx.worker.services()?;
+    futures::stream::iter(users)
+        .map(Ok::<_, anyhow::Error>)
+        .try_for_each_concurrent(p.concurrency as usize, |u| {
+            let svc = svc.clone();
+            async move {
+                if ctx.stopping() {
+                    return Ok(());
+                }
+                let floor = now - p.lookback;
+                let since = match mirror::newest_seen(&ctx.worker.store, &u).await? {
+                    Some(newest) => (newest - p.overlap).max(floor),
+                    None => floor,
+                };
+                read_user(ctx, &svc, &u, Window { since, page_size: p.page_size, max_pages: p.max_pages }).await
+            }
+        })
+        .await
+}

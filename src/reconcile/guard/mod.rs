@@ -1,0 +1,258 @@
+//! The guard: before the fintech sends a routine request, may it? One query reads the user's block, the
+//! grant, the destinations with their limits and card flags, and for each the day's counter, the amount held
+//! open against it, whether the day is uncertain, and when the user's transfers were last read. With a hold
+//! key, an allowed amount is reserved against the destination's bank day in the same transaction that decided
+//! it, under that day's lock, so concurrent guards never together pass the limit. A limit is reached exactly
+//! when allowed: a request that brings the day's total to the limit passes; one cent more does not.
+
+use chrono::{DateTime, TimeDelta, Utc};
+use tracing::instrument;
+
+mod answer;
+mod read;
+
+pub use answer::{DenyReason, GuardAnswer, PlacedHold};
+use read::{DestinationDay, Read, read};
+
+use super::{
+    counters::day_lock,
+    holds::{self, Hold, held_cents, hold_insert},
+    registry::DestinationKind,
+};
+use crate::{
+    config::{GuardSettings, OnUncertain},
+    domain::Cents,
+    failure::Failure,
+    store::{Store, with_pool},
+};
+
+#[derive(Debug, Clone)]
+pub struct GuardRequest<'a> {
+    pub user_id: &'a str,
+    pub amount: Cents,
+    pub destination_id: Option<&'a str>,
+}
+
+/// Reserve the amount, if allowed, under `key` until `expires_at`.
+#[derive(Debug, Clone)]
+pub struct HoldRequest<'a> {
+    pub key: &'a str,
+    pub hold_for: TimeDelta,
+}
+
+/// May `req` go out? Reads only; places no hold.
+#[instrument(name = "guard", skip_all, fields(user_id = %req.user_id))]
+pub async fn check(
+    store: &Store,
+    settings: &GuardSettings,
+    req: &GuardRequest<'_>,
+    now: DateTime<Utc>,
+) -> anyhow::Result<GuardAnswer> {
+    if req.amount.0 <= 0 {
+        return Err(Failure::config("the amount must be more than zero"));
+    }
+    let (answer, destinations) = match read(store, req, now).await? {
+        Read::Decided(a) => return Ok(a),
+        Read::Destinations(a, d) => (a, d),
+    };
+    if let Some(id) = req.destination_id {
+        match destinations.first() {
+            Some(d) if d.destination.user_id != req.user_id => {
+                let detail = Some("the destination belongs to another user".into());
+                return Ok(answer.deny(DenyReason::DestinationMismatch, detail));
+            }
+            None => {
+                let mut a = answer;
+                a.detail = Some(format!("destination {id} not registered: no limit applies"));
+                return Ok(a);
+            }
+            Some(_) => {}
+        }
+    }
+    // Several destinations and none named: the most restrictive answer stands.
+    let mut best: Option<GuardAnswer> = None;
+    for d in &destinations {
+        let a = weigh(answer.clone(), settings, d, req.amount, now);
+        best = match best {
+            None => Some(a),
+            Some(b) if !a.allowed && b.allowed => Some(a),
+            Some(b) if a.allowed == b.allowed && a.headroom_cents < b.headroom_cents => Some(a),
+            Some(b) => Some(b),
+        };
+    }
+    Ok(best.unwrap_or(answer))
+}
+
+/// May `req` go out? When it may, reserves its amount under `hold.key` against the destination's bank day, in
+/// the transaction that decided it. The same key again returns the first answer and holds once.
+#[instrument(name = "guard", skip_all, fields(user_id = %req.user_id))]
+pub async fn check_and_hold(
+    store: &Store,
+    settings: &GuardSettings,
+    req: &GuardRequest<'_>,
+    hold: &HoldRequest<'_>,
+    now: DateTime<Utc>,
+) -> anyhow::Result<GuardAnswer> {
+    holds::check_key(hold.key).map_err(|e| Failure::Config(format!("--hold: {e}")))?;
+    if hold.hold_for <= TimeDelta::zero() || hold.hold_for > TimeDelta::days(7) {
+        return Err(Failure::config("--hold-for: a hold lasts longer than zero and at most 7 days"));
+    }
+    if let Some(previous) = replay(store, req, hold.key).await? {
+        return Ok(previous);
+    }
+    let answer = check(store, settings, req, now).await?;
+    if !answer.allowed {
+        return Ok(answer);
+    }
+    // The destination the amount goes to: the one named, or the user's only one.
+    let (answer, destinations) = match read(store, req, now).await? {
+        Read::Decided(a) => return Ok(a),
+        Read::Destinations(_, d) => (answer, d),
+    };
+    let target = match (req.destination_id, destinations.as_slice()) {
+        (_, []) => {
+            return Err(Failure::config(format!(
+                "{}: no registered destination, so there is no limit to hold against (register it with `accounts import`)",
+                req.destination_id.map(|d| format!("destination {d}")).unwrap_or_else(|| "the user".into())
+            )));
+        }
+        (Some(_), [d]) | (None, [d]) => d,
+        (None, _) => {
+            return Err(Failure::config(
+                "the user has several destinations: name the one the routine pays into with --destination",
+            ));
+        }
+        (Some(id), many) => many.iter().find(|d| d.destination.destination_id == id).unwrap_or(&many[0]),
+    };
+    place(store, settings, req, hold, target, answer, now).await
+}
+
+/// The answer given earlier under `key`, when the key was used for this very request.
+async fn replay(store: &Store, req: &GuardRequest<'_>, key: &str) -> anyhow::Result<Option<GuardAnswer>> {
+    let Some((h, answer)) = holds::get(store, key).await? else { return Ok(None) };
+    let same = h.user_id == req.user_id
+        && h.amount_cents == req.amount.0
+        && req.destination_id.is_none_or(|d| d == h.destination_id);
+    if !same {
+        return Err(Failure::config(format!(
+            "the hold key {} was used for another request (user, amount or destination differ)",
+            holds::shown(key)
+        )));
+    }
+    Ok(Some(serde_json::from_str(&answer)?))
+}
+
+/// Decides again under the day's lock, counting every hold placed meanwhile, and places the hold.
+async fn place(
+    store: &Store,
+    settings: &GuardSettings,
+    req: &GuardRequest<'_>,
+    hold: &HoldRequest<'_>,
+    target: &DestinationDay,
+    answer: GuardAnswer,
+    now: DateTime<Utc>,
+) -> anyhow::Result<GuardAnswer> {
+    let dest = &target.destination.destination_id;
+    let key = target.day.key();
+    let expires_at = now + hold.hold_for;
+    let outcome = with_pool!(store, |p| async {
+        let mut tx = p.begin().await?;
+        let (total, _) = day_lock!(&mut *tx, dest, &key)?;
+        let held = held_cents!(&mut *tx, dest, &key, now)?;
+        let day = DestinationDay { total, held, uncertain: target.uncertain.clone(), ..target.clone_shallow() };
+        let mut a = weigh(answer.clone(), settings, &day, req.amount, now);
+        if !a.allowed {
+            tx.rollback().await?;
+            return Ok::<_, anyhow::Error>(Some(a));
+        }
+        a.hold = Some(PlacedHold { key: hold.key.to_string(), amount_cents: req.amount.0, expires_at });
+        let row = Hold {
+            hold_key: hold.key.to_string(),
+            user_id: req.user_id.to_string(),
+            destination_id: dest.clone(),
+            bank_day: key.clone(),
+            amount_cents: req.amount.0,
+            routine_id: None,
+            created_at: now,
+            expires_at,
+            ended_at: None,
+            end_reason: None,
+            transfer_id: None,
+        };
+        if hold_insert!(&mut *tx, &row, serde_json::to_string(&a)?)? == 0 {
+            // The same key, placed a moment ago by a concurrent call: its answer stands.
+            tx.rollback().await?;
+            return Ok(None);
+        }
+        tx.commit().await?;
+        Ok(Some(a))
+    }
+    .await)?;
+    match outcome {
+        Some(a) => Ok(a),
+        None => replay(store, req, hold.key).await?.ok_or_else(|| anyhow::anyhow!("the hold vanished")),
+    }
+}
+
+impl DestinationDay {
+    fn clone_shallow(&self) -> DestinationDay {
+        DestinationDay {
+            destination: self.destination.clone(),
+            day: self.day,
+            total: self.total,
+            held: self.held,
+            uncertain: self.uncertain.clone(),
+        }
+    }
+}
+
+/// The answer for one destination on its bank day.
+fn weigh(
+    mut a: GuardAnswer,
+    settings: &GuardSettings,
+    d: &DestinationDay,
+    amount: Cents,
+    now: DateTime<Utc>,
+) -> GuardAnswer {
+    let dest = &d.destination;
+    a.destination_id = Some(dest.destination_id.clone());
+    if dest.kind == DestinationKind::Card && dest.frozen {
+        return a.deny(DenyReason::CardFrozen, Some("the card is frozen by its issuer".into()));
+    }
+    if dest.kind == DestinationKind::Card && dest.push_enabled == Some(false) {
+        return a.deny(DenyReason::CardNotPushEnabled, None);
+    }
+    let limit = dest.limit().0;
+    a.bank_day = Some(d.day.key());
+    a.day_total_cents = Some(d.total);
+    a.held_cents = Some(d.held);
+    a.daily_limit_cents = Some(limit);
+    if let Some(max) = settings.max_staleness
+        && a.as_of.is_none_or(|t| now - t > max)
+    {
+        let when = a.as_of.map(|t| format!("last read {t}")).unwrap_or_else(|| "never read".into());
+        let detail = format!("the user's transfers were {when}; guard.max_staleness is {}s", max.num_seconds());
+        return a.deny(DenyReason::CounterStale, Some(detail));
+    }
+    if let Some(why) = &d.uncertain {
+        a.uncertain = true;
+        if settings.on_uncertain == OnUncertain::Deny {
+            return a.deny(DenyReason::CounterUncertain, Some(format!("the day's counter is uncertain: {why}")));
+        }
+    }
+    let room = limit - d.total - d.held;
+    if amount.0 > room {
+        a.headroom_cents = Some(room.max(0));
+        a.block_lifts_at = Some(d.day.end());
+        let detail = format!(
+            "{} counted + {} held today + {} would pass the daily limit of {}",
+            Cents(d.total),
+            Cents(d.held),
+            amount,
+            Cents(limit)
+        );
+        return a.deny(DenyReason::DailyLimit, Some(detail));
+    }
+    a.headroom_cents = Some(room - amount.0);
+    a
+}

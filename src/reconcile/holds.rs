@@ -1,0 +1,231 @@
+//! Holds (the owner of `guard_hold`): an amount the guard allowed, reserved against a destination's bank day
+//! under the caller's key until the transfer it stands for is in the mirror (its `client_correlation_id` is
+//! the key, or its `routine_id` was attached), it is released, or it expires.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::{
+    failure::Failure,
+    store::{Store, with_pool},
+};
+
+/// The longest key accepted (Astra's own `Idempotency-Key` limit).
+pub const MAX_KEY_LEN: usize = 128;
+
+/// A hold key: 1 to 128 printable characters, no control character, no surrounding space.
+pub fn check_key(key: &str) -> Result<(), String> {
+    if key.is_empty() || key.trim() != key {
+        return Err("the hold key must not be empty nor start or end with a space".into());
+    }
+    if key.chars().count() > MAX_KEY_LEN {
+        return Err(format!("the hold key is longer than {MAX_KEY_LEN} characters"));
+    }
+    if key.chars().any(char::is_control) {
+        return Err("the hold key contains a control character".into());
+    }
+    Ok(())
+}
+
+/// A hold as stored.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct Hold {
+    pub hold_key: String,
+    pub user_id: String,
+    pub destination_id: String,
+    pub bank_day: String,
+    pub amount_cents: i64,
+    pub routine_id: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    pub ended_at: Option<DateTime<Utc>>,
+    /// `counted` (its transfer is in the mirror), `released`, or `expired`.
+    pub end_reason: Option<String>,
+    pub transfer_id: Option<String>,
+}
+
+impl Hold {
+    /// Still reserving its amount at `now`.
+    pub fn is_open(&self, now: DateTime<Utc>) -> bool {
+        self.ended_at.is_none() && self.expires_at > now
+    }
+}
+
+const COLUMNS: &str = "hold_key, user_id, destination_id, bank_day, amount_cents, routine_id, created_at, expires_at, \
+                       ended_at, end_reason, transfer_id";
+
+/// The hold under `key`, with the answer the guard gave when it placed it.
+pub async fn get(store: &Store, key: &str) -> sqlx::Result<Option<(Hold, String)>> {
+    #[derive(sqlx::FromRow)]
+    struct Row {
+        #[sqlx(flatten)]
+        hold: Hold,
+        answer: String,
+    }
+    let sql = format!("SELECT {COLUMNS}, answer FROM guard_hold WHERE hold_key = $1");
+    let row: Option<Row> =
+        with_pool!(store, |p| sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(key).fetch_optional(p).await)?;
+    Ok(row.map(|r| (r.hold, r.answer)))
+}
+
+/// Holds, newest first; only the open ones (not ended, not expired at `now`) with `open_only`.
+pub async fn list(store: &Store, open_only: bool, now: DateTime<Utc>, limit: i64) -> sqlx::Result<Vec<Hold>> {
+    let sql = format!(
+        "SELECT {COLUMNS} FROM guard_hold WHERE ($1 = FALSE OR (ended_at IS NULL AND expires_at > $2))
+         ORDER BY created_at DESC, hold_key LIMIT $3"
+    );
+    with_pool!(store, |p| sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(open_only)
+        .bind(now)
+        .bind(limit)
+        .fetch_all(p)
+        .await)
+}
+
+/// Ends an open hold because its routine was not created. `false`: no open hold under `key`.
+pub async fn release(store: &Store, key: &str, now: DateTime<Utc>) -> sqlx::Result<bool> {
+    with_pool!(store, |p| sqlx::query(
+        "UPDATE guard_hold SET ended_at = $1, end_reason = 'released' WHERE hold_key = $2 AND ended_at IS NULL"
+    )
+    .bind(now)
+    .bind(key)
+    .execute(p)
+    .await
+    .map(|r| r.rows_affected() == 1))
+}
+
+/// Ties an open hold to the routine Astra created for it, so the routine's transfer ends it. `Err` when no
+/// open hold has the key or the routine is tied to another hold.
+pub async fn attach(store: &Store, key: &str, routine_id: &str) -> anyhow::Result<()> {
+    if routine_id.trim().is_empty() || routine_id.len() > 256 || routine_id.chars().any(char::is_control) {
+        return Err(Failure::config("--routine-id must be a non-empty id of printable characters"));
+    }
+    let n = with_pool!(store, |p| sqlx::query(
+        "UPDATE guard_hold SET routine_id = $1 WHERE hold_key = $2 AND ended_at IS NULL
+           AND (routine_id IS NULL OR routine_id = $1)
+           AND NOT EXISTS (SELECT 1 FROM guard_hold o WHERE o.routine_id = $1 AND o.hold_key <> $2)"
+    )
+    .bind(routine_id)
+    .bind(key)
+    .execute(p)
+    .await
+    .map(|r| r.rows_affected()))?;
+    if n == 1 {
+        return Ok(());
+    }
+    match get(store, key).await? {
+        None => Err(Failure::config(format!("no hold under key {}", shown(key)))),
+        Some((h, _)) if h.ended_at.is_some() => {
+            Err(Failure::config(format!("the hold {} has ended ({})", shown(key), h.end_reason.unwrap_or_default())))
+        }
+        Some(_) => Err(Failure::config(format!(
+            "the hold {} is attached to another routine, or routine {routine_id} to another hold",
+            shown(key)
+        ))),
+    }
+}
+
+/// Marks the holds that expired by `now` as ended; returns how many.
+pub async fn end_expired(store: &Store, now: DateTime<Utc>) -> sqlx::Result<u64> {
+    with_pool!(store, |p| {
+        sqlx::query(
+        "UPDATE guard_hold SET ended_at = expires_at, end_reason = 'expired' WHERE ended_at IS NULL AND expires_at <= $1"
+    )
+    .bind(now)
+    .execute(p)
+    .await
+    .map(|r| r.rows_affected())
+    })
+}
+
+/// Users with a hold open at `now`: their transfers are read soon, so each hold meets its transfer.
+pub async fn users_with_open_holds(store: &Store, now: DateTime<Utc>) -> sqlx::Result<Vec<String>> {
+    with_pool!(store, |p| sqlx::query_scalar(
+        "SELECT DISTINCT user_id FROM guard_hold WHERE ended_at IS NULL AND expires_at > $1 ORDER BY user_id"
+    )
+    .bind(now)
+    .fetch_all(p)
+    .await)
+}
+
+/// A key as shown in a message: cut, so a pasted token is never echoed whole.
+pub(crate) fn shown(key: &str) -> String {
+    let cut: String = key.chars().filter(|c| !c.is_control()).take(40).collect();
+    if cut.len() < key.len() { format!("`{cut}…`") } else { format!("`{cut}`") }
+}
+
+/// The sum held open at `now` against a destination's bank day, on a connection or transaction (the
+/// guard's). Evaluates to `sqlx::Result<i64>`.
+macro_rules! held_cents {
+    ($conn:expr, $destination:expr, $day:expr, $now:expr) => {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT CAST(COALESCE(SUM(amount_cents), 0) AS BIGINT) FROM guard_hold
+             WHERE destination_id = $1 AND bank_day = $2 AND ended_at IS NULL AND expires_at > $3",
+        )
+        .bind($destination)
+        .bind($day)
+        .bind($now)
+        .fetch_one($conn)
+        .await
+    };
+}
+pub(crate) use held_cents;
+
+/// Places a hold, on the guard's transaction. Evaluates to `sqlx::Result<u64>`: 0 when the key is taken.
+macro_rules! hold_insert {
+    ($conn:expr, $h:expr, $answer:expr) => {{
+        let h: &$crate::reconcile::holds::Hold = $h;
+        sqlx::query(
+            "INSERT INTO guard_hold (hold_key, user_id, destination_id, bank_day, amount_cents, answer, created_at,
+                 expires_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (hold_key) DO NOTHING",
+        )
+        .bind(&h.hold_key)
+        .bind(&h.user_id)
+        .bind(&h.destination_id)
+        .bind(&h.bank_day)
+        .bind(h.amount_cents)
+        .bind($answer)
+        .bind(h.created_at)
+        .bind(h.expires_at)
+        .execute($conn)
+        .await
+        .map(|r| r.rows_affected())
+    }};
+}
+pub(crate) use hold_insert;
+
+/// Ends the open holds a transfer stands for (its correlation id is the key, or its routine was attached), on
+/// the mirror's transaction. Evaluates to `sqlx::Result<u64>`.
+macro_rules! holds_end_for_transfer {
+    ($conn:expr, $transfer_id:expr, $correlation_id:expr, $routine_id:expr, $now:expr) => {
+        sqlx::query(
+            "UPDATE guard_hold SET ended_at = $1, end_reason = 'counted', transfer_id = $2
+             WHERE ended_at IS NULL AND (hold_key = $3 OR routine_id = $4)",
+        )
+        .bind($now)
+        .bind($transfer_id)
+        .bind($correlation_id)
+        .bind($routine_id)
+        .execute($conn)
+        .await
+        .map(|r| r.rows_affected())
+    };
+}
+pub(crate) use holds_end_for_transfer;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hold_keys_are_short_printable_and_trimmed() {
+        assert!(check_key("r-2026-11-22-0001").is_ok());
+        assert!(check_key(&"k".repeat(128)).is_ok());
+        assert!(check_key(&"k".repeat(129)).unwrap_err().contains("128"));
+        assert!(check_key("a\u{0}b").unwrap_err().contains("control"));
+        assert!(check_key("").is_err());
+        assert!(check_key(" k").is_err());
+        assert_eq!(shown(&"x".repeat(100)), format!("`{}…`", "x".repeat(40)));
+    }
+}

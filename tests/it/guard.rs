@@ -1,0 +1,511 @@
+//! The guard right the same day, on both stores: holds reserve what was allowed (across threads and
+//! processes), end when their transfer is counted, are released or expire; Astra's published shapes are
+//! counted whatever the paging and clearing-date readings; what cannot be read fails closed.
+
+use std::process::Output;
+
+use astra_worker::{
+    app::Worker,
+    astra::{TransferStatus, model::Clearing},
+    config::{GuardSettings, JobName, OnUncertain},
+    domain::{BankDay, Cents},
+    reconcile::{
+        counters, guard,
+        guard::{GuardRequest, HoldRequest},
+        holds, mirror,
+        registry::{self, DestinationKind, DestinationLine, ImportLine},
+    },
+    runner::{RunOptions, SlotResult, run_job},
+    sandbox::{ClearingFormat, CountSemantics, Faults, SandboxSettings},
+    store::Store,
+};
+use chrono::{DateTime, TimeDelta, Utc};
+
+use crate::{
+    astra::add_transfer,
+    both_backends,
+    helpers::{Backend, KEY_A, TestApp, TestDb, b64, bin, import, text},
+    with_pool,
+};
+
+const NY: &str = "America/New_York";
+
+async fn register(store: &Store, dest: &str, user: &str, limit: i64) {
+    let line = ImportLine::Destination(DestinationLine {
+        destination_id: dest.into(),
+        user_id: user.into(),
+        kind: DestinationKind::Account,
+        bank_time_zone: NY.into(),
+        daily_limit_cents: limit,
+        frozen: None,
+        push_enabled: None,
+        pull_enabled: None,
+    });
+    registry::import(store, &line, Utc::now()).await.unwrap();
+}
+
+/// A store with one user ("u1", an active grant) and one destination ("dst") with a limit of `limit` cents.
+async fn one_user(b: Backend, limit: i64) -> (TestDb, Store) {
+    let db = TestDb::new(b).await;
+    let store = db.store().await;
+    import(&store, "u1", "at-u1", "rt-u1", Utc::now(), Some(Utc::now() + TimeDelta::hours(2))).await;
+    register(&store, "dst", "u1", limit).await;
+    (db, store)
+}
+
+fn ask(cents: i64) -> GuardRequest<'static> {
+    GuardRequest { user_id: "u1", amount: Cents(cents), destination_id: Some("dst") }
+}
+
+fn hold(key: &str) -> HoldRequest<'_> {
+    HoldRequest { key, hold_for: TimeDelta::hours(1) }
+}
+
+fn today() -> String {
+    BankDay::of(NY.parse().unwrap(), Utc::now()).key()
+}
+
+async fn two_guards_the_same_day_without_a_sync_never_pass_the_limit_together(b: Backend) {
+    let (_db, store) = one_user(b, 250_000).await;
+    let s = GuardSettings::default();
+    let now = Utc::now();
+    let first = guard::check_and_hold(&store, &s, &ask(200_000), &hold("r-1000"), now).await.unwrap();
+    assert!(first.allowed, "{first:?}");
+    assert_eq!(first.hold.as_ref().map(|h| h.amount_cents), Some(200_000));
+    assert_eq!(first.headroom_cents, Some(50_000));
+    // Four hours later, no transfer has been read yet: the hold still counts.
+    let later = now + TimeDelta::minutes(30);
+    let second = guard::check_and_hold(&store, &s, &ask(200_000), &hold("r-1400"), later).await.unwrap();
+    assert!(!second.allowed, "{second:?}");
+    assert_eq!(second.reason.map(|r| r.as_str()), Some("daily_limit"));
+    assert_eq!((second.held_cents, second.headroom_cents), (Some(200_000), Some(50_000)));
+    // Without a hold key the guard still sees the hold.
+    let plain = guard::check(&store, &s, &ask(50_001), later).await.unwrap();
+    assert_eq!(plain.reason.map(|r| r.as_str()), Some("daily_limit"));
+    assert!(guard::check(&store, &s, &ask(50_000), later).await.unwrap().allowed);
+    assert_eq!(holds::list(&store, true, later, 10).await.unwrap().len(), 1, "a denied request holds nothing");
+}
+both_backends!(
+    two_guards_the_same_day_without_a_sync_never_pass_the_limit_together,
+    super::two_guards_the_same_day_without_a_sync_never_pass_the_limit_together
+);
+
+async fn twenty_concurrent_holds_of_100_dollars_against_1000_allow_exactly_ten(b: Backend) {
+    let (db, store) = one_user(b, 100_000).await;
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let url = db.url.clone();
+        tasks.push(tokio::spawn(async move {
+            // Each caller on its own pool, as separate backends would be.
+            let store = Store::open(&url).await.unwrap();
+            let key = format!("t-{i:02}");
+            let a = guard::check_and_hold(&store, &GuardSettings::default(), &ask(10_000), &hold(&key), Utc::now())
+                .await
+                .unwrap();
+            store.close().await;
+            a.allowed
+        }));
+    }
+    let mut allowed = 0;
+    for t in tasks {
+        allowed += usize::from(t.await.unwrap());
+    }
+    assert_eq!(allowed, 10);
+    let held: i64 = holds::list(&store, true, Utc::now(), 100).await.unwrap().iter().map(|h| h.amount_cents).sum();
+    assert_eq!(held, 100_000);
+
+    // Separate processes, on a second destination.
+    register(&store, "dst2", "u1", 100_000).await;
+    let children: Vec<_> = (0..20)
+        .map(|i| {
+            let mut c = bin(&db.url);
+            c.env("ASTRA_WORKER_TOKEN_KEY", b64(&KEY_A)).args([
+                "guard",
+                "--user",
+                "u1",
+                "--amount",
+                "100.00",
+                "--destination",
+                "dst2",
+                "--hold",
+                &format!("p-{i:02}"),
+            ]);
+            c.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap()
+        })
+        .collect();
+    let outputs: Vec<Output> = children.into_iter().map(|c| c.wait_with_output().unwrap()).collect();
+    for o in &outputs {
+        assert!(matches!(o.status.code(), Some(0 | 1)), "{}", text(&o.stderr));
+    }
+    assert_eq!(outputs.iter().filter(|o| o.status.code() == Some(0)).count(), 10);
+}
+both_backends!(
+    twenty_concurrent_holds_of_100_dollars_against_1000_allow_exactly_ten,
+    super::twenty_concurrent_holds_of_100_dollars_against_1000_allow_exactly_ten
+);
+
+async fn a_hold_key_is_idempotent_and_a_hold_ends_when_released_or_expired(b: Backend) {
+    let (_db, store) = one_user(b, 100_000).await;
+    let s = GuardSettings::default();
+    let now = Utc::now();
+    let a = guard::check_and_hold(&store, &s, &ask(60_000), &hold("k1"), now).await.unwrap();
+    let again =
+        guard::check_and_hold(&store, &s, &ask(60_000), &hold("k1"), now + TimeDelta::minutes(1)).await.unwrap();
+    assert_eq!(a, again, "the same key returns the same answer");
+    assert_eq!(holds::list(&store, false, now, 10).await.unwrap().len(), 1, "and holds once");
+    let other = guard::check_and_hold(&store, &s, &ask(1_000), &hold("k1"), now).await.unwrap_err();
+    assert!(format!("{other:#}").contains("another request"), "{other:#}");
+
+    // Released: the amount is free again.
+    assert!(!guard::check(&store, &s, &ask(60_000), now).await.unwrap().allowed);
+    assert!(holds::release(&store, "k1", now).await.unwrap());
+    assert!(guard::check(&store, &s, &ask(60_000), now).await.unwrap().allowed);
+    assert!(!holds::release(&store, "k1", now).await.unwrap(), "released once");
+
+    // Expired: past its time it reserves nothing.
+    let short = HoldRequest { key: "k2", hold_for: TimeDelta::minutes(10) };
+    assert!(guard::check_and_hold(&store, &s, &ask(60_000), &short, now).await.unwrap().allowed);
+    assert!(!guard::check(&store, &s, &ask(60_000), now + TimeDelta::minutes(9)).await.unwrap().allowed);
+    assert!(guard::check(&store, &s, &ask(60_000), now + TimeDelta::minutes(11)).await.unwrap().allowed);
+    assert_eq!(holds::end_expired(&store, now + TimeDelta::minutes(11)).await.unwrap(), 1);
+    let k2 = holds::get(&store, "k2").await.unwrap().unwrap().0;
+    assert_eq!(k2.end_reason.as_deref(), Some("expired"));
+}
+both_backends!(
+    a_hold_key_is_idempotent_and_a_hold_ends_when_released_or_expired,
+    super::a_hold_key_is_idempotent_and_a_hold_ends_when_released_or_expired
+);
+
+fn transfer_json(
+    id: &str,
+    cents: f64,
+    correlation: Option<&str>,
+    routine: Option<&str>,
+) -> astra_worker::astra::Transfer {
+    let mut v = serde_json::json!({
+        "id": id, "amount": cents / 100.0, "initiated": astra_worker::astra::model::format_time(Utc::now()),
+        "status": "pending", "destination_id": "dst",
+        "estimated_clearing_date": "2099-01-01T00:00:00.000000",
+    });
+    if let Some(c) = correlation {
+        v["client_correlation_id"] = c.into();
+    }
+    if let Some(r) = routine {
+        v["routine_id"] = r.into();
+    }
+    astra_worker::astra::model::parse_transfer(v).unwrap()
+}
+
+async fn a_hold_that_becomes_its_transfer_is_counted_once(b: Backend) {
+    let (_db, store) = one_user(b, 100_000).await;
+    let s = GuardSettings::default();
+    let now = Utc::now();
+    assert!(guard::check_and_hold(&store, &s, &ask(30_000), &hold("c1"), now).await.unwrap().allowed);
+    assert!(guard::check_and_hold(&store, &s, &ask(20_000), &hold("c2"), now).await.unwrap().allowed);
+    holds::attach(&store, "c2", "rtn-2").await.unwrap();
+    let before = guard::check(&store, &s, &ask(1), now).await.unwrap();
+    assert_eq!((before.day_total_cents, before.held_cents), (Some(0), Some(50_000)));
+
+    // By correlation id, by attached routine id, and one that matches no hold.
+    mirror::upsert(&store, "u1", &transfer_json("t-c1", 30_000.0, Some("c1"), None), now).await.unwrap();
+    mirror::upsert(&store, "u1", &transfer_json("t-c2", 20_000.0, None, Some("rtn-2")), now).await.unwrap();
+    mirror::upsert(&store, "u1", &transfer_json("t-x", 5_000.0, Some("nobody"), None), now).await.unwrap();
+    let after = guard::check(&store, &s, &ask(1), now).await.unwrap();
+    assert_eq!((after.day_total_cents, after.held_cents), (Some(55_000), Some(0)), "{after:?}");
+    assert_eq!(after.headroom_cents, Some(100_000 - 55_000 - 1));
+    for key in ["c1", "c2"] {
+        let h = holds::get(&store, key).await.unwrap().unwrap().0;
+        assert_eq!(h.end_reason.as_deref(), Some("counted"), "{key}");
+    }
+    // Read again: nothing moves.
+    mirror::upsert(&store, "u1", &transfer_json("t-c1", 30_000.0, Some("c1"), None), now).await.unwrap();
+    assert_eq!(counters::counter(&store, "dst", &today()).await.unwrap().map(|c| c.0), Some(55_000));
+}
+both_backends!(
+    a_hold_that_becomes_its_transfer_is_counted_once,
+    super::a_hold_that_becomes_its_transfer_is_counted_once
+);
+
+async fn bad_guard_input_is_refused_and_leaves_no_hold(b: Backend) {
+    let (db, store) = one_user(b, 100_000).await;
+    registry::block_user(&store, "u1", "fraud review", Utc::now()).await.unwrap();
+    let run = |args: &[&str]| {
+        let mut c = bin(&db.url);
+        c.args(["guard", "--user", "u1"]).args(args);
+        c.output().unwrap()
+    };
+    let long = "k".repeat(129);
+    for (args, needle) in [
+        (vec!["--amount", "1.001", "--hold", "a"], "more than two decimals"),
+        (vec!["--amount=-5", "--hold", "a"], "negative"),
+        (vec!["--amount", "0", "--hold", "a"], "more than zero"),
+        (vec!["--amount", "5", "--hold", &long], "longer than 128"),
+        (vec!["--amount", "5", "--hold", "a\u{7}b"], "control character"),
+        (vec!["--amount", "5", "--hold", "a", "--hold-for", "30d"], "at most 7 days"),
+    ] {
+        let o = run(&args);
+        assert_eq!(o.status.code(), Some(78), "{args:?}: {}", text(&o.stderr));
+        assert!(text(&o.stderr).contains(needle), "{args:?}: {}", text(&o.stderr));
+    }
+    // A blocked user is denied, and no hold is left behind.
+    let o = run(&["--amount", "5", "--hold", "blocked"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["reason"], "user_blocked");
+    registry::unblock_user(&store, "u1").await.unwrap();
+    // An unknown destination has no limit to hold against: a clear error.
+    let o = run(&["--amount", "5", "--destination", "nowhere", "--hold", "x"]);
+    assert_eq!(o.status.code(), Some(78), "{}", text(&o.stderr));
+    assert!(text(&o.stderr).contains("no registered destination"), "{}", text(&o.stderr));
+    assert!(holds::list(&store, false, Utc::now(), 10).await.unwrap().is_empty());
+}
+both_backends!(bad_guard_input_is_refused_and_leaves_no_hold, super::bad_guard_input_is_refused_and_leaves_no_hold);
+
+async fn mirror(rig: &TestApp, w: &Worker) -> astra_worker::runner::RunSummary {
+    let _ = rig;
+    run_job(w, JobName::InboundVolume, &RunOptions { force: true, ..Default::default() }, Utc::now()).await.unwrap()
+}
+
+fn ran(s: &astra_worker::runner::RunSummary) -> (astra_worker::store::ledger::Outcome, serde_json::Value) {
+    match &s.reports[0].result {
+        SlotResult::Ran { outcome, details, .. } => (*outcome, details.clone()),
+        other => panic!("not run: {other:?}"),
+    }
+}
+
+async fn astras_shapes_are_counted_under_every_reading(b: Backend) {
+    for (count, clearing) in [
+        (CountSemantics::Page, ClearingFormat::DateTime),
+        (CountSemantics::Total, ClearingFormat::Date),
+        (CountSemantics::Total, ClearingFormat::DateTime),
+    ] {
+        let sb = SandboxSettings { count_semantics: count, clearing_format: clearing, ..Default::default() };
+        let rig = TestApp::new(b, sb, |_| {}).await;
+        let w = rig.worker(None).await;
+        let users = rig.seed(&w.store, 1, |_| TimeDelta::hours(1)).await;
+        register(&w.store, "dst", &users[0], 1_000_000_000).await;
+        let start = BankDay::of(NY.parse().unwrap(), Utc::now()).start();
+        let span = (Utc::now() - start).num_seconds().max(250);
+        for i in 0..250 {
+            let at = start + TimeDelta::seconds(i * span / 250);
+            add_transfer(
+                &mut rig.sandbox.state(),
+                &format!("t{i:03}"),
+                &users[0],
+                100,
+                at,
+                TransferStatus::Processed,
+                None,
+            );
+        }
+        let (outcome, details) = ran(&mirror(&rig, &w).await);
+        assert_eq!(outcome, astra_worker::store::ledger::Outcome::Succeeded, "{count:?} {clearing:?}: {details}");
+        let n = with_pool!(&w.store, |p| sqlx::query_scalar::<_, i64>(
+            "SELECT COUNT(*) FROM transfer WHERE estimated_clearing_date IS NOT NULL"
+        )
+        .fetch_one(p)
+        .await
+        .unwrap());
+        assert_eq!(n, 250, "{count:?} {clearing:?}: every transfer read with its clearing date");
+        assert_eq!(counters::counter(&w.store, "dst", &today()).await.unwrap(), Some((25_000, 250)));
+    }
+}
+both_backends!(astras_shapes_are_counted_under_every_reading, super::astras_shapes_are_counted_under_every_reading);
+
+async fn a_page_that_repeats_items_doubles_nothing(b: Backend) {
+    let sb = SandboxSettings { faults: Faults { ignore_offset: true, ..Default::default() }, ..Default::default() };
+    let rig = TestApp::new(b, sb, |_| {}).await;
+    let w = rig.worker(None).await;
+    let users = rig.seed(&w.store, 1, |_| TimeDelta::hours(1)).await;
+    register(&w.store, "dst", &users[0], 1_000_000_000).await;
+    let start = BankDay::of(NY.parse().unwrap(), Utc::now()).start();
+    for i in 0..150 {
+        let at = start + TimeDelta::seconds(i);
+        add_transfer(
+            &mut rig.sandbox.state(),
+            &format!("t{i:03}"),
+            &users[0],
+            100,
+            at,
+            TransferStatus::Processed,
+            None,
+        );
+    }
+    let summary = mirror(&rig, &w).await;
+    let (outcome, details) = ran(&summary);
+    assert_eq!(
+        outcome,
+        astra_worker::store::ledger::Outcome::Partial,
+        "what lies behind the repeat is unread: {details}"
+    );
+    assert_eq!(details["listings_truncated"], 1);
+    let (total, n) = counters::counter(&w.store, "dst", &today()).await.unwrap().unwrap();
+    assert_eq!(total, n * 100, "each transfer counted once");
+    assert!(n <= 100, "the repeated page brought nothing new: {n}");
+    let listings = rig.sandbox.state().calls.iter().filter(|c| c.path == "/v1/transfers").count();
+    // Each slot the catch-up ran read two pages: the second repeated the first, so paging stopped.
+    assert_eq!(listings, 2 * summary.reports.len());
+}
+both_backends!(a_page_that_repeats_items_doubles_nothing, super::a_page_that_repeats_items_doubles_nothing);
+
+async fn a_transfer_that_does_not_parse_makes_the_run_partial_and_its_day_uncertain(b: Backend) {
+    let sb = SandboxSettings {
+        faults: Faults { unreadable_transfers: vec!["t-bad".into()], ..Default::default() },
+        ..Default::default()
+    };
+    let rig = TestApp::new(b, sb, |_| {}).await;
+    let w = rig.worker(None).await;
+    let users = rig.seed(&w.store, 1, |_| TimeDelta::hours(1)).await;
+    register(&w.store, "dst", &users[0], 100_000).await;
+    let at = Utc::now() - TimeDelta::minutes(5);
+    add_transfer(&mut rig.sandbox.state(), "t-ok", &users[0], 1_000, at, TransferStatus::Processed, None);
+    add_transfer(&mut rig.sandbox.state(), "t-bad", &users[0], 90_000, at, TransferStatus::Processed, None);
+    let summary = mirror(&rig, &w).await;
+    let (outcome, details) = ran(&summary);
+    assert_eq!(outcome, astra_worker::store::ledger::Outcome::Partial, "{details}");
+    assert_eq!(summary.status().code(), 75);
+    assert_eq!(details["transfers_rejected"], 1);
+    assert!(counters::uncertainty(&w.store, "dst", &today()).await.unwrap().is_some());
+    let req = GuardRequest { user_id: &users[0], amount: Cents(100), destination_id: None };
+    let deny = guard::check(&w.store, &GuardSettings::default(), &req, Utc::now()).await.unwrap();
+    assert_eq!(deny.reason.map(|r| r.as_str()), Some("counter_uncertain"), "{deny:?}");
+    let lenient = GuardSettings { on_uncertain: OnUncertain::Allow, ..Default::default() };
+    let allow = guard::check(&w.store, &lenient, &req, Utc::now()).await.unwrap();
+    assert!(allow.allowed && allow.uncertain, "{allow:?}");
+
+    // Astra serves it readable again: the next reading clears the day.
+    rig.sandbox.set_faults(Faults::default());
+    let (outcome, _) = ran(&mirror(&rig, &w).await);
+    assert_eq!(outcome, astra_worker::store::ledger::Outcome::Succeeded);
+    assert!(counters::uncertainty(&w.store, "dst", &today()).await.unwrap().is_none());
+    assert_eq!(counters::counter(&w.store, "dst", &today()).await.unwrap().map(|c| c.0), Some(91_000));
+    let now_read = guard::check(&w.store, &GuardSettings::default(), &req, Utc::now()).await.unwrap();
+    assert!(now_read.as_of.is_some_and(|t| Utc::now() - t < TimeDelta::minutes(5)), "{now_read:?}");
+    let stale = GuardSettings { max_staleness: Some(TimeDelta::minutes(1)), ..Default::default() };
+    let later = guard::check(&w.store, &stale, &req, Utc::now() + TimeDelta::minutes(2)).await.unwrap();
+    assert_eq!(later.reason.map(|r| r.as_str()), Some("counter_stale"));
+}
+both_backends!(
+    a_transfer_that_does_not_parse_makes_the_run_partial_and_its_day_uncertain,
+    super::a_transfer_that_does_not_parse_makes_the_run_partial_and_its_day_uncertain
+);
+
+async fn the_drift_fix_erases_no_concurrent_mirror_write(b: Backend) {
+    let (db, store) = one_user(b, 1_000_000_000).await;
+    let day = today();
+    let writers: Vec<_> = (0..4)
+        .map(|k| {
+            let url = db.url.clone();
+            tokio::spawn(async move {
+                let store = Store::open(&url).await.unwrap();
+                for i in 0..40 {
+                    let t = transfer_json(&format!("w{k}-{i:02}"), 100.0, None, None);
+                    mirror::upsert(&store, "u1", &t, Utc::now()).await.unwrap();
+                }
+                store.close().await;
+            })
+        })
+        .collect();
+    let fixer = {
+        let (url, day) = (db.url.clone(), day.clone());
+        tokio::spawn(async move {
+            let store = Store::open(&url).await.unwrap();
+            for _ in 0..40 {
+                counters::fix_day(&store, "dst", &day).await.unwrap();
+            }
+            store.close().await;
+        })
+    };
+    for w in writers {
+        w.await.unwrap();
+    }
+    fixer.await.unwrap();
+    assert_eq!(counters::counter(&store, "dst", &day).await.unwrap(), Some((16_000, 160)));
+    let fix = counters::fix_day(&store, "dst", &day).await.unwrap();
+    assert_eq!(fix.drift(), 0, "{fix:?}");
+}
+both_backends!(the_drift_fix_erases_no_concurrent_mirror_write, super::the_drift_fix_erases_no_concurrent_mirror_write);
+
+async fn catch_up_of_three_missed_daily_slots_decides_three_days(b: Backend) {
+    let rig = TestApp::new(b, SandboxSettings::default(), |s| {
+        for j in &mut s.jobs {
+            if j.name == JobName::InboundVolume {
+                // Back to just before the third-latest slot, whatever the time of day.
+                let now = Utc::now();
+                let mut slot = j.schedule.latest_at_or_before(now).unwrap();
+                for _ in 0..2 {
+                    slot = j.schedule.latest_at_or_before(slot - TimeDelta::seconds(1)).unwrap();
+                }
+                j.max_lateness = now - slot + TimeDelta::minutes(5);
+            }
+        }
+    })
+    .await;
+    let w = rig.worker(None).await;
+    let users = rig.seed(&w.store, 1, |_| TimeDelta::hours(1)).await;
+    register(&w.store, "dst", &users[0], 100_000).await;
+    let s = run_job(&w, JobName::InboundVolume, &RunOptions::default(), Utc::now()).await.unwrap();
+    assert_eq!(s.reports.len(), 3, "three slots within max_lateness");
+    let days: Vec<String> = with_pool!(&w.store, |p| sqlx::query_scalar(
+        "SELECT bank_day FROM limit_decision WHERE destination_id = 'dst' ORDER BY bank_day"
+    )
+    .fetch_all(p)
+    .await
+    .unwrap());
+    // Each slot decides the day it ends and the day it starts: four days for three consecutive slots.
+    assert_eq!(days.len(), 4, "{days:?}");
+}
+both_backends!(
+    catch_up_of_three_missed_daily_slots_decides_three_days,
+    super::catch_up_of_three_missed_daily_slots_decides_three_days
+);
+
+async fn a_transfer_returned_eight_days_after_it_landed_gets_one_followup(b: Backend) {
+    let rig = TestApp::new(b, SandboxSettings::default(), |_| {}).await;
+    let w = rig.worker(None).await;
+    let users = rig.seed(&w.store, 1, |_| TimeDelta::hours(1)).await;
+    register(&w.store, "dst", &users[0], 1_000_000).await;
+    let at = Utc::now() - TimeDelta::hours(2);
+    add_transfer(&mut rig.sandbox.state(), "t-late", &users[0], 4_200, at, TransferStatus::Processed, None);
+    mirror(&rig, &w).await;
+    // Eight days on, the transfer is long out of every listing window; Astra marks it failed (an ACH return).
+    set_recheck_due(&w.store, "t-late").await;
+    rig.sandbox.state().set_transfer_status("t-late", TransferStatus::Failed, Some("R10".into()));
+    for _ in 0..2 {
+        run_job(&w, JobName::ReprocessingCheck, &RunOptions { force: true, ..Default::default() }, Utc::now())
+            .await
+            .unwrap();
+        set_recheck_due(&w.store, "t-late").await;
+    }
+    let n: i64 = with_pool!(&w.store, |p| sqlx::query_scalar(
+        "SELECT COUNT(*) FROM outbox WHERE kind = 'remove_from_available_balance'"
+    )
+    .fetch_one(p)
+    .await
+    .unwrap());
+    assert_eq!(n, 1);
+    let requests = rig.sandbox.state().calls.iter().filter(|c| c.path == "/v1/transfers/t-late").count();
+    assert!(requests >= 1, "read again by id");
+}
+both_backends!(
+    a_transfer_returned_eight_days_after_it_landed_gets_one_followup,
+    super::a_transfer_returned_eight_days_after_it_landed_gets_one_followup
+);
+
+/// Makes a landed transfer's next reading due now, as if eight days had passed.
+async fn set_recheck_due(store: &Store, id: &str) {
+    let past: DateTime<Utc> = Utc::now() - TimeDelta::seconds(1);
+    with_pool!(store, |p| sqlx::query("UPDATE transfer SET recheck_at = $1 WHERE id = $2 AND recheck_at IS NOT NULL")
+        .bind(past)
+        .bind(id)
+        .execute(p)
+        .await
+        .map(|_| ())
+        .unwrap());
+}
+
+#[test]
+fn a_clearing_instant_and_a_clearing_date_are_both_astra_shapes() {
+    assert!(matches!(Clearing::parse("2020-09-17T15:12:04.746260"), Ok(Clearing::At(_))));
+    assert!(matches!(Clearing::parse("2020-09-17"), Ok(Clearing::On(_))));
+}
