@@ -21,9 +21,13 @@ use crate::{
     astra::Credentials,
     config::{JobName, Settings},
     domain::money::Cents,
+    domain::time::utc_seconds,
     outbox::{self, Deliverer},
-    reconcile::guard::{self, GuardRequest},
     reconcile::registry::{self},
+    reconcile::{
+        guard::{self, GuardRequest, HoldRequest},
+        holds,
+    },
     runner::{RunOptions, SlotResult, run_job},
     sandbox::{Faults, Sandbox, SandboxSettings},
     store::Store,
@@ -34,6 +38,83 @@ use crate::{
 
 use report::{Hook, figures, guard_examples, pairs};
 use seed::between_jobs;
+
+/// Holds and the same-day sync: one user asks twice the same day before Astra shows anything; the first request
+/// is held, the second denied; the routine's transfer appears at Astra, `transfer-sync` reads it within
+/// minutes, and the hold ends as the transfer is counted, once.
+async fn same_day(worker: &Worker, sandbox: &Sandbox) -> anyhow::Result<Vec<String>> {
+    let mut out = Vec::new();
+    let Some((user, _, _)) = guard_examples(&worker.store).await?.into_iter().next() else { return Ok(out) };
+    let Some(dest) = registry::destinations_of(&worker.store, &user).await?.into_iter().next() else { return Ok(out) };
+    let settings = &worker.settings.guard;
+    let ask =
+        |cents: i64| GuardRequest { user_id: &user, amount: Cents(cents), destination_id: Some(&dest.destination_id) };
+    let now = Utc::now();
+    let room = guard::check(&worker.store, settings, &ask(1), now).await?.headroom_cents.unwrap_or(0) + 1;
+    let amount = (room * 3 / 4).max(1);
+    let hold_for = settings.hold_for;
+    let first =
+        guard::check_and_hold(&worker.store, settings, &ask(amount), &HoldRequest { key: "demo-r1", hold_for }, now)
+            .await?;
+    let second =
+        guard::check_and_hold(&worker.store, settings, &ask(amount), &HoldRequest { key: "demo-r2", hold_for }, now)
+            .await?;
+    let verdict = |a: &guard::GuardAnswer| match (a.reason, &a.hold) {
+        (None, Some(h)) => format!("allowed and held until {}", utc_seconds(h.expires_at)),
+        (None, None) => "allowed".to_string(),
+        (Some(r), _) => {
+            format!(
+                "denied: {r} ({} held, {} left)",
+                Cents(a.held_cents.unwrap_or(0)),
+                Cents(a.headroom_cents.unwrap_or(0))
+            )
+        }
+    };
+    out.push(format!("holds: {user} asks for {} twice the same day, before Astra shows any transfer", Cents(amount)));
+    out.push(format!("  --hold demo-r1 -> {}", verdict(&first)));
+    out.push(format!("  --hold demo-r2 -> {}", verdict(&second)));
+    // The routine demo-r1 stood for is created with client_correlation_id = demo-r1; Astra lists its transfer.
+    sandbox.state().add_transfer(crate::sandbox::TransferRec {
+        id: "demo-held-transfer".into(),
+        user_id: user.clone(),
+        routine_id: Some("demo-routine-r1".into()),
+        routine_type: Some("one-time".into()),
+        client_correlation_id: Some("demo-r1".into()),
+        source_id: Some("demo-source".into()),
+        destination_id: Some(dest.destination_id.clone()),
+        amount: Cents(amount),
+        payment_type: "ach".into(),
+        initiated: now,
+        updated: now,
+        estimated_clearing_date: (now + chrono::TimeDelta::days(1)).date_naive(),
+        status: crate::astra::TransferStatus::Pending,
+        hold: None,
+        failure_reason: None,
+    });
+    let latest = worker.settings.job(JobName::TransferSync).and_then(|j| j.schedule.latest_at_or_before(now));
+    let opts = RunOptions { slot: latest, force: true, ..Default::default() };
+    for r in run_job(worker, JobName::TransferSync, &opts, now).await?.reports {
+        if let SlotResult::Ran { outcome, counts, details, .. } = &r.result {
+            out.push(format!(
+                "  transfer-sync (every 5 min): {}: {} users read, {} requests; {}",
+                outcome.as_str(),
+                counts.processed,
+                counts.requests,
+                figures(details)
+            ));
+        }
+    }
+    let ended = holds::get(&worker.store, "demo-r1").await?.and_then(|(h, _)| h.end_reason);
+    let after = guard::check(&worker.store, settings, &ask(1), Utc::now()).await?;
+    out.push(format!(
+        "  hold demo-r1: {}; the day now counts {} with {} held (transfers read {})",
+        ended.unwrap_or_else(|| "open".into()),
+        Cents(after.day_total_cents.unwrap_or(0)),
+        Cents(after.held_cents.unwrap_or(0)),
+        after.as_of.map(utc_seconds).unwrap_or_else(|| "never".into())
+    ));
+    Ok(out)
+}
 
 pub(crate) struct DemoOptions {
     pub users: usize,
@@ -94,6 +175,7 @@ pub(crate) async fn run(settings: Settings, opts: &DemoOptions) -> anyhow::Resul
     let now = Utc::now();
     let order =
         [JobName::StaleAuthorizationSweep, JobName::TokenRotation, JobName::InboundVolume, JobName::ReprocessingCheck];
+    // transfer-sync runs in the same-day part below, once a hold exists.
     for job in order {
         if job == JobName::ReprocessingCheck {
             between_jobs(&sandbox, &worker.store, opts.users).await?;
@@ -138,6 +220,10 @@ pub(crate) async fn run(settings: Settings, opts: &DemoOptions) -> anyhow::Resul
             Some(r) => format!("denied: {r}{}", a.detail.map(|d| format!(" ({d})")).unwrap_or_default()),
         };
         w(&mut out, format!("guard {user} ${dollars:<8} -> {verdict}"));
+    }
+    w(&mut out, String::new());
+    for line in same_day(&worker, &sandbox).await? {
+        w(&mut out, line);
     }
 
     let grants = grant_store::count_by_status(&worker.store).await?;

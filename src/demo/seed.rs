@@ -7,6 +7,7 @@ use secrecy::SecretString;
 use crate::{
     astra::{TransferStatus, UserStatus},
     domain::money::Cents,
+    reconcile::mirror,
     reconcile::registry::{self, AchCreditLine, DestinationKind, DestinationLine, ImportLine as RegistryLine},
     sandbox::CardRec,
     sandbox::{Hold, Sandbox, TransferRec},
@@ -200,20 +201,23 @@ async fn register(store: &Store, user_id: &str, i: usize) -> anyhow::Result<()> 
 const DEMO_LIMIT: Cents = Cents(250_000);
 
 /// What happens between the mirror and the reprocessing check: the issuer unfreezes half the frozen cards
-/// (in its registry and at Astra), and a few transfers that landed fail at Astra.
+/// (in its registry and at Astra), a few transfers that landed fail at Astra, and days pass for them.
 pub(super) async fn between_jobs(sandbox: &Sandbox, store: &Store, users: usize) -> anyhow::Result<()> {
     for i in (3..users).step_by(100) {
         let card = format!("card-{i:04}");
         sandbox.state().set_card_frozen(&card, false);
         registry::set_frozen(store, &card, false, Utc::now()).await?;
     }
-    let mut s = sandbox.state();
-    for i in (11..users).step_by(40) {
-        s.set_transfer_status(
-            &format!("demo-trf-{i:04}-1"),
-            TransferStatus::Failed,
-            Some("R01: insufficient funds".into()),
-        );
+    let failed: Vec<String> = (11..users).step_by(40).map(|i| format!("demo-trf-{i:04}-1")).collect();
+    {
+        let mut s = sandbox.state();
+        for id in &failed {
+            s.set_transfer_status(id, TransferStatus::Failed, Some("R01: insufficient funds".into()));
+        }
+    }
+    // Days pass: the landed transfers' next reading by id is due (it comes 1, 2, 3, 5, 8… days after landing).
+    for id in &failed {
+        mirror::set_recheck(store, id, Some(Utc::now() - chrono::TimeDelta::seconds(1))).await?;
     }
     Ok(())
 }

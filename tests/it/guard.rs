@@ -509,3 +509,57 @@ fn a_clearing_instant_and_a_clearing_date_are_both_astra_shapes() {
     assert!(matches!(Clearing::parse("2020-09-17T15:12:04.746260"), Ok(Clearing::At(_))));
     assert!(matches!(Clearing::parse("2020-09-17"), Ok(Clearing::On(_))));
 }
+
+async fn a_held_transfer_of_a_dead_grant_still_gets_its_stuck_followup(b: Backend) {
+    use astra_worker::sandbox::Hold;
+    let rig = TestApp::new(b, SandboxSettings::default(), |_| {}).await;
+    let w = rig.worker(None).await;
+    let users = rig.seed(&w.store, 1, |_| TimeDelta::hours(1)).await;
+    register(&w.store, "dst", &users[0], 1_000_000).await;
+    let at = Utc::now() - TimeDelta::hours(1);
+    let hold = Some(Hold::DailyLimit { clears_at: Utc::now() + TimeDelta::days(30) });
+    add_transfer(&mut rig.sandbox.state(), "t-held", &users[0], 5_000, at, TransferStatus::Pending, hold);
+    mirror(&rig, &w).await;
+    // Held for four days, and meanwhile the user's grant died: the transfer can no longer be read.
+    let long_ago: DateTime<Utc> = Utc::now() - TimeDelta::days(4);
+    with_pool!(&w.store, |p| sqlx::query("UPDATE transfer SET held_since = $1 WHERE id = 't-held'")
+        .bind(long_ago)
+        .execute(p)
+        .await
+        .map(|_| ())
+        .unwrap());
+    with_pool!(&w.store, |p| sqlx::query("UPDATE grant_token SET status = 'needs_reauth' WHERE user_id = $1")
+        .bind(&users[0])
+        .execute(p)
+        .await
+        .map(|_| ())
+        .unwrap());
+    run_job(&w, JobName::ReprocessingCheck, &RunOptions { force: true, ..Default::default() }, Utc::now())
+        .await
+        .unwrap();
+    let stuck = astra_worker::outbox::store::list(&w.store, false, Some("transfer_stuck"), 10).await.unwrap();
+    assert_eq!(stuck.len(), 1);
+    assert!(stuck[0].payload.contains("\"amount_cents\":5000"), "{}", stuck[0].payload);
+}
+both_backends!(
+    a_held_transfer_of_a_dead_grant_still_gets_its_stuck_followup,
+    super::a_held_transfer_of_a_dead_grant_still_gets_its_stuck_followup
+);
+
+async fn a_user_whose_token_cannot_be_had_fails_the_run_instead_of_being_skipped(b: Backend) {
+    let rig = TestApp::new(b, SandboxSettings::default(), |_| {}).await;
+    let w = rig.worker(None).await;
+    // Imported with an access token that has expired: reading needs a refresh, and Astra answers only 5xx.
+    let g = rig.sandbox.state().add_approved_user("u-down", None, Utc::now());
+    import(&w.store, "u-down", &g.access_token, &g.refresh_token, Utc::now(), Some(Utc::now() - TimeDelta::minutes(1)))
+        .await;
+    rig.sandbox.set_faults(Faults { error_rate: 1.0, ..Default::default() });
+    let s = mirror(&rig, &w).await;
+    let (outcome, details) = ran(&s);
+    assert_eq!(outcome, astra_worker::store::ledger::Outcome::Partial, "{details}");
+    assert_eq!(s.status().code(), 75);
+}
+both_backends!(
+    a_user_whose_token_cannot_be_had_fails_the_run_instead_of_being_skipped,
+    super::a_user_whose_token_cannot_be_had_fails_the_run_instead_of_being_skipped
+);
