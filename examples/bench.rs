@@ -1,7 +1,10 @@
 //! The benchmark harness: `cargo run --release --example bench [-- --pg postgres://…]`.
 //!
 //! 1. Guard latency: 10,000 users with grants, destinations and today's counters; 20,000 sequential
-//!    `guard::check` calls; mean, p50, p99 wall time per call (all of it database round trips).
+//!    `guard::check` calls; then 5,000 `check_and_hold` calls from one caller, and 16 concurrent callers
+//!    placing 300 holds each on one destination; mean, p50, p99 wall time per call.
+//! 1b. Sync cost: the requests one `transfer-sync` run makes for 10,000 users when 1 % have an open hold and a
+//!    new transfer (the sandbox in its own process).
 //! 2. Rotation: N due grants rotated against the sandbox, run as its own process (`astra-worker sandbox`, so
 //!    the memory measured is the worker's alone), at a configured rate: achieved rate, the most requests the
 //!    sandbox saw in any one second, and this process's peak memory (VmHWM), for two N.
@@ -16,10 +19,11 @@ use astra_worker::{
     app::Services,
     app::Worker,
     astra::Credentials,
+    config::GuardSettings,
     config::{JobName, Settings},
     domain::Cents,
     reconcile::counters,
-    reconcile::guard::{self, GuardRequest},
+    reconcile::guard::{self, GuardRequest, HoldRequest},
     reconcile::registry::{self, DestinationLine, ImportLine as RegistryLine},
     runner::{RunOptions, run_job},
     sandbox::SandboxSettings,
@@ -56,7 +60,8 @@ async fn fresh(pg: Option<&str>) -> (String, Option<tempfile::TempDir>) {
     }
 }
 
-async fn bench_guard(label: &str, url: &str) {
+/// 10,000 users with grants, one destination each (limit $2,500) and today's counters.
+async fn seed_guard_store(url: &str) -> Store {
     let store = Store::open(url).await.unwrap();
     let k = keyring();
     let now = Utc::now();
@@ -87,6 +92,22 @@ async fn bench_guard(label: &str, url: &str) {
         let day = astra_worker::domain::BankDay::of(chrono_tz::America::New_York, now).key();
         counters::set_counter(&store, &format!("acct-{i:05}"), &day, (i as i64 * 37) % 300_000, 1).await.unwrap();
     }
+    store
+}
+
+const USERS: usize = 10_000;
+
+fn percentiles(label: &str, what: &str, mut lat: Vec<Duration>, extra: &str) {
+    lat.sort();
+    let n = lat.len();
+    let mean = lat.iter().sum::<Duration>() / n as u32;
+    println!("{what} [{label}]: {n} calls: mean {:?}, p50 {:?}, p99 {:?}{extra}", mean, lat[n / 2], lat[n * 99 / 100]);
+}
+
+async fn bench_guard(label: &str, url: &str) {
+    let store = seed_guard_store(url).await;
+    let users = USERS;
+    let now = Utc::now();
     let calls = 20_000;
     let mut lat = Vec::with_capacity(calls);
     let mut denied = 0;
@@ -98,14 +119,73 @@ async fn bench_guard(label: &str, url: &str) {
         lat.push(t.elapsed());
         denied += usize::from(!a.allowed);
     }
-    lat.sort();
-    let mean = lat.iter().sum::<Duration>() / calls as u32;
-    println!(
-        "guard [{label}]: {calls} calls over {users} users: mean {:?}, p50 {:?}, p99 {:?} ({denied} denied)",
-        mean,
-        lat[calls / 2],
-        lat[calls * 99 / 100]
-    );
+    percentiles(label, "guard, no hold", lat, &format!(" over {users} users ({denied} denied)"));
+
+    // With a hold: one caller, a different user each time.
+    let settings = GuardSettings::default();
+    let hold_for = TimeDelta::hours(1);
+    let mut lat = Vec::new();
+    for n in 0..5_000 {
+        let user = format!("u{:05}", (n * 7919) % users);
+        let req = GuardRequest { user_id: &user, amount: Cents(100), destination_id: None };
+        let key = format!("b1-{n}");
+        let t = Instant::now();
+        guard::check_and_hold(&store, &settings, &req, &HoldRequest { key: &key, hold_for }, now).await.unwrap();
+        lat.push(t.elapsed());
+    }
+    percentiles(label, "guard with hold, 1 caller", lat, "");
+
+    // With a hold: 16 concurrent callers on one destination (its limit raised so every call holds).
+    registry::import(
+        &store,
+        &RegistryLine::Destination(DestinationLine {
+            destination_id: "acct-00000".into(),
+            user_id: "u00000".into(),
+            kind: astra_worker::reconcile::registry::DestinationKind::Account,
+            bank_time_zone: "America/New_York".into(),
+            daily_limit_cents: 1_000_000_000_000,
+            frozen: None,
+            push_enabled: None,
+            pull_enabled: None,
+        }),
+        now,
+    )
+    .await
+    .unwrap();
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..16)
+        .map(|c| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let settings = GuardSettings::default();
+                let mut lat = Vec::new();
+                for n in 0..300 {
+                    let req =
+                        GuardRequest { user_id: "u00000", amount: Cents(100), destination_id: Some("acct-00000") };
+                    let key = format!("b16-{c}-{n}");
+                    let t = Instant::now();
+                    let a = guard::check_and_hold(
+                        &store,
+                        &settings,
+                        &req,
+                        &HoldRequest { key: &key, hold_for },
+                        Utc::now(),
+                    )
+                    .await
+                    .unwrap();
+                    assert!(a.allowed);
+                    lat.push(t.elapsed());
+                }
+                lat
+            })
+        })
+        .collect();
+    let mut lat = Vec::new();
+    for t in tasks {
+        lat.extend(t.await.unwrap());
+    }
+    let rate = lat.len() as f64 / started.elapsed().as_secs_f64();
+    percentiles(label, "guard with hold, 16 callers on one destination", lat, &format!(" ({rate:.0} holds/s)"));
     store.close().await;
 }
 
@@ -194,6 +274,91 @@ async fn bench_rotation(n: usize, rate: u32) {
     let _ = sandbox.kill();
 }
 
+/// Requests one `transfer-sync` run makes for 10,000 users when 1 % have an open hold and one new transfer each.
+async fn bench_sync() {
+    let (mut sandbox, base) = spawn_sandbox();
+    let http = reqwest::Client::new();
+    let (url, _dir) = fresh(None).await;
+    let store = Store::open(&url).await.unwrap();
+    let s = settings(Some(&base));
+    let now = Utc::now();
+    let k = keyring();
+    let active = USERS / 100;
+    for i in 0..USERS {
+        let id = format!("u{i:05}");
+        http.post(format!("{base}/_sandbox/users")).json(&serde_json::json!({"id": id})).send().await.unwrap();
+        let g: serde_json::Value = http
+            .post(format!("{base}/_sandbox/grants"))
+            .json(&serde_json::json!({"user_id": id, "issued_at": now}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let line = ImportLine {
+            user_id: id.clone(),
+            access_token: SecretString::from(g["access_token"].as_str().unwrap().to_string()),
+            refresh_token: SecretString::from(g["refresh_token"].as_str().unwrap().to_string()),
+            refresh_token_issued_at: Some(now.fixed_offset()),
+            refresh_token_expires_at: None,
+            access_token_expires_at: Some((now + TimeDelta::hours(2)).fixed_offset()),
+            phone: None,
+        };
+        tokens::import(&store, &k, &line, now).await.unwrap();
+        if i < active {
+            let dest = format!("acct-{i:05}");
+            registry::import(
+                &store,
+                &RegistryLine::Destination(DestinationLine {
+                    destination_id: dest.clone(),
+                    user_id: id.clone(),
+                    kind: astra_worker::reconcile::registry::DestinationKind::Account,
+                    bank_time_zone: "America/New_York".into(),
+                    daily_limit_cents: 250_000,
+                    frozen: None,
+                    push_enabled: None,
+                    pull_enabled: None,
+                }),
+                now,
+            )
+            .await
+            .unwrap();
+            let key = format!("r{i:05}");
+            let req = GuardRequest { user_id: &id, amount: Cents(10_000), destination_id: Some(&dest) };
+            let hold = HoldRequest { key: &key, hold_for: TimeDelta::hours(1) };
+            guard::check_and_hold(&store, &GuardSettings::default(), &req, &hold, now).await.unwrap();
+            http.post(format!("{base}/_sandbox/transfers"))
+                .json(&serde_json::json!({"user_id": id, "amount_cents": 10_000, "destination_id": dest,
+                                          "client_correlation_id": key}))
+                .send()
+                .await
+                .unwrap();
+        }
+    }
+    let sb = SandboxSettings::default();
+    let credentials = Credentials { client_id: sb.client_id.into(), client_secret: sb.client_secret.into() };
+    let w = Worker::with_services(s, store, |s, l, st| Services::new(s, credentials, keyring(), None, l, st)).unwrap();
+    let before: serde_json::Value =
+        http.get(format!("{base}/_sandbox/stats")).send().await.unwrap().json().await.unwrap();
+    let t = Instant::now();
+    let summary = run_job(&w, JobName::TransferSync, &RunOptions::default(), Utc::now()).await.unwrap();
+    let secs = t.elapsed().as_secs_f64();
+    let after: serde_json::Value =
+        http.get(format!("{base}/_sandbox/stats")).send().await.unwrap().json().await.unwrap();
+    let requests = after["requests"].as_u64().unwrap_or(0) - before["requests"].as_u64().unwrap_or(0);
+    let refreshes = after["refreshes"].as_u64().unwrap_or(0) - before["refreshes"].as_u64().unwrap_or(0);
+    let open = astra_worker::reconcile::holds::list(&w.store, true, Utc::now(), 100_000).await.unwrap().len();
+    println!(
+        "transfer-sync: {USERS} users, {active} with an open hold and a new transfer: {requests} requests \
+         ({refreshes} refreshes) in {secs:.1}s; target <= 1.2 x (active users + new pages) = {}; holds still open {open}; \
+         status {:?}",
+        (1.2 * (2 * active) as f64) as u64,
+        summary.status()
+    );
+    let _ = sandbox.kill();
+}
+
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -204,6 +369,7 @@ async fn main() {
         let (url, _) = fresh(Some(admin)).await;
         bench_guard("postgres", &url).await;
     }
+    bench_sync().await;
     bench_rotation(2_000, 500).await;
     bench_rotation(8_000, 500).await;
 }
