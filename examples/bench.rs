@@ -3,9 +3,9 @@
 //! 1. Guard latency: 10,000 users with grants, destinations and today's counters; 20,000 sequential
 //!    `guard::check` calls; then 5,000 `check_and_hold` calls from one caller, and 16 concurrent callers
 //!    placing 300 holds each on one destination; mean, p50, p99 wall time per call.
-//! 1b. Sync cost: the requests one `transfer-sync` run makes for 10,000 users when 1 % have an open hold and a
+//! 2. Sync cost: the requests one `transfer-sync` run makes for 10,000 users when 1 % have an open hold and a
 //!    new transfer (the sandbox in its own process).
-//! 2. Rotation: N due grants rotated against the sandbox, run as its own process (`astra-worker sandbox`, so
+//! 3. Rotation: N due grants rotated against the sandbox, run as its own process (`astra-worker sandbox`, so
 //!    the memory measured is the worker's alone), at a configured rate: achieved rate, the most requests the
 //!    sandbox saw in any one second, and this process's peak memory (VmHWM), for two N.
 //!
