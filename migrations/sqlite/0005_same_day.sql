@@ -18,18 +18,23 @@ CREATE TABLE guard_hold (
     transfer_id     TEXT                   -- the transfer that ended it, when counted
 );
 CREATE INDEX guard_hold_open ON guard_hold (destination_id, bank_day) WHERE ended_at IS NULL;
-CREATE INDEX guard_hold_routine ON guard_hold (routine_id) WHERE routine_id IS NOT NULL;
+-- A routine stands for one open hold at a time; a transfer ends at most one hold.
+CREATE UNIQUE INDEX guard_hold_open_routine ON guard_hold (routine_id) WHERE routine_id IS NOT NULL AND ended_at IS NULL;
+CREATE INDEX guard_hold_transfer ON guard_hold (transfer_id) WHERE transfer_id IS NOT NULL;
 CREATE INDEX guard_hold_user ON guard_hold (user_id) WHERE ended_at IS NULL;
 
--- A destination's bank day whose counter cannot be trusted: a transfer that counts there could not be read.
+-- A destination's bank day whose counter cannot be trusted: a transfer that counts there could not be read. One
+-- row per unreadable transfer ('' when it had no readable id); it clears when that transfer reads.
 CREATE TABLE uncertain_day (
     destination_id  TEXT NOT NULL,
     bank_day        TEXT NOT NULL,
+    transfer_id     TEXT NOT NULL,
     user_id         TEXT NOT NULL,
     detail          TEXT NOT NULL,
     since           TEXT NOT NULL,
-    PRIMARY KEY (destination_id, bank_day)
+    PRIMARY KEY (destination_id, bank_day, transfer_id)
 );
+CREATE INDEX uncertain_day_transfer ON uncertain_day (transfer_id);
 
 -- When each user's transfers were last read from Astra, and the newest transfer seen (the sync's high-water mark).
 CREATE TABLE transfer_sync (

@@ -121,11 +121,9 @@ impl AstraClient {
                     continue;
                 }
                 new_items += 1;
+                // The rest of the page is still read: an item out of order after an older one is not dropped.
                 match model::parse_transfer(item) {
-                    Ok(t) if t.initiated < since => {
-                        reached_window_end = true;
-                        break;
-                    }
+                    Ok(t) if t.initiated < since => reached_window_end = true,
                     Ok(t) => out.transfers.push(t),
                     Err(r) => out.rejected.push(r),
                 }

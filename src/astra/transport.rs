@@ -192,7 +192,7 @@ impl AstraClient {
                 let description = eb.error_description.clone().unwrap_or_else(|| "refused".into());
                 mk(
                     Err(AstraError::GrantRejected {
-                        description: truncate(&description, 200),
+                        description: truncate(&redact_quoted(&description), 200),
                         after_ambiguous_attempt: false,
                     }),
                     None,

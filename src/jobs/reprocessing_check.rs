@@ -126,8 +126,7 @@ async fn reread_landed(ctx: &RunContext<'_>, svc: &Services, r: &LandedDue) -> a
     let db = &ctx.worker.store;
     let now = Utc::now();
     let Some(t) = read(ctx, svc, &r.user_id, &r.id).await? else {
-        // Not read now: tried again at the next slot (a retry) or at its next step (gone, no token).
-        mirror::set_recheck(db, &r.id, mirror::next_recheck(r.landed_at, now)).await?;
+        // Not read now: still due, tried again by the next run (until it leaves `watch_landed_for`).
         return Ok(());
     };
     let u = mirror::upsert(db, &r.user_id, &t, now).await?;

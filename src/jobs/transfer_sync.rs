@@ -18,7 +18,7 @@ use crate::{
 pub(super) async fn run(ctx: &RunContext<'_>, p: &TransferSyncParams) -> anyhow::Result<()> {
     let db = &ctx.worker.store;
     let now = Utc::now();
-    let users = holds::users_with_open_holds(db, now).await?;
+    let users = holds::users_to_sync(db, now).await?;
     if ctx.dry_run {
         ctx.tally("would_read_users", users.len() as i64);
         return Ok(());

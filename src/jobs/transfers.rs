@@ -58,6 +58,7 @@ pub(super) async fn read_user(ctx: &RunContext<'_>, svc: &Services, user_id: &st
     let now = Utc::now();
     for t in &listing.transfers {
         let u = mirror::upsert(db, user_id, t, now).await?;
+        ctx.tally("uncertain_days_cleared", counters::clear_uncertain_transfer(db, &t.id).await? as i64);
         ctx.tally("transfers_new", i64::from(u.new));
         ctx.tally("transfers_changed", i64::from(u.changed));
         ctx.tally("followups", i64::from(u.followups));
@@ -83,7 +84,7 @@ pub(super) async fn read_user(ctx: &RunContext<'_>, svc: &Services, user_id: &st
     let newest = listing.transfers.iter().map(|t| t.initiated).max();
     mirror::record_read(db, user_id, started, newest).await?;
     let first_day = (w.since - chrono::TimeDelta::days(1)).date_naive().format("%Y-%m-%d").to_string();
-    let cleared = counters::clear_uncertain(db, user_id, &first_day, started).await?;
+    let cleared = counters::clear_uncertain_without_id(db, user_id, &first_day, started).await?;
     ctx.tally("uncertain_days_cleared", cleared as i64);
     ctx.record(ItemOutcome::Done);
     Ok(())
@@ -99,7 +100,8 @@ async fn mark_uncertain(ctx: &RunContext<'_>, user_id: &str, bad: &Rejected, now
     };
     for d in destinations {
         let day = BankDay::of(d.zone(), bad.initiated.unwrap_or(now));
-        counters::mark_uncertain(db, &d.destination_id, &day.key(), user_id, &bad.detail, now).await?;
+        let why = counters::Unreadable { transfer_id: bad.id.as_deref(), user_id, detail: &bad.detail };
+        counters::mark_uncertain(db, &d.destination_id, &day.key(), &why, now).await?;
         ctx.tally("uncertain_days_marked", 1);
     }
     Ok(())

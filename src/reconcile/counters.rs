@@ -119,23 +119,32 @@ pub async fn fix_day(store: &Store, destination_id: &str, day: &str) -> sqlx::Re
     })
 }
 
+/// What made a day uncertain: the transfer that could not be read (by id, when it had a readable one).
+pub struct Unreadable<'a> {
+    pub transfer_id: Option<&'a str>,
+    pub user_id: &'a str,
+    pub detail: &'a str,
+}
+
 /// Marks a destination's bank day uncertain: a transfer that may count there could not be read.
 pub async fn mark_uncertain(
     store: &Store,
     destination_id: &str,
     day: &str,
-    user_id: &str,
-    detail: &str,
+    u: &Unreadable<'_>,
     now: DateTime<Utc>,
 ) -> sqlx::Result<()> {
-    let detail: String = detail.chars().take(300).collect();
+    let detail: String = u.detail.chars().take(300).collect();
     with_pool!(store, |p| sqlx::query(
-        "INSERT INTO uncertain_day (destination_id, bank_day, user_id, detail, since) VALUES ($1, $2, $3, $4, $5)
-         ON CONFLICT (destination_id, bank_day) DO UPDATE SET detail = excluded.detail"
+        "INSERT INTO uncertain_day (destination_id, bank_day, transfer_id, user_id, detail, since)
+         VALUES ($1, $2, $3, $4, $5, $6)
+         ON CONFLICT (destination_id, bank_day, transfer_id) DO UPDATE SET detail = excluded.detail,
+             since = excluded.since"
     )
     .bind(destination_id)
     .bind(day)
-    .bind(user_id)
+    .bind(u.transfer_id.unwrap_or(""))
+    .bind(u.user_id)
     .bind(detail)
     .bind(now)
     .execute(p)
@@ -143,27 +152,38 @@ pub async fn mark_uncertain(
     .map(|_| ()))
 }
 
-/// Clears the uncertain days a user's transfers left, from `first_day` on, that were marked before
-/// `read_started`: a later reading of those days found every transfer readable.
-pub async fn clear_uncertain(
-    store: &Store,
-    user_id: &str,
-    first_day: &str,
-    read_started: DateTime<Utc>,
-) -> sqlx::Result<u64> {
-    with_pool!(store, |p| sqlx::query("DELETE FROM uncertain_day WHERE user_id = $1 AND bank_day >= $2 AND since < $3")
-        .bind(user_id)
-        .bind(first_day)
-        .bind(read_started)
+/// Clears what the transfer `id` left uncertain: it reads now.
+pub async fn clear_uncertain_transfer(store: &Store, id: &str) -> sqlx::Result<u64> {
+    with_pool!(store, |p| sqlx::query("DELETE FROM uncertain_day WHERE transfer_id = $1")
+        .bind(id)
         .execute(p)
         .await
         .map(|r| r.rows_affected()))
 }
 
+/// Clears, from `first_day` on, the marks of a user's transfers that had no readable id and were made before
+/// `read_started`: a later reading of those days found every transfer readable.
+pub async fn clear_uncertain_without_id(
+    store: &Store,
+    user_id: &str,
+    first_day: &str,
+    read_started: DateTime<Utc>,
+) -> sqlx::Result<u64> {
+    with_pool!(store, |p| sqlx::query(
+        "DELETE FROM uncertain_day WHERE user_id = $1 AND transfer_id = '' AND bank_day >= $2 AND since < $3"
+    )
+    .bind(user_id)
+    .bind(first_day)
+    .bind(read_started)
+    .execute(p)
+    .await
+    .map(|r| r.rows_affected()))
+}
+
 /// Why a destination's bank day is uncertain, if it is.
 pub async fn uncertainty(store: &Store, destination_id: &str, day: &str) -> sqlx::Result<Option<String>> {
     with_pool!(store, |p| sqlx::query_scalar(
-        "SELECT detail FROM uncertain_day WHERE destination_id = $1 AND bank_day = $2"
+        "SELECT detail FROM uncertain_day WHERE destination_id = $1 AND bank_day = $2 ORDER BY detail LIMIT 1"
     )
     .bind(destination_id)
     .bind(day)

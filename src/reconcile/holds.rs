@@ -100,17 +100,27 @@ pub async fn attach(store: &Store, key: &str, routine_id: &str) -> anyhow::Resul
     if routine_id.trim().is_empty() || routine_id.len() > 256 || routine_id.chars().any(char::is_control) {
         return Err(Failure::config("--routine-id must be a non-empty id of printable characters"));
     }
-    let n = with_pool!(store, |p| sqlx::query(
+    // Open holds only: a recurring routine is attached to one hold at a time (a unique index keeps two
+    // concurrent attaches from both succeeding).
+    let attached = with_pool!(store, |p| sqlx::query(
         "UPDATE guard_hold SET routine_id = $1 WHERE hold_key = $2 AND ended_at IS NULL
            AND (routine_id IS NULL OR routine_id = $1)
-           AND NOT EXISTS (SELECT 1 FROM guard_hold o WHERE o.routine_id = $1 AND o.hold_key <> $2)"
+           AND NOT EXISTS (SELECT 1 FROM guard_hold o WHERE o.routine_id = $1 AND o.hold_key <> $2
+                           AND o.ended_at IS NULL)"
     )
     .bind(routine_id)
     .bind(key)
     .execute(p)
     .await
-    .map(|r| r.rows_affected()))?;
+    .map(|r| r.rows_affected()));
+    let n = match attached {
+        Ok(n) => n,
+        Err(sqlx::Error::Database(e)) if e.is_unique_violation() => 0,
+        Err(e) => return Err(e.into()),
+    };
     if n == 1 {
+        // The routine's transfer may be in the mirror already: then it ends the hold now.
+        end_if_mirrored(store, key, routine_id, Utc::now()).await?;
         return Ok(());
     }
     match get(store, key).await? {
@@ -123,6 +133,34 @@ pub async fn attach(store: &Store, key: &str, routine_id: &str) -> anyhow::Resul
             shown(key)
         ))),
     }
+}
+
+/// Ends the hold under `key` when a transfer of its routine, initiated after the hold was placed, is already in
+/// the mirror and ended no other hold.
+async fn end_if_mirrored(store: &Store, key: &str, routine_id: &str, now: DateTime<Utc>) -> sqlx::Result<u64> {
+    let Some((hold, _)) = get(store, key).await? else { return Ok(0) };
+    let since = hold.created_at - CLOCK_SKEW;
+    let transfer: Option<String> = with_pool!(store, |p| sqlx::query_scalar(
+        "SELECT t.id FROM transfer t WHERE t.routine_id = $1 AND t.user_id = $2 AND t.initiated_at >= $3
+           AND NOT EXISTS (SELECT 1 FROM guard_hold x WHERE x.transfer_id = t.id)
+         ORDER BY t.initiated_at, t.id LIMIT 1"
+    )
+    .bind(routine_id)
+    .bind(&hold.user_id)
+    .bind(since)
+    .fetch_optional(p)
+    .await)?;
+    let Some(transfer) = transfer else { return Ok(0) };
+    with_pool!(store, |p| sqlx::query(
+        "UPDATE guard_hold SET ended_at = $1, end_reason = 'counted', transfer_id = $2
+         WHERE hold_key = $3 AND ended_at IS NULL"
+    )
+    .bind(now)
+    .bind(transfer)
+    .bind(key)
+    .execute(p)
+    .await
+    .map(|r| r.rows_affected()))
 }
 
 /// Marks the holds that expired by `now` as ended; returns how many.
@@ -138,14 +176,21 @@ pub async fn end_expired(store: &Store, now: DateTime<Utc>) -> sqlx::Result<u64>
     })
 }
 
-/// Users with a hold open at `now`: their transfers are read soon, so each hold meets its transfer.
-pub async fn users_with_open_holds(store: &Store, now: DateTime<Utc>) -> sqlx::Result<Vec<String>> {
-    with_pool!(store, |p| sqlx::query_scalar(
-        "SELECT DISTINCT user_id FROM guard_hold WHERE ended_at IS NULL AND expires_at > $1 ORDER BY user_id"
+/// Users whose transfers the sync reads now: those with a hold open at `now`, so each hold meets its transfer,
+/// and those whose hold expired within the last day without its transfer being seen (a transfer Astra lists
+/// late still counts, and nothing else reserves it any more).
+pub async fn users_to_sync(store: &Store, now: DateTime<Utc>) -> sqlx::Result<Vec<String>> {
+    with_pool!(store, |p| {
+        sqlx::query_scalar(
+        "SELECT DISTINCT user_id FROM guard_hold
+         WHERE (ended_at IS NULL AND expires_at > $1) OR ((ended_at IS NULL OR end_reason = 'expired') AND expires_at > $2)
+         ORDER BY user_id"
     )
     .bind(now)
+    .bind(now - chrono::TimeDelta::days(1))
     .fetch_all(p)
-    .await)
+    .await
+    })
 }
 
 /// A key as shown in a message: cut, so a pasted token is never echoed whole.
@@ -195,22 +240,36 @@ macro_rules! hold_insert {
 }
 pub(crate) use hold_insert;
 
-/// Ends the open holds a transfer stands for (its correlation id is the key, or its routine was attached), on
-/// the mirror's transaction. Evaluates to `sqlx::Result<u64>`.
+/// How far Astra's clock may run behind ours: a transfer initiated up to this long before a hold was placed
+/// may still be the hold's.
+pub const CLOCK_SKEW: chrono::TimeDelta = chrono::TimeDelta::minutes(5);
+
+/// Ends the one hold a transfer stands for, on the mirror's transaction: the oldest open hold of the same user
+/// whose key is the transfer's correlation id or whose attached routine is the transfer's routine, placed
+/// before the transfer was initiated (less [`CLOCK_SKEW`]), unless the transfer already ended a hold (a
+/// recurring routine's earlier transfers never end a later hold). Evaluates to `sqlx::Result<u64>`.
 macro_rules! holds_end_for_transfer {
-    ($conn:expr, $transfer_id:expr, $correlation_id:expr, $routine_id:expr, $now:expr) => {
+    ($conn:expr, $t:expr, $user_id:expr, $now:expr) => {{
+        let t: &$crate::astra::Transfer = $t;
         sqlx::query(
             "UPDATE guard_hold SET ended_at = $1, end_reason = 'counted', transfer_id = $2
-             WHERE ended_at IS NULL AND (hold_key = $3 OR routine_id = $4)",
+             WHERE hold_key = (
+                 SELECT h.hold_key FROM guard_hold h
+                 WHERE h.ended_at IS NULL AND h.user_id = $3 AND h.created_at <= $4
+                   AND (h.hold_key = $5 OR h.routine_id = $6)
+                   AND NOT EXISTS (SELECT 1 FROM guard_hold x WHERE x.transfer_id = $2)
+                 ORDER BY h.created_at, h.hold_key LIMIT 1)",
         )
         .bind($now)
-        .bind($transfer_id)
-        .bind($correlation_id)
-        .bind($routine_id)
+        .bind(&t.id)
+        .bind($user_id)
+        .bind(t.initiated + $crate::reconcile::holds::CLOCK_SKEW)
+        .bind(&t.client_correlation_id)
+        .bind(&t.routine_id)
         .execute($conn)
         .await
         .map(|r| r.rows_affected())
-    };
+    }};
 }
 pub(crate) use holds_end_for_transfer;
 

@@ -290,6 +290,8 @@ async fn write(
         {
             moves.push((d, day, t.amount.0, 1));
         }
+        // In a fixed order, so two writers moving the same two days never wait on each other crosswise.
+        moves.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
         for (d, day, cents, n) in moves {
             counter_add!(&mut *tx, d, day, cents, n)?;
         }
@@ -310,7 +312,7 @@ async fn write(
             outbox_insert!(&mut *tx, m)?;
         }
         if t.client_correlation_id.is_some() || t.routine_id.is_some() {
-            holds_end_for_transfer!(&mut *tx, &t.id, &t.client_correlation_id, &t.routine_id, now)?;
+            holds_end_for_transfer!(&mut *tx, t, user_id, now)?;
         }
         tx.commit().await?;
         Ok(true)

@@ -65,10 +65,15 @@ fn today() -> String {
     BankDay::of(NY.parse().unwrap(), Utc::now()).key()
 }
 
+/// Noon of today's bank day in New York: a `now` from which an hour either way stays on the same bank day.
+fn midday() -> DateTime<Utc> {
+    BankDay::of(NY.parse().unwrap(), Utc::now()).start() + TimeDelta::hours(12)
+}
+
 async fn two_guards_the_same_day_without_a_sync_never_pass_the_limit_together(b: Backend) {
     let (_db, store) = one_user(b, 250_000).await;
     let s = GuardSettings::default();
-    let now = Utc::now();
+    let now = midday();
     let first = guard::check_and_hold(&store, &s, &ask(200_000), &hold("r-1000"), now).await.unwrap();
     assert!(first.allowed, "{first:?}");
     assert_eq!(first.hold.as_ref().map(|h| h.amount_cents), Some(200_000));
@@ -147,7 +152,7 @@ both_backends!(
 async fn a_hold_key_is_idempotent_and_a_hold_ends_when_released_or_expired(b: Backend) {
     let (_db, store) = one_user(b, 100_000).await;
     let s = GuardSettings::default();
-    let now = Utc::now();
+    let now = midday();
     let a = guard::check_and_hold(&store, &s, &ask(60_000), &hold("k1"), now).await.unwrap();
     let again =
         guard::check_and_hold(&store, &s, &ask(60_000), &hold("k1"), now + TimeDelta::minutes(1)).await.unwrap();
@@ -357,7 +362,7 @@ async fn a_transfer_that_does_not_parse_makes_the_run_partial_and_its_day_uncert
     let w = rig.worker(None).await;
     let users = rig.seed(&w.store, 1, |_| TimeDelta::hours(1)).await;
     register(&w.store, "dst", &users[0], 100_000).await;
-    let at = Utc::now() - TimeDelta::minutes(5);
+    let at = Utc::now();
     add_transfer(&mut rig.sandbox.state(), "t-ok", &users[0], 1_000, at, TransferStatus::Processed, None);
     add_transfer(&mut rig.sandbox.state(), "t-bad", &users[0], 90_000, at, TransferStatus::Processed, None);
     let summary = mirror(&rig, &w).await;
@@ -563,3 +568,73 @@ both_backends!(
     a_user_whose_token_cannot_be_had_fails_the_run_instead_of_being_skipped,
     super::a_user_whose_token_cannot_be_had_fails_the_run_instead_of_being_skipped
 );
+
+/// A transfer as Astra lists it, initiated at `at`.
+fn transfer_at(
+    id: &str,
+    cents: i64,
+    at: DateTime<Utc>,
+    correlation: Option<&str>,
+    routine: Option<&str>,
+) -> astra_worker::astra::Transfer {
+    let mut t = transfer_json(id, cents as f64, correlation, routine);
+    t.initiated = at;
+    t
+}
+
+async fn a_hold_ends_only_for_its_own_transfer(b: Backend) {
+    let (_db, store) = one_user(b, 1_000_000).await;
+    import(&store, "u2", "at-u2", "rt-u2", Utc::now(), Some(Utc::now() + TimeDelta::hours(2))).await;
+    register(&store, "dst-u2", "u2", 1_000_000).await;
+    let s = GuardSettings::default();
+    let now = Utc::now();
+    // A recurring routine's transfer from yesterday is already in the mirror.
+    mirror::upsert(
+        &store,
+        "u1",
+        &transfer_at("t-yesterday", 10_000, now - TimeDelta::days(1), None, Some("rtn-rec")),
+        now,
+    )
+    .await
+    .unwrap();
+    assert!(guard::check_and_hold(&store, &s, &ask(20_000), &hold("today"), now).await.unwrap().allowed);
+    holds::attach(&store, "today", "rtn-rec").await.unwrap();
+    // Yesterday's transfer changes (it lands): it is not today's, and ends nothing.
+    let mut landed = transfer_at("t-yesterday", 10_000, now - TimeDelta::days(1), None, Some("rtn-rec"));
+    landed.status = TransferStatus::Processed;
+    mirror::upsert(&store, "u1", &landed, now).await.unwrap();
+    // Another user's transfer that carries the same correlation id ends nothing either.
+    let mut other = transfer_at("t-other", 10_000, now, Some("today"), None);
+    other.destination_id = Some("dst-u2".into());
+    mirror::upsert(&store, "u2", &other, now).await.unwrap();
+    assert_eq!(holds::get(&store, "today").await.unwrap().unwrap().0.end_reason, None);
+    // Today's transfer of the routine ends it.
+    mirror::upsert(
+        &store,
+        "u1",
+        &transfer_at("t-today", 20_000, now + TimeDelta::minutes(1), None, Some("rtn-rec")),
+        now,
+    )
+    .await
+    .unwrap();
+    let h = holds::get(&store, "today").await.unwrap().unwrap().0;
+    assert_eq!((h.end_reason.as_deref(), h.transfer_id.as_deref()), (Some("counted"), Some("t-today")));
+
+    // The routine's transfer read before the hold was attached: attaching ends the hold at once.
+    assert!(guard::check_and_hold(&store, &s, &ask(5_000), &hold("late-attach"), now).await.unwrap().allowed);
+    mirror::upsert(&store, "u1", &transfer_at("t-early", 5_000, now + TimeDelta::minutes(2), None, Some("rtn-2")), now)
+        .await
+        .unwrap();
+    holds::attach(&store, "late-attach", "rtn-2").await.unwrap();
+    let h = holds::get(&store, "late-attach").await.unwrap().unwrap().0;
+    assert_eq!((h.end_reason.as_deref(), h.transfer_id.as_deref()), (Some("counted"), Some("t-early")));
+
+    // A hold that expired before its transfer showed keeps its user read by the sync for a day.
+    let short = HoldRequest { key: "lapsed", hold_for: TimeDelta::minutes(10) };
+    assert!(guard::check_and_hold(&store, &s, &ask(1_000), &short, now).await.unwrap().allowed);
+    let later = now + TimeDelta::hours(2);
+    holds::end_expired(&store, later).await.unwrap();
+    assert_eq!(holds::users_to_sync(&store, later).await.unwrap(), vec!["u1".to_string()]);
+    assert!(holds::users_to_sync(&store, now + TimeDelta::days(2)).await.unwrap().is_empty());
+}
+both_backends!(a_hold_ends_only_for_its_own_transfer, super::a_hold_ends_only_for_its_own_transfer);

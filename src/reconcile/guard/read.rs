@@ -48,7 +48,7 @@ async fn facts(
                 (SELECT CAST(COALESCE(SUM(h.amount_cents), 0) AS BIGINT) FROM guard_hold h
                   WHERE h.destination_id = d.destination_id AND h.bank_day = days.day AND h.ended_at IS NULL
                     AND h.expires_at > $6) AS held_cents,
-                (SELECT u.detail FROM uncertain_day u
+                (SELECT MIN(u.detail) FROM uncertain_day u
                   WHERE u.destination_id = d.destination_id AND u.bank_day = days.day) AS uncertain
          FROM (SELECT CAST($1 AS TEXT) AS user_id) u0
          LEFT JOIN grant_token g ON g.user_id = u0.user_id
