@@ -78,17 +78,7 @@ async fn seed_guard_store(url: &str) -> Store {
             phone: None,
         };
         tokens::import(&store, &k, &line, now).await.unwrap();
-        let d = RegistryLine::Destination(DestinationLine {
-            destination_id: format!("acct-{i:05}"),
-            user_id: id,
-            kind: astra_worker::reconcile::registry::DestinationKind::Account,
-            bank_time_zone: "America/New_York".into(),
-            daily_limit_cents: 250_000,
-            frozen: None,
-            push_enabled: None,
-            pull_enabled: None,
-        });
-        registry::import(&store, &d, now).await.unwrap();
+        register_account(&store, &format!("acct-{i:05}"), &id, 250_000).await;
         let day = astra_worker::domain::BankDay::of(chrono_tz::America::New_York, now).key();
         counters::set_counter(&store, &format!("acct-{i:05}"), &day, (i as i64 * 37) % 300_000, 1).await.unwrap();
     }
@@ -96,6 +86,21 @@ async fn seed_guard_store(url: &str) -> Store {
 }
 
 const USERS: usize = 10_000;
+
+/// Registers an account in New York with a daily limit.
+async fn register_account(store: &Store, dest: &str, user: &str, limit: i64) {
+    let line = RegistryLine::Destination(DestinationLine {
+        destination_id: dest.into(),
+        user_id: user.into(),
+        kind: astra_worker::reconcile::registry::DestinationKind::Account,
+        bank_time_zone: "America/New_York".into(),
+        daily_limit_cents: limit,
+        frozen: None,
+        push_enabled: None,
+        pull_enabled: None,
+    });
+    registry::import(store, &line, Utc::now()).await.unwrap();
+}
 
 fn percentiles(label: &str, what: &str, mut lat: Vec<Duration>, extra: &str) {
     lat.sort();
@@ -136,22 +141,7 @@ async fn bench_guard(label: &str, url: &str) {
     percentiles(label, "guard with hold, 1 caller", lat, "");
 
     // With a hold: 16 concurrent callers on one destination (its limit raised so every call holds).
-    registry::import(
-        &store,
-        &RegistryLine::Destination(DestinationLine {
-            destination_id: "acct-00000".into(),
-            user_id: "u00000".into(),
-            kind: astra_worker::reconcile::registry::DestinationKind::Account,
-            bank_time_zone: "America/New_York".into(),
-            daily_limit_cents: 1_000_000_000_000,
-            frozen: None,
-            push_enabled: None,
-            pull_enabled: None,
-        }),
-        now,
-    )
-    .await
-    .unwrap();
+    register_account(&store, "acct-00000", "u00000", 1_000_000_000_000).await;
     let started = Instant::now();
     let tasks: Vec<_> = (0..16)
         .map(|c| {
@@ -308,22 +298,7 @@ async fn bench_sync() {
         tokens::import(&store, &k, &line, now).await.unwrap();
         if i < active {
             let dest = format!("acct-{i:05}");
-            registry::import(
-                &store,
-                &RegistryLine::Destination(DestinationLine {
-                    destination_id: dest.clone(),
-                    user_id: id.clone(),
-                    kind: astra_worker::reconcile::registry::DestinationKind::Account,
-                    bank_time_zone: "America/New_York".into(),
-                    daily_limit_cents: 250_000,
-                    frozen: None,
-                    push_enabled: None,
-                    pull_enabled: None,
-                }),
-                now,
-            )
-            .await
-            .unwrap();
+            register_account(&store, &dest, &id, 250_000).await;
             let key = format!("r{i:05}");
             let req = GuardRequest { user_id: &id, amount: Cents(10_000), destination_id: Some(&dest) };
             let hold = HoldRequest { key: &key, hold_for: TimeDelta::hours(1) };

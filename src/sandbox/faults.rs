@@ -28,7 +28,7 @@ pub(super) async fn faults(AxState(st): AxState<Shared>, req: Request, next: Nex
         Limited(u64),
         Hang(std::time::Duration),
         Fail(StatusCode),
-        Pass { delay_ms: u64, malformed: Option<MalformedKind> },
+        Pass { delay_ms: u64, late_ms: u64, malformed: Option<MalformedKind> },
     }
     let plan = {
         let mut s = lock(&st);
@@ -60,7 +60,8 @@ pub(super) async fn faults(AxState(st): AxState<Shared>, req: Request, next: Nex
                     };
                     kinds[s.rng.random_range(0..kinds.len())]
                 });
-                Plan::Pass { delay_ms: f.latency_ms + jitter, malformed }
+                let late_ms = if f.late_answer_ms > 0 { s.rng.random_range(0..=f.late_answer_ms) } else { 0 };
+                Plan::Pass { delay_ms: f.latency_ms + jitter, late_ms, malformed }
             }
         }
     };
@@ -75,11 +76,15 @@ pub(super) async fn faults(AxState(st): AxState<Shared>, req: Request, next: Nex
             astra_error(StatusCode::GATEWAY_TIMEOUT, "injected hang")
         }
         Plan::Fail(code) => astra_error(code, "injected failure"),
-        Plan::Pass { delay_ms, malformed } => {
+        Plan::Pass { delay_ms, late_ms, malformed } => {
             if delay_ms > 0 {
                 tokio::time::sleep(std::time::Duration::from_millis(delay_ms)).await;
             }
             let r = with_idempotency(&st, req, next).await;
+            if late_ms > 0 {
+                // Applied already; the answer comes back late, so answers overtake each other.
+                tokio::time::sleep(std::time::Duration::from_millis(late_ms)).await;
+            }
             match malformed {
                 Some(kind) if r.status().is_success() => malformed_body(r, kind).await,
                 _ => r,

@@ -93,6 +93,9 @@ pub struct Faults {
     pub unreadable_transfers: Vec<String>,
     /// `GET /v1/transfers` ignores `offset`: every page repeats the first.
     pub ignore_offset: bool,
+    /// Each answer is held back up to this long after the request was applied (uniformly drawn): answers
+    /// return late and out of order.
+    pub late_answer_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

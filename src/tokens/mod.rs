@@ -26,6 +26,13 @@ use crate::{
     config::Settings,
 };
 
+/// The longest one refresh call can take: its retries within `astra.retry_budget`, then one last attempt of
+/// `astra.request_timeout`, plus a margin for the limiter and the commit.
+pub fn refresh_worst_case(settings: &Settings) -> TimeDelta {
+    let a = &settings.astra;
+    TimeDelta::from_std(a.retry_budget + a.request_timeout).unwrap_or(TimeDelta::MAX) + TimeDelta::seconds(30)
+}
+
 /// What every token operation needs besides the store: the Astra client, the keyring, the
 /// re-authorization link, and the margins from `jobs.toml`.
 #[derive(Debug)]
@@ -35,11 +42,18 @@ pub struct Tokens {
     pub link: PromptLink,
     /// Refresh before handing out an access token that expires within this.
     access_margin: TimeDelta,
-    /// How long a grant's lease lives without renewal.
+    /// How long a grant's lease is taken for, just before each refresh: at least the longest a refresh call can
+    /// take (every retry within the retry budget, the last attempt's timeout, and a margin), so the lease never
+    /// lapses while its call is in flight and nobody probes a refresh whose owner is alive.
     lease: TimeDelta,
 }
 
 impl Tokens {
+    /// How long a grant's lease is taken for just before its refresh.
+    pub fn lease(&self) -> TimeDelta {
+        self.lease
+    }
+
     pub fn new(settings: &Settings, client: AstraClient, credentials: &Credentials, keyring: Keyring) -> Tokens {
         Tokens {
             client,
@@ -50,7 +64,7 @@ impl Tokens {
                 redirect_uri: settings.astra.redirect_uri.clone(),
             },
             access_margin: settings.astra.access_margin,
-            lease: settings.runner.claim_lease,
+            lease: settings.runner.claim_lease.max(refresh_worst_case(settings)),
         }
     }
 }

@@ -114,7 +114,10 @@ pub async fn refresh_leased(
             Ok(Refreshed::Failed { detail: e.to_string() })
         }
         Err(e) => {
-            store::close_intent(db, &intent, "failed", Utc::now()).await?;
+            // A probe that met a 429 or a transient error proved nothing: its intent stays open for the next run.
+            if !probe {
+                store::close_intent(db, &intent, "failed", Utc::now()).await?;
+            }
             Ok(Refreshed::Failed { detail: e.to_string() })
         }
     }

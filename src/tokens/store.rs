@@ -174,6 +174,20 @@ pub async fn try_lease(
     .map(|r| r.rows_affected() == 1))
 }
 
+/// Extends the lease `owner` holds to `until` (just before a refresh call). `false`: the lease was taken over
+/// meanwhile (it lapsed and another process took it); the caller must not refresh.
+pub async fn renew_lease(store: &Store, user_id: &str, owner: &str, until: DateTime<Utc>) -> sqlx::Result<bool> {
+    with_pool!(store, |p| sqlx::query(
+        "UPDATE grant_token SET lease_until = $1 WHERE user_id = $2 AND lease_owner = $3 AND lease_until IS NOT NULL"
+    )
+    .bind(until)
+    .bind(user_id)
+    .bind(owner)
+    .execute(p)
+    .await
+    .map(|r| r.rows_affected() == 1))
+}
+
 /// Releases the lease if `owner` still holds it.
 pub async fn release(store: &Store, user_id: &str, owner: &str) -> sqlx::Result<()> {
     with_pool!(store, |p| sqlx::query(

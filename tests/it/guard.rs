@@ -53,6 +53,11 @@ async fn one_user(b: Backend, limit: i64) -> (TestDb, Store) {
     (db, store)
 }
 
+/// A processed transfer of `cents` to "dst" at the sandbox.
+fn processed(rig: &TestApp, id: &str, user: &str, cents: i64, at: DateTime<Utc>) {
+    add_transfer(&mut rig.sandbox.state(), id, user, cents, at, TransferStatus::Processed, None);
+}
+
 fn ask(cents: i64) -> GuardRequest<'static> {
     GuardRequest { user_id: "u1", amount: Cents(cents), destination_id: Some("dst") }
 }
@@ -293,15 +298,7 @@ async fn astras_shapes_are_counted_under_every_reading(b: Backend) {
         let span = (Utc::now() - start).num_seconds().max(250);
         for i in 0..250 {
             let at = start + TimeDelta::seconds(i * span / 250);
-            add_transfer(
-                &mut rig.sandbox.state(),
-                &format!("t{i:03}"),
-                &users[0],
-                100,
-                at,
-                TransferStatus::Processed,
-                None,
-            );
+            processed(&rig, &format!("t{i:03}"), &users[0], 100, at);
         }
         let (outcome, details) = ran(&mirror(&rig, &w).await);
         assert_eq!(outcome, astra_worker::store::ledger::Outcome::Succeeded, "{count:?} {clearing:?}: {details}");
@@ -326,15 +323,7 @@ async fn a_page_that_repeats_items_doubles_nothing(b: Backend) {
     let start = BankDay::of(NY.parse().unwrap(), Utc::now()).start();
     for i in 0..150 {
         let at = start + TimeDelta::seconds(i);
-        add_transfer(
-            &mut rig.sandbox.state(),
-            &format!("t{i:03}"),
-            &users[0],
-            100,
-            at,
-            TransferStatus::Processed,
-            None,
-        );
+        processed(&rig, &format!("t{i:03}"), &users[0], 100, at);
     }
     let summary = mirror(&rig, &w).await;
     let (outcome, details) = ran(&summary);

@@ -404,3 +404,52 @@ both_backends!(
     an_unanswered_episode_is_prompted_again_still_one_episode,
     super::an_unanswered_episode_is_prompted_again_still_one_episode
 );
+
+async fn a_slow_astra_answering_out_of_order_kills_no_grant_while_the_backend_reads_tokens(b: Backend) {
+    // Astra answers 300 ms late and out of order (up to 2.5 s after applying a rotation); the slot's lease is
+    // short and the batch is worked two at a time, so grants late in the batch wait longer than the lease.
+    let rig = TestApp::new(b, SandboxSettings { seed: 11, ..Default::default() }, |s| {
+        s.astra.request_timeout = Duration::from_secs(10);
+        s.astra.access_margin = TimeDelta::hours(3);
+        s.runner.claim_lease = TimeDelta::seconds(5);
+        for j in &mut s.jobs {
+            if let astra_worker::config::JobParams::TokenRotation(p) = &mut j.params {
+                p.concurrency = 2;
+                p.read_user_status = false;
+            }
+        }
+    })
+    .await;
+    rig.sandbox.set_faults(Faults { latency_ms: 300, late_answer_ms: 2_500, ..Default::default() });
+    let w = Arc::new(rig.worker(None).await);
+    let users = rig.seed(&w.store, 16, |_| TimeDelta::days(8)).await;
+    // The backend asks for every user's token, over and over, while rotation works.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let backend: Vec<_> = users
+        .iter()
+        .cloned()
+        .map(|u| {
+            let (w, stop) = (w.clone(), stop.clone());
+            tokio::spawn(async move {
+                let svc = w.services().unwrap();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let _ = tokens::access_token(&w.store, &svc.tokens, &u).await;
+                    tokio::time::sleep(Duration::from_millis(700)).await;
+                }
+            })
+        })
+        .collect();
+    run(&w, JobName::TokenRotation, Utc::now()).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for b in backend {
+        b.await.unwrap();
+    }
+    assert!(episodes(&w.store).await.is_empty(), "no healthy grant is marked for re-authorization");
+    for u in &users {
+        assert!(rig.stored_is_live(&w.store, u).await, "{u}: the stored pair is Astra's live pair");
+    }
+}
+both_backends!(
+    a_slow_astra_answering_out_of_order_kills_no_grant_while_the_backend_reads_tokens,
+    super::a_slow_astra_answering_out_of_order_kills_no_grant_while_the_backend_reads_tokens
+);
