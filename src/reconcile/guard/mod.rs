@@ -48,23 +48,33 @@ pub async fn check(
     req: &GuardRequest<'_>,
     now: DateTime<Utc>,
 ) -> anyhow::Result<GuardAnswer> {
+    Ok(decide(store, settings, req, now).await?.0)
+}
+
+/// The answer, and the destinations it weighed (none when the user as a whole was denied).
+async fn decide(
+    store: &Store,
+    settings: &GuardSettings,
+    req: &GuardRequest<'_>,
+    now: DateTime<Utc>,
+) -> anyhow::Result<(GuardAnswer, Vec<DestinationDay>)> {
     if req.amount.0 <= 0 {
         return Err(Failure::config("the amount must be more than zero"));
     }
     let (answer, destinations) = match read(store, req, now).await? {
-        Read::Decided(a) => return Ok(a),
+        Read::Decided(a) => return Ok((a, Vec::new())),
         Read::Destinations(a, d) => (a, d),
     };
     if let Some(id) = req.destination_id {
         match destinations.first() {
             Some(d) if d.destination.user_id != req.user_id => {
                 let detail = Some("the destination belongs to another user".into());
-                return Ok(answer.deny(DenyReason::DestinationMismatch, detail));
+                return Ok((answer.deny(DenyReason::DestinationMismatch, detail), destinations));
             }
             None => {
                 let mut a = answer;
                 a.detail = Some(format!("destination {id} not registered: no limit applies"));
-                return Ok(a);
+                return Ok((a, destinations));
             }
             Some(_) => {}
         }
@@ -80,7 +90,7 @@ pub async fn check(
             Some(b) => Some(b),
         };
     }
-    Ok(best.unwrap_or(answer))
+    Ok((best.unwrap_or(answer), destinations))
 }
 
 /// May `req` go out? When it may, reserves its amount under `hold.key` against the destination's bank day, in
@@ -100,15 +110,11 @@ pub async fn check_and_hold(
     if let Some(previous) = replay(store, req, hold.key).await? {
         return Ok(previous);
     }
-    let answer = check(store, settings, req, now).await?;
+    let (answer, destinations) = decide(store, settings, req, now).await?;
     if !answer.allowed {
         return Ok(answer);
     }
     // The destination the amount goes to: the one named, or the user's only one.
-    let (answer, destinations) = match read(store, req, now).await? {
-        Read::Decided(a) => return Ok(a),
-        Read::Destinations(_, d) => (answer, d),
-    };
     let target = match (req.destination_id, destinations.as_slice()) {
         (_, []) => {
             return Err(Failure::config(format!(

@@ -44,7 +44,9 @@ async fn facts(
         sqlx::query_as(
         "SELECT g.status AS grant_status, g.user_status, b.reason AS block_reason, s.read_at AS as_of,
                 d.destination_id, d.user_id AS dest_user_id, d.kind, d.bank_time_zone, d.daily_limit_cents, d.frozen,
-                d.push_enabled, d.pull_enabled, days.day AS bank_day, i.total_cents,
+                d.push_enabled, d.pull_enabled, days.day AS bank_day,
+                (SELECT i.total_cents FROM inbound_day i
+                  WHERE i.destination_id = d.destination_id AND i.bank_day = days.day) AS total_cents,
                 (SELECT CAST(COALESCE(SUM(h.amount_cents), 0) AS BIGINT) FROM guard_hold h
                   WHERE h.destination_id = d.destination_id AND h.bank_day = days.day AND h.ended_at IS NULL
                     AND h.expires_at > $6) AS held_cents,
@@ -56,8 +58,7 @@ async fn facts(
          LEFT JOIN transfer_sync s ON s.user_id = u0.user_id
          LEFT JOIN destination d ON (($2 IS NULL AND d.user_id = u0.user_id) OR d.destination_id = $2)
          LEFT JOIN (SELECT CAST($3 AS TEXT) AS day UNION ALL SELECT CAST($4 AS TEXT) UNION ALL SELECT CAST($5 AS TEXT)) days
-           ON d.destination_id IS NOT NULL
-         LEFT JOIN inbound_day i ON i.destination_id = d.destination_id AND i.bank_day = days.day"
+           ON d.destination_id IS NOT NULL"
     )
     .bind(user_id)
     .bind(destination)
