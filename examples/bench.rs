@@ -344,6 +344,9 @@ async fn main() {
         let (url, _) = fresh(Some(admin)).await;
         bench_guard("postgres", &url).await;
     }
+    if std::env::var("BENCH_ONLY").is_ok_and(|v| v == "guard") {
+        return;
+    }
     bench_sync().await;
     bench_rotation(2_000, 500).await;
     bench_rotation(8_000, 500).await;

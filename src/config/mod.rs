@@ -1,6 +1,7 @@
 //! `jobs.toml`: read once into validated [`Settings`]; every refusal names the key, its line and the reason.
 //! Secrets never live here (see [`crate::secrets`]).
 
+mod params;
 mod raw;
 
 use std::{path::Path, time::Duration};
@@ -120,15 +121,15 @@ pub struct JobSettings {
 /// Each job's own settings.
 #[derive(Debug, Clone)]
 pub enum JobParams {
-    TokenRotation(raw::TokenRotationParams),
-    InboundVolume(raw::InboundVolumeParams),
-    TransferSync(raw::TransferSyncParams),
-    ReprocessingCheck(raw::ReprocessingCheckParams),
-    StaleAuthorizationSweep(raw::StaleAuthorizationSweepParams),
+    TokenRotation(params::TokenRotationParams),
+    InboundVolume(params::InboundVolumeParams),
+    TransferSync(params::TransferSyncParams),
+    ReprocessingCheck(params::ReprocessingCheckParams),
+    StaleAuthorizationSweep(params::StaleAuthorizationSweepParams),
     TestHold { items: u32, hold: Duration },
 }
 
-pub use raw::{
+pub use params::{
     GuardSettings, InboundVolumeParams, OnUncertain, ReprocessingCheckParams, StaleAuthorizationSweepParams,
     TokenRotationParams, TransferSyncParams,
 };

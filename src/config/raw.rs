@@ -1,18 +1,20 @@
-//! The shape of `jobs.toml` as serde reads it, and its validation into [`super::Settings`].
+//! The shape of `jobs.toml` as serde reads it, and its validation into [`super::Settings`] (each job's own
+//! settings and their defaults are in `params`).
 
 use std::time::Duration;
 
 use chrono::TimeDelta;
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 use toml::Spanned;
 
 use super::{
     AstraSettings, JobName, JobParams, JobSettings, OutboxSettings, RunnerSettings, Settings, check_url, default_burst,
+    params::{
+        GuardSettings, InboundVolumeParams, ReprocessingCheckParams, StaleAuthorizationSweepParams,
+        TokenRotationParams, TransferSyncParams, delta, duration, opt_duration,
+    },
 };
-use crate::domain::{
-    Schedule,
-    time::{parse_duration, parse_zone},
-};
+use crate::domain::{Schedule, time::parse_zone};
 
 /// Default request timeout toward the fintech's outbox endpoint.
 const DEFAULT_OUTBOX_TIMEOUT: Duration = Duration::from_secs(10);
@@ -145,169 +147,6 @@ pub enum CatchUp {
     Latest,
     /// Run every slot within `max_lateness` that has not succeeded, oldest first.
     All,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct TokenRotationParams {
-    /// Rotate grants whose refresh token expires before the next slot plus this margin.
-    #[serde(deserialize_with = "delta")]
-    pub safety_margin: TimeDelta,
-    /// Grants refreshed at once (each still waits for the shared rate limiter).
-    pub concurrency: u32,
-    /// Grants claimed per batch.
-    pub batch_size: u32,
-    /// After each rotation, read `GET /v1/user` to learn whether the user is suspended or rejected.
-    pub read_user_status: bool,
-}
-
-impl Default for TokenRotationParams {
-    fn default() -> Self {
-        TokenRotationParams {
-            safety_margin: TimeDelta::hours(72),
-            concurrency: 16,
-            batch_size: 200,
-            read_user_status: true,
-        }
-    }
-}
-
-/// `[guard]`: how the guard answers.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct GuardSettings {
-    /// Deny with `counter_stale` when the user's transfers were last read from Astra longer ago than this (or
-    /// never). Off when absent.
-    #[serde(deserialize_with = "opt_delta")]
-    pub max_staleness: Option<TimeDelta>,
-    /// What to answer when the day's counter is uncertain (a transfer could not be read): `deny` (the
-    /// default, with `counter_uncertain`) or `allow` (flagged `uncertain`).
-    pub on_uncertain: OnUncertain,
-    /// How long a hold lasts when the caller gives no `--hold-for`.
-    #[serde(deserialize_with = "delta")]
-    pub hold_for: TimeDelta,
-}
-
-impl Default for GuardSettings {
-    fn default() -> Self {
-        GuardSettings { max_staleness: None, on_uncertain: OnUncertain::Deny, hold_for: TimeDelta::hours(1) }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum OnUncertain {
-    Deny,
-    Allow,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct TransferSyncParams {
-    /// Read back this far before the newest transfer already seen (a transfer Astra lists late still counts).
-    #[serde(deserialize_with = "delta")]
-    pub overlap: TimeDelta,
-    /// How far back a user never read before is read.
-    #[serde(deserialize_with = "delta")]
-    pub lookback: TimeDelta,
-    /// Transfers asked for per page.
-    pub page_size: u32,
-    /// Pages read per user at most (the run is partial when a listing is cut there).
-    pub max_pages: u32,
-    /// Users read at once (each still waits for the shared rate limiter).
-    pub concurrency: u32,
-}
-
-impl Default for TransferSyncParams {
-    fn default() -> Self {
-        TransferSyncParams {
-            overlap: TimeDelta::hours(1),
-            lookback: TimeDelta::days(1),
-            page_size: 100,
-            max_pages: 50,
-            concurrency: 8,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct InboundVolumeParams {
-    /// Warn when a day's inbound total reaches this share of the limit, in percent.
-    pub warn_percent: u8,
-    /// How far back each user's transfers are mirrored.
-    #[serde(deserialize_with = "delta")]
-    pub lookback: TimeDelta,
-    /// Transfers asked for per page.
-    pub page_size: u32,
-    /// Pages read per user at most (the run is partial when a listing is cut there).
-    pub max_pages: u32,
-    /// Users mirrored at once (each still waits for the shared rate limiter).
-    pub concurrency: u32,
-}
-
-impl Default for InboundVolumeParams {
-    fn default() -> Self {
-        InboundVolumeParams {
-            warn_percent: 80,
-            lookback: TimeDelta::days(3),
-            page_size: 100,
-            max_pages: 50,
-            concurrency: 8,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ReprocessingCheckParams {
-    /// A transfer debited but not credited for longer than this gets one `transfer_stuck` follow-up.
-    #[serde(deserialize_with = "delta")]
-    pub stuck_after: TimeDelta,
-    /// Transfers that landed within this are re-read too, to catch a failure after landing.
-    #[serde(deserialize_with = "delta")]
-    pub watch_landed_for: TimeDelta,
-}
-
-impl Default for ReprocessingCheckParams {
-    fn default() -> Self {
-        ReprocessingCheckParams { stuck_after: TimeDelta::hours(72), watch_landed_for: TimeDelta::days(60) }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct StaleAuthorizationSweepParams {
-    /// Grants this close to expiry that rotation has not renewed get one rescue attempt.
-    #[serde(deserialize_with = "delta")]
-    pub danger_window: TimeDelta,
-    /// An unanswered re-authorization prompt is sent again after this long.
-    #[serde(deserialize_with = "delta")]
-    pub reprompt_after: TimeDelta,
-}
-
-impl Default for StaleAuthorizationSweepParams {
-    fn default() -> Self {
-        StaleAuthorizationSweepParams { danger_window: TimeDelta::hours(48), reprompt_after: TimeDelta::hours(72) }
-    }
-}
-
-fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-    duration(d).map(Some)
-}
-
-fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    let t = delta(d)?;
-    t.to_std().map_err(|_| serde::de::Error::custom("a duration must not be negative"))
-}
-
-fn opt_delta<'de, D: Deserializer<'de>>(d: D) -> Result<Option<TimeDelta>, D::Error> {
-    delta(d).map(Some)
-}
-
-fn delta<'de, D: Deserializer<'de>>(d: D) -> Result<TimeDelta, D::Error> {
-    let s = String::deserialize(d)?;
-    parse_duration(&s).map_err(serde::de::Error::custom)
 }
 
 /// Where a value sits: "line N" for a value read from the file.
