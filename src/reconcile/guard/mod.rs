@@ -165,7 +165,7 @@ async fn place(
         let mut tx = p.begin().await?;
         let (total, _) = day_lock!(&mut *tx, dest, &key)?;
         let held = held_cents!(&mut *tx, dest, &key, now)?;
-        let day = DestinationDay { total, held, uncertain: target.uncertain.clone(), ..target.clone_shallow() };
+        let day = DestinationDay { total, held, uncertain: target.uncertain.clone(), ..target.clone() };
         let mut a = weigh(answer.clone(), settings, &day, req.amount, now);
         if !a.allowed {
             tx.rollback().await?;
@@ -197,18 +197,6 @@ async fn place(
     match outcome {
         Some(a) => Ok(a),
         None => replay(store, req, hold.key).await?.ok_or_else(|| anyhow::anyhow!("the hold vanished")),
-    }
-}
-
-impl DestinationDay {
-    fn clone_shallow(&self) -> DestinationDay {
-        DestinationDay {
-            destination: self.destination.clone(),
-            day: self.day,
-            total: self.total,
-            held: self.held,
-            uncertain: self.uncertain.clone(),
-        }
     }
 }
 

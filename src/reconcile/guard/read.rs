@@ -72,6 +72,7 @@ async fn facts(
 }
 
 /// A destination as the guard sees it on its bank day at `now`.
+#[derive(Clone)]
 pub(super) struct DestinationDay {
     pub(super) destination: Destination,
     pub(super) day: BankDay,
