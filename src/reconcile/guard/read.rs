@@ -40,8 +40,13 @@ async fn facts(
     days: [String; 3],
     now: DateTime<Utc>,
 ) -> sqlx::Result<Vec<Facts>> {
-    with_pool!(store, |p| {
-        sqlx::query_as(
+    // Two statements, not one with `($2 IS NULL AND …) OR …`: PostgreSQL's generic plan for that OR scans every
+    // destination.
+    let which = match destination {
+        Some(_) => "d.destination_id = $2",
+        None => "d.user_id = u0.user_id AND CAST($2 AS TEXT) IS NULL",
+    };
+    let sql = format!(
         "SELECT g.status AS grant_status, g.user_status, b.reason AS block_reason, s.read_at AS as_of,
                 d.destination_id, d.user_id AS dest_user_id, d.kind, d.bank_time_zone, d.daily_limit_cents, d.frozen,
                 d.push_enabled, d.pull_enabled, days.day AS bank_day,
@@ -56,18 +61,20 @@ async fn facts(
          LEFT JOIN grant_token g ON g.user_id = u0.user_id
          LEFT JOIN user_block b ON b.user_id = u0.user_id
          LEFT JOIN transfer_sync s ON s.user_id = u0.user_id
-         LEFT JOIN destination d ON (($2 IS NULL AND d.user_id = u0.user_id) OR d.destination_id = $2)
+         LEFT JOIN destination d ON {which}
          LEFT JOIN (SELECT CAST($3 AS TEXT) AS day UNION ALL SELECT CAST($4 AS TEXT) UNION ALL SELECT CAST($5 AS TEXT)) days
            ON d.destination_id IS NOT NULL"
-    )
-    .bind(user_id)
-    .bind(destination)
-    .bind(&days[0])
-    .bind(&days[1])
-    .bind(&days[2])
-    .bind(now)
-    .fetch_all(p)
-    .await
+    );
+    with_pool!(store, |p| {
+        sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()))
+            .bind(user_id)
+            .bind(destination)
+            .bind(&days[0])
+            .bind(&days[1])
+            .bind(&days[2])
+            .bind(now)
+            .fetch_all(p)
+            .await
     })
 }
 
