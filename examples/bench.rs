@@ -216,29 +216,9 @@ async fn bench_rotation(n: usize, rate: u32) {
     s.astra.requests_per_second = rate;
     s.astra.burst = astra_worker::config::default_burst(rate);
     let now = Utc::now();
-    let k = keyring();
     for i in 0..n {
         let id = format!("u{i:06}");
-        http.post(format!("{base}/_sandbox/users")).json(&serde_json::json!({"id": id})).send().await.unwrap();
-        let g: serde_json::Value = http
-            .post(format!("{base}/_sandbox/grants"))
-            .json(&serde_json::json!({"user_id": id, "issued_at": now - TimeDelta::days(8)}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let line = ImportLine {
-            user_id: id,
-            access_token: SecretString::from(g["access_token"].as_str().unwrap().to_string()),
-            refresh_token: SecretString::from(g["refresh_token"].as_str().unwrap().to_string()),
-            refresh_token_issued_at: Some((now - TimeDelta::days(8)).fixed_offset()),
-            refresh_token_expires_at: None,
-            access_token_expires_at: None,
-            phone: None,
-        };
-        tokens::import(&store, &k, &line, now).await.unwrap();
+        seed_sandbox_grant(&http, &base, &store, &id, now - TimeDelta::days(8), false).await;
     }
     let sb = SandboxSettings::default();
     let credentials = Credentials { client_id: sb.client_id.into(), client_secret: sb.client_secret.into() };
@@ -264,6 +244,38 @@ async fn bench_rotation(n: usize, rate: u32) {
     let _ = sandbox.kill();
 }
 
+/// An approved user at the sandbox with a grant issued at `issued`, imported into the store; the access token
+/// is stored as valid for two hours when `access_valid`, else unknown (the first use refreshes it).
+async fn seed_sandbox_grant(
+    http: &reqwest::Client,
+    base: &str,
+    store: &Store,
+    id: &str,
+    issued: chrono::DateTime<Utc>,
+    access_valid: bool,
+) {
+    http.post(format!("{base}/_sandbox/users")).json(&serde_json::json!({"id": id})).send().await.unwrap();
+    let g: serde_json::Value = http
+        .post(format!("{base}/_sandbox/grants"))
+        .json(&serde_json::json!({"user_id": id, "issued_at": issued}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let line = ImportLine {
+        user_id: id.to_string(),
+        access_token: SecretString::from(g["access_token"].as_str().unwrap().to_string()),
+        refresh_token: SecretString::from(g["refresh_token"].as_str().unwrap().to_string()),
+        refresh_token_issued_at: Some(issued.fixed_offset()),
+        refresh_token_expires_at: None,
+        access_token_expires_at: access_valid.then(|| (issued + TimeDelta::hours(2)).fixed_offset()),
+        phone: None,
+    };
+    tokens::import(store, &keyring(), &line, Utc::now()).await.unwrap();
+}
+
 /// Requests one `transfer-sync` run makes for 10,000 users when 1 % have an open hold and one new transfer each.
 async fn bench_sync() {
     let (mut sandbox, base) = spawn_sandbox();
@@ -272,30 +284,10 @@ async fn bench_sync() {
     let store = Store::open(&url).await.unwrap();
     let s = settings(Some(&base));
     let now = Utc::now();
-    let k = keyring();
     let active = USERS / 100;
     for i in 0..USERS {
         let id = format!("u{i:05}");
-        http.post(format!("{base}/_sandbox/users")).json(&serde_json::json!({"id": id})).send().await.unwrap();
-        let g: serde_json::Value = http
-            .post(format!("{base}/_sandbox/grants"))
-            .json(&serde_json::json!({"user_id": id, "issued_at": now}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let line = ImportLine {
-            user_id: id.clone(),
-            access_token: SecretString::from(g["access_token"].as_str().unwrap().to_string()),
-            refresh_token: SecretString::from(g["refresh_token"].as_str().unwrap().to_string()),
-            refresh_token_issued_at: Some(now.fixed_offset()),
-            refresh_token_expires_at: None,
-            access_token_expires_at: Some((now + TimeDelta::hours(2)).fixed_offset()),
-            phone: None,
-        };
-        tokens::import(&store, &k, &line, now).await.unwrap();
+        seed_sandbox_grant(&http, &base, &store, &id, now, true).await;
         if i < active {
             let dest = format!("acct-{i:05}");
             register_account(&store, &dest, &id, 250_000).await;
