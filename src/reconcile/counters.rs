@@ -41,16 +41,24 @@ pub async fn counter(store: &Store, destination_id: &str, day: &str) -> sqlx::Re
     .await)
 }
 
+/// The day's total summed from the mirror, on a pool or a transaction. Evaluates to
+/// `sqlx::Result<(Option<i64>, i64)>`: (cents, transfers).
+macro_rules! day_sum {
+    ($conn:expr, $destination:expr, $day:expr) => {
+        sqlx::query_as::<_, (Option<i64>, i64)>(
+            "SELECT CAST(SUM(amount_cents) AS BIGINT), COUNT(*) FROM transfer
+             WHERE destination_id = $1 AND bank_day = $2 AND status NOT IN ('failed', 'cancelled')",
+        )
+        .bind($destination)
+        .bind($day)
+        .fetch_one($conn)
+        .await
+    };
+}
+
 /// The total recomputed from the mirror: (cents, transfers).
 pub async fn recompute(store: &Store, destination_id: &str, day: &str) -> sqlx::Result<(i64, i64)> {
-    let (sum, n): (Option<i64>, i64) = with_pool!(store, |p| sqlx::query_as(
-        "SELECT CAST(SUM(amount_cents) AS BIGINT), COUNT(*) FROM transfer
-         WHERE destination_id = $1 AND bank_day = $2 AND status NOT IN ('failed', 'cancelled')"
-    )
-    .bind(destination_id)
-    .bind(day)
-    .fetch_one(p)
-    .await?);
+    let (sum, n) = with_pool!(store, |p| day_sum!(p, destination_id, day))?;
     Ok((sum.unwrap_or(0), n))
 }
 
@@ -94,14 +102,7 @@ pub async fn fix_day(store: &Store, destination_id: &str, day: &str) -> sqlx::Re
     with_pool!(store, |p| {
         let mut tx = p.begin().await?;
         let (counter, _) = day_lock!(&mut *tx, destination_id, day)?;
-        let (sum, n): (Option<i64>, i64) = sqlx::query_as(
-            "SELECT CAST(SUM(amount_cents) AS BIGINT), COUNT(*) FROM transfer
-             WHERE destination_id = $1 AND bank_day = $2 AND status NOT IN ('failed', 'cancelled')",
-        )
-        .bind(destination_id)
-        .bind(day)
-        .fetch_one(&mut *tx)
-        .await?;
+        let (sum, n) = day_sum!(&mut *tx, destination_id, day)?;
         let total = sum.unwrap_or(0);
         if total != counter {
             sqlx::query(
@@ -191,7 +192,8 @@ pub async fn uncertainty(store: &Store, destination_id: &str, day: &str) -> sqlx
     .await)
 }
 
-/// Sets the counter to the recomputed total.
+/// Sets a day's counter outright, without the day's lock: for seeding a store (the benchmark); the jobs fix a
+/// day with [`fix_day`].
 pub async fn set_counter(store: &Store, destination_id: &str, day: &str, cents: i64, n: i64) -> sqlx::Result<()> {
     with_pool!(store, |p| sqlx::query(
         "INSERT INTO inbound_day (destination_id, bank_day, total_cents, transfers) VALUES ($1, $2, $3, $4)
