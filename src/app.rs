@@ -12,7 +12,7 @@ use crate::{
     secrets,
     shutdown::Shutdown,
     store::Store,
-    tokens::{Keyring, Tokens},
+    tokens::{Keyring, Tokens, check_keyring},
 };
 
 /// What the jobs that talk to Astra need beyond the store, built once per process from the environment.
@@ -66,18 +66,22 @@ pub struct Worker {
     pub shutdown: Shutdown,
     /// `host:pid`, recorded on claims and runs.
     pub owner: String,
+    /// `host:pid:random`: this worker among the processes sharing Astra's request budget.
+    pub instance: String,
     services: OnceLock<Arc<Services>>,
 }
 
 impl Worker {
     pub fn new(settings: Settings, store: Store) -> Worker {
         let limiter = RequestLimiter::new(settings.astra.requests_per_second, settings.astra.burst);
+        let owner = format!("{}:{}", hostname(), std::process::id());
         Worker {
+            instance: format!("{owner}:{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
+            owner,
             settings: Arc::new(settings),
             store,
             limiter: Arc::new(limiter),
             shutdown: Shutdown::new(),
-            owner: format!("{}:{}", hostname(), std::process::id()),
             services: OnceLock::new(),
         }
     }
@@ -101,6 +105,14 @@ impl Worker {
         }
         let svc = Arc::new(Services::from_env(&self.settings, self.limiter.clone(), &self.store)?);
         Ok(self.services.get_or_init(|| svc).clone())
+    }
+
+    /// [`Worker::services`], refused (configuration, exit 78) before anything is written when its keyring
+    /// cannot open the grants already stored.
+    pub async fn checked_services(&self) -> anyhow::Result<Arc<Services>> {
+        let svc = self.services()?;
+        check_keyring(&self.store, &svc.tokens.keyring).await?;
+        Ok(svc)
     }
 }
 

@@ -5,7 +5,7 @@ use crate::{
     astra::AstraError,
     failure::{Classify, Failure, Status},
     store::{StoreError, classify_sqlx},
-    tokens::{CryptoError, NoToken},
+    tokens::{CryptoError, NoToken, Unreadable},
 };
 
 /// Walks the error chain and picks the status of the first cause that knows its kind.
@@ -18,6 +18,9 @@ pub fn classify(err: &anyhow::Error) -> Status {
             return classify_sqlx(e);
         }
         if let Some(e) = cause.downcast_ref::<AstraError>() {
+            return e.status();
+        }
+        if let Some(e) = cause.downcast_ref::<Unreadable>() {
             return e.status();
         }
         if let Some(e) = cause.downcast_ref::<CryptoError>() {

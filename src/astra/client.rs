@@ -58,20 +58,34 @@ impl AstraClient {
         })
     }
 
-    /// `POST /v1/oauth/token` with `grant_type=refresh_token`: a new pair; the old tokens die.
-    pub async fn refresh(&self, call: Call<'_>, refresh_token: &SecretString) -> Result<TokenPair, AstraError> {
+    /// `POST /v1/oauth/token` with `grant_type=refresh_token`: a new pair; the old tokens die. `intent` (the
+    /// refresh intent's id) goes as `Idempotency-Key`, the same on every retry and on a later probe of the same
+    /// intent, so an Astra that honours it answers a repeated request with the pair it already issued.
+    pub async fn refresh(
+        &self,
+        call: Call<'_>,
+        refresh_token: &SecretString,
+        intent: &str,
+    ) -> Result<TokenPair, AstraError> {
         let form = [
             ("grant_type", "refresh_token"),
             ("refresh_token", refresh_token.expose_secret()),
             ("redirect_uri", self.redirect_uri.as_str()),
         ];
-        self.token_request(call, &form).await
+        self.token_request(call, &form, intent).await
     }
 
-    async fn token_request(&self, call: Call<'_>, form: &[(&str, &str)]) -> Result<TokenPair, AstraError> {
+    async fn token_request(
+        &self,
+        call: Call<'_>,
+        form: &[(&str, &str)],
+        idempotency_key: &str,
+    ) -> Result<TokenPair, AstraError> {
         let c = &self.credentials;
         self.send(call, Method::POST, "/v1/oauth/token", true, |r| {
-            r.basic_auth(c.client_id.expose_secret(), Some(c.client_secret.expose_secret())).form(form)
+            r.basic_auth(c.client_id.expose_secret(), Some(c.client_secret.expose_secret()))
+                .header("Idempotency-Key", idempotency_key)
+                .form(form)
         })
         .await
     }

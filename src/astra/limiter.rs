@@ -1,40 +1,101 @@
 //! The one request limiter per process (governor, GCRA): counts HTTP requests to Astra, not jobs, and is
 //! shared by every job; a small burst (about 20 ms of quota) keeps the first second at the configured rate.
-//! A 429 pauses it for `Retry-After`. With several instances, `requests_per_second` is each one's share.
+//! A 429 pauses it for `Retry-After`. `astra.requests_per_second` is the whole deployment's budget: with
+//! several processes calling Astra at once, each takes an equal share (see `store::ledger::presence`).
+//! It also tells a job how many requests to keep in flight so the rate is used at the latency Astra shows.
 
-use std::{num::NonZeroU32, sync::Mutex, time::Duration};
+use std::{
+    num::NonZeroU32,
+    sync::{
+        Arc, Mutex, RwLock,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::time::Instant;
 
+/// Time an item spends beside its request (the store's reads and writes), counted into the pace.
+const ITEM_OVERHEAD: Duration = Duration::from_millis(10);
+
 pub struct RequestLimiter {
-    limiter: DefaultDirectRateLimiter,
+    /// Rebuilt when this process's share changes.
+    limiter: RwLock<Arc<DefaultDirectRateLimiter>>,
     rate: u32,
     burst: u32,
+    /// How many processes share the rate now (1 alone).
+    share: AtomicU64,
+    /// Astra's latency as observed, smoothed (microseconds).
+    latency_us: AtomicU64,
     paused_until: Mutex<Option<Instant>>,
 }
 
 impl std::fmt::Debug for RequestLimiter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "RequestLimiter({}/s, burst {})", self.rate, self.burst)
+        write!(f, "RequestLimiter({}/s, burst {}, share 1/{})", self.rate, self.burst, self.share())
     }
+}
+
+fn governor(rate: u32, burst: u32) -> Arc<DefaultDirectRateLimiter> {
+    let rate = NonZeroU32::new(rate).unwrap_or(NonZeroU32::MIN);
+    let burst = NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN);
+    Arc::new(RateLimiter::direct(Quota::per_second(rate).allow_burst(burst)))
 }
 
 impl RequestLimiter {
     pub fn new(requests_per_second: u32, burst: u32) -> RequestLimiter {
-        let rate = NonZeroU32::new(requests_per_second).unwrap_or(NonZeroU32::MIN);
-        let burst_nz = NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN);
+        let rate = requests_per_second.max(1);
+        let burst = burst.max(1);
         RequestLimiter {
-            limiter: RateLimiter::direct(Quota::per_second(rate).allow_burst(burst_nz)),
-            rate: rate.get(),
-            burst: burst_nz.get(),
+            limiter: RwLock::new(governor(rate, burst)),
+            rate,
+            burst,
+            share: AtomicU64::new(1),
+            latency_us: AtomicU64::new(0),
             paused_until: Mutex::new(None),
         }
     }
 
-    /// The configured rate, in requests per second.
+    /// The configured rate (the deployment's budget), in requests per second.
     pub fn rate(&self) -> u32 {
         self.rate
+    }
+
+    /// How many processes share the budget now.
+    pub fn share(&self) -> u64 {
+        self.share.load(Ordering::Relaxed)
+    }
+
+    /// This process's rate: the budget divided among the processes sharing it (at least 1 request/s).
+    pub fn own_rate(&self) -> u32 {
+        (self.rate / u32::try_from(self.share()).unwrap_or(u32::MAX)).max(1)
+    }
+
+    /// Divides the budget among `processes` (this one included).
+    pub fn set_share(&self, processes: u64) {
+        let processes = processes.max(1);
+        if self.share.swap(processes, Ordering::Relaxed) != processes {
+            let rate = self.own_rate();
+            let burst = self.burst.min(rate);
+            *self.limiter.write().unwrap_or_else(|p| p.into_inner()) = governor(rate, burst);
+        }
+    }
+
+    /// Records one request's latency into the smoothed figure the pace is derived from.
+    pub fn observe(&self, latency: Duration) {
+        let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        let old = self.latency_us.load(Ordering::Relaxed);
+        let new = if old == 0 { us } else { old - old / 8 + us / 8 };
+        self.latency_us.store(new, Ordering::Relaxed);
+    }
+
+    /// How many requests to keep in flight so this process's rate is used at the latency observed: rate ×
+    /// (latency + the item's own time) × 1.5 for jitter, plus the burst; at least 2, at most `ceiling`.
+    pub fn in_flight(&self, ceiling: u32) -> usize {
+        let per_item = Duration::from_micros(self.latency_us.load(Ordering::Relaxed)) + ITEM_OVERHEAD;
+        let want = f64::from(self.own_rate()) * per_item.as_secs_f64() * 1.5 + f64::from(self.burst);
+        (want.ceil() as usize).clamp(2, ceiling.max(2) as usize)
     }
 
     /// Waits until one more request may go out.
@@ -46,7 +107,8 @@ impl RequestLimiter {
                 _ => break,
             }
         }
-        self.limiter.until_ready().await;
+        let limiter = self.limiter.read().unwrap_or_else(|p| p.into_inner()).clone();
+        limiter.until_ready().await;
     }
 
     /// Holds every caller back for `d` (Astra answered 429 with `Retry-After`).
@@ -70,5 +132,28 @@ mod tests {
         let t = std::time::Instant::now();
         l.acquire().await;
         assert!(t.elapsed() >= Duration::from_millis(140), "acquire returned during the pause");
+    }
+
+    #[test]
+    fn requests_in_flight_grow_with_latency_within_the_ceiling() {
+        let l = RequestLimiter::new(200, 4);
+        let quiet = l.in_flight(256);
+        for _ in 0..64 {
+            l.observe(Duration::from_millis(100));
+        }
+        let slow = l.in_flight(256);
+        assert!(slow >= 30, "200/s at 100 ms needs at least 20 in flight, asked {slow}");
+        assert!(slow > quiet * 3, "in flight at 100 ms ({slow}) vs at no latency ({quiet})");
+        assert_eq!(l.in_flight(8), 8, "the ceiling bounds it");
+    }
+
+    #[test]
+    fn the_budget_is_divided_among_the_processes_sharing_it() {
+        let l = RequestLimiter::new(300, 6);
+        assert_eq!(l.own_rate(), 300);
+        l.set_share(3);
+        assert_eq!((l.rate(), l.own_rate()), (300, 100));
+        l.set_share(0);
+        assert_eq!(l.own_rate(), 300);
     }
 }

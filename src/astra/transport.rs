@@ -87,6 +87,7 @@ impl AstraClient {
             let sent = build(self.http.request(method.clone(), url.clone())).send().await;
             let mut attempt = self.read_attempt::<T>(sent, &endpoint, token_endpoint, attempt_no).await;
             let latency = started.elapsed();
+            self.limiter.observe(latency);
             if let Err(AstraError::GrantRejected { after_ambiguous_attempt, .. }) = &mut attempt.result {
                 *after_ambiguous_attempt = ambiguous_before;
             }

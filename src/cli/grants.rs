@@ -46,6 +46,7 @@ pub(super) async fn grants(store: &Store, cmd: &GrantsCommand) -> anyhow::Result
 
 async fn import(store: &Store, file: Option<&PathBuf>) -> anyhow::Result<Status> {
     let keyring = Keyring::from_env()?;
+    tokens::check_keyring(store, &keyring).await?;
     let (mut new, mut replaced, mut unchanged, mut stale, mut bad) = (0, 0, 0, 0, 0);
     for item in super::output::numbered_lines(super::output::input(file)?) {
         let (n, line) = item?;
@@ -107,7 +108,11 @@ async fn list(store: &Store, status: Option<&str>, limit: i64, format: Format) -
                     utc_seconds(r.refresh_expires_at),
                     r.last_rotated_at.map(utc_seconds).unwrap_or_else(|| "-".into()),
                     r.user_status.unwrap_or_else(|| "-".into()),
-                    r.episode_reason.map(|e| format!("open ({e})")).unwrap_or_else(|| "-".into()),
+                    match (r.episode_reason, r.unreadable) {
+                        (_, Some(_)) => "unreadable: re-import the user with the right key".to_string(),
+                        (Some(e), None) => format!("open ({e})"),
+                        (None, None) => "-".into(),
+                    },
                 );
             }
         }
@@ -117,7 +122,7 @@ async fn list(store: &Store, status: Option<&str>, limit: i64, format: Format) -
 
 /// Prints a valid access token alone on stdout.
 pub(super) async fn token(worker: &Worker, user_id: &str) -> anyhow::Result<Status> {
-    let svc = worker.services()?;
+    let svc = worker.checked_services().await?;
     let t = tokens::access_token(&worker.store, &svc.tokens, user_id).await?;
     outln!("{}", t.expose_secret());
     Ok(Status::Ok)
@@ -127,6 +132,7 @@ pub(super) async fn keys(store: &Store, cmd: &KeysCommand) -> anyhow::Result<Sta
     match cmd {
         KeysCommand::Rotate => {
             let keyring = Keyring::from_env()?;
+            tokens::check_keyring(store, &keyring).await?;
             let n = tokens::rotate_keys(store, &keyring).await?;
             outln!("re-encrypted {n} grants under key {}", keyring.current_id());
             Ok(Status::Ok)

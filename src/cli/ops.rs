@@ -66,21 +66,34 @@ async fn serve_metrics(worker: Arc<Worker>, addr: SocketAddr) -> anyhow::Result<
 pub(super) async fn health(worker: &Worker, args: &HealthArgs) -> anyhow::Result<Status> {
     let max_ages = health::parse_max_ages(&args.max_age)?;
     let report = health::check(worker, &max_ages, Utc::now()).await?;
+    let unreadable = crate::tokens::store::count_unreadable(&worker.store).await?;
     match args.format {
-        Format::Json => outln!("{}", serde_json::to_string_pretty(&report)?),
+        Format::Json => outln!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({"jobs": report, "unreadable_grants": unreadable}))?
+        ),
         Format::Text => {
             for h in &report {
                 let last = h.last_success_slot.map(utc_seconds).unwrap_or_else(|| "never".into());
                 let verdict = if h.healthy { "ok" } else { "STALE" };
                 outln!("{:<26} {verdict:<6} last successful slot {last} (max age {}s)", h.job, h.max_age_seconds);
             }
+            let verdict = if unreadable == 0 { "ok" } else { "BAD" };
+            outln!("{:<26} {verdict:<6} {unreadable} grants whose tokens cannot be opened", "grants");
         }
     }
     let stale: Vec<String> = report.iter().filter(|h| !h.healthy).map(|h| h.job.to_string()).collect();
-    if stale.is_empty() {
+    if unreadable > 0 {
+        eprintln!(
+            "astra-worker: {unreadable} grants cannot be decrypted (see `grants list`); import those users again"
+        );
+    }
+    if stale.is_empty() && unreadable == 0 {
         Ok(Status::Ok)
     } else {
-        eprintln!("astra-worker: stale: {}", stale.join(", "));
+        if !stale.is_empty() {
+            eprintln!("astra-worker: stale: {}", stale.join(", "));
+        }
         Ok(Status::No)
     }
 }

@@ -13,21 +13,25 @@ pub struct TokenRotationParams {
     /// Rotate grants whose refresh token expires before the next slot plus this margin.
     #[serde(deserialize_with = "delta")]
     pub safety_margin: TimeDelta,
-    /// Grants refreshed at once (each still waits for the shared rate limiter).
+    /// The most grants refreshed at once: the limiter's pace keeps fewer in flight when fewer use the rate.
     pub concurrency: u32,
     /// Grants claimed per batch.
     pub batch_size: u32,
-    /// After each rotation, read `GET /v1/user` to learn whether the user is suspended or rejected.
+    /// After a rotation, read `GET /v1/user` to learn whether the user is suspended or rejected…
     pub read_user_status: bool,
+    /// …when the status was last read longer ago than this (the request budget goes to rotations first).
+    #[serde(deserialize_with = "delta")]
+    pub user_status_max_age: TimeDelta,
 }
 
 impl Default for TokenRotationParams {
     fn default() -> Self {
         TokenRotationParams {
             safety_margin: TimeDelta::hours(72),
-            concurrency: 16,
+            concurrency: 512,
             batch_size: 200,
             read_user_status: true,
+            user_status_max_age: TimeDelta::days(3),
         }
     }
 }
@@ -74,7 +78,7 @@ pub struct TransferSyncParams {
     pub page_size: u32,
     /// Pages read per user at most (the run is partial when a listing is cut there).
     pub max_pages: u32,
-    /// Users read at once (each still waits for the shared rate limiter).
+    /// The most users read at once (the limiter's pace keeps fewer in flight when fewer use the rate).
     pub concurrency: u32,
 }
 
@@ -85,7 +89,7 @@ impl Default for TransferSyncParams {
             lookback: TimeDelta::days(1),
             page_size: 100,
             max_pages: 50,
-            concurrency: 8,
+            concurrency: 64,
         }
     }
 }
@@ -102,7 +106,7 @@ pub struct InboundVolumeParams {
     pub page_size: u32,
     /// Pages read per user at most (the run is partial when a listing is cut there).
     pub max_pages: u32,
-    /// Users mirrored at once (each still waits for the shared rate limiter).
+    /// The most users mirrored at once (the limiter's pace keeps fewer in flight when fewer use the rate).
     pub concurrency: u32,
 }
 
@@ -113,7 +117,7 @@ impl Default for InboundVolumeParams {
             lookback: TimeDelta::days(3),
             page_size: 100,
             max_pages: 50,
-            concurrency: 8,
+            concurrency: 64,
         }
     }
 }

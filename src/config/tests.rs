@@ -65,7 +65,7 @@ fn impossible_numbers_are_refused() {
     assert!(e.contains("astra.requests_per_second") && e.contains("at least 1"), "{e}");
     let e = err(&shipped_with("warn_percent = 80", "warn_percent = 180"));
     assert!(e.contains("jobs.inbound-volume.settings.warn_percent"), "{e}");
-    let e = err(&shipped_with("concurrency = 16", "concurrency = 0"));
+    let e = err(&shipped_with("concurrency = 512", "concurrency = 0"));
     assert!(e.contains("jobs.token-rotation.settings.concurrency"), "{e}");
 }
 

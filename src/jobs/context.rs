@@ -119,6 +119,13 @@ impl<'a> RunContext<'a> {
         d.insert(key.to_string(), (cur + n).into());
     }
 
+    /// Raises the job's own figure `key` to `n` if it is below.
+    pub(crate) fn tally_max(&self, key: &str, n: i64) {
+        let mut d = self.details.lock().unwrap_or_else(|p| p.into_inner());
+        let cur = d.get(key).and_then(|v| v.as_i64()).unwrap_or(i64::MIN);
+        d.insert(key.to_string(), cur.max(n).into());
+    }
+
     /// The items counted so far.
     pub(crate) fn counts(&self) -> Counts {
         Counts {

@@ -1,7 +1,7 @@
 //! Work on one grant that rotation and the sweep share: refresh it under its lease and count what happened,
 //! and probe grants whose refresh died between Astra's answer and the commit.
 
-use chrono::Utc;
+use chrono::{TimeDelta, Utc};
 use tracing::{instrument, warn};
 
 use super::{ItemOutcome, RunContext};
@@ -10,13 +10,16 @@ use crate::{
     tokens::{self, Refreshed, episodes::Opened, store},
 };
 
-/// Refreshes one grant whose lease `ctx.run_id` holds, records the outcome, releases the lease.
+/// Refreshes one grant whose lease `ctx.run_id` holds, records the outcome, releases the lease. After a
+/// rotation, reads the user's status from Astra when it was last read more than `read_status` ago (`None`:
+/// not at all). A grant whose tokens cannot be opened is flagged and counted as a retry; `Err` only for what
+/// the caller decides on (the store failing before Astra was called, rejected client credentials).
 #[instrument(name = "grant", skip_all, fields(user_id = %user_id))]
 pub(super) async fn refresh_one(
     ctx: &RunContext<'_>,
     svc: &Services,
     user_id: &str,
-    read_user_status: bool,
+    read_status: Option<TimeDelta>,
 ) -> anyhow::Result<()> {
     let db = &ctx.worker.store;
     let call = ctx.call(user_id);
@@ -29,10 +32,20 @@ pub(super) async fn refresh_one(
     }
     let r = tokens::refresh_leased(db, &svc.tokens, call, user_id, &ctx.run_id).await;
     store::release(db, user_id, &ctx.run_id).await?;
-    let outcome = match r? {
-        Refreshed::Rotated { access } => {
+    let r = match r {
+        Err(e) if e.downcast_ref::<tokens::Unreadable>().is_some() => {
+            ctx.tally("unreadable", 1);
+            ctx.record(ItemOutcome::Retry(format!("{e:#}")));
+            return Ok(());
+        }
+        r => r?,
+    };
+    let outcome = match r {
+        Refreshed::Rotated { access, user_status_at } => {
             ctx.tally("rotated", 1);
-            if read_user_status {
+            let stale = |max_age| user_status_at.is_none_or(|at| at < Utc::now() - max_age);
+            if read_status.is_some_and(stale) {
+                ctx.tally("user_status_read", 1);
                 match svc.client().user(call, &access).await {
                     Ok(u) => store::set_user_status(db, user_id, u.status, Utc::now()).await?,
                     Err(e) => warn!(error = %e, "could not read the user's status after rotation"),
@@ -62,6 +75,7 @@ pub(super) fn opened_figure(opened: Opened) -> &'static str {
         Opened::Episode => "episodes_opened",
         Opened::AlreadyOpen => "episodes_already_open",
         Opened::UserSuspended => "suspended_followups",
+        Opened::Superseded => "superseded",
     }
 }
 
@@ -81,7 +95,7 @@ pub(super) async fn resolve_orphans(ctx: &RunContext<'_>, svc: &Services) -> any
         }
         if store::try_lease(db, &user_id, &ctx.run_id, now + lease, now).await? {
             ctx.tally("probed", 1);
-            refresh_one(ctx, svc, &user_id, false).await?;
+            refresh_one(ctx, svc, &user_id, None).await?;
         }
     }
     Ok(())

@@ -3,11 +3,10 @@
 //! records and fixes any drift of the counter, and records the decision (ok, warn, blocked) with its evidence.
 
 use chrono::{TimeDelta, Utc};
-use futures::{StreamExt, TryStreamExt};
 use tracing::warn;
 
 use super::{
-    RunContext,
+    RunContext, paced,
     transfers::{Window, read_user},
 };
 use crate::{
@@ -31,18 +30,11 @@ pub(super) async fn run(ctx: &RunContext<'_>, p: &InboundVolumeParams) -> anyhow
     if ctx.dry_run {
         ctx.tally("would_mirror_users", users.len() as i64);
     } else {
-        futures::stream::iter(users)
-            .map(Ok::<_, anyhow::Error>)
-            .try_for_each_concurrent(p.concurrency as usize, |u| {
-                let svc = svc.clone();
-                async move {
-                    if !ctx.stopping() {
-                        read_user(ctx, &svc, &u, window).await?;
-                    }
-                    Ok(())
-                }
-            })
-            .await?;
+        paced::each(ctx, p.concurrency, users, |u: String| {
+            let svc = svc.clone();
+            async move { read_user(ctx, &svc, &u, window).await }
+        })
+        .await?;
     }
     decide(ctx, p).await
 }

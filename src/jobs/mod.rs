@@ -4,6 +4,7 @@
 mod context;
 mod grant_work;
 mod inbound_volume;
+mod paced;
 pub(crate) mod reprocessing_check;
 mod stale_sweep;
 mod test_hold;

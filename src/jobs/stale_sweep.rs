@@ -2,10 +2,10 @@
 //! whose refresh token already expired open an `expired` episode (no call can save them); grants within the
 //! danger window get one rescue refresh; unanswered episodes are prompted again.
 
-use chrono::Utc;
+use chrono::{TimeDelta, Utc};
 
 use super::{
-    RunContext,
+    ItemOutcome, RunContext,
     grant_work::{opened_figure, refresh_one, resolve_orphans},
 };
 use crate::{
@@ -34,27 +34,41 @@ async fn sweep(ctx: &RunContext<'_>, p: &StaleAuthorizationSweepParams) -> anyho
         if ctx.stopping() {
             break;
         }
-        let Some(g) = tokens::load(db, &svc.tokens.keyring, &user_id).await? else { continue };
-        if g.refresh_expires_at <= Utc::now() {
-            if ctx.dry_run {
-                ctx.tally("would_open_expired", 1);
+        let g = match tokens::load(db, &svc.tokens.keyring, &user_id).await {
+            Ok(Some(g)) => g,
+            Ok(None) => continue,
+            Err(e) if e.downcast_ref::<tokens::Unreadable>().is_some() => {
+                ctx.tally("unreadable", 1);
+                ctx.record(ItemOutcome::Retry(format!("{e:#}")));
                 continue;
             }
-            let dead = DeadGrant { user_id: &user_id, phone: g.phone.as_deref(), user_status: g.user_status };
-            let opened = episodes::open(db, &dead, Reason::Expired, &svc.tokens.link, Utc::now()).await?;
-            ctx.processed(1);
-            ctx.tally("dead_expired", 1);
-            ctx.tally(opened_figure(opened), 1);
-            continue;
-        }
+            Err(e) => return Err(e),
+        };
+        let expired = g.refresh_expires_at <= Utc::now();
         if ctx.dry_run {
-            ctx.tally("would_rescue", 1);
+            ctx.tally(if expired { "would_open_expired" } else { "would_rescue" }, 1);
             continue;
         }
         let t = Utc::now();
-        if store::try_lease(db, &user_id, &ctx.run_id, t + lease, t).await? {
+        if !store::try_lease(db, &user_id, &ctx.run_id, t + lease, t).await? {
+            continue;
+        }
+        if expired {
+            let dead = DeadGrant {
+                user_id: &user_id,
+                version: g.version,
+                owner: &ctx.run_id,
+                phone: g.phone.as_deref(),
+                user_status: g.user_status,
+            };
+            let opened = episodes::open(db, &dead, Reason::Expired, &svc.tokens.link, Utc::now()).await?;
+            store::release(db, &user_id, &ctx.run_id).await?;
+            ctx.processed(1);
+            ctx.tally("dead_expired", 1);
+            ctx.tally(opened_figure(opened), 1);
+        } else {
             ctx.tally("rescue_attempts", 1);
-            refresh_one(ctx, &svc, &user_id, true).await?;
+            refresh_one(ctx, &svc, &user_id, Some(TimeDelta::zero())).await?;
         }
     }
     if !ctx.dry_run {

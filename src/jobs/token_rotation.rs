@@ -1,12 +1,15 @@
 //! `token-rotation` (weekly): rotates every active grant whose refresh token would expire before the next
 //! slot plus a safety margin, so a second run in the same week finds nothing to do. Grants are claimed in
-//! batches (several processes on PostgreSQL share them) and refreshed concurrently under the shared limiter.
+//! batches (several processes on PostgreSQL share them) and refreshed at the pace the shared limiter sets.
+//! Claimed grants not started when the run stops are released with the rest.
 
 use chrono::{TimeDelta, Utc};
-use futures::{StreamExt, TryStreamExt};
 
-use super::RunContext;
-use super::grant_work::{refresh_one, resolve_orphans};
+use super::{
+    RunContext,
+    grant_work::{refresh_one, resolve_orphans},
+    paced,
+};
 use crate::{config::TokenRotationParams, tokens::store};
 
 pub(super) async fn run(ctx: &RunContext<'_>, p: &TokenRotationParams) -> anyhow::Result<()> {
@@ -31,29 +34,16 @@ async fn rotate_due(ctx: &RunContext<'_>, p: &TokenRotationParams) -> anyhow::Re
         ctx.tally("would_rotate", due.len() as i64);
         return Ok(());
     }
-    while !ctx.stopping() {
+    let ceiling = p.concurrency;
+    let read_status = p.read_user_status.then_some(p.user_status_max_age);
+    let next_batch = || async {
         let now = Utc::now();
-        let batch =
-            store::claim_due(db, &ctx.run_id, &ctx.work_mark, due_before, now + lease, now, i64::from(p.batch_size))
-                .await?;
-        if batch.is_empty() {
-            break;
-        }
-        futures::stream::iter(batch)
-            .map(Ok::<_, anyhow::Error>)
-            .try_for_each_concurrent(p.concurrency as usize, |user_id| {
-                let svc = svc.clone();
-                async move {
-                    if ctx.stopping() {
-                        // Claimed but not started: give the lease back for the next run.
-                        store::release(&ctx.worker.store, &user_id, &ctx.run_id).await?;
-                        ctx.skipped(1);
-                        return Ok(());
-                    }
-                    refresh_one(ctx, &svc, &user_id, p.read_user_status).await
-                }
-            })
-            .await?;
-    }
-    Ok(())
+        let limit = i64::from(p.batch_size);
+        Ok(store::claim_due(db, &ctx.run_id, &ctx.work_mark, due_before, now + lease, now, limit).await?)
+    };
+    paced::run(ctx, ceiling, next_batch, |user_id: String| {
+        let svc = svc.clone();
+        async move { refresh_one(ctx, &svc, &user_id, read_status).await }
+    })
+    .await
 }

@@ -4,10 +4,9 @@
 //! are closed on the way. The daily `inbound-volume` stays the backstop for everyone.
 
 use chrono::Utc;
-use futures::{StreamExt, TryStreamExt};
 
 use super::{
-    RunContext,
+    RunContext, paced,
     transfers::{Window, read_user},
 };
 use crate::{
@@ -29,21 +28,16 @@ pub(super) async fn run(ctx: &RunContext<'_>, p: &TransferSyncParams) -> anyhow:
         return Ok(());
     }
     let svc = ctx.worker.services()?;
-    futures::stream::iter(users)
-        .map(Ok::<_, anyhow::Error>)
-        .try_for_each_concurrent(p.concurrency as usize, |u| {
-            let svc = svc.clone();
-            async move {
-                if ctx.stopping() {
-                    return Ok(());
-                }
-                let floor = now - p.lookback;
-                let since = match mirror::newest_seen(&ctx.worker.store, &u).await? {
-                    Some(newest) => (newest - p.overlap).max(floor),
-                    None => floor,
-                };
-                read_user(ctx, &svc, &u, Window { since, page_size: p.page_size, max_pages: p.max_pages }).await
-            }
-        })
-        .await
+    paced::each(ctx, p.concurrency, users, |u: String| {
+        let svc = svc.clone();
+        async move {
+            let floor = now - p.lookback;
+            let since = match mirror::newest_seen(&ctx.worker.store, &u).await? {
+                Some(newest) => (newest - p.overlap).max(floor),
+                None => floor,
+            };
+            read_user(ctx, &svc, &u, Window { since, page_size: p.page_size, max_pages: p.max_pages }).await
+        }
+    })
+    .await
 }

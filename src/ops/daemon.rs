@@ -43,7 +43,7 @@ pub(crate) async fn run(worker: Arc<Worker>, opts: DaemonOptions) -> anyhow::Res
     }
     for j in &jobs {
         if crate::jobs::needs_services(j.name) {
-            worker.services()?;
+            worker.checked_services().await?;
         }
     }
     let mut sched = JobScheduler::new().await.map_err(|e| anyhow::anyhow!("starting the scheduler: {e}"))?;

@@ -36,7 +36,7 @@ pub async fn run_job(
         .job_settings(job)
         .ok_or_else(|| Failure::config(format!("job {job} is not configured in jobs.toml ([jobs.{job}])")))?;
     if jobs::needs_services(job) {
-        worker.services()?;
+        worker.checked_services().await?;
     }
     let mut summary = RunSummary::default();
     if !settings.enabled && opts.slot.is_none() {
@@ -116,8 +116,9 @@ pub async fn run_slot(
 
     let heartbeat =
         owns_claim.then(|| heartbeat::spawn(worker.store.clone(), name, slot, &run_id, lease, stop.clone()));
+    let presence = if opts.dry_run { None } else { Some(heartbeat::spawn_presence(worker).await) };
     let result = heartbeat::run_with_grace(&ctx).instrument(span.clone()).await;
-    if let Some(h) = heartbeat {
+    for h in heartbeat.into_iter().chain(presence) {
         h.abort();
     }
 

@@ -68,13 +68,16 @@ async fn token(AxState(st): AxState<Shared>, headers: HeaderMap, body: String) -
         return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "malformed form body");
     };
     let answer = match (form.grant_type.as_str(), form.refresh_token, form.code) {
-        ("refresh_token", Some(rt), _) => lock(&st).refresh(&rt, form.redirect_uri.as_deref()),
+        ("refresh_token", Some(rt), _) => {
+            let key = headers.get("idempotency-key").and_then(|v| v.to_str().ok());
+            lock(&st).refresh(&rt, form.redirect_uri.as_deref(), key)
+        }
         ("authorization_code", _, Some(_)) => TokenAnswer::InvalidGrant("authorization codes are not simulated"),
         _ => return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "unsupported grant request"),
     };
     match answer {
         TokenAnswer::Issued(v) => Json(v).into_response(),
-        TokenAnswer::Lost => {
+        TokenAnswer::Lost(_) => {
             let d = hang_for(&lock(&st).settings.faults);
             tokio::time::sleep(d).await;
             astra_error(StatusCode::GATEWAY_TIMEOUT, "answer lost")

@@ -60,7 +60,8 @@ pub(super) async fn faults(AxState(st): AxState<Shared>, req: Request, next: Nex
                     };
                     kinds[s.rng.random_range(0..kinds.len())]
                 });
-                let late_ms = if f.late_answer_ms > 0 { s.rng.random_range(0..=f.late_answer_ms) } else { 0 };
+                let floor = f.late_answer_min_ms.min(f.late_answer_ms);
+                let late_ms = if f.late_answer_ms > 0 { s.rng.random_range(floor..=f.late_answer_ms) } else { 0 };
                 Plan::Pass { delay_ms: f.latency_ms + jitter, late_ms, malformed }
             }
         }

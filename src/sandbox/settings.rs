@@ -19,6 +19,9 @@ pub struct SandboxSettings {
     pub fresh_refresh_lifetime: bool,
     /// Access token lifetime (Astra: undocumented; default 7200 s).
     pub access_ttl_secs: i64,
+    /// A refresh repeated with the same `Idempotency-Key` gets the pair the first one issued (Astra:
+    /// undocumented for its token endpoint; default no).
+    pub honor_idempotency_key: bool,
     /// Requests per second before 429 (`None`: no limit).
     pub rate_limit: Option<u32>,
     pub retry_after_secs: u64,
@@ -43,6 +46,7 @@ impl Default for SandboxSettings {
             strict_rotation: true,
             fresh_refresh_lifetime: true,
             access_ttl_secs: 7200,
+            honor_idempotency_key: false,
             rate_limit: None,
             retry_after_secs: 1,
             bank_time_zone: chrono_tz::America::New_York,
@@ -96,6 +100,8 @@ pub struct Faults {
     /// Each answer is held back up to this long after the request was applied (uniformly drawn): answers
     /// return late and out of order.
     pub late_answer_ms: u64,
+    /// …and at least this long (`late_answer_ms` equal to it: every answer exactly this late).
+    pub late_answer_min_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -113,6 +113,8 @@ pub struct State {
     transfer_index: HashMap<String, usize>,
     cards: HashMap<String, CardRec>,
     pub idempotency: HashMap<String, (u64, u16, String)>,
+    /// Token answers by (`Idempotency-Key`, refresh token), with `honor_idempotency_key`.
+    idempotent_answers: HashMap<(String, String), Value>,
     pub calls: Vec<CallRec>,
     window: VecDeque<std::time::Instant>,
     pub max_in_one_second: usize,
@@ -123,8 +125,8 @@ pub struct State {
 /// The answer of a token request.
 pub enum TokenAnswer {
     Issued(Value),
-    /// Rotation applied, answer to be lost.
-    Lost,
+    /// Rotation applied, its answer (kept for a repeated `Idempotency-Key`) to be lost.
+    Lost(Value),
     InvalidGrant(&'static str),
 }
 
@@ -137,6 +139,7 @@ impl State {
             users: HashMap::new(),
             grants: HashMap::new(),
             refresh_index: HashMap::new(),
+            idempotent_answers: HashMap::new(),
             access_index: HashMap::new(),
             transfers: Vec::new(),
             transfer_index: HashMap::new(),
@@ -253,8 +256,22 @@ impl State {
     }
 
     /// `grant_type=refresh_token`: strict rotation by default (the old refresh token dies, the new one lives
-    /// ten days, one live access token per grant).
-    pub fn refresh(&mut self, refresh_token: &str, redirect_uri: Option<&str>) -> TokenAnswer {
+    /// ten days, one live access token per grant). With `honor_idempotency_key`, a request repeating an
+    /// `Idempotency-Key` with the same refresh token gets the answer the first one was issued (even if lost).
+    pub fn refresh(&mut self, refresh_token: &str, redirect_uri: Option<&str>, key: Option<&str>) -> TokenAnswer {
+        let key =
+            key.filter(|_| self.settings.honor_idempotency_key).map(|k| (k.to_string(), refresh_token.to_string()));
+        if let Some(v) = key.as_ref().and_then(|k| self.idempotent_answers.get(k)) {
+            return TokenAnswer::Issued(v.clone());
+        }
+        let answer = self.refresh_once(refresh_token, redirect_uri);
+        if let (Some(k), TokenAnswer::Issued(v) | TokenAnswer::Lost(v)) = (key, &answer) {
+            self.idempotent_answers.insert(k, v.clone());
+        }
+        answer
+    }
+
+    fn refresh_once(&mut self, refresh_token: &str, redirect_uri: Option<&str>) -> TokenAnswer {
         let now = self.now();
         if let (Some(expected), Some(given)) = (&self.settings.redirect_uri, redirect_uri)
             && expected != given
@@ -289,15 +306,13 @@ impl State {
         self.access_index.insert(new_access.clone(), rec.user_id.clone());
         let lost = self.settings.faults.lost_refresh_rate > 0.0
             && self.rng.random_bool(self.settings.faults.lost_refresh_rate.min(1.0));
-        if lost {
-            return TokenAnswer::Lost;
-        }
-        TokenAnswer::Issued(json!({
+        let answer = json!({
             "access_token": new_access,
             "refresh_token": new_refresh,
             "expires_in": access_ttl,
             "token_type": "Bearer",
-        }))
+        });
+        if lost { TokenAnswer::Lost(answer) } else { TokenAnswer::Issued(answer) }
     }
 
     /// The user whose live, unexpired access token this is.

@@ -275,3 +275,20 @@ pub async fn last_success_finished(store: &Store, job: &str) -> sqlx::Result<Opt
     .fetch_one(p)
     .await)
 }
+
+/// Marks `instance` as calling Astra until `until`, and returns how many processes are present now (it
+/// included): they divide `astra.requests_per_second` among themselves.
+pub async fn presence(store: &Store, instance: &str, until: DateTime<Utc>, now: DateTime<Utc>) -> sqlx::Result<i64> {
+    with_pool!(store, |p| {
+        sqlx::query(
+            "INSERT INTO astra_presence (instance, alive_until) VALUES ($1, $2)
+             ON CONFLICT (instance) DO UPDATE SET alive_until = excluded.alive_until",
+        )
+        .bind(instance)
+        .bind(until)
+        .execute(p)
+        .await?;
+        sqlx::query("DELETE FROM astra_presence WHERE alive_until < $1").bind(now).execute(p).await?;
+        sqlx::query_scalar("SELECT COUNT(*) FROM astra_presence").fetch_one(p).await
+    })
+}

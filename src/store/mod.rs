@@ -2,6 +2,7 @@
 //! SQL sits in small functions next to its use (`ledger`, …); the [`with_pool!`] macro runs the same
 //! portable statement on whichever pool is open, with `$1` placeholders (SQLite accepts them too).
 
+pub mod faults;
 pub mod ledger;
 
 use std::{path::PathBuf, str::FromStr, time::Duration};

@@ -93,7 +93,7 @@ async fn fresh_access(
             let r = refresh_leased(db, tok, call, user_id, &owner).await;
             store::release(db, user_id, &owner).await?;
             match r? {
-                Refreshed::Rotated { access } => return Ok((access, g.version + 1)),
+                Refreshed::Rotated { access, .. } => return Ok((access, g.version + 1)),
                 Refreshed::Adopted | Refreshed::Inactive => continue,
                 Refreshed::Dead { reason, .. } => {
                     let why = format!("dead: {}", reason.as_str());

@@ -43,6 +43,8 @@ pub enum Opened {
     AlreadyOpen,
     /// The user is suspended or rejected: a follow-up instead of a prompt (or nothing, if already sent).
     UserSuspended,
+    /// Nothing: the grant was replaced or its lease taken over since it was found dead.
+    Superseded,
 }
 
 /// The fields of the SDK re-authorization URL.
@@ -71,15 +73,18 @@ impl PromptLink {
     }
 }
 
-/// The dead grant, as the episode needs it.
+/// The dead grant, as the episode needs it: the version found dead and the lease holder who found it.
 pub(crate) struct DeadGrant<'a> {
     pub user_id: &'a str,
+    pub version: i64,
+    pub owner: &'a str,
     pub phone: Option<&'a str>,
     pub user_status: Option<UserStatus>,
 }
 
 /// Marks the grant `needs_reauth` and opens its episode with one prompt, or the `user_suspended` follow-up,
-/// in one transaction.
+/// in one transaction — only while the grant is still at the version found dead and its finder holds the
+/// lease ([`Opened::Superseded`] otherwise: nothing written).
 pub(crate) async fn open(
     store: &Store,
     g: &DeadGrant<'_>,
@@ -113,7 +118,9 @@ pub(crate) async fn open(
     };
     with_pool!(store, |p| {
         let mut tx = p.begin().await?;
-        grant_mark_dead!(&mut *tx, g.user_id, now)?;
+        if grant_mark_dead!(&mut *tx, g.user_id, g.version, g.owner, now)? == 0 {
+            return Ok(Opened::Superseded);
+        }
         let outcome = if suspended {
             outbox_insert!(&mut *tx, &msg)?;
             Opened::UserSuspended

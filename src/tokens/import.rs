@@ -1,5 +1,7 @@
 //! `grants import`: a grant the fintech obtained, stored sealed; idempotent; a newer grant replaces the
-//! stored one and closes the user's re-authorization episode.
+//! stored one and closes the user's re-authorization episode. Import and refresh agree on "newer": by when
+//! Astra issued the pair (`refresh_token_issued_at`, else the import time), and a pair the grant already held
+//! and replaced is never stored again (its fingerprint is known), so an old file cannot revive a dead grant.
 
 use chrono::{DateTime, FixedOffset, TimeDelta, Utc};
 use secrecy::{ExposeSecret, SecretString};
@@ -7,7 +9,7 @@ use serde::Deserialize;
 use tracing::instrument;
 
 use super::{
-    grants::{GrantStatus, seal, unseal},
+    grants::{fingerprint, seal, unseal},
     keys::Keyring,
     store,
 };
@@ -40,11 +42,15 @@ pub enum Imported {
     },
     /// The same grant again: nothing changed.
     Unchanged,
-    /// Older than the stored grant: not imported.
+    /// Older than the stored grant (issued before it, or a pair it already held): not imported.
     Stale,
 }
 
+/// How often an import re-decides after another writer changed the grant between its read and its write.
+const WRITE_RACES: usize = 5;
+
 impl ImportLine {
+    /// When the refresh token expires.
     fn validate(&self) -> Result<DateTime<Utc>, String> {
         if self.user_id.trim().is_empty() {
             return Err("user_id is empty".into());
@@ -64,39 +70,67 @@ impl ImportLine {
     }
 }
 
-/// Imports one grant: idempotent; a newer grant replaces the stored one and closes the user's episode.
+/// Imports one grant: idempotent; a newer grant replaces the stored one (even one whose stored tokens cannot be
+/// opened: that repairs it) and closes the user's episode; a refresh in flight on the replaced pair cannot
+/// store its answer over it.
 #[instrument(name = "import", skip_all, fields(user_id = %line.user_id))]
 pub async fn import(db: &Store, keyring: &Keyring, line: &ImportLine, now: DateTime<Utc>) -> anyhow::Result<Imported> {
     let refresh_expires_at = line.validate().map_err(Failure::rejected)?;
-    let existing = store::load(db, &line.user_id).await?;
-    let (version, outcome) = match existing {
-        None => (1, Imported::New),
-        Some(s) => {
-            let old = unseal(keyring, s)?;
-            if old.refresh.expose_secret() == line.refresh_token.expose_secret() {
-                return Ok(Imported::Unchanged);
+    let issued_at = line.refresh_token_issued_at.map_or(now, |t| t.with_timezone(&Utc));
+    let fp = fingerprint(&line.user_id, &line.refresh_token);
+    for _ in 0..WRITE_RACES {
+        let existing = store::load(db, &line.user_id).await?;
+        let (version, expected) = match &existing {
+            None => (1, None),
+            Some(s) => {
+                if is_stored_pair(keyring, s, &fp) {
+                    match (s.status.as_str(), &s.unreadable) {
+                        ("active", None) => return Ok(Imported::Unchanged),
+                        // The pair that died is not revived.
+                        (status, _) if status != "active" => return Ok(Imported::Stale),
+                        // The same pair over a row that could not be opened: stored again, which repairs it.
+                        _ => {}
+                    }
+                } else if store::fingerprint_known(db, &line.user_id, &fp).await? || issued_at < s.issued() {
+                    // A pair the grant held and replaced, or one issued before the stored pair.
+                    return Ok(Imported::Stale);
+                }
+                (s.token_version + 1, Some(s.token_version))
             }
-            if refresh_expires_at < old.refresh_expires_at && old.status == GrantStatus::Active {
-                return Ok(Imported::Stale);
-            }
-            (old.version + 1, Imported::Replaced { episode_open_for: None })
+        };
+        let sealed = seal(keyring, &line.user_id, version, &line.access_token, &line.refresh_token);
+        let w = store::GrantWrite {
+            user_id: &line.user_id,
+            version,
+            key_id: &sealed.key_id,
+            access_ct: &sealed.access_ct,
+            refresh_ct: &sealed.refresh_ct,
+            access_expires_at: line.access_token_expires_at.map(|t| t.with_timezone(&Utc)),
+            refresh_expires_at,
+            phone: line.phone.as_deref(),
+            issued_at,
+            fingerprint: &fp,
+            now,
+        };
+        if let Some(closed) = store::put_imported(db, &w, expected).await? {
+            return Ok(match existing {
+                None => Imported::New,
+                Some(_) => Imported::Replaced { episode_open_for: closed },
+            });
         }
-    };
-    let sealed = seal(keyring, &line.user_id, version, &line.access_token, &line.refresh_token);
-    let w = store::GrantWrite {
-        user_id: &line.user_id,
-        version,
-        key_id: &sealed.key_id,
-        access_ct: &sealed.access_ct,
-        refresh_ct: &sealed.refresh_ct,
-        access_expires_at: line.access_token_expires_at.map(|t| t.with_timezone(&Utc)),
-        refresh_expires_at,
-        phone: line.phone.as_deref(),
-        now,
-    };
-    let closed = store::put_imported(db, &w).await?;
-    Ok(match outcome {
-        Imported::Replaced { .. } => Imported::Replaced { episode_open_for: closed },
-        other => other,
-    })
+    }
+    Err(Failure::Unavailable(format!(
+        "the grant of user {} kept changing while it was imported; try again",
+        line.user_id
+    ))
+    .into())
+}
+
+/// Whether the line's refresh token is the stored one: by fingerprint, or (rows stored before fingerprints)
+/// by opening the stored token.
+fn is_stored_pair(keyring: &Keyring, s: &store::SealedGrant, fp: &str) -> bool {
+    match &s.refresh_fingerprint {
+        Some(f) => f == fp,
+        None => unseal(keyring, s.clone()).is_ok_and(|g| fingerprint(&g.user_id, &g.refresh) == fp),
+    }
 }

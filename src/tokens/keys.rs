@@ -113,6 +113,11 @@ impl Keyring {
         &self.current.id
     }
 
+    /// Whether `key_id` is the current key or one of the previous ones.
+    pub fn holds(&self, key_id: &str) -> bool {
+        std::iter::once(&self.current).chain(&self.previous).any(|k| k.id == key_id)
+    }
+
     /// Encrypts under the current key: `nonce || ciphertext+tag`.
     pub fn seal(&self, user_id: &str, version: i64, kind: TokenKind, token: &SecretString) -> Vec<u8> {
         let nonce: [u8; NONCE_LEN] = rand::random();

@@ -16,7 +16,7 @@ use secrecy::ExposeSecret;
 
 pub use access::{NoToken, access_token, with_access};
 pub use episodes::PromptLink;
-pub use grants::{Grant, GrantStatus, load, rotate_keys};
+pub use grants::{Grant, GrantStatus, Unreadable, check_keyring, load, rotate_keys};
 pub use import::{ImportLine, Imported, import};
 pub use keys::{CryptoError, Keyring};
 pub use refresh::{Refreshed, refresh_leased};
@@ -26,11 +26,12 @@ use crate::{
     config::Settings,
 };
 
-/// The longest one refresh call can take: its retries within `astra.retry_budget`, then one last attempt of
-/// `astra.request_timeout`, plus a margin for the limiter and the commit.
+/// The longest one refresh can take: its retries within `astra.retry_budget`, one last attempt of
+/// `astra.request_timeout`, the commit retried for `runner.grace_period`, and a margin for the limiter.
 pub fn refresh_worst_case(settings: &Settings) -> TimeDelta {
     let a = &settings.astra;
-    TimeDelta::from_std(a.retry_budget + a.request_timeout).unwrap_or(TimeDelta::MAX) + TimeDelta::seconds(30)
+    TimeDelta::from_std(a.retry_budget + a.request_timeout + settings.runner.grace_period).unwrap_or(TimeDelta::MAX)
+        + TimeDelta::seconds(15)
 }
 
 /// What every token operation needs besides the store: the Astra client, the keyring, the
@@ -46,6 +47,8 @@ pub struct Tokens {
     /// take (every retry within the retry budget, the last attempt's timeout, and a margin), so the lease never
     /// lapses while its call is in flight and nobody probes a refresh whose owner is alive.
     lease: TimeDelta,
+    /// How long storing a pair Astra issued is retried when the store fails (`runner.grace_period`).
+    commit_retry: std::time::Duration,
 }
 
 impl Tokens {
@@ -65,6 +68,7 @@ impl Tokens {
             },
             access_margin: settings.astra.access_margin,
             lease: settings.runner.claim_lease.max(refresh_worst_case(settings)),
+            commit_retry: settings.runner.grace_period,
         }
     }
 }

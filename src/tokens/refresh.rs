@@ -1,32 +1,40 @@
 //! The one refresh every caller uses (rotation, the sweep's rescue, `token <user>`), for a grant whose lease
-//! the caller holds: intent first, then Astra, then a compare-and-swap write; a rejection is checked against
-//! a concurrent writer before the grant is declared dead.
+//! the caller holds: intent first, then Astra (with the intent's id as `Idempotency-Key`), then a write fenced
+//! on the version read and the lease held, retried until stored; a rejection is checked against a concurrent
+//! writer before the grant is declared dead, and the episode opens only on the version found dead.
+//!
+//! An intent is owned through the grant's lease: the lease is taken for longer than one refresh can take
+//! ([`super::refresh_worst_case`]), so an intent found open by whoever holds the lease now was left by an owner
+//! that died (or stalled past every bound): only then is it probed.
 
-use chrono::{TimeDelta, Utc};
+use std::time::Duration;
+
+use chrono::{DateTime, TimeDelta, Utc};
 use secrecy::SecretString;
-use tracing::{info, instrument, warn};
+use tracing::{error, info, instrument, warn};
 
 use super::{
     GrantStatus, Tokens,
     episodes::{self, DeadGrant, Opened, Reason},
-    grants::{load, seal},
+    grants::{Grant, fingerprint, load, seal},
     store,
 };
 use crate::{
-    astra::{AstraError, Call, REFRESH_TOKEN_LIFETIME},
+    astra::{AstraError, Call, REFRESH_TOKEN_LIFETIME, TokenPair},
     store::Store,
 };
 
 /// What a refresh did.
 #[derive(Debug)]
 pub enum Refreshed {
-    /// A new pair is stored.
-    Rotated { access: SecretString },
-    /// Another writer rotated the grant meanwhile; its tokens stand.
+    /// A new pair is stored; `user_status_at` is when the user's status was last read.
+    Rotated { access: SecretString, user_status_at: Option<DateTime<Utc>> },
+    /// Another writer rotated or replaced the grant meanwhile; its tokens stand.
     Adopted,
     /// The grant is dead; an episode (or a suspended-user follow-up) was opened.
     Dead { reason: Reason, opened: Opened },
-    /// Not now (Astra unavailable, rate-limited, malformed answer); left for the next run.
+    /// Not now (Astra unavailable, rate-limited, malformed answer, the store unable to take the new pair); left
+    /// for the next run, which probes the grant when Astra may have rotated it.
     Failed { detail: String },
     /// The grant is gone or no longer active.
     Inactive,
@@ -34,7 +42,8 @@ pub enum Refreshed {
 
 /// Refreshes `user_id`'s grant, whose lease `owner` holds. A refresh intent left open by a process that died
 /// turns this call into a probe: a rejection then means the earlier rotation was applied and its answer lost.
-/// `Err` only for what must stop the run: rejected client credentials, an undecryptable grant, the store.
+/// `Err` only for what must stop the run (rejected client credentials) or skip this grant (an unreadable row,
+/// the store failing before Astra was called).
 #[instrument(name = "refresh", skip_all, fields(user_id = %user_id))]
 pub async fn refresh_leased(
     db: &Store,
@@ -47,43 +56,15 @@ pub async fn refresh_leased(
     if g.status != GrantStatus::Active {
         return Ok(Refreshed::Inactive);
     }
-    let now = Utc::now();
     let (intent, probe) = match store::open_intent_of(db, user_id).await? {
         Some((id, _)) => (id, true),
-        None => match store::open_intent(db, user_id, g.version, owner, now).await? {
+        None => match store::open_intent(db, user_id, g.version, owner, Utc::now()).await? {
             Some(id) => (id, false),
             None => return Ok(Refreshed::Failed { detail: "another refresh of this grant is in progress".into() }),
         },
     };
-    match tok.client.refresh(call, &g.refresh).await {
-        Ok(pair) => {
-            let now = Utc::now();
-            let mut version = g.version + 1;
-            let mut old = g.version;
-            loop {
-                let sealed = seal(&tok.keyring, user_id, version, &pair.access_token, &pair.refresh_token);
-                let w = store::GrantWrite {
-                    user_id,
-                    version,
-                    key_id: &sealed.key_id,
-                    access_ct: &sealed.access_ct,
-                    refresh_ct: &sealed.refresh_ct,
-                    access_expires_at: Some(now + TimeDelta::seconds(pair.expires_in)),
-                    refresh_expires_at: now + REFRESH_TOKEN_LIFETIME,
-                    phone: None,
-                    now,
-                };
-                if store::put_rotated(db, &w, old, &intent).await? {
-                    return Ok(Refreshed::Rotated { access: pair.access_token });
-                }
-                // Someone wrote the grant while we refreshed (our lease ran out). Astra answered us last,
-                // so our pair is the live one: write it over theirs.
-                let cur = store::load(db, user_id).await?.map(|s| s.token_version).unwrap_or(old);
-                warn!("grant was written concurrently; storing the pair Astra issued last");
-                old = cur;
-                version = cur + 1;
-            }
-        }
+    match tok.client.refresh(call, &g.refresh, &intent).await {
+        Ok(pair) => Ok(store_issued(db, tok, &g, owner, &intent, pair).await),
         Err(AstraError::GrantRejected { after_ambiguous_attempt, description }) => {
             let now = Utc::now();
             let cur = store::load(db, user_id).await?;
@@ -98,8 +79,13 @@ pub async fn refresh_leased(
             } else {
                 Reason::RefreshRejected
             };
-            let dead = DeadGrant { user_id, phone: g.phone.as_deref(), user_status: g.user_status };
+            let dead =
+                DeadGrant { user_id, version: g.version, owner, phone: g.phone.as_deref(), user_status: g.user_status };
             let opened = episodes::open(db, &dead, reason, &tok.link, now).await?;
+            if opened == Opened::Superseded {
+                store::close_intent(db, &intent, "superseded", now).await?;
+                return Ok(Refreshed::Adopted);
+            }
             store::close_intent(db, &intent, "rejected", now).await?;
             info!(reason = reason.as_str(), astra = %description, ?opened, "grant is dead");
             Ok(Refreshed::Dead { reason, opened })
@@ -121,4 +107,59 @@ pub async fn refresh_leased(
             Ok(Refreshed::Failed { detail: e.to_string() })
         }
     }
+}
+
+/// Stores the pair Astra issued, fenced on the version read and the lease held. The store failing is retried
+/// with backoff for `Tokens::commit_retry`: this pair is the only copy of the grant's live refresh token.
+async fn store_issued(db: &Store, tok: &Tokens, g: &Grant, owner: &str, intent: &str, pair: TokenPair) -> Refreshed {
+    let issued_at = Utc::now();
+    let version = g.version + 1;
+    let sealed = seal(&tok.keyring, &g.user_id, version, &pair.access_token, &pair.refresh_token);
+    let fp = fingerprint(&g.user_id, &pair.refresh_token);
+    let w = store::GrantWrite {
+        user_id: &g.user_id,
+        version,
+        key_id: &sealed.key_id,
+        access_ct: &sealed.access_ct,
+        refresh_ct: &sealed.refresh_ct,
+        access_expires_at: Some(issued_at + TimeDelta::seconds(pair.expires_in)),
+        refresh_expires_at: issued_at + REFRESH_TOKEN_LIFETIME,
+        phone: None,
+        issued_at,
+        fingerprint: &fp,
+        now: issued_at,
+    };
+    let give_up = tokio::time::Instant::now() + tok.commit_retry;
+    let mut wait = Duration::from_millis(50);
+    loop {
+        match store::put_rotated(db, &w, g.version, owner, intent).await {
+            Ok(true) => return Refreshed::Rotated { access: pair.access_token, user_status_at: g.user_status_at },
+            Ok(false) => return superseded(db, &g.user_id, g.version).await,
+            Err(e) if tokio::time::Instant::now() + wait < give_up => {
+                warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "could not store the new pair; retrying");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(2));
+            }
+            Err(e) => {
+                // The intent stays open: the next run probes the grant (and, where Astra honours the
+                // intent's Idempotency-Key, gets this pair again).
+                error!(error = %e, "Astra issued a new pair that could not be stored; the grant is probed next run");
+                return Refreshed::Failed {
+                    detail: format!("Astra issued a new pair that could not be stored: {e}; probed next run"),
+                };
+            }
+        }
+    }
+}
+
+/// The fenced write found the grant replaced (a new grant imported, which closed the intent) or its lease taken
+/// over (whoever took it owns the intent now): the pair Astra issued for the old grant is not written.
+async fn superseded(db: &Store, user_id: &str, version: i64) -> Refreshed {
+    match store::load(db, user_id).await {
+        Ok(Some(cur)) if cur.token_version != version => {
+            info!("the grant was replaced while its refresh was in flight")
+        }
+        _ => error!("the grant's lease was taken over while its refresh was in flight; the pair issued is dropped"),
+    }
+    Refreshed::Adopted
 }

@@ -6,8 +6,8 @@ use serde::Serialize;
 
 use super::episodes::episode_close_for_new_grant;
 use crate::{
-    astra::UserStatus,
-    store::{Store, with_pool},
+    astra::{REFRESH_TOKEN_LIFETIME, UserStatus},
+    store::{Store, faults, with_pool},
 };
 
 /// A grant row as stored: tokens still sealed.
@@ -23,10 +23,28 @@ pub struct SealedGrant {
     pub refresh_expires_at: DateTime<Utc>,
     pub phone: Option<String>,
     pub user_status: Option<String>,
+    pub user_status_at: Option<DateTime<Utc>>,
+    /// When Astra issued the stored pair (NULL on rows stored before it was recorded).
+    pub issued_at: Option<DateTime<Utc>>,
+    /// The stored refresh token's fingerprint (NULL on rows stored before it was recorded).
+    pub refresh_fingerprint: Option<String>,
+    /// Why the stored tokens cannot be opened, once a run found so.
+    pub unreadable: Option<String>,
+}
+
+impl SealedGrant {
+    /// When Astra issued the stored pair; for rows stored before that was recorded, ten days before expiry.
+    pub fn issued(&self) -> DateTime<Utc> {
+        self.issued_at.unwrap_or(self.refresh_expires_at - REFRESH_TOKEN_LIFETIME)
+    }
 }
 
 const GRANT_COLUMNS: &str = "user_id, status, token_version, key_id, access_ct, refresh_ct, access_expires_at, \
-                             refresh_expires_at, phone, user_status";
+                             refresh_expires_at, phone, user_status, user_status_at, issued_at, \
+                             refresh_fingerprint, unreadable";
+
+/// How long the fingerprints of replaced refresh tokens are kept: well past a refresh token's ten-day life.
+const FINGERPRINTS_KEPT: chrono::TimeDelta = chrono::TimeDelta::days(30);
 
 pub async fn load(store: &Store, user_id: &str) -> sqlx::Result<Option<SealedGrant>> {
     let sql = format!("SELECT {GRANT_COLUMNS} FROM grant_token WHERE user_id = $1");
@@ -43,23 +61,74 @@ pub struct GrantWrite<'a> {
     pub access_expires_at: Option<DateTime<Utc>>,
     pub refresh_expires_at: DateTime<Utc>,
     pub phone: Option<&'a str>,
+    /// When Astra issued the pair.
+    pub issued_at: DateTime<Utc>,
+    /// The refresh token's fingerprint (see [`super::grants::fingerprint`]).
+    pub fingerprint: &'a str,
     pub now: DateTime<Utc>,
 }
 
-/// Inserts or replaces the user's grant as `active`; closes the user's open intents and episode in the same
-/// transaction. Returns how long the closed episode had been open, if there was one.
-pub async fn put_imported(store: &Store, w: &GrantWrite<'_>) -> sqlx::Result<Option<chrono::TimeDelta>> {
+/// Records the fingerprint of a refresh token the grant now holds, and forgets those past keeping, in the
+/// transaction that stores the pair. Evaluates to `sqlx::Result<()>`.
+macro_rules! fingerprint_keep {
+    ($tx:expr, $w:expr) => {
+        async {
+            sqlx::query(
+                "INSERT INTO grant_fingerprint (user_id, fingerprint, stored_at) VALUES ($1, $2, $3)
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind($w.user_id)
+            .bind($w.fingerprint)
+            .bind($w.now)
+            .execute(&mut *$tx)
+            .await?;
+            sqlx::query("DELETE FROM grant_fingerprint WHERE user_id = $1 AND stored_at < $2")
+                .bind($w.user_id)
+                .bind($w.now - FINGERPRINTS_KEPT)
+                .execute(&mut *$tx)
+                .await
+                .map(|_| ())
+        }
+        .await
+    };
+}
+
+/// Whether the grant of `user_id` ever held the refresh token with this fingerprint (within the keeping).
+pub async fn fingerprint_known(store: &Store, user_id: &str, fingerprint: &str) -> sqlx::Result<bool> {
+    with_pool!(store, |p| sqlx::query_scalar::<_, i64>(
+        "SELECT COUNT(*) FROM grant_fingerprint WHERE user_id = $1 AND fingerprint = $2"
+    )
+    .bind(user_id)
+    .bind(fingerprint)
+    .fetch_one(p)
+    .await
+    .map(|n| n > 0))
+}
+
+/// Inserts the user's grant (`expected` is `None`) or replaces the one at version `expected`, as `active`,
+/// readable, and leased by nobody (a refresh in flight on the old pair can no longer store its answer); closes
+/// the user's open intents and episode in the same transaction. `Ok(None)`: another writer changed the grant
+/// first; nothing written. `Ok(Some(d))`: stored, `d` how long the closed episode had been open, if any.
+pub async fn put_imported(
+    store: &Store,
+    w: &GrantWrite<'_>,
+    expected: Option<i64>,
+) -> sqlx::Result<Option<Option<chrono::TimeDelta>>> {
     with_pool!(store, |p| {
         let mut tx = p.begin().await?;
-        sqlx::query(
+        let n = sqlx::query(
             "INSERT INTO grant_token (user_id, status, token_version, key_id, access_ct, refresh_ct,
-                 access_expires_at, refresh_expires_at, phone, imported_at, updated_at)
-             VALUES ($1, 'active', $2, $3, $4, $5, $6, $7, $8, $9, $9)
+                 access_expires_at, refresh_expires_at, phone, imported_at, updated_at, issued_at,
+                 refresh_fingerprint)
+             VALUES ($1, 'active', $2, $3, $4, $5, $6, $7, $8, $9, $9, $10, $12)
              ON CONFLICT (user_id) DO UPDATE SET status = 'active', token_version = excluded.token_version,
                  key_id = excluded.key_id, access_ct = excluded.access_ct, refresh_ct = excluded.refresh_ct,
                  access_expires_at = excluded.access_expires_at, refresh_expires_at = excluded.refresh_expires_at,
                  phone = COALESCE(excluded.phone, grant_token.phone), imported_at = excluded.imported_at,
-                 updated_at = excluded.updated_at, lease_owner = NULL, lease_until = NULL",
+                 updated_at = excluded.updated_at, issued_at = excluded.issued_at,
+                 refresh_fingerprint = excluded.refresh_fingerprint, unreadable = NULL,
+                 lease_owner = NULL, lease_until = NULL
+             WHERE grant_token.token_version = $11",
         )
         .bind(w.user_id)
         .bind(w.version)
@@ -70,8 +139,16 @@ pub async fn put_imported(store: &Store, w: &GrantWrite<'_>) -> sqlx::Result<Opt
         .bind(w.refresh_expires_at)
         .bind(w.phone)
         .bind(w.now)
+        .bind(w.issued_at)
+        .bind(expected.unwrap_or(-1))
+        .bind(w.fingerprint)
         .execute(&mut *tx)
-        .await?;
+        .await?
+        .rows_affected();
+        if n != 1 {
+            return Ok(None);
+        }
+        fingerprint_keep!(tx, w)?;
         sqlx::query(
             "UPDATE refresh_intent SET closed_at = $1, result = 'superseded' WHERE user_id = $2 AND closed_at IS NULL",
         )
@@ -81,20 +158,28 @@ pub async fn put_imported(store: &Store, w: &GrantWrite<'_>) -> sqlx::Result<Opt
         .await?;
         let opened = episode_close_for_new_grant!(&mut *tx, w.user_id, w.now)?;
         tx.commit().await?;
-        Ok(opened.map(|o| w.now - o))
+        Ok(Some(opened.map(|o| w.now - o)))
     })
 }
 
-/// Stores a refreshed pair if the grant is still at `old_version` (compare-and-swap), closes the intent and
-/// releases the lease, in one transaction. `false`: another writer got there first; nothing written.
-pub async fn put_rotated(store: &Store, w: &GrantWrite<'_>, old_version: i64, intent_id: &str) -> sqlx::Result<bool> {
+/// Stores a refreshed pair if the grant is still active at `old_version` and `owner` still holds its lease
+/// (compare-and-swap on both), closes the intent and releases the lease, in one transaction. `false`: the grant
+/// was replaced, or its lease taken over, meanwhile; nothing written.
+pub async fn put_rotated(
+    store: &Store,
+    w: &GrantWrite<'_>,
+    old_version: i64,
+    owner: &str,
+    intent_id: &str,
+) -> sqlx::Result<bool> {
+    faults::injected(store, faults::PUT_ROTATED)?;
     with_pool!(store, |p| {
         let mut tx = p.begin().await?;
         let n = sqlx::query(
             "UPDATE grant_token SET token_version = $1, key_id = $2, access_ct = $3, refresh_ct = $4,
                  access_expires_at = $5, refresh_expires_at = $6, last_rotated_at = $7, updated_at = $7,
-                 lease_until = NULL
-             WHERE user_id = $8 AND token_version = $9",
+                 issued_at = $7, refresh_fingerprint = $11, lease_until = NULL
+             WHERE user_id = $8 AND token_version = $9 AND status = 'active' AND lease_owner = $10",
         )
         .bind(w.version)
         .bind(w.key_id)
@@ -105,10 +190,13 @@ pub async fn put_rotated(store: &Store, w: &GrantWrite<'_>, old_version: i64, in
         .bind(w.now)
         .bind(w.user_id)
         .bind(old_version)
+        .bind(owner)
+        .bind(w.fingerprint)
         .execute(&mut *tx)
         .await?
         .rows_affected();
         if n == 1 {
+            fingerprint_keep!(tx, w)?;
             sqlx::query("UPDATE refresh_intent SET closed_at = $1, result = 'rotated' WHERE id = $2")
                 .bind(w.now)
                 .bind(intent_id)
@@ -246,20 +334,49 @@ pub async fn claim_due(
 }
 
 /// Marks the grant dead (`needs_reauth`) and releases its lease, on a connection or transaction (an
-/// episode's). Evaluates to `sqlx::Result<u64>`.
+/// episode's) — only if it is still active at `$version`, the version found dead, and `$owner` holds its
+/// lease. Evaluates to `sqlx::Result<u64>`: 0 when another writer changed the grant first.
 macro_rules! grant_mark_dead {
-    ($conn:expr, $user_id:expr, $now:expr) => {
+    ($conn:expr, $user_id:expr, $version:expr, $owner:expr, $now:expr) => {
         sqlx::query(
-            "UPDATE grant_token SET status = 'needs_reauth', lease_until = NULL, updated_at = $1 WHERE user_id = $2",
+            "UPDATE grant_token SET status = 'needs_reauth', lease_until = NULL, updated_at = $1
+             WHERE user_id = $2 AND token_version = $3 AND status = 'active' AND lease_owner = $4",
         )
         .bind($now)
         .bind($user_id)
+        .bind($version)
+        .bind($owner)
         .execute($conn)
         .await
         .map(|r| r.rows_affected())
     };
 }
 pub(crate) use grant_mark_dead;
+
+/// Flags the grant whose stored tokens cannot be opened (`why` names the key or the failure, never a token);
+/// runs skip it until a re-import of the user repairs it.
+pub async fn mark_unreadable(store: &Store, user_id: &str, why: &str) -> sqlx::Result<()> {
+    with_pool!(store, |p| sqlx::query("UPDATE grant_token SET unreadable = $1 WHERE user_id = $2")
+        .bind(why)
+        .bind(user_id)
+        .execute(p)
+        .await
+        .map(|_| ()))
+}
+
+/// The ids of the keys the stored grants are sealed under.
+pub async fn stored_key_ids(store: &Store) -> sqlx::Result<Vec<String>> {
+    with_pool!(store, |p| sqlx::query_scalar("SELECT DISTINCT key_id FROM grant_token ORDER BY key_id")
+        .fetch_all(p)
+        .await)
+}
+
+/// How many grants are flagged unreadable.
+pub async fn count_unreadable(store: &Store) -> sqlx::Result<i64> {
+    with_pool!(store, |p| sqlx::query_scalar("SELECT COUNT(*) FROM grant_token WHERE unreadable IS NOT NULL")
+        .fetch_one(p)
+        .await)
+}
 
 pub async fn set_user_status(store: &Store, user_id: &str, status: UserStatus, now: DateTime<Utc>) -> sqlx::Result<()> {
     with_pool!(store, |p| sqlx::query(
@@ -364,12 +481,14 @@ pub struct GrantSummary {
     pub user_status: Option<String>,
     pub episode_reason: Option<String>,
     pub episode_opened_at: Option<DateTime<Utc>>,
+    /// Why the stored tokens cannot be opened, when a run found so (re-import the user to repair).
+    pub unreadable: Option<String>,
 }
 
 pub async fn list(store: &Store, status: Option<&str>, limit: i64) -> sqlx::Result<Vec<GrantSummary>> {
     with_pool!(store, |p| sqlx::query_as(
         "SELECT g.user_id, g.status, g.token_version, g.refresh_expires_at, g.last_rotated_at, g.user_status,
-                e.reason AS episode_reason, e.opened_at AS episode_opened_at
+                e.reason AS episode_reason, e.opened_at AS episode_opened_at, g.unreadable
          FROM grant_token g LEFT JOIN reauth_episode e ON e.user_id = g.user_id AND e.closed_at IS NULL
          WHERE ($1 IS NULL OR g.status = $1) ORDER BY g.user_id LIMIT $2"
     )

@@ -60,7 +60,7 @@ async fn api_call_outcomes(store: &Store) -> Vec<(String, Option<i32>, Option<St
 async fn a_refresh_rotates_strictly_and_the_old_refresh_token_is_then_rejected() {
     let r = rig().await;
     let (_, rt) = seed_user(&r.sandbox, "u1");
-    let pair = r.client.refresh(Call::default(), &rt).await.unwrap();
+    let pair = r.client.refresh(Call::default(), &rt, "intent-1").await.unwrap();
     let live = r.sandbox.state().grant_info("u1").unwrap();
     assert_eq!(pair.refresh_token.expose_secret(), live.refresh_token);
     assert_eq!(pair.access_token.expose_secret(), live.access_token);
@@ -69,7 +69,7 @@ async fn a_refresh_rotates_strictly_and_the_old_refresh_token_is_then_rejected()
     // The new access token works; the old refresh token is dead.
     let user = r.client.user(Call::default(), &pair.access_token).await.unwrap();
     assert_eq!(user.id, "u1");
-    let again = r.client.refresh(Call::default(), &rt).await.unwrap_err();
+    let again = r.client.refresh(Call::default(), &rt, "intent-1").await.unwrap_err();
     assert!(matches!(again, AstraError::GrantRejected { after_ambiguous_attempt: false, .. }), "{again:?}");
     let rows = api_call_outcomes(&r.store).await;
     assert_eq!(rows.iter().map(|r| r.0.as_str()).collect::<Vec<_>>(), ["ok", "ok", "grant_rejected"]);
@@ -80,8 +80,8 @@ async fn a_refresh_rotates_strictly_and_the_old_refresh_token_is_then_rejected()
 async fn without_strict_rotation_the_old_refresh_token_still_works() {
     let r = rig_with(SandboxSettings { strict_rotation: false, ..Default::default() }, |_| {}).await;
     let (_, rt) = seed_user(&r.sandbox, "u1");
-    r.client.refresh(Call::default(), &rt).await.unwrap();
-    r.client.refresh(Call::default(), &rt).await.unwrap();
+    r.client.refresh(Call::default(), &rt, "intent-1").await.unwrap();
+    r.client.refresh(Call::default(), &rt, "intent-1").await.unwrap();
     assert_eq!(r.sandbox.state().grant_info("u1").unwrap().refreshes, 2);
 }
 
@@ -93,7 +93,7 @@ async fn bad_client_credentials_are_a_configuration_error_and_not_retried() {
     let wrong =
         Credentials { client_id: "sandbox-client".to_string().into(), client_secret: "nope".to_string().into() };
     let client = AstraClient::new(&a, wrong, Arc::new(RequestLimiter::new(100, 2)), None).unwrap();
-    let e = client.refresh(Call::default(), &rt).await.unwrap_err();
+    let e = client.refresh(Call::default(), &rt, "intent-1").await.unwrap_err();
     assert!(matches!(e, AstraError::ClientRejected), "{e:?}");
     assert_eq!(e.status(), Status::Config);
     assert_eq!(calls_to(&r.sandbox, "/v1/oauth/token"), 1);
@@ -140,7 +140,7 @@ async fn a_lost_refresh_response_then_a_rejected_retry_is_flagged_as_a_possible_
     let r = rig().await;
     let (_, rt) = seed_user(&r.sandbox, "u1");
     r.sandbox.set_faults(Faults { lost_refresh_rate: 1.0, hang_ms: 3000, ..Default::default() });
-    let e = r.client.refresh(Call::default(), &rt).await.unwrap_err();
+    let e = r.client.refresh(Call::default(), &rt, "intent-1").await.unwrap_err();
     assert!(matches!(e, AstraError::GrantRejected { after_ambiguous_attempt: true, .. }), "{e:?}");
     assert_eq!(r.sandbox.state().grant_info("u1").unwrap().refreshes, 1, "the rotation was applied");
 }
@@ -188,7 +188,7 @@ async fn a_malformed_token_response_does_not_echo_tokens() {
         malformed_kinds: vec![MalformedKind::Truncated],
         ..Default::default()
     });
-    let e = r.client.refresh(Call::default(), &rt).await.unwrap_err();
+    let e = r.client.refresh(Call::default(), &rt, "intent-1").await.unwrap_err();
     let live = r.sandbox.state().grant_info("u1").unwrap();
     let msg = format!("{e} {e:?}");
     assert!(!msg.contains(&live.refresh_token) && !msg.contains(&live.access_token), "{msg}");

@@ -183,7 +183,7 @@ fn fast_config(dir: &Path) -> PathBuf {
     let s = std::fs::read_to_string(root().join("jobs.toml")).unwrap();
     let s = s
         .replacen("schedule = \"0 0 3 * * Mon\"", "schedule = \"*/2 * * * * *\"", 1)
-        .replacen("catch_up = \"latest\"\nmax_lateness = \"6d\"", "catch_up = \"all\"\nmax_lateness = \"4s\"", 1)
+        .replacen("catch_up = \"latest\"\nmax_lateness = \"7d\"", "catch_up = \"all\"\nmax_lateness = \"4s\"", 1)
         .replacen("schedule = \"0 30 4 * * *\"", "schedule = \"*/3 * * * * *\"", 1)
         .replacen("[jobs.inbound-volume]\nenabled = true", "[jobs.inbound-volume]\nenabled = false", 1)
         .replacen("[jobs.reprocessing-check]\nenabled = true", "[jobs.reprocessing-check]\nenabled = false", 1);

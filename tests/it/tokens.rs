@@ -323,9 +323,11 @@ async fn tokens_are_sealed_bound_to_their_grant_and_survive_key_rotation(b: Back
     .await
     .map(|_| ())
     .unwrap());
+    // The row is flagged and skipped (a temporary failure of that grant, not of the whole store).
     let e = tokens::load(&w.store, &keyring(), &users[2]).await.unwrap_err();
     assert!(format!("{e:#}").contains("belongs to another grant"), "{e:#}");
-    assert_eq!(astra_worker::exit::classify(&e), astra_worker::failure::Status::Config);
+    assert_eq!(astra_worker::exit::classify(&e), astra_worker::failure::Status::Temporary);
+    assert_eq!(grant_store::count_unreadable(&w.store).await.unwrap(), 1);
     with_pool!(&w.store, |p| sqlx::query("DELETE FROM grant_token WHERE user_id = $1")
         .bind(&users[2])
         .execute(p)
