@@ -29,7 +29,7 @@ fn the_shipped_file_is_valid_and_has_every_job() {
 #[test]
 fn an_unknown_key_is_refused_naming_it_and_its_line() {
     let text =
-        shipped_with("catch_up = \"latest\"\nmax_lateness = \"6d\"", "catch_up = \"latest\"\nmax_latenes = \"6d\"");
+        shipped_with("catch_up = \"latest\"\nmax_lateness = \"7d\"", "catch_up = \"latest\"\nmax_latenes = \"7d\"");
     let e = err(&text);
     assert!(e.contains("max_latenes"), "{e}");
     assert!(e.contains(&format!("line {}", line_of(&text, "max_latenes"))), "{e}");

@@ -7,7 +7,7 @@ use tracing::{instrument, warn};
 use super::{ItemOutcome, RunContext};
 use crate::{
     app::Services,
-    tokens::{self, Refreshed, episodes::Opened, store},
+    tokens::{self, Refreshed, episodes::Opened, intents, store},
 };
 
 /// Refreshes one grant whose lease `ctx.run_id` holds, records the outcome, releases the lease. After a
@@ -84,7 +84,7 @@ pub(super) fn opened_figure(opened: Opened) -> &'static str {
 pub(super) async fn resolve_orphans(ctx: &RunContext<'_>, svc: &Services) -> anyhow::Result<()> {
     let db = &ctx.worker.store;
     let lease = ctx.worker.settings.runner.claim_lease;
-    for user_id in store::orphaned_intents(db, Utc::now()).await? {
+    for user_id in intents::orphaned_intents(db, Utc::now()).await? {
         if ctx.stopping() {
             break;
         }

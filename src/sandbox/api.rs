@@ -83,6 +83,9 @@ async fn token(AxState(st): AxState<Shared>, headers: HeaderMap, body: String) -
             astra_error(StatusCode::GATEWAY_TIMEOUT, "answer lost")
         }
         TokenAnswer::InvalidGrant(why) => oauth_error(StatusCode::BAD_REQUEST, "invalid_grant", why),
+        TokenAnswer::KeyReused => {
+            astra_error(StatusCode::UNPROCESSABLE_ENTITY, "Idempotency-Key reused with a different request")
+        }
     }
 }
 

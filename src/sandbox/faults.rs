@@ -1,14 +1,12 @@
 //! Around every `/v1` call: the rate limit (429 with `Retry-After`), latency, 5xx, hangs, malformed bodies,
 //! `request-id`, `Idempotency-Key` replay, and the call log.
 
-use std::hash::{Hash, Hasher};
-
 use axum::{
     body::{Body, to_bytes},
     extract::{Request, State as AxState},
     http::{HeaderValue, StatusCode, header},
     middleware::Next,
-    response::{IntoResponse, Response},
+    response::Response,
 };
 use rand::Rng;
 
@@ -81,7 +79,7 @@ pub(super) async fn faults(AxState(st): AxState<Shared>, req: Request, next: Nex
             if delay_ms > 0 {
                 tokio::time::sleep(std::time::Duration::from_millis(delay_ms)).await;
             }
-            let r = with_idempotency(&st, req, next).await;
+            let r = next.run(req).await;
             if late_ms > 0 {
                 // Applied already; the answer comes back late, so answers overtake each other.
                 tokio::time::sleep(std::time::Duration::from_millis(late_ms)).await;
@@ -98,35 +96,6 @@ pub(super) async fn faults(AxState(st): AxState<Shared>, req: Request, next: Nex
     let user = resp.extensions().get::<UserTag>().map(|u| u.0.clone());
     lock(&st).log_call(&method, &path, resp.status().as_u16(), user);
     resp
-}
-
-/// Same `Idempotency-Key` and same body: the first response again. Same key, other body: 422.
-async fn with_idempotency(st: &Shared, req: Request, next: Next) -> Response {
-    let Some(key) = req.headers().get("idempotency-key").and_then(|v| v.to_str().ok()).map(str::to_string) else {
-        return next.run(req).await;
-    };
-    if key.len() > 128 {
-        return astra_error(StatusCode::BAD_REQUEST, "Idempotency-Key longer than 128 characters");
-    }
-    let (parts, body) = req.into_parts();
-    let Ok(bytes) = to_bytes(body, 1 << 20).await else {
-        return astra_error(StatusCode::BAD_REQUEST, "body too large");
-    };
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    (parts.uri.path(), &bytes[..]).hash(&mut h);
-    let hash = h.finish();
-    if let Some((seen, status, body)) = lock(st).idempotency.get(&key).cloned() {
-        if seen != hash {
-            return astra_error(StatusCode::UNPROCESSABLE_ENTITY, "Idempotency-Key reused with a different request");
-        }
-        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
-        return (status, [(header::CONTENT_TYPE, "application/json")], body).into_response();
-    }
-    let resp = next.run(Request::from_parts(parts, Body::from(bytes))).await;
-    let (rp, rb) = resp.into_parts();
-    let body = to_bytes(rb, 16 << 20).await.unwrap_or_default();
-    lock(st).idempotency.insert(key, (hash, rp.status.as_u16(), String::from_utf8_lossy(&body).into_owned()));
-    Response::from_parts(rp, Body::from(body))
 }
 
 async fn malformed_body(r: Response, kind: MalformedKind) -> Response {

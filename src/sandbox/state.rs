@@ -102,6 +102,9 @@ pub struct GrantInfo {
     pub revoked: bool,
 }
 
+mod oauth;
+pub use oauth::TokenAnswer;
+
 pub struct State {
     pub settings: SandboxSettings,
     clock_offset: TimeDelta,
@@ -112,22 +115,13 @@ pub struct State {
     transfers: Vec<TransferRec>,
     transfer_index: HashMap<String, usize>,
     cards: HashMap<String, CardRec>,
-    pub idempotency: HashMap<String, (u64, u16, String)>,
-    /// Token answers by (`Idempotency-Key`, refresh token), with `honor_idempotency_key`.
-    idempotent_answers: HashMap<(String, String), Value>,
+    /// Token answers by `Idempotency-Key` (with the refresh token they answered), with `honor_idempotency_key`.
+    idempotent_answers: HashMap<String, (String, Value)>,
     pub calls: Vec<CallRec>,
     window: VecDeque<std::time::Instant>,
     pub max_in_one_second: usize,
     pub rng: StdRng,
     next_id: u64,
-}
-
-/// The answer of a token request.
-pub enum TokenAnswer {
-    Issued(Value),
-    /// Rotation applied, its answer (kept for a repeated `Idempotency-Key`) to be lost.
-    Lost(Value),
-    InvalidGrant(&'static str),
 }
 
 impl State {
@@ -144,7 +138,6 @@ impl State {
             transfers: Vec::new(),
             transfer_index: HashMap::new(),
             cards: HashMap::new(),
-            idempotency: HashMap::new(),
             calls: Vec::new(),
             window: VecDeque::new(),
             max_in_one_second: 0,
@@ -253,66 +246,6 @@ impl State {
 
     pub fn check_client(&self, id: &str, secret: &str) -> bool {
         id == self.settings.client_id && secret == self.settings.client_secret
-    }
-
-    /// `grant_type=refresh_token`: strict rotation by default (the old refresh token dies, the new one lives
-    /// ten days, one live access token per grant). With `honor_idempotency_key`, a request repeating an
-    /// `Idempotency-Key` with the same refresh token gets the answer the first one was issued (even if lost).
-    pub fn refresh(&mut self, refresh_token: &str, redirect_uri: Option<&str>, key: Option<&str>) -> TokenAnswer {
-        let key =
-            key.filter(|_| self.settings.honor_idempotency_key).map(|k| (k.to_string(), refresh_token.to_string()));
-        if let Some(v) = key.as_ref().and_then(|k| self.idempotent_answers.get(k)) {
-            return TokenAnswer::Issued(v.clone());
-        }
-        let answer = self.refresh_once(refresh_token, redirect_uri);
-        if let (Some(k), TokenAnswer::Issued(v) | TokenAnswer::Lost(v)) = (key, &answer) {
-            self.idempotent_answers.insert(k, v.clone());
-        }
-        answer
-    }
-
-    fn refresh_once(&mut self, refresh_token: &str, redirect_uri: Option<&str>) -> TokenAnswer {
-        let now = self.now();
-        if let (Some(expected), Some(given)) = (&self.settings.redirect_uri, redirect_uri)
-            && expected != given
-        {
-            return TokenAnswer::InvalidGrant("redirect_uri does not match");
-        }
-        let Some(rec) = self.refresh_index.get(refresh_token).cloned() else {
-            return TokenAnswer::InvalidGrant("refresh token unknown, revoked or already rotated");
-        };
-        if rec.expires <= now {
-            return TokenAnswer::InvalidGrant("refresh token expired");
-        }
-        let new_refresh = self.token("rt");
-        let new_access = self.token("at");
-        let strict = self.settings.strict_rotation;
-        let fresh_life = self.settings.fresh_refresh_lifetime;
-        let access_ttl = self.settings.access_ttl_secs;
-        let Some(g) = self.grants.get_mut(&rec.user_id) else {
-            return TokenAnswer::InvalidGrant("grant unknown");
-        };
-        if strict {
-            self.refresh_index.remove(refresh_token);
-        }
-        self.access_index.remove(&g.access_token);
-        g.refresh_token = new_refresh.clone();
-        g.refresh_expires = if fresh_life { now + crate::astra::REFRESH_TOKEN_LIFETIME } else { rec.expires };
-        g.access_token = new_access.clone();
-        g.access_expires = now + TimeDelta::seconds(access_ttl);
-        g.refreshes += 1;
-        let expires = g.refresh_expires;
-        self.refresh_index.insert(new_refresh.clone(), RefreshRec { user_id: rec.user_id.clone(), expires });
-        self.access_index.insert(new_access.clone(), rec.user_id.clone());
-        let lost = self.settings.faults.lost_refresh_rate > 0.0
-            && self.rng.random_bool(self.settings.faults.lost_refresh_rate.min(1.0));
-        let answer = json!({
-            "access_token": new_access,
-            "refresh_token": new_refresh,
-            "expires_in": access_ttl,
-            "token_type": "Bearer",
-        });
-        if lost { TokenAnswer::Lost(answer) } else { TokenAnswer::Issued(answer) }
     }
 
     /// The user whose live, unexpired access token this is.

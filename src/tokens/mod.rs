@@ -7,6 +7,7 @@ mod access;
 pub(crate) mod episodes;
 mod grants;
 mod import;
+pub(crate) mod intents;
 mod keys;
 mod refresh;
 pub mod store;

@@ -17,7 +17,7 @@ use super::{
     GrantStatus, Tokens,
     episodes::{self, DeadGrant, Opened, Reason},
     grants::{Grant, fingerprint, load, seal},
-    store,
+    intents, store,
 };
 use crate::{
     astra::{AstraError, Call, REFRESH_TOKEN_LIFETIME, TokenPair},
@@ -56,9 +56,9 @@ pub async fn refresh_leased(
     if g.status != GrantStatus::Active {
         return Ok(Refreshed::Inactive);
     }
-    let (intent, probe) = match store::open_intent_of(db, user_id).await? {
+    let (intent, probe) = match intents::open_intent_of(db, user_id).await? {
         Some((id, _)) => (id, true),
-        None => match store::open_intent(db, user_id, g.version, owner, Utc::now()).await? {
+        None => match intents::open_intent(db, user_id, g.version, owner, Utc::now()).await? {
             Some(id) => (id, false),
             None => return Ok(Refreshed::Failed { detail: "another refresh of this grant is in progress".into() }),
         },
@@ -69,7 +69,7 @@ pub async fn refresh_leased(
             let now = Utc::now();
             let cur = store::load(db, user_id).await?;
             if cur.as_ref().is_some_and(|c| c.token_version != g.version) {
-                store::close_intent(db, &intent, "adopted", now).await?;
+                intents::close_intent(db, &intent, "adopted", now).await?;
                 return Ok(Refreshed::Adopted);
             }
             let reason = if probe || after_ambiguous_attempt {
@@ -83,15 +83,15 @@ pub async fn refresh_leased(
                 DeadGrant { user_id, version: g.version, owner, phone: g.phone.as_deref(), user_status: g.user_status };
             let opened = episodes::open(db, &dead, reason, &tok.link, now).await?;
             if opened == Opened::Superseded {
-                store::close_intent(db, &intent, "superseded", now).await?;
+                intents::close_intent(db, &intent, "superseded", now).await?;
                 return Ok(Refreshed::Adopted);
             }
-            store::close_intent(db, &intent, "rejected", now).await?;
+            intents::close_intent(db, &intent, "rejected", now).await?;
             info!(reason = reason.as_str(), astra = %description, ?opened, "grant is dead");
             Ok(Refreshed::Dead { reason, opened })
         }
         Err(e @ AstraError::ClientRejected) => {
-            store::close_intent(db, &intent, "failed", Utc::now()).await?;
+            intents::close_intent(db, &intent, "failed", Utc::now()).await?;
             Err(e.into())
         }
         Err(e @ (AstraError::Transient { maybe_applied: true, .. } | AstraError::Malformed { .. })) => {
@@ -102,7 +102,7 @@ pub async fn refresh_leased(
         Err(e) => {
             // A probe that met a 429 or a transient error proved nothing: its intent stays open for the next run.
             if !probe {
-                store::close_intent(db, &intent, "failed", Utc::now()).await?;
+                intents::close_intent(db, &intent, "failed", Utc::now()).await?;
             }
             Ok(Refreshed::Failed { detail: e.to_string() })
         }

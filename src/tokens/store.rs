@@ -1,5 +1,6 @@
-//! The owner of `grant_token` and `refresh_intent`: sealed rows in and out, per-grant leases, batch claims of due
-//! grants (`for update skip locked` on PostgreSQL), and compare-and-swap writes on the token version.
+//! The owner of `grant_token` and `grant_fingerprint`: sealed rows in and out, per-grant leases, batch claims of
+//! due grants (`for update skip locked` on PostgreSQL), and writes fenced on the token version and the lease
+//! (which close the grant's refresh intents in the same transaction; see [`super::intents`]).
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -388,65 +389,6 @@ pub async fn set_user_status(store: &Store, user_id: &str, status: UserStatus, n
     .execute(p)
     .await
     .map(|_| ()))
-}
-
-/// Opens the refresh intent for `version`; `None` when an intent for this grant is already open (a crashed
-/// refresh whose result is unknown).
-pub async fn open_intent(
-    store: &Store,
-    user_id: &str,
-    version: i64,
-    owner: &str,
-    now: DateTime<Utc>,
-) -> sqlx::Result<Option<String>> {
-    let id = uuid::Uuid::new_v4().to_string();
-    let n = with_pool!(store, |p| sqlx::query(
-        "INSERT INTO refresh_intent (id, user_id, token_version, owner, opened_at) VALUES ($1, $2, $3, $4, $5)
-         ON CONFLICT DO NOTHING"
-    )
-    .bind(&id)
-    .bind(user_id)
-    .bind(version)
-    .bind(owner)
-    .bind(now)
-    .execute(p)
-    .await?
-    .rows_affected());
-    Ok((n == 1).then_some(id))
-}
-
-/// The open intent of a grant, if any: (id, version).
-pub async fn open_intent_of(store: &Store, user_id: &str) -> sqlx::Result<Option<(String, i64)>> {
-    with_pool!(store, |p| sqlx::query_as(
-        "SELECT id, token_version FROM refresh_intent WHERE user_id = $1 AND closed_at IS NULL"
-    )
-    .bind(user_id)
-    .fetch_optional(p)
-    .await)
-}
-
-pub async fn close_intent(store: &Store, intent_id: &str, result: &str, now: DateTime<Utc>) -> sqlx::Result<()> {
-    with_pool!(store, |p| sqlx::query(
-        "UPDATE refresh_intent SET closed_at = $1, result = $2 WHERE id = $3 AND closed_at IS NULL"
-    )
-    .bind(now)
-    .bind(result)
-    .bind(intent_id)
-    .execute(p)
-    .await
-    .map(|_| ()))
-}
-
-/// Users with an open intent whose grant nobody holds: a refresh died between Astra's answer and the commit.
-pub async fn orphaned_intents(store: &Store, now: DateTime<Utc>) -> sqlx::Result<Vec<String>> {
-    with_pool!(store, |p| sqlx::query_scalar(
-        "SELECT i.user_id FROM refresh_intent i JOIN grant_token g ON g.user_id = i.user_id
-         WHERE i.closed_at IS NULL AND g.status = 'active' AND (g.lease_until IS NULL OR g.lease_until < $1)
-         ORDER BY i.opened_at"
-    )
-    .bind(now)
-    .fetch_all(p)
-    .await)
 }
 
 /// Users whose grant is active.
