@@ -207,7 +207,7 @@ fn spawn_sandbox() -> (std::process::Child, String) {
     (child, line.trim().to_string())
 }
 
-async fn bench_rotation(n: usize, rate: u32) {
+async fn bench_rotation(n: usize, rate: u32, latency_ms: u64) {
     let (mut sandbox, base) = spawn_sandbox();
     let http = reqwest::Client::new();
     let (url, _dir) = fresh(None).await;
@@ -223,6 +223,11 @@ async fn bench_rotation(n: usize, rate: u32) {
     let sb = SandboxSettings::default();
     let credentials = Credentials { client_id: sb.client_id.into(), client_secret: sb.client_secret.into() };
     let w = Worker::with_services(s, store, |s, l, st| Services::new(s, credentials, keyring(), None, l, st)).unwrap();
+    http.post(format!("{base}/_sandbox/faults"))
+        .json(&serde_json::json!({"latency_ms": latency_ms}))
+        .send()
+        .await
+        .unwrap();
     let before = peak_rss_kib();
     let t = Instant::now();
     let summary = run_job(&w, JobName::TokenRotation, &RunOptions::default(), Utc::now()).await.unwrap();
@@ -231,10 +236,12 @@ async fn bench_rotation(n: usize, rate: u32) {
         http.get(format!("{base}/_sandbox/stats")).send().await.unwrap().json().await.unwrap();
     let requests = stats["requests"].as_u64().unwrap_or(0);
     println!(
-        "rotation: {n} grants at {rate}/s allowed: {:.1}s, {requests} requests ({:.0}/s achieved), at most {} in any one second, \
-         refreshes {}, worker peak RSS {} MiB (before the run {} MiB), status {:?}",
+        "rotation: {n} grants at {rate}/s allowed, {latency_ms} ms latency: {:.1}s, {requests} requests ({:.0}/s achieved, \
+         {:.2} of the rate), at most {} in any one second, refreshes {}, worker peak RSS {} MiB (before the run {} MiB), \
+         status {:?}",
         secs,
         requests as f64 / secs,
+        requests as f64 / secs / f64::from(rate),
         stats["max_requests_in_one_second"],
         stats["refreshes"],
         peak_rss_kib() / 1024,
@@ -339,7 +346,11 @@ async fn main() {
     if std::env::var("BENCH_ONLY").is_ok_and(|v| v == "guard") {
         return;
     }
-    bench_sync().await;
-    bench_rotation(2_000, 500).await;
-    bench_rotation(8_000, 500).await;
+    let only_rotation = std::env::var("BENCH_ONLY").is_ok_and(|v| v == "rotation");
+    if !only_rotation {
+        bench_sync().await;
+    }
+    for (n, rate, latency_ms) in [(20_000, 100, 20), (20_000, 100, 200), (20_000, 1_000, 20), (20_000, 1_000, 200)] {
+        bench_rotation(n, rate, latency_ms).await;
+    }
 }

@@ -279,6 +279,7 @@ pub async fn renew_lease(store: &Store, user_id: &str, owner: &str, until: DateT
 
 /// Releases the lease if `owner` still holds it.
 pub async fn release(store: &Store, user_id: &str, owner: &str) -> sqlx::Result<()> {
+    faults::injected(store, faults::RELEASE_LEASE)?;
     with_pool!(store, |p| sqlx::query(
         "UPDATE grant_token SET lease_until = NULL WHERE user_id = $1 AND lease_owner = $2"
     )
