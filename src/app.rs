@@ -20,6 +20,8 @@ use crate::{
 pub struct Services {
     pub tokens: Tokens,
     pub deliverer: Option<Deliverer>,
+    /// Astra's client credentials; the client secret also signs Astra's webhooks.
+    pub credentials: Credentials,
 }
 
 impl Services {
@@ -32,7 +34,7 @@ impl Services {
         store: &Store,
     ) -> anyhow::Result<Services> {
         let client = AstraClient::new(&settings.astra, credentials.clone(), limiter, Some(store.clone()))?;
-        Ok(Services { tokens: Tokens::new(settings, client, &credentials, keyring), deliverer })
+        Ok(Services { tokens: Tokens::new(settings, client, &credentials, keyring), deliverer, credentials })
     }
 
     /// From `ASTRA_CLIENT_ID`, `ASTRA_CLIENT_SECRET`, `ASTRA_WORKER_TOKEN_KEY` and, when an outbox endpoint

@@ -75,6 +75,23 @@ impl AstraClient {
         self.token_request(call, &form, intent).await
     }
 
+    /// `POST /v1/oauth/token` with `grant_type=authorization_code`: the pair a user's consent issued. A code
+    /// works once; `idempotency_key` is the same on every retry, so an Astra that honours it answers a retry of a
+    /// lost answer with the same pair.
+    pub async fn exchange_code(
+        &self,
+        call: Call<'_>,
+        code: &SecretString,
+        idempotency_key: &str,
+    ) -> Result<TokenPair, AstraError> {
+        let form = [
+            ("grant_type", "authorization_code"),
+            ("code", code.expose_secret()),
+            ("redirect_uri", self.redirect_uri.as_str()),
+        ];
+        self.token_request(call, &form, idempotency_key).await
+    }
+
     async fn token_request(
         &self,
         call: Call<'_>,
@@ -168,6 +185,11 @@ impl AstraClient {
     pub async fn cards(&self, call: Call<'_>, access: &SecretString) -> Result<Vec<Card>, AstraError> {
         let list: model::CardList = self.get(call, "/v1/cards", access, &[]).await?;
         Ok(list.cards)
+    }
+
+    /// `GET /v1/cards/{id}`.
+    pub async fn card(&self, call: Call<'_>, access: &SecretString, id: &str) -> Result<Card, AstraError> {
+        self.get(call, &format!("/v1/cards/{}", path_segment(id)), access, &[]).await
     }
 
     /// `GET /v1/transfers/{id}`.

@@ -1,10 +1,10 @@
-//! `astra-worker grants import|list`, `astra-worker token <user>`, `astra-worker keys rotate`: grants in and
-//! out. Nothing here ever prints a token, except `token`, which prints the access token alone on stdout.
+//! `astra-worker grants import|list|exchange`, `astra-worker token <user>`, `astra-worker keys rotate`:
+//! grants in and out. Nothing here ever prints a token, except `token`, which prints the access token alone on stdout.
 
 use std::path::PathBuf;
 
 use chrono::Utc;
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretString};
 
 use super::Format;
 use crate::{
@@ -29,6 +29,24 @@ pub(super) enum GrantsCommand {
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
     },
+    /// Exchange the authorization code a user's consent produced (the SDK redirect's `code`) for their grant
+    /// and store it; closes the user's re-authorization episode. `--code -` reads the code from stdin.
+    Exchange {
+        #[arg(long)]
+        user: String,
+        #[arg(long)]
+        code: String,
+    },
+}
+
+impl GrantsCommand {
+    /// The user and code of `grants exchange`, which needs Astra (the others need only the store).
+    pub(super) fn exchange(&self) -> Option<(&str, &str)> {
+        match self {
+            GrantsCommand::Exchange { user, code } => Some((user, code)),
+            _ => None,
+        }
+    }
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -41,6 +59,7 @@ pub(super) async fn grants(store: &Store, cmd: &GrantsCommand) -> anyhow::Result
     match cmd {
         GrantsCommand::Import { file } => import(store, file.as_ref()).await,
         GrantsCommand::List { status, limit, format } => list(store, status.as_deref(), *limit, *format).await,
+        GrantsCommand::Exchange { .. } => anyhow::bail!("grants exchange is dispatched with a worker"),
     }
 }
 
@@ -117,6 +136,22 @@ async fn list(store: &Store, status: Option<&str>, limit: i64, format: Format) -
             }
         }
     }
+    Ok(Status::Ok)
+}
+
+/// `grants exchange`: prints what was stored as JSON (never a token); exit 1 when Astra refused the code or it
+/// is another user's.
+pub(super) async fn exchange(worker: &Worker, user_id: &str, code: &str) -> anyhow::Result<Status> {
+    let code = if code == "-" {
+        let mut s = String::new();
+        std::io::stdin().read_line(&mut s)?;
+        s.trim().to_string()
+    } else {
+        code.to_string()
+    };
+    let svc = worker.checked_services().await?;
+    let done = tokens::exchange(&worker.store, &svc.tokens, user_id, &SecretString::from(code), Utc::now()).await?;
+    outln!("{}", serde_json::to_string(&done)?);
     Ok(Status::Ok)
 }
 

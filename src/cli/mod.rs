@@ -99,8 +99,11 @@ enum Command {
     /// The guard's holds: release, attach to a routine, list.
     #[command(subcommand)]
     Holds(money_side::HoldsCommand),
-    /// The daemon: every enabled job on its schedule, until SIGTERM.
+    /// The daemon: every enabled job on its schedule, until SIGTERM (with --listen, also the HTTP service).
     Run(ops::RunArgs),
+    /// The HTTP service: Astra's webhooks, and the guard, holds, access tokens and code exchange for the
+    /// backend (`/v1`, bearer ASTRA_WORKER_API_KEY), until SIGTERM.
+    Serve(ops::ServeArgs),
     /// Exit 0 when every enabled job's last successful slot is recent enough; 1 naming the stale ones.
     Health(ops::HealthArgs),
     /// Write the systemd units or the Kubernetes manifests for this jobs.toml.
@@ -127,7 +130,9 @@ pub fn main() -> ExitCode {
             };
         }
     };
-    let log_to = if cli.run_once.is_some() || matches!(cli.command, Some(Command::Migrate | Command::Run(_))) {
+    let log_to = if cli.run_once.is_some()
+        || matches!(cli.command, Some(Command::Migrate | Command::Run(_) | Command::Serve(_)))
+    {
         LogTo::Stdout
     } else {
         LogTo::Stderr
@@ -169,7 +174,13 @@ async fn run(cli: Cli) -> anyhow::Result<Status> {
         Some(Command::Runs(args)) => runs::run(&open_store(&cli).await?, args).await,
         Some(Command::Sandbox(args)) => sandbox::run(args).await,
         Some(Command::Demo(args)) => demo::run(&cli.config(), cli.config.is_some(), args).await,
-        Some(Command::Grants(cmd)) => grants::grants(&open_store(&cli).await?, cmd).await,
+        Some(Command::Grants(cmd)) => match cmd.exchange() {
+            Some((user, code)) => {
+                let worker = Worker::new(Settings::load(&cli.config())?, open_store(&cli).await?);
+                grants::exchange(&worker, user, code).await
+            }
+            None => grants::grants(&open_store(&cli).await?, cmd).await,
+        },
         Some(Command::Keys(cmd)) => grants::keys(&open_store(&cli).await?, cmd).await,
         Some(Command::Prompts(cmd)) => prompts::run(&open_store(&cli).await?, cmd).await,
         Some(Command::Accounts(cmd)) => money_side::accounts(&open_store(&cli).await?, cmd).await,
@@ -187,7 +198,18 @@ async fn run(cli: Cli) -> anyhow::Result<Status> {
             }
             let worker = std::sync::Arc::new(Worker::new(Settings::load(&cli.config())?, open_store(&cli).await?));
             worker.shutdown.listen_for_signals().context("installing signal handlers")?;
-            ops::run(worker, args, cli.metrics_file.clone()).await
+            let Some(listen) = args.listen else { return ops::run(worker, args, cli.metrics_file.clone()).await };
+            let serving = tokio::spawn(crate::serve::serve(worker.clone(), listen));
+            let status = ops::run(worker.clone(), args, cli.metrics_file.clone()).await;
+            worker.shutdown.trigger("daemon stopped");
+            serving.await.context("the HTTP service")??;
+            status
+        }
+        Some(Command::Serve(args)) => {
+            let worker = std::sync::Arc::new(Worker::new(Settings::load(&cli.config())?, open_store(&cli).await?));
+            worker.shutdown.listen_for_signals().context("installing signal handlers")?;
+            crate::serve::serve(worker, args.listen).await?;
+            Ok(Status::Ok)
         }
         Some(Command::Render(args)) => render::run(&cli.config(), args),
         Some(Command::Health(args)) => {

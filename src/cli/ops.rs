@@ -19,6 +19,16 @@ pub(super) struct RunArgs {
     /// Also serve the metrics at http://ADDR/metrics (loopback only).
     #[arg(long, value_name = "ADDR")]
     metrics_listen: Option<SocketAddr>,
+    /// Also serve the HTTP service (`serve`) on ADDR: webhooks, the guard, holds, tokens.
+    #[arg(long, value_name = "ADDR")]
+    pub(super) listen: Option<SocketAddr>,
+}
+
+#[derive(clap::Args, Debug)]
+pub(super) struct ServeArgs {
+    /// Where to listen (plain HTTP: put a TLS-terminating proxy or ingress in front).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
+    pub(super) listen: SocketAddr,
 }
 
 #[derive(clap::Args, Debug)]

@@ -41,7 +41,7 @@ pub(super) async fn refresh_one(
         r => r?,
     };
     let outcome = match r {
-        Refreshed::Rotated { access, user_status_at } => {
+        Refreshed::Rotated { access, user_status_at, .. } => {
             ctx.tally("rotated", 1);
             let stale = |max_age| user_status_at.is_none_or(|at| at < Utc::now() - max_age);
             if read_status.is_some_and(stale) {

@@ -247,6 +247,29 @@ pub async fn set_frozen(store: &Store, card_id: &str, frozen: bool, now: DateTim
     .map(|r| r.rows_affected() == 1))
 }
 
+/// Records a card's push and pull flags as Astra reports them (a flag Astra left out is kept); `false` when no
+/// such card is registered.
+pub async fn set_card_flags(
+    store: &Store,
+    card_id: &str,
+    push: Option<bool>,
+    pull: Option<bool>,
+    now: DateTime<Utc>,
+) -> sqlx::Result<bool> {
+    with_pool!(store, |p| sqlx::query(
+        "UPDATE destination SET push_enabled = COALESCE($1, push_enabled), pull_enabled = COALESCE($2, pull_enabled),
+                updated_at = $3
+         WHERE destination_id = $4 AND kind = 'card'"
+    )
+    .bind(push)
+    .bind(pull)
+    .bind(now)
+    .bind(card_id)
+    .execute(p)
+    .await
+    .map(|r| r.rows_affected() == 1))
+}
+
 pub async fn ach_credit(store: &Store, routine_id: &str) -> sqlx::Result<Option<(String, String)>> {
     with_pool!(store, |p| sqlx::query_as("SELECT ach_credit_id, addenda FROM ach_credit WHERE routine_id = $1")
         .bind(routine_id)

@@ -30,6 +30,7 @@ pub(super) fn routes() -> Router<Shared> {
         .route("/_sandbox/grants", post(admin_grant))
         .route("/_sandbox/grants/{user_id}", get(admin_grant_info))
         .route("/_sandbox/grants/{user_id}/revoke", post(admin_revoke))
+        .route("/_sandbox/codes", post(admin_code))
         .route("/_sandbox/transfers", post(admin_transfer))
         .route("/_sandbox/transfers/{id}/status", post(admin_transfer_status))
         .route("/_sandbox/cards", post(admin_card))
@@ -114,6 +115,20 @@ async fn admin_grant(AxState(st): AxState<Shared>, Json(g): Json<NewGrant>) -> R
     let mut s = lock(&st);
     let at = g.issued_at.unwrap_or_else(|| s.now());
     Json(s.issue_grant(&g.user_id, at)).into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewCode {
+    user_id: String,
+}
+
+/// Mints an authorization code for a user (what Astra's authorization page hands the redirect).
+async fn admin_code(AxState(st): AxState<Shared>, Json(c): Json<NewCode>) -> Response {
+    match lock(&st).mint_code(&c.user_id) {
+        Some(code) => Json(serde_json::json!({ "code": code })).into_response(),
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
 }
 
 async fn admin_grant_info(AxState(st): AxState<Shared>, Path(user_id): Path<String>) -> Response {

@@ -72,7 +72,7 @@ async fn token(AxState(st): AxState<Shared>, headers: HeaderMap, body: String) -
             let key = headers.get("idempotency-key").and_then(|v| v.to_str().ok());
             lock(&st).refresh(&rt, form.redirect_uri.as_deref(), key)
         }
-        ("authorization_code", _, Some(_)) => TokenAnswer::InvalidGrant("authorization codes are not simulated"),
+        ("authorization_code", _, Some(code)) => lock(&st).exchange_code(&code, form.redirect_uri.as_deref()),
         _ => return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "unsupported grant request"),
     };
     match answer {

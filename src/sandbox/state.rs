@@ -103,7 +103,7 @@ pub struct GrantInfo {
 }
 
 mod oauth;
-pub use oauth::TokenAnswer;
+pub use oauth::{CODE_LIFETIME, TokenAnswer};
 
 pub struct State {
     pub settings: SandboxSettings,
@@ -117,6 +117,8 @@ pub struct State {
     cards: HashMap<String, CardRec>,
     /// Token answers by `Idempotency-Key` (with the refresh token they answered), with `honor_idempotency_key`.
     idempotent_answers: HashMap<String, (String, Value)>,
+    /// Authorization codes minted by the admin: the user, and when the code stops working (once used, gone).
+    codes: HashMap<String, (String, DateTime<Utc>)>,
     pub calls: Vec<CallRec>,
     window: VecDeque<std::time::Instant>,
     pub max_in_one_second: usize,
@@ -134,6 +136,7 @@ impl State {
             grants: HashMap::new(),
             refresh_index: HashMap::new(),
             idempotent_answers: HashMap::new(),
+            codes: HashMap::new(),
             access_index: HashMap::new(),
             transfers: Vec::new(),
             transfer_index: HashMap::new(),

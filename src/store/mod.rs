@@ -140,6 +140,21 @@ impl Store {
         Ok(())
     }
 
+    /// Whether the store answers with every migration this build knows applied (what `/readyz` reports).
+    pub async fn is_migrated(&self) -> sqlx::Result<bool> {
+        let (known, applied): (usize, i64) = match self {
+            Store::Sqlite(p) => (
+                sqlx::migrate!("./migrations/sqlite").migrations.len(),
+                sqlx::query_scalar("SELECT COUNT(*) FROM _sqlx_migrations WHERE success").fetch_one(p).await?,
+            ),
+            Store::Postgres(p) => (
+                sqlx::migrate!("./migrations/postgres").migrations.len(),
+                sqlx::query_scalar("SELECT COUNT(*) FROM _sqlx_migrations WHERE success").fetch_one(p).await?,
+            ),
+        };
+        Ok(usize::try_from(applied).is_ok_and(|a| a >= known))
+    }
+
     pub fn is_postgres(&self) -> bool {
         matches!(self, Store::Postgres(_))
     }

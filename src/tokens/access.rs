@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use secrecy::SecretString;
 use tracing::instrument;
 
@@ -41,7 +41,19 @@ const LEASE_WAIT: Duration = Duration::from_secs(30);
 /// `astra.access_margin`. This is the call the fintech's backend makes before calling Astra.
 #[instrument(name = "access_token", skip_all, fields(user_id = %user_id))]
 pub async fn access_token(db: &Store, tok: &Tokens, user_id: &str) -> anyhow::Result<SecretString> {
-    fresh_access(db, tok, Call::for_user(user_id), user_id, None).await.map(|(t, _)| t)
+    access_token_until(db, tok, user_id).await.map(|a| a.token)
+}
+
+/// An access token handed out, and until when it is good (`None`: the grant was imported without an expiry).
+pub struct Access {
+    pub token: SecretString,
+    pub expires_at: Option<DateTime<Utc>>,
+    version: i64,
+}
+
+/// [`access_token`], with the access token's expiry (what `GET /v1/users/{id}/access-token` answers).
+pub async fn access_token_until(db: &Store, tok: &Tokens, user_id: &str) -> anyhow::Result<Access> {
+    fresh_access(db, tok, Call::for_user(user_id), user_id, None).await
 }
 
 /// Runs `f` with the user's access token; when Astra rejects that token (401), refreshes once and runs again.
@@ -56,11 +68,11 @@ where
     F: Fn(SecretString) -> Fut,
     Fut: std::future::Future<Output = Result<T, AstraError>>,
 {
-    let (token, version) = fresh_access(db, tok, call, user_id, None).await?;
-    match f(token).await {
+    let first = fresh_access(db, tok, call, user_id, None).await?;
+    match f(first.token).await {
         Err(AstraError::AccessTokenRejected { .. }) => {
-            let (token, _) = fresh_access(db, tok, call, user_id, Some(version)).await?;
-            Ok(f(token).await)
+            let again = fresh_access(db, tok, call, user_id, Some(first.version)).await?;
+            Ok(f(again.token).await)
         }
         other => Ok(other),
     }
@@ -74,7 +86,7 @@ async fn fresh_access(
     call: Call<'_>,
     user_id: &str,
     rejected_version: Option<i64>,
-) -> anyhow::Result<(SecretString, i64)> {
+) -> anyhow::Result<Access> {
     let owner = format!("token:{}:{}", std::process::id(), uuid::Uuid::new_v4());
     let give_up = tokio::time::Instant::now() + LEASE_WAIT;
     loop {
@@ -87,13 +99,15 @@ async fn fresh_access(
         }
         let now = Utc::now();
         if g.access_expires_at.is_some_and(|t| t > now + tok.access_margin) && rejected_version != Some(g.version) {
-            return Ok((g.access, g.version));
+            return Ok(Access { token: g.access, expires_at: g.access_expires_at, version: g.version });
         }
         if store::try_lease(db, user_id, &owner, now + tok.lease, now).await? {
             let r = refresh_leased(db, tok, call, user_id, &owner).await;
             store::release(db, user_id, &owner).await?;
             match r? {
-                Refreshed::Rotated { access, .. } => return Ok((access, g.version + 1)),
+                Refreshed::Rotated { access, access_expires_at, .. } => {
+                    return Ok(Access { token: access, expires_at: Some(access_expires_at), version: g.version + 1 });
+                }
                 Refreshed::Adopted | Refreshed::Inactive => continue,
                 Refreshed::Dead { reason, .. } => {
                     let why = format!("dead: {}", reason.as_str());

@@ -5,6 +5,7 @@
 
 mod access;
 pub(crate) mod episodes;
+mod exchange;
 mod grants;
 mod import;
 pub(crate) mod intents;
@@ -15,8 +16,9 @@ pub mod store;
 use chrono::TimeDelta;
 use secrecy::ExposeSecret;
 
-pub use access::{NoToken, access_token, with_access};
+pub use access::{Access, NoToken, access_token, access_token_until, with_access};
 pub use episodes::PromptLink;
+pub use exchange::{Exchanged, exchange};
 pub use grants::{Grant, GrantStatus, Unreadable, check_keyring, load, rotate_keys};
 pub use import::{ImportLine, Imported, import};
 pub use keys::{CryptoError, Keyring};

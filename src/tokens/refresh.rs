@@ -27,8 +27,9 @@ use crate::{
 /// What a refresh did.
 #[derive(Debug)]
 pub enum Refreshed {
-    /// A new pair is stored; `user_status_at` is when the user's status was last read.
-    Rotated { access: SecretString, user_status_at: Option<DateTime<Utc>> },
+    /// A new pair is stored, its access token good until `access_expires_at`; `user_status_at` is when the
+    /// user's status was last read.
+    Rotated { access: SecretString, access_expires_at: DateTime<Utc>, user_status_at: Option<DateTime<Utc>> },
     /// Another writer rotated or replaced the grant meanwhile; its tokens stand.
     Adopted,
     /// The grant is dead; an episode (or a suspended-user follow-up) was opened.
@@ -113,6 +114,7 @@ pub async fn refresh_leased(
 /// with backoff for `Tokens::commit_retry`: this pair is the only copy of the grant's live refresh token.
 async fn store_issued(db: &Store, tok: &Tokens, g: &Grant, owner: &str, intent: &str, pair: TokenPair) -> Refreshed {
     let issued_at = Utc::now();
+    let access_expires_at = issued_at + TimeDelta::seconds(pair.expires_in);
     let version = g.version + 1;
     let sealed = seal(&tok.keyring, &g.user_id, version, &pair.access_token, &pair.refresh_token);
     let fp = fingerprint(&g.user_id, &pair.refresh_token);
@@ -122,7 +124,7 @@ async fn store_issued(db: &Store, tok: &Tokens, g: &Grant, owner: &str, intent: 
         key_id: &sealed.key_id,
         access_ct: &sealed.access_ct,
         refresh_ct: &sealed.refresh_ct,
-        access_expires_at: Some(issued_at + TimeDelta::seconds(pair.expires_in)),
+        access_expires_at: Some(access_expires_at),
         refresh_expires_at: issued_at + REFRESH_TOKEN_LIFETIME,
         phone: None,
         issued_at,
@@ -133,7 +135,10 @@ async fn store_issued(db: &Store, tok: &Tokens, g: &Grant, owner: &str, intent: 
     let mut wait = Duration::from_millis(50);
     loop {
         match store::put_rotated(db, &w, g.version, owner, intent).await {
-            Ok(true) => return Refreshed::Rotated { access: pair.access_token, user_status_at: g.user_status_at },
+            Ok(true) => {
+                let (access, user_status_at) = (pair.access_token, g.user_status_at);
+                return Refreshed::Rotated { access, access_expires_at, user_status_at };
+            }
             Ok(false) => return superseded(db, &g.user_id, g.version).await,
             Err(e) if tokio::time::Instant::now() + wait < give_up => {
                 warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "could not store the new pair; retrying");

@@ -1,5 +1,6 @@
-//! The sandbox's token endpoint: strict rotation of refresh tokens, lost answers, and the replay of a repeated
-//! `Idempotency-Key` where the settings ask for it.
+//! The sandbox's token endpoint: strict rotation of refresh tokens, lost answers, the replay of a repeated
+//! `Idempotency-Key` where the settings ask for it, and authorization codes (minted by the admin for a user,
+//! good once, for `CODE_LIFETIME`).
 
 use chrono::TimeDelta;
 use rand::Rng;
@@ -17,7 +18,44 @@ pub enum TokenAnswer {
     KeyReused,
 }
 
+/// How long a minted authorization code works (Astra's live "a few minutes").
+pub const CODE_LIFETIME: TimeDelta = TimeDelta::minutes(5);
+
 impl State {
+    /// Mints an authorization code for `user_id`, as Astra's authorization page does when the user consents;
+    /// `None` for a user the sandbox does not know.
+    pub fn mint_code(&mut self, user_id: &str) -> Option<String> {
+        self.users.contains_key(user_id).then_some(())?;
+        let code = self.token("code");
+        let expires = self.now() + CODE_LIFETIME;
+        self.codes.insert(code.clone(), (user_id.to_string(), expires));
+        Some(code)
+    }
+
+    /// `grant_type=authorization_code`: a known, unexpired code issues a fresh pair for its user (replacing the
+    /// user's previous grant) and is gone; anything else is `invalid_grant`.
+    pub fn exchange_code(&mut self, code: &str, redirect_uri: Option<&str>) -> TokenAnswer {
+        if let (Some(expected), Some(given)) = (&self.settings.redirect_uri, redirect_uri)
+            && expected != given
+        {
+            return TokenAnswer::InvalidGrant("redirect_uri does not match");
+        }
+        let Some((user_id, expires)) = self.codes.remove(code) else {
+            return TokenAnswer::InvalidGrant("authorization code unknown or already used");
+        };
+        let now = self.now();
+        if expires <= now {
+            return TokenAnswer::InvalidGrant("authorization code expired");
+        }
+        let g = self.issue_grant(&user_id, now);
+        TokenAnswer::Issued(json!({
+            "access_token": g.access_token,
+            "refresh_token": g.refresh_token,
+            "expires_in": self.settings.access_ttl_secs,
+            "token_type": "Bearer",
+        }))
+    }
+
     /// `grant_type=refresh_token`: strict rotation by default (the old refresh token dies, the new one lives
     /// ten days, one live access token per grant). With `honor_idempotency_key`, a request repeating an
     /// `Idempotency-Key` with the same refresh token gets the answer the first one was issued (even if lost);

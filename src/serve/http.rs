@@ -1,0 +1,152 @@
+//! What every route shares: a request id on every answer and in the logs, the bearer API key on `/v1`
+//! (constant-time), request counts and latencies per route, JSON bodies parsed with the failing field named,
+//! and errors turned into status codes by their kind.
+
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use axum::{
+    Json,
+    extract::{MatchedPath, Request, State},
+    http::{HeaderValue, StatusCode, header},
+    middleware::Next,
+    response::{IntoResponse, Response},
+};
+use secrecy::ExposeSecret;
+use serde::de::DeserializeOwned;
+use serde_json::json;
+use tracing::Instrument as _;
+
+use super::AppState;
+use crate::{
+    exit::classify,
+    failure::{Failure, Status},
+};
+
+/// Gives every request an id (the caller's `x-request-id` when it is a short printable one), logs under it,
+/// answers with it, and counts the request per route.
+pub(crate) async fn around(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    let id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.chars().all(|c| c.is_ascii_graphic()))
+        .map(str::to_string)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let route = req.extensions().get::<MatchedPath>().map(|m| m.as_str().to_string()).unwrap_or_else(|| "other".into());
+    let method = req.method().to_string();
+    let span = tracing::info_span!("request", request_id = %id, method = %method, route = %route);
+    let started = Instant::now();
+    let mut resp = next.run(req).instrument(span.clone()).await;
+    let elapsed = started.elapsed();
+    let status = resp.status().as_u16();
+    span.in_scope(|| tracing::info!(status, latency_ms = elapsed.as_secs_f64() * 1000.0, "answered"));
+    st.metrics.record(&method, &route, status, elapsed);
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
+    resp
+}
+
+/// `/v1` requires `Authorization: Bearer <ASTRA_WORKER_API_KEY>`.
+pub(crate) async fn require_key(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    let given =
+        req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    let ok = given.is_some_and(|g| constant_time_eq(g.as_bytes(), st.api_key.expose_secret().as_bytes()));
+    if !ok {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong API key (Authorization: Bearer <ASTRA_WORKER_API_KEY>)",
+        );
+    }
+    next.run(req).await
+}
+
+/// Equal, in time that depends only on the lengths.
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// A JSON error answer.
+pub(crate) fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(json!({"error": message.into()}))).into_response()
+}
+
+/// A body that does not parse: a 400 naming the field.
+pub(crate) struct BadBody(String);
+
+impl IntoResponse for BadBody {
+    fn into_response(self) -> Response {
+        error(StatusCode::BAD_REQUEST, self.0)
+    }
+}
+
+/// A body parsed as `T`; the failing field (its path) named otherwise.
+pub(crate) fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, BadBody> {
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = crate::secrets::redact_quoted(&e.into_inner().to_string());
+        BadBody(if path == "." { format!("malformed body: {inner}") } else { format!("field `{path}`: {inner}") })
+    })
+}
+
+/// An error of the library as an HTTP answer: bad input 400, "no" 409, unavailable 503, a bug 500.
+pub(crate) fn failure(e: anyhow::Error) -> Response {
+    let msg = format!("{e:#}");
+    match classify(&e) {
+        Status::Config if e.downcast_ref::<Failure>().is_some() => error(StatusCode::BAD_REQUEST, msg),
+        Status::No => error(StatusCode::CONFLICT, msg),
+        Status::Temporary => error(StatusCode::SERVICE_UNAVAILABLE, msg),
+        Status::Config => error(StatusCode::BAD_GATEWAY, msg),
+        _ => {
+            tracing::error!(error = %msg, "request failed");
+            error(StatusCode::INTERNAL_SERVER_ERROR, "internal error; the log carries the request id")
+        }
+    }
+}
+
+/// Request counts and latencies per route and status, for `/metrics`.
+/// Method, route, status.
+type RouteKey = (String, String, u16);
+
+#[derive(Default)]
+pub struct RouteMetrics {
+    /// Requests answered and the time spent on them.
+    by_route: Mutex<BTreeMap<RouteKey, (u64, Duration)>>,
+}
+
+impl RouteMetrics {
+    fn record(&self, method: &str, route: &str, status: u16, took: Duration) {
+        let mut m = self.by_route.lock().unwrap_or_else(|p| p.into_inner());
+        let e = m.entry((method.to_string(), route.to_string(), status)).or_default();
+        e.0 += 1;
+        e.1 += took;
+    }
+
+    /// The Prometheus text of the counts.
+    pub fn render(&self) -> String {
+        let m = self.by_route.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out = String::from(
+            "# HELP astra_worker_http_requests_total HTTP requests answered, by route and status.\n\
+             # TYPE astra_worker_http_requests_total counter\n",
+        );
+        let mut secs = String::from(
+            "# HELP astra_worker_http_request_seconds_sum Time spent answering, by route and status.\n\
+             # TYPE astra_worker_http_request_seconds_sum counter\n",
+        );
+        for ((method, route, status), (n, took)) in m.iter() {
+            let labels = format!("method=\"{method}\",route=\"{route}\",status=\"{status}\"");
+            let _ = writeln!(out, "astra_worker_http_requests_total{{{labels}}} {n}");
+            let _ = writeln!(secs, "astra_worker_http_request_seconds_sum{{{labels}}} {:.6}", took.as_secs_f64());
+        }
+        out + &secs
+    }
+}

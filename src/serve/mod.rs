@@ -1,0 +1,78 @@
+//! `astra-worker serve`: the HTTP half, on axum. Astra's webhooks in (`/webhooks/astra`, signed, into the
+//! inbox, processed in the background), and the fintech's backend served in any language: the guard, holds,
+//! access tokens, the authorization-code exchange and grant import under `/v1` (a bearer API key), with
+//! `/healthz`, `/readyz`, `/metrics` and `/openapi.json`. Every route is registered from one table
+//! ([`routes::ROUTES`]) that also writes the OpenAPI document, so the two cannot drift.
+
+mod api;
+mod http;
+mod openapi;
+mod routes;
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use secrecy::SecretString;
+use tokio::sync::Notify;
+use tracing::{info, warn};
+
+pub use http::RouteMetrics;
+
+use crate::{app::Worker, inbox, secrets};
+
+/// What every request handler shares.
+#[derive(Clone)]
+pub(crate) struct AppState {
+    pub(crate) worker: Arc<Worker>,
+    pub(crate) api_key: Arc<SecretString>,
+    pub(crate) metrics: Arc<RouteMetrics>,
+    /// Wakes the inbox processor when a webhook was accepted here.
+    pub(crate) wake: Arc<Notify>,
+}
+
+/// How often the inbox is looked at without a wake-up (retries, webhooks another process accepted).
+const INBOX_EVERY: Duration = Duration::from_secs(1);
+
+/// Serves on `listen` until the worker's shutdown is triggered; then stops accepting, lets in-flight requests
+/// and the inbox pass finish within `runner.grace_period`, and returns.
+pub async fn serve(worker: Arc<Worker>, listen: SocketAddr) -> anyhow::Result<()> {
+    let api_key = secrets::require("ASTRA_WORKER_API_KEY")?;
+    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listening on {listen}"))?;
+    serve_on(worker, listener, api_key).await
+}
+
+/// [`serve`] on a listener already bound, with the API key given (tests bind port 0 and read the address).
+pub async fn serve_on(
+    worker: Arc<Worker>,
+    listener: tokio::net::TcpListener,
+    api_key: SecretString,
+) -> anyhow::Result<()> {
+    // The Astra client, keyring and webhook secret are needed for every route but the probes: refuse to
+    // start without them (configuration, 78) rather than fail each request.
+    worker.checked_services().await?;
+    let state = AppState {
+        worker: worker.clone(),
+        api_key: Arc::new(api_key),
+        metrics: Arc::new(RouteMetrics::default()),
+        wake: Arc::new(Notify::new()),
+    };
+    let inbox = tokio::spawn(inbox::process::run(worker.clone(), state.wake.clone(), INBOX_EVERY));
+    let addr = listener.local_addr()?;
+    info!(listen = %addr, "serving");
+    let app = routes::router(state);
+    let stop = worker.clone();
+    let server = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(async move { stop.shutdown.triggered().await });
+    let grace = worker.settings.runner.grace_period;
+    tokio::select! {
+        r = server => r.context("serving HTTP")?,
+        _ = async { worker.shutdown.triggered().await; tokio::time::sleep(grace).await } => {
+            warn!(grace_secs = grace.as_secs(), "requests still in flight after the grace period; stopping anyway");
+        }
+    }
+    if tokio::time::timeout(grace, inbox).await.is_err() {
+        warn!("the webhook inbox pass did not finish within the grace period; its webhooks are taken again later");
+    }
+    info!("stopped serving");
+    Ok(())
+}

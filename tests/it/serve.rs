@@ -1,0 +1,354 @@
+//! `astra-worker serve`, in process on a loopback port against the sandbox, on both stores: every route of
+//! `/openapi.json` is served and every `/v1` route refuses a missing or wrong key; webhook signatures (good,
+//! bad, missing, Python's separators, too large); a webhook ten times and out of order has one effect; a
+//! `transfer_created` over the day's headroom makes the HTTP guard deny within seconds; `user_updated` to
+//! suspended makes the guard say so and no prompt is ever sent; two services on one store process each webhook
+//! once; the code exchange over HTTP; requests in flight at shutdown finish.
+
+use std::{sync::Arc, time::Duration};
+
+use astra_worker::{
+    app::Worker,
+    astra::{TransferStatus, UserStatus},
+    inbox::signature,
+    reconcile::registry::{self, DestinationKind, DestinationLine, ImportLine},
+    sandbox::{Faults, SandboxSettings},
+};
+use chrono::{TimeDelta, Utc};
+use secrecy::SecretString;
+use serde_json::{Value, json};
+
+use crate::{
+    astra::add_transfer,
+    both_backends,
+    helpers::{Backend, TestApp},
+    with_pool,
+};
+
+const KEY: &str = "test-api-key-0123456789";
+
+/// A running service: its base URL, its worker, and the task serving.
+struct Service {
+    base: String,
+    worker: Arc<Worker>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+async fn start(rig: &TestApp) -> Service {
+    let worker = Arc::new(rig.worker(None).await);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let w = worker.clone();
+    let task = tokio::spawn(astra_worker::serve::serve_on(w, listener, SecretString::from(KEY.to_string())));
+    Service { base, worker, task }
+}
+
+fn http() -> reqwest::Client {
+    reqwest::Client::new()
+}
+
+fn secret() -> SecretString {
+    SecretString::from(SandboxSettings::default().client_secret)
+}
+
+/// POSTs a webhook signed as Astra signs it.
+async fn send_webhook(base: &str, body: &str) -> reqwest::Response {
+    http()
+        .post(format!("{base}/webhooks/astra"))
+        .header("Astra-Verification", signature::sign(&secret(), body.as_bytes()))
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap()
+}
+
+fn webhook(kind: &str, id: &str, user: &str, resource: &str) -> String {
+    json!({"webhook_type": kind, "webhook_id": id, "user_id": user, "resource_id": resource}).to_string()
+}
+
+async fn guard(base: &str, body: Value) -> Value {
+    let r = http().post(format!("{base}/v1/guard")).bearer_auth(KEY).json(&body).send().await.unwrap();
+    assert_eq!(r.status(), 200, "the guard answers 200 for allowed and denied alike");
+    r.json().await.unwrap()
+}
+
+/// Waits (bounded) until `f` holds; the inbox is processed in the background.
+async fn eventually<F: AsyncFnMut() -> bool>(what: &str, mut f: F) {
+    let give_up = tokio::time::Instant::now() + Duration::from_secs(15);
+    while !f().await {
+        assert!(tokio::time::Instant::now() < give_up, "never happened within 15 s: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn count(w: &Worker, sql: &'static str) -> i64 {
+    with_pool!(&w.store, |p| sqlx::query_scalar::<_, i64>(sql).fetch_one(p).await.unwrap())
+}
+
+async fn register(w: &Worker, dest: &str, user: &str, limit: i64) {
+    let line = ImportLine::Destination(DestinationLine {
+        destination_id: dest.into(),
+        user_id: user.into(),
+        kind: DestinationKind::Account,
+        bank_time_zone: "America/New_York".into(),
+        daily_limit_cents: limit,
+        frozen: None,
+        push_enabled: None,
+        pull_enabled: None,
+    });
+    registry::import(&w.store, &line, Utc::now()).await.unwrap();
+}
+
+async fn every_documented_route_is_served_and_every_v1_route_needs_the_key(b: Backend) {
+    let rig = TestApp::new(b, SandboxSettings::default(), |_| {}).await;
+    let svc = start(&rig).await;
+    let doc: Value = http().get(format!("{}/openapi.json", svc.base)).send().await.unwrap().json().await.unwrap();
+    assert_eq!(doc["openapi"], "3.1.0");
+    let paths = doc["paths"].as_object().unwrap();
+    assert!(paths.len() >= 10, "{doc}");
+    let mut v1 = 0;
+    for (path, ops) in paths {
+        let url = format!("{}{}", svc.base, path.replace("{key}", "k1").replace("{user_id}", "u1"));
+        for (method, op) in ops.as_object().unwrap() {
+            let m = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+            let bare = http().request(m.clone(), &url).send().await.unwrap();
+            assert_ne!(bare.status(), 404, "{method} {path} is documented but not served");
+            assert!(bare.headers().contains_key("x-request-id"), "{method} {path} answers with a request id");
+            let authed = op.get("security").is_some();
+            assert_eq!(authed, path.starts_with("/v1/"), "{method} {path}: /v1 and only /v1 needs the key");
+            if authed {
+                v1 += 1;
+                assert_eq!(bare.status(), 401, "{method} {path} without a key");
+                let wrong = http().request(m, &url).bearer_auth("wrong-key-0123456789000").send().await.unwrap();
+                assert_eq!(wrong.status(), 401, "{method} {path} with a wrong key");
+            }
+        }
+    }
+    assert_eq!(v1, 6);
+    for probe in ["/healthz", "/readyz", "/metrics"] {
+        assert_eq!(http().get(format!("{}{probe}", svc.base)).send().await.unwrap().status(), 200, "{probe}");
+    }
+    let metrics = http().get(format!("{}/metrics", svc.base)).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("astra_worker_webhook_inbox_depth 0"), "{metrics}");
+    assert!(metrics.contains("astra_worker_http_requests_total{method=\"GET\",route=\"/healthz\",status=\"200\"}"));
+    let bad = http().post(format!("{}/v1/guard", svc.base)).bearer_auth(KEY).body(r#"{"user_id": 5}"#).send().await;
+    let bad = bad.unwrap();
+    assert_eq!(bad.status(), 400);
+    assert!(bad.text().await.unwrap().contains("user_id"), "a malformed body names the field");
+    svc.worker.shutdown.trigger("test");
+    svc.task.await.unwrap().unwrap();
+}
+both_backends!(
+    every_documented_route_is_served_and_every_v1_route_needs_the_key,
+    super::every_documented_route_is_served_and_every_v1_route_needs_the_key
+);
+
+async fn webhook_signatures_are_checked_before_anything_is_stored(b: Backend) {
+    let rig = TestApp::new(b, SandboxSettings::default(), |_| {}).await;
+    let svc = start(&rig).await;
+    let body = webhook("card_updated", "w-sig", "u-none", "card-none");
+    let url = format!("{}/webhooks/astra", svc.base);
+    let bad = http().post(&url).header("Astra-Verification", "AAAA").body(body.clone()).send().await.unwrap();
+    assert_eq!(bad.status(), 401);
+    let missing = http().post(&url).body(body.clone()).send().await.unwrap();
+    assert_eq!(missing.status(), 401);
+    let other = signature::sign(&SecretString::from("not-the-secret".to_string()), body.as_bytes());
+    let wrong = http().post(&url).header("Astra-Verification", other).body(body.clone()).send().await.unwrap();
+    assert_eq!(wrong.status(), 401);
+    assert_eq!(count(&svc.worker, "SELECT COUNT(*) FROM webhook_inbox").await, 0, "nothing stored");
+    // Signed over Python's `json.dumps` of the body (", " and ": "), sent compact.
+    let python = signature::python_dumps(body.as_bytes()).unwrap();
+    assert!(python.contains("\", \""));
+    let ok = http()
+        .post(&url)
+        .header("Astra-Verification", signature::sign(&secret(), python.as_bytes()))
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    assert_eq!(send_webhook(&svc.base, &body).await.status(), 200);
+    let big = format!("{{\"webhook_type\":\"x\",\"webhook_id\":\"big\",\"pad\":\"{}\"}}", "a".repeat(2 << 20));
+    let refused = http()
+        .post(&url)
+        .header("Astra-Verification", signature::sign(&secret(), big.as_bytes()))
+        .body(big)
+        .send()
+        .await;
+    // 413, or the connection closed by the service while the body was still being sent.
+    assert!(refused.as_ref().is_err() || refused.as_ref().is_ok_and(|r| r.status() == 413), "{refused:?}");
+    assert_eq!(count(&svc.worker, "SELECT COUNT(*) FROM webhook_inbox").await, 1);
+    assert_eq!(count(&svc.worker, "SELECT CAST(MAX(deliveries) AS BIGINT) FROM webhook_inbox").await, 2);
+    svc.worker.shutdown.trigger("test");
+    svc.task.await.unwrap().unwrap();
+}
+both_backends!(
+    webhook_signatures_are_checked_before_anything_is_stored,
+    super::webhook_signatures_are_checked_before_anything_is_stored
+);
+
+async fn transfer_webhooks_move_the_guard_within_seconds_once_however_often_they_come(b: Backend) {
+    let rig = TestApp::new(b, SandboxSettings::default(), |_| {}).await;
+    let svc = start(&rig).await;
+    let u = rig.seed(&svc.worker.store, 1, |_| TimeDelta::days(1)).await.remove(0);
+    register(&svc.worker, "dst", &u, 250_000).await;
+    let ask = json!({"user_id": u, "amount_cents": 100_000, "destination_id": "dst"});
+    assert_eq!(guard(&svc.base, ask.clone()).await["allowed"], true);
+
+    // Astra shows a $2,000 transfer; its webhooks arrive ten times, `transfer_updated` before `transfer_created`.
+    add_transfer(&mut rig.sandbox.state(), "t-1", &u, 200_000, Utc::now(), TransferStatus::Processed, None);
+    for i in 0..10 {
+        let (kind, id) = if i % 2 == 0 { ("transfer_updated", "w-upd") } else { ("transfer_created", "w-new") };
+        assert_eq!(send_webhook(&svc.base, &webhook(kind, id, &u, "t-1")).await.status(), 200);
+    }
+    eventually("the guard denies once the transfer is counted", async || {
+        guard(&svc.base, ask.clone()).await["reason"] == "daily_limit"
+    })
+    .await;
+    let a = guard(&svc.base, ask.clone()).await;
+    assert_eq!(a["day_total_cents"], 200_000, "counted once: {a}");
+    eventually("both webhooks processed", async || {
+        count(&svc.worker, "SELECT COUNT(*) FROM webhook_inbox WHERE processed_at IS NOT NULL").await == 2
+    })
+    .await;
+    let reads = rig.sandbox.state().calls.iter().filter(|c| c.path == "/v1/transfers/t-1").count();
+    assert_eq!(reads, 2, "one read per webhook_id, not per delivery");
+    assert_eq!(count(&svc.worker, "SELECT CAST(SUM(deliveries) AS BIGINT) FROM webhook_inbox").await, 10);
+    svc.worker.shutdown.trigger("test");
+    svc.task.await.unwrap().unwrap();
+}
+both_backends!(
+    transfer_webhooks_move_the_guard_within_seconds_once_however_often_they_come,
+    super::transfer_webhooks_move_the_guard_within_seconds_once_however_often_they_come
+);
+
+async fn a_user_suspended_by_webhook_is_denied_and_never_prompted(b: Backend) {
+    let rig = TestApp::new(b, SandboxSettings::default(), |_| {}).await;
+    let svc = start(&rig).await;
+    let u = rig.seed(&svc.worker.store, 1, |_| TimeDelta::days(1)).await.remove(0);
+    register(&svc.worker, "dst", &u, 250_000).await;
+    rig.sandbox.state().set_user_status(&u, UserStatus::Suspended);
+    assert_eq!(send_webhook(&svc.base, &webhook("user_updated", "w-u", &u, &u)).await.status(), 200);
+    let ask = json!({"user_id": u, "amount_cents": 100, "destination_id": "dst"});
+    eventually("the guard says user_suspended", async || {
+        guard(&svc.base, ask.clone()).await["reason"] == "user_suspended"
+    })
+    .await;
+    // The grant then dies: still no prompt, only the one follow-up.
+    rig.sandbox.state().revoke_grant(&u);
+    let svc_tokens = svc.worker.services().unwrap();
+    let now = Utc::now();
+    assert!(
+        astra_worker::tokens::store::try_lease(&svc.worker.store, &u, "t", now + TimeDelta::minutes(1), now)
+            .await
+            .unwrap()
+    );
+    astra_worker::tokens::refresh_leased(&svc.worker.store, &svc_tokens.tokens, Default::default(), &u, "t")
+        .await
+        .unwrap();
+    assert_eq!(count(&svc.worker, "SELECT COUNT(*) FROM outbox WHERE kind = 'reauthorization_prompt'").await, 0);
+    assert_eq!(count(&svc.worker, "SELECT COUNT(*) FROM outbox WHERE kind = 'user_suspended'").await, 1);
+    svc.worker.shutdown.trigger("test");
+    svc.task.await.unwrap().unwrap();
+}
+both_backends!(
+    a_user_suspended_by_webhook_is_denied_and_never_prompted,
+    super::a_user_suspended_by_webhook_is_denied_and_never_prompted
+);
+
+async fn two_services_on_one_store_process_each_webhook_once(b: Backend) {
+    let rig = TestApp::new(b, SandboxSettings::default(), |_| {}).await;
+    rig.sandbox.set_faults(Faults { latency_ms: 30, ..Default::default() });
+    let (one, two) = (start(&rig).await, start(&rig).await);
+    let users = rig.seed(&one.worker.store, 5, |_| TimeDelta::days(1)).await;
+    for (i, u) in users.iter().enumerate() {
+        register(&one.worker, &format!("dst-{i}"), u, 250_000).await;
+    }
+    let mut expected = 0;
+    for n in 0..40 {
+        let u = &users[n % users.len()];
+        let t = format!("t-{n}");
+        add_transfer(&mut rig.sandbox.state(), &t, u, 1_000, Utc::now(), TransferStatus::Processed, None);
+        let body = webhook("transfer_created", &format!("w-{n}"), u, &t);
+        // Each webhook to both services, as a retrying Astra behind a load balancer would.
+        assert_eq!(send_webhook(&one.base, &body).await.status(), 200);
+        assert_eq!(send_webhook(&two.base, &body).await.status(), 200);
+        expected += 1;
+    }
+    eventually("every webhook processed", async || {
+        count(&one.worker, "SELECT COUNT(*) FROM webhook_inbox WHERE processed_at IS NOT NULL").await == expected
+    })
+    .await;
+    let reads = rig.sandbox.state().calls.iter().filter(|c| c.path.starts_with("/v1/transfers/t-")).count();
+    assert_eq!(reads as i64, expected, "each webhook was processed by one service, once");
+    assert_eq!(count(&one.worker, "SELECT COUNT(*) FROM transfer").await, expected);
+    for s in [one, two] {
+        s.worker.shutdown.trigger("test");
+        s.task.await.unwrap().unwrap();
+    }
+}
+both_backends!(
+    two_services_on_one_store_process_each_webhook_once,
+    super::two_services_on_one_store_process_each_webhook_once
+);
+
+async fn the_code_exchange_and_tokens_over_http(b: Backend) {
+    let rig = TestApp::new(b, SandboxSettings::default(), |_| {}).await;
+    let svc = start(&rig).await;
+    let u = rig.seed(&svc.worker.store, 1, |_| TimeDelta::days(1)).await.remove(0);
+    let code = rig.sandbox.state().mint_code(&u).unwrap();
+    let url = format!("{}/v1/grants/exchange", svc.base);
+    let ok = http().post(&url).bearer_auth(KEY).json(&json!({"user_id": u, "code": code})).send().await.unwrap();
+    assert_eq!(ok.status(), 200);
+    let body: Value = ok.json().await.unwrap();
+    assert_eq!(body["grant"], "replaced");
+    assert!(!body.to_string().contains(&code), "no secret is echoed");
+    let again = http().post(&url).bearer_auth(KEY).json(&json!({"user_id": u, "code": code})).send().await.unwrap();
+    assert_eq!(again.status(), 400, "a code works once");
+    let unknown = http().post(&url).bearer_auth(KEY).json(&json!({"user_id": u, "code": "code_nope"})).send().await;
+    assert_eq!(unknown.unwrap().status(), 400);
+    let t: Value = http()
+        .get(format!("{}/v1/users/{u}/access-token", svc.base))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(t["access_token"], rig.sandbox.state().grant_info(&u).unwrap().access_token);
+    assert!(t["expires_at"].is_string());
+    let none = http().get(format!("{}/v1/users/nobody/access-token", svc.base)).bearer_auth(KEY).send().await;
+    assert_eq!(none.unwrap().status(), 404);
+    svc.worker.shutdown.trigger("test");
+    svc.task.await.unwrap().unwrap();
+}
+both_backends!(the_code_exchange_and_tokens_over_http, super::the_code_exchange_and_tokens_over_http);
+
+async fn requests_in_flight_at_shutdown_finish(b: Backend) {
+    let rig = TestApp::new(b, SandboxSettings::default(), |s| s.astra.request_timeout = Duration::from_secs(5)).await;
+    let svc = start(&rig).await;
+    // The stored access token is about to expire: the request refreshes it against an Astra answering in 1 s.
+    let u = rig.seed(&svc.worker.store, 1, |_| TimeDelta::days(1)).await.remove(0);
+    with_pool!(&svc.worker.store, |p| sqlx::query("UPDATE grant_token SET access_expires_at = $1")
+        .bind(Utc::now())
+        .execute(p)
+        .await
+        .map(|_| ())
+        .unwrap());
+    rig.sandbox.set_faults(Faults { latency_ms: 1_000, ..Default::default() });
+    let url = format!("{}/v1/users/{u}/access-token", svc.base);
+    let request = tokio::spawn(async move { http().get(url).bearer_auth(KEY).send().await });
+    // In flight: its refresh intent is written, Astra has not answered.
+    eventually("the refresh is in flight", async || {
+        count(&svc.worker, "SELECT COUNT(*) FROM refresh_intent WHERE closed_at IS NULL").await == 1
+    })
+    .await;
+    svc.worker.shutdown.trigger("SIGTERM");
+    let answer = request.await.unwrap().unwrap();
+    assert_eq!(answer.status(), 200, "the request in flight finished");
+    svc.task.await.unwrap().unwrap();
+    assert!(http().get(format!("{}/healthz", svc.base)).send().await.is_err(), "no longer accepting");
+}
+both_backends!(requests_in_flight_at_shutdown_finish, super::requests_in_flight_at_shutdown_finish);
