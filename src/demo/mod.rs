@@ -4,6 +4,7 @@
 
 mod report;
 mod seed;
+mod service;
 
 use std::{
     path::{Path, PathBuf},
@@ -155,9 +156,9 @@ pub(crate) async fn run(settings: Settings, opts: &DemoOptions) -> anyhow::Resul
     let deliverer = Deliverer::new(&settings.outbox, reqwest::Url::parse(&hook.url)?, hook_key)?;
 
     let seeded = seed::users(&sandbox, &store, &keyring, opts.users).await?;
-    let worker = Worker::with_services(settings, store, |s, limiter, store| {
+    let worker = std::sync::Arc::new(Worker::with_services(settings, store, |s, limiter, store| {
         Services::new(s, credentials, keyring, Some(deliverer), limiter, store)
-    })?;
+    })?);
 
     let mut out = String::new();
     let w = |out: &mut String, line: String| {
@@ -223,6 +224,10 @@ pub(crate) async fn run(settings: Settings, opts: &DemoOptions) -> anyhow::Resul
     }
     w(&mut out, String::new());
     for line in same_day(&worker, &sandbox).await? {
+        w(&mut out, line);
+    }
+    w(&mut out, String::new());
+    for line in service::service(&worker, &sandbox).await? {
         w(&mut out, line);
     }
 
