@@ -71,6 +71,9 @@ pub struct Worker {
     /// `host:pid:random`: this worker among the processes sharing Astra's request budget.
     pub instance: String,
     services: OnceLock<Arc<Services>>,
+    /// Set once a background deliverer runs in this process (the daemon, the service): job runs then leave the
+    /// outbox to it.
+    pub outbox_in_background: std::sync::atomic::AtomicBool,
 }
 
 impl Worker {
@@ -85,6 +88,7 @@ impl Worker {
             limiter: Arc::new(limiter),
             shutdown: Shutdown::new(),
             services: OnceLock::new(),
+            outbox_in_background: std::sync::atomic::AtomicBool::new(false),
         }
     }
 

@@ -22,8 +22,11 @@ use crate::{
     tokens::{self, NoToken},
 };
 
-/// How long a processor holds a claimed webhook: one resource read with its retries and a refresh.
-const CLAIM_FOR: TimeDelta = TimeDelta::minutes(3);
+/// How long a processor holds a claimed batch: its reads run at once, each a resource read with its retries
+/// and at most one refresh, all well inside this.
+const CLAIM_FOR: TimeDelta = TimeDelta::minutes(5);
+/// Webhooks claimed at once.
+const BATCH: i64 = 8;
 /// After this many attempts a webhook is recorded `failed` (Astra itself retries for about 5 hours, and the
 /// polling jobs read the same resources).
 const MAX_ATTEMPTS: i32 = 12;
@@ -60,51 +63,65 @@ pub async fn process_due(worker: &Worker, owner: &str) -> anyhow::Result<Pass> {
             return Ok(pass);
         }
         let now = Utc::now();
-        let batch = store::claim_due(&worker.store, owner, now, now + CLAIM_FOR, 32).await?;
+        let batch = store::claim_due(&worker.store, owner, now, now + CLAIM_FOR, BATCH).await?;
         if batch.is_empty() {
             return Ok(pass);
         }
         let results = futures::future::join_all(batch.iter().map(|w| one(worker, &svc, w))).await;
+        // Every outcome is recorded, whatever its siblings met; an error that must stop the pass is returned after.
+        let mut stop = None;
         for (w, done) in batch.iter().zip(results) {
-            let now = Utc::now();
-            let db = &worker.store;
-            let kept = match done {
-                Ok(Done::Processed) => {
-                    pass.processed += 1;
-                    store::finish(db, &w.webhook_id, owner, "processed", None, now).await?
-                }
-                Ok(Done::Ignored(why)) => {
-                    pass.ignored += 1;
-                    store::finish(db, &w.webhook_id, owner, "ignored", Some(&why), now).await?
-                }
-                Ok(Done::Failed(why)) => {
-                    pass.failed += 1;
-                    warn!(webhook_id = %w.webhook_id, error = %why, "webhook processing failed for good");
-                    store::finish(db, &w.webhook_id, owner, "failed", Some(&why), now).await?
-                }
-                Ok(Done::Retry(why)) if w.attempts >= MAX_ATTEMPTS => {
-                    pass.failed += 1;
-                    warn!(webhook_id = %w.webhook_id, error = %why, "webhook processing gave up after its retries");
-                    store::finish(db, &w.webhook_id, owner, "failed", Some(&why), now).await?
-                }
-                Ok(Done::Retry(why)) => {
-                    pass.retried += 1;
-                    let next = now + backoff(w.attempts);
-                    warn!(webhook_id = %w.webhook_id, error = %why, retry_at = %next, "webhook processing will be retried");
-                    store::reschedule(db, &w.webhook_id, owner, next, &why).await?
-                }
-                Err(e) if classify(&e) == Status::Config => return Err(e),
+            let done = match done {
+                Ok(d) => d,
                 Err(e) => {
-                    pass.retried += 1;
                     let why = format!("{e:#}");
-                    store::reschedule(db, &w.webhook_id, owner, now + backoff(w.attempts), &why).await?
+                    if classify(&e) == Status::Config {
+                        stop.get_or_insert(e);
+                    }
+                    Done::Retry(why)
                 }
             };
-            if !kept {
-                warn!(webhook_id = %w.webhook_id, "the webhook's claim was taken over; its outcome is the other processor's");
-            }
+            record(&worker.store, owner, w, done, &mut pass).await?;
+        }
+        if let Some(e) = stop {
+            return Err(e);
         }
     }
+}
+
+/// Records one webhook's outcome under `owner`'s claim.
+async fn record(db: &crate::store::Store, owner: &str, w: &Claimed, done: Done, pass: &mut Pass) -> anyhow::Result<()> {
+    let now = Utc::now();
+    let kept = match done {
+        Done::Processed => {
+            pass.processed += 1;
+            store::finish(db, &w.webhook_id, owner, "processed", None, now).await?
+        }
+        Done::Ignored(why) => {
+            pass.ignored += 1;
+            store::finish(db, &w.webhook_id, owner, "ignored", Some(&why), now).await?
+        }
+        Done::Failed(why) => {
+            pass.failed += 1;
+            warn!(webhook_id = %w.webhook_id, error = %why, "webhook processing failed for good");
+            store::finish(db, &w.webhook_id, owner, "failed", Some(&why), now).await?
+        }
+        Done::Retry(why) if w.attempts >= MAX_ATTEMPTS => {
+            pass.failed += 1;
+            warn!(webhook_id = %w.webhook_id, error = %why, "webhook processing gave up after its retries");
+            store::finish(db, &w.webhook_id, owner, "failed", Some(&why), now).await?
+        }
+        Done::Retry(why) => {
+            pass.retried += 1;
+            let next = now + backoff(w.attempts);
+            warn!(webhook_id = %w.webhook_id, error = %why, retry_at = %next, "webhook processing will be retried");
+            store::reschedule(db, &w.webhook_id, owner, next, &why).await?
+        }
+    };
+    if !kept {
+        warn!(webhook_id = %w.webhook_id, "the webhook's claim was taken over; its outcome is the other processor's");
+    }
+    Ok(())
 }
 
 /// Processes due webhooks until shutdown: at once when `wake` is notified (a webhook was accepted here), and
@@ -203,6 +220,12 @@ async fn one(worker: &Worker, svc: &Services, w: &Claimed) -> anyhow::Result<Don
     };
     Ok(match read {
         Ok(()) => Done::Processed,
+        // Astra's reads may lag its webhook: a resource just created and not found yet is tried again.
+        Err(Done::Ignored(why))
+            if w.webhook_type.ends_with("_created") && why.starts_with("not found") && w.attempts < 4 =>
+        {
+            Done::Retry(why)
+        }
         Err(d) => d,
     })
 }

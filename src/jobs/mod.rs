@@ -15,6 +15,7 @@ mod transfers;
 pub(crate) use context::{ItemOutcome, RunContext};
 
 use crate::{
+    app::Worker,
     config::{JobName, JobParams},
     outbox,
 };
@@ -39,11 +40,41 @@ pub(crate) async fn execute(ctx: &RunContext<'_>) -> anyhow::Result<()> {
         JobParams::TransferSync(p) => transfer_sync::run(ctx, p).await?,
         JobParams::ReprocessingCheck(p) => reprocessing_check::run(ctx, p).await?,
     }
-    if !ctx.dry_run {
+    if !ctx.dry_run && !ctx.worker.outbox_in_background.load(std::sync::atomic::Ordering::Relaxed) {
         let svc = ctx.worker.services()?;
-        let d = outbox::deliver_if_configured(svc.deliverer.as_ref(), &ctx.worker.store).await?;
+        let d =
+            outbox::deliver_if_configured(svc.deliverer.as_ref(), &ctx.worker.store, outbox::Bound::ForARun).await?;
         ctx.tally("outbox_delivered", d.delivered as i64);
         ctx.tally("outbox_failed", d.failed as i64);
+        ctx.tally("outbox_left", i64::from(d.left));
     }
     Ok(())
+}
+
+/// How often the background deliverer looks at the outbox.
+const OUTBOX_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Delivers the outbox in the background until shutdown (the daemon and the service: job runs then deliver
+/// nothing themselves, so a dead endpoint slows no run). At most one per process.
+pub(crate) async fn deliver_outbox_in_background(worker: std::sync::Arc<Worker>) {
+    if worker.outbox_in_background.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        return;
+    }
+    loop {
+        match worker.services() {
+            Ok(svc) => {
+                if let Err(e) =
+                    outbox::deliver_if_configured(svc.deliverer.as_ref(), &worker.store, outbox::Bound::Everything)
+                        .await
+                {
+                    tracing::warn!(error = %format!("{e:#}"), "outbox delivery pass failed; will retry");
+                }
+            }
+            Err(e) => tracing::warn!(error = %format!("{e:#}"), "no outbox deliverer"),
+        }
+        tokio::select! {
+            _ = worker.shutdown.triggered() => return,
+            _ = tokio::time::sleep(OUTBOX_EVERY) => {}
+        }
+    }
 }

@@ -1,4 +1,5 @@
-//! Delivery of the outbox to the fintech's endpoint: signed POSTs, a claim per batch, backoff on failure.
+//! Delivery of the outbox to the fintech's endpoint: signed POSTs, a claim per message held for its whole POST
+//! and fencing its completion, backoff on failure, and a bound on what one job run spends on it.
 
 use chrono::{DateTime, TimeDelta, Utc};
 use hmac::{Hmac, KeyInit, Mac};
@@ -14,6 +15,7 @@ pub struct Deliverer {
     http: reqwest::Client,
     endpoint: reqwest::Url,
     key: SecretString,
+    timeout: std::time::Duration,
 }
 
 impl std::fmt::Debug for Deliverer {
@@ -27,6 +29,26 @@ impl std::fmt::Debug for Deliverer {
 pub struct Delivered {
     pub delivered: u64,
     pub failed: u64,
+    /// The pass stopped with messages still due (bounded for a job run).
+    pub left: bool,
+}
+
+/// How much one pass may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bound {
+    /// Everything due (the background deliverer of the daemon and the service; tests).
+    Everything,
+    /// What a job run may spend on it: stop when the endpoint is unreachable, and after `MAX_PER_RUN`.
+    ForARun,
+}
+
+/// The most messages one job run delivers (the next run, or the background deliverer, does the rest).
+pub const MAX_PER_RUN: u64 = 200;
+
+/// A delivery that did not succeed; `unreachable`: the endpoint did not answer at all.
+struct PostError {
+    detail: String,
+    unreachable: bool,
 }
 
 /// The signature header's value for `body` at time `t`.
@@ -50,35 +72,53 @@ impl Deliverer {
             .timeout(settings.request_timeout)
             .user_agent(concat!("astra-worker/", env!("CARGO_PKG_VERSION")))
             .build()?;
-        Ok(Deliverer { http, endpoint, key })
+        Ok(Deliverer { http, endpoint, key, timeout: settings.request_timeout })
     }
 
-    /// Delivers every message that is due, a batch at a time; failures are rescheduled, never lost.
+    /// Delivers every message due at `now`; failures are rescheduled, never lost.
     pub async fn deliver_due(&self, store: &Store, now: DateTime<Utc>) -> anyhow::Result<Delivered> {
+        self.deliver(store, now, Bound::Everything).await
+    }
+
+    /// Delivers what is due at `now`, one message at a time, each under a claim of its own that outlasts its
+    /// POST and fences its completion (a deliverer whose claim was taken over records nothing). With
+    /// [`Bound::ForARun`], a pass stops at the first delivery that could not reach the endpoint (it is down:
+    /// the rest would wait on it too) and after `MAX_PER_RUN` messages; the rest is left for later.
+    pub async fn deliver(&self, store: &Store, now: DateTime<Utc>, bound: Bound) -> anyhow::Result<Delivered> {
+        let owner = uuid::Uuid::new_v4().to_string();
+        let claim_for = TimeDelta::from_std(self.timeout).unwrap_or(TimeDelta::MAX) + TimeDelta::seconds(30);
         let mut report = Delivered::default();
         loop {
-            let batch = store::claim_due(store, now, now + TimeDelta::seconds(60), 50).await?;
-            if batch.is_empty() {
+            if bound == Bound::ForARun && report.delivered + report.failed >= MAX_PER_RUN {
+                report.left = true;
                 return Ok(report);
             }
-            for m in batch {
-                match self.post(&m.idempotency_key, &m.payload).await {
-                    Ok(()) => {
-                        store::mark_delivered(store, &m.id, Utc::now()).await?;
-                        report.delivered += 1;
-                    }
-                    Err(e) => {
-                        let next = now + backoff(m.attempts);
-                        warn!(key = %m.idempotency_key, attempt = m.attempts + 1, error = %e, retry_at = %next, "outbox delivery failed; will retry");
-                        store::reschedule(store, &m.id, next, &e).await?;
-                        report.failed += 1;
-                    }
+            let until = now.max(Utc::now()) + claim_for;
+            let Some(m) = store::claim_one(store, &owner, now, until).await? else { return Ok(report) };
+            let kept = match self.post(&m.idempotency_key, &m.payload).await {
+                Ok(()) => {
+                    report.delivered += 1;
+                    store::mark_delivered(store, &m.id, &owner, Utc::now()).await?
                 }
+                Err(e) => {
+                    let next = now.max(Utc::now()) + backoff(m.attempts);
+                    warn!(key = %m.idempotency_key, attempt = m.attempts + 1, error = %e.detail, retry_at = %next, "outbox delivery failed; will retry");
+                    report.failed += 1;
+                    let kept = store::reschedule(store, &m.id, &owner, next, &e.detail).await?;
+                    if bound == Bound::ForARun && e.unreachable {
+                        report.left = true;
+                        return Ok(report);
+                    }
+                    kept
+                }
+            };
+            if !kept {
+                warn!(key = %m.idempotency_key, "the message's delivery claim was taken over; its outcome is the other deliverer's");
             }
         }
     }
 
-    async fn post(&self, key: &str, body: &str) -> Result<(), String> {
+    async fn post(&self, key: &str, body: &str) -> Result<(), PostError> {
         let t = Utc::now().timestamp();
         let resp = self
             .http
@@ -89,15 +129,26 @@ impl Deliverer {
             .body(body.to_string())
             .send()
             .await
-            .map_err(|e| if e.is_timeout() { "timed out".to_string() } else { "connection failed".to_string() })?;
-        if resp.status().is_success() { Ok(()) } else { Err(format!("HTTP {}", resp.status().as_u16())) }
+            .map_err(|e| PostError {
+                detail: if e.is_timeout() { "timed out".to_string() } else { "connection failed".to_string() },
+                unreachable: true,
+            })?;
+        if resp.status().is_success() {
+            Ok(())
+        } else {
+            Err(PostError { detail: format!("HTTP {}", resp.status().as_u16()), unreachable: false })
+        }
     }
 }
 
-/// Delivers due messages if an endpoint is configured; logs what happened.
-pub async fn deliver_if_configured(deliverer: Option<&Deliverer>, store: &Store) -> anyhow::Result<Delivered> {
+/// Delivers due messages, within `bound`, if an endpoint is configured; logs what happened.
+pub async fn deliver_if_configured(
+    deliverer: Option<&Deliverer>,
+    store: &Store,
+    bound: Bound,
+) -> anyhow::Result<Delivered> {
     let Some(d) = deliverer else { return Ok(Delivered::default()) };
-    let r = d.deliver_due(store, Utc::now()).await?;
+    let r = d.deliver(store, Utc::now(), bound).await?;
     if r.delivered + r.failed > 0 {
         info!(delivered = r.delivered, failed = r.failed, "outbox delivery");
     }

@@ -11,7 +11,7 @@ pub mod store;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
-pub use deliver::{Delivered, Deliverer, deliver_if_configured, sign};
+pub use deliver::{Bound, Delivered, Deliverer, MAX_PER_RUN, deliver_if_configured, sign};
 pub(crate) use store::outbox_insert;
 
 /// A message to put in the outbox.

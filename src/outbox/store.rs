@@ -1,5 +1,5 @@
-//! SQL of the `outbox` table: messages written in the same transaction as the fact they announce, claimed
-//! for delivery, marked delivered or rescheduled.
+//! SQL of the `outbox` table: messages written in the same transaction as the fact they announce, claimed one
+//! at a time for the whole of its delivery, marked delivered or rescheduled only under that claim.
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -41,48 +41,60 @@ pub struct Claimed {
     pub attempts: i32,
 }
 
-/// Claims up to `limit` messages due for delivery, for `hold` (several deliverers never send one twice).
-pub async fn claim_due(
+/// Claims the oldest message due for delivery at `now` for `owner` until `until` (several deliverers never send
+/// one at once: a claim lasts longer than one POST can take).
+pub async fn claim_one(
     store: &Store,
+    owner: &str,
     now: DateTime<Utc>,
     until: DateTime<Utc>,
-    limit: i64,
-) -> sqlx::Result<Vec<Claimed>> {
+) -> sqlx::Result<Option<Claimed>> {
     let lock = if store.is_postgres() { "FOR UPDATE SKIP LOCKED" } else { "" };
     let sql = format!(
-        "UPDATE outbox SET claimed_until = $1 WHERE id IN (
-             SELECT id FROM outbox WHERE delivered_at IS NULL AND next_attempt_at <= $2
-               AND (claimed_until IS NULL OR claimed_until < $2)
-             ORDER BY created_at, id LIMIT $3 {lock})
+        "UPDATE outbox SET claimed_until = $1, claimed_by = $2 WHERE id IN (
+             SELECT id FROM outbox WHERE delivered_at IS NULL AND next_attempt_at <= $3
+               AND (claimed_until IS NULL OR claimed_until < $3)
+             ORDER BY created_at, id LIMIT 1 {lock})
          RETURNING id, idempotency_key, payload, attempts"
     );
-    with_pool!(store, |p| sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(until).bind(now).bind(limit).fetch_all(p).await)
+    with_pool!(store, |p| sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(until)
+        .bind(owner)
+        .bind(now)
+        .fetch_optional(p)
+        .await)
 }
 
-pub async fn mark_delivered(store: &Store, id: &str, now: DateTime<Utc>) -> sqlx::Result<()> {
+/// Marks a message delivered, only under `owner`'s claim; `false` when the claim was lost.
+pub async fn mark_delivered(store: &Store, id: &str, owner: &str, now: DateTime<Utc>) -> sqlx::Result<bool> {
     with_pool!(store, |p| {
         sqlx::query(
-        "UPDATE outbox SET delivered_at = $1, attempts = attempts + 1, claimed_until = NULL, last_error = NULL WHERE id = $2"
-    )
-    .bind(now)
-    .bind(id)
-    .execute(p)
-    .await
-    .map(|_| ())
+            "UPDATE outbox SET delivered_at = $1, attempts = attempts + 1, claimed_until = NULL, last_error = NULL
+             WHERE id = $2 AND claimed_by = $3 AND delivered_at IS NULL",
+        )
+        .bind(now)
+        .bind(id)
+        .bind(owner)
+        .execute(p)
+        .await
+        .map(|r| r.rows_affected() == 1)
     })
 }
 
-pub async fn reschedule(store: &Store, id: &str, next: DateTime<Utc>, error: &str) -> sqlx::Result<()> {
+/// Reschedules a failed delivery, only under `owner`'s claim; `false` when the claim was lost.
+pub async fn reschedule(store: &Store, id: &str, owner: &str, next: DateTime<Utc>, error: &str) -> sqlx::Result<bool> {
     with_pool!(store, |p| {
         sqlx::query(
-        "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = $1, claimed_until = NULL, last_error = $2 WHERE id = $3"
-    )
-    .bind(next)
-    .bind(error)
-    .bind(id)
-    .execute(p)
-    .await
-    .map(|_| ())
+            "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = $1, claimed_until = NULL, last_error = $2
+             WHERE id = $3 AND claimed_by = $4 AND delivered_at IS NULL",
+        )
+        .bind(next)
+        .bind(error)
+        .bind(id)
+        .bind(owner)
+        .execute(p)
+        .await
+        .map(|r| r.rows_affected() == 1)
     })
 }
 

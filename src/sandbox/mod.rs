@@ -1,6 +1,7 @@
 //! The Astra sandbox: a local simulator of the Astra endpoints the worker uses, faithful to what is known of
 //! Astra, with each unknown as a setting and with fault injection (latency, 5xx, hangs, lost refresh
-//! responses, malformed bodies, 429 over a rate). Tests, the demo and `astra-worker sandbox` run it on a
+//! responses, malformed bodies, 429 over a rate) and signed webhooks to a configured URL (late, repeated, out
+//! of order). Tests, the demo and `astra-worker sandbox` run it on a
 //! loopback port; its admin surface (`/_sandbox/…`, loopback only) seeds it and reads its call log.
 
 mod admin;
@@ -9,6 +10,7 @@ mod faults;
 mod routes;
 mod settings;
 pub mod state;
+mod webhooks;
 
 use std::{
     net::SocketAddr,
@@ -37,6 +39,7 @@ impl Sandbox {
         let addr = listener.local_addr()?;
         let stop = CancellationToken::new();
         let app = routes::router(state.clone());
+        tokio::spawn(webhooks::run(state.clone(), stop.clone()));
         let s = stop.clone();
         tokio::spawn(async move {
             let svc = app.into_make_service_with_connect_info::<SocketAddr>();

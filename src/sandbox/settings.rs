@@ -34,6 +34,9 @@ pub struct SandboxSettings {
     pub count_semantics: CountSemantics,
     /// How `estimated_clearing_date` is written (Astra's spec: a date-time; some answers: a date).
     pub clearing_format: ClearingFormat,
+    /// Where the sandbox sends Astra's webhooks (signed with `client_secret`) when a transfer or user changes;
+    /// `None`: it sends none.
+    pub webhook_url: Option<String>,
     pub faults: Faults,
 }
 
@@ -53,6 +56,7 @@ impl Default for SandboxSettings {
             seed: 7,
             count_semantics: CountSemantics::Page,
             clearing_format: ClearingFormat::DateTime,
+            webhook_url: None,
             faults: Faults::default(),
         }
     }
@@ -102,6 +106,10 @@ pub struct Faults {
     pub late_answer_ms: u64,
     /// …and at least this long (`late_answer_ms` equal to it: every answer exactly this late).
     pub late_answer_min_ms: u64,
+    /// Each webhook is sent this many extra times (Astra retries with the same `webhook_id`).
+    pub webhook_duplicates: u32,
+    /// Each copy of a webhook is sent after a random delay up to this long: webhooks arrive late and out of order.
+    pub webhook_delay_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

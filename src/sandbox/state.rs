@@ -103,6 +103,7 @@ pub struct GrantInfo {
 }
 
 mod oauth;
+mod webhooks;
 pub use oauth::{CODE_LIFETIME, TokenAnswer};
 
 pub struct State {
@@ -119,6 +120,8 @@ pub struct State {
     idempotent_answers: HashMap<String, (String, Value)>,
     /// Authorization codes minted by the admin: the user, and when the code stops working (once used, gone).
     codes: HashMap<String, (String, DateTime<Utc>)>,
+    /// Webhooks waiting to be sent (with `webhook_url`).
+    outgoing: Vec<Value>,
     pub calls: Vec<CallRec>,
     window: VecDeque<std::time::Instant>,
     pub max_in_one_second: usize,
@@ -137,6 +140,7 @@ impl State {
             refresh_index: HashMap::new(),
             idempotent_answers: HashMap::new(),
             codes: HashMap::new(),
+            outgoing: Vec::new(),
             access_index: HashMap::new(),
             transfers: Vec::new(),
             transfer_index: HashMap::new(),
@@ -198,7 +202,11 @@ impl State {
     }
 
     pub fn set_user_status(&mut self, id: &str, status: UserStatus) -> bool {
-        self.users.get_mut(id).map(|u| u.status = status).is_some()
+        let known = self.users.get_mut(id).map(|u| u.status = status).is_some();
+        if known {
+            self.emit("user_updated", id, id);
+        }
+        known
     }
 
     /// Issues a grant for `user_id` whose refresh token was issued at `issued_at` (so it expires ten days
@@ -302,6 +310,7 @@ impl State {
     }
 
     pub fn add_transfer(&mut self, t: TransferRec) {
+        self.emit("transfer_created", &t.user_id, &t.id);
         self.transfer_index.insert(t.id.clone(), self.transfers.len());
         self.transfers.push(t);
     }
@@ -314,6 +323,8 @@ impl State {
         t.failure_reason = failure;
         t.hold = None;
         t.updated = now;
+        let (user, id) = (t.user_id.clone(), t.id.clone());
+        self.emit("transfer_updated", &user, &id);
         true
     }
 

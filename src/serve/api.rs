@@ -92,7 +92,10 @@ pub(super) async fn attach(State(st): State<AppState>, Path(key): Path<String>, 
     match holds::attach(&st.worker.store, &key, &b.routine_id).await {
         Ok(()) => Json(json!({"hold_key": key, "routine_id": b.routine_id, "attached": true})).into_response(),
         // The hold ended, or the routine is another hold's: a conflict with what is stored.
-        Err(e) => error(StatusCode::CONFLICT, format!("{e:#}")),
+        Err(e) if e.downcast_ref::<crate::failure::Failure>().is_some() => {
+            error(StatusCode::CONFLICT, format!("{e:#}"))
+        }
+        Err(e) => failure(e),
     }
 }
 

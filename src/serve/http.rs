@@ -38,7 +38,11 @@ pub(crate) async fn around(State(st): State<AppState>, req: Request, next: Next)
         .map(str::to_string)
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let route = req.extensions().get::<MatchedPath>().map(|m| m.as_str().to_string()).unwrap_or_else(|| "other".into());
-    let method = req.method().to_string();
+    // The standard verbs by name, anything else as one label: a caller cannot grow the metrics.
+    let method = match req.method().as_str() {
+        m @ ("GET" | "POST" | "PUT" | "DELETE" | "PATCH" | "HEAD" | "OPTIONS") => m.to_string(),
+        _ => "other".to_string(),
+    };
     let span = tracing::info_span!("request", request_id = %id, method = %method, route = %route);
     let started = Instant::now();
     let mut resp = next.run(req).instrument(span.clone()).await;

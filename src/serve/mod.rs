@@ -1,7 +1,7 @@
 //! `astra-worker serve`: the HTTP half, on axum. Astra's webhooks in (`/webhooks/astra`, signed, into the
 //! inbox, processed in the background), and the fintech's backend served in any language: the guard, holds,
 //! access tokens, the authorization-code exchange and grant import under `/v1` (a bearer API key), with
-//! `/healthz`, `/readyz`, `/metrics` and `/openapi.json`. Every route is registered from one table
+//! `/healthz`, `/readyz`, `/metrics` and `/openapi.json`. It also delivers the outbox in the background. Every route is registered from one table
 //! ([`routes::ROUTES`]) that also writes the OpenAPI document, so the two cannot drift.
 
 mod api;
@@ -57,6 +57,7 @@ pub async fn serve_on(
         wake: Arc::new(Notify::new()),
     };
     let inbox = tokio::spawn(inbox::process::run(worker.clone(), state.wake.clone(), INBOX_EVERY));
+    tokio::spawn(crate::jobs::deliver_outbox_in_background(worker.clone()));
     let addr = listener.local_addr()?;
     info!(listen = %addr, "serving");
     let app = routes::router(state);

@@ -177,7 +177,10 @@ async fn ready(State(st): State<AppState>) -> Response {
         Ok(true) => (StatusCode::OK, "ready\n").into_response(),
         Ok(false) => (StatusCode::SERVICE_UNAVAILABLE, "the store's schema is behind: run `astra-worker migrate`\n")
             .into_response(),
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("the store does not answer: {e}\n")).into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "readiness: the store does not answer");
+            (StatusCode::SERVICE_UNAVAILABLE, "the store does not answer (see the log)\n").into_response()
+        }
     }
 }
 

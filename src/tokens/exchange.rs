@@ -46,9 +46,13 @@ pub async fn exchange(
         return Err(Failure::rejected("code: must be 1 to 2048 printable characters"));
     }
     let call = Call::for_user(user_id);
-    // One key for every retry of this exchange, so a lost answer retried returns the same pair where Astra
-    // honours it.
-    let key = uuid::Uuid::new_v4().to_string();
+    // The key is the code's own (hashed): every retry of this exchange, and a caller's retry of its request,
+    // sends the same key, so an Astra that honours it answers with the pair it already issued.
+    let key = {
+        use sha2::Digest as _;
+        let digest = sha2::Sha256::digest(format!("astra-worker:code:{c}").as_bytes());
+        digest.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    };
     let pair = tok.client.exchange_code(call, code, &key).await.map_err(|e| match e {
         AstraError::GrantRejected { after_ambiguous_attempt, .. } => Failure::rejected(if after_ambiguous_attempt {
             "Astra refused the authorization code after an attempt whose answer was lost; the user must authorize again"
@@ -57,7 +61,19 @@ pub async fn exchange(
         }),
         e => e.into(),
     })?;
-    let user = tok.client.user(call, &pair.access_token).await?;
+    // The code is spent: the pair is the user's consent. A blip reading whose it is is retried, not fatal.
+    let mut wait = std::time::Duration::from_millis(500);
+    let user = loop {
+        match tok.client.user(call, &pair.access_token).await {
+            Ok(u) => break u,
+            Err(e) if e.is_temporary() && wait <= std::time::Duration::from_secs(4) => {
+                tracing::warn!(error = %e, "could not read whose grant the code issued; retrying");
+                tokio::time::sleep(wait).await;
+                wait *= 2;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
     if user.id != user_id {
         // Someone else's consent: storing it under this user would hand their bank to the wrong account.
         return Err(Failure::rejected(format!(

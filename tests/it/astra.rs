@@ -226,16 +226,15 @@ async fn paging_stops_once_items_are_older_than_the_window() {
     assert_eq!(got[0].amount, Cents(349));
 }
 
-pub(crate) fn add_transfer(
-    s: &mut astra_worker::sandbox::State,
+/// A transfer of `cents` from "src" to "dst", initiated `at`.
+pub(crate) fn transfer_rec(
     id: &str,
     user: &str,
     cents: i64,
     at: chrono::DateTime<Utc>,
     status: TransferStatus,
-    hold: Option<astra_worker::sandbox::Hold>,
-) {
-    s.add_transfer(astra_worker::sandbox::TransferRec {
+) -> astra_worker::sandbox::TransferRec {
+    astra_worker::sandbox::TransferRec {
         id: id.into(),
         user_id: user.into(),
         routine_id: None,
@@ -249,9 +248,21 @@ pub(crate) fn add_transfer(
         updated: at,
         estimated_clearing_date: (at + TimeDelta::days(1)).date_naive(),
         status,
-        hold,
+        hold: None,
         failure_reason: None,
-    });
+    }
+}
+
+pub(crate) fn add_transfer(
+    s: &mut astra_worker::sandbox::State,
+    id: &str,
+    user: &str,
+    cents: i64,
+    at: chrono::DateTime<Utc>,
+    status: TransferStatus,
+    hold: Option<astra_worker::sandbox::Hold>,
+) {
+    s.add_transfer(astra_worker::sandbox::TransferRec { hold, ..transfer_rec(id, user, cents, at, status) });
 }
 
 #[tokio::test]

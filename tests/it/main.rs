@@ -12,6 +12,7 @@ mod layout;
 mod ledger;
 mod money;
 mod ops;
+mod outbox;
 mod serve;
 mod spec;
 mod tokens;

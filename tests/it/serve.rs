@@ -352,3 +352,58 @@ async fn requests_in_flight_at_shutdown_finish(b: Backend) {
     assert!(http().get(format!("{}/healthz", svc.base)).send().await.is_err(), "no longer accepting");
 }
 both_backends!(requests_in_flight_at_shutdown_finish, super::requests_in_flight_at_shutdown_finish);
+
+async fn webhooks_the_sandbox_sends_late_repeated_and_out_of_order_count_each_transfer_once(b: Backend) {
+    let rig = TestApp::new(b, SandboxSettings::default(), |_| {}).await;
+    let svc = start(&rig).await;
+    let users = rig.seed(&svc.worker.store, 3, |_| TimeDelta::days(1)).await;
+    for (i, u) in users.iter().enumerate() {
+        register(&svc.worker, &format!("dst-{i}"), u, 1_000_000).await;
+    }
+    {
+        let mut s = rig.sandbox.state();
+        s.settings.webhook_url = Some(format!("{}/webhooks/astra", svc.base));
+        s.settings.faults.webhook_duplicates = 3;
+        s.settings.faults.webhook_delay_ms = 300;
+    }
+    // Twelve transfers, and each then fails after landing: a created and an updated webhook per transfer, four
+    // copies of each, in any order.
+    let mut total = 0;
+    for n in 0..12 {
+        let (u, d) = (&users[n % 3], format!("dst-{}", n % 3));
+        let id = format!("t-{n}");
+        let t = astra_worker::sandbox::TransferRec {
+            destination_id: Some(d),
+            ..crate::astra::transfer_rec(&id, u, 1_000 + n as i64, Utc::now(), TransferStatus::Processed)
+        };
+        rig.sandbox.state().add_transfer(t);
+        total += 1_000 + n as i64;
+    }
+    eventually("every transfer counted", async || {
+        count(&svc.worker, "SELECT CAST(COALESCE(SUM(total_cents), 0) AS BIGINT) FROM inbound_day").await == total
+    })
+    .await;
+    for n in 0..12 {
+        rig.sandbox.state().set_transfer_status(&format!("t-{n}"), TransferStatus::Failed, Some("R01".into()));
+    }
+    eventually("every failure after landing followed up", async || {
+        count(&svc.worker, "SELECT COUNT(*) FROM outbox WHERE kind = 'remove_from_available_balance'").await == 12
+    })
+    .await;
+    eventually("the inbox drained", async || {
+        count(&svc.worker, "SELECT COUNT(*) FROM webhook_inbox WHERE processed_at IS NULL").await == 0
+    })
+    .await;
+    assert_eq!(count(&svc.worker, "SELECT COUNT(*) FROM webhook_inbox").await, 24, "one row per webhook_id");
+    assert_eq!(
+        count(&svc.worker, "SELECT COUNT(*) FROM outbox WHERE kind = 'remove_from_available_balance'").await,
+        12
+    );
+    assert_eq!(count(&svc.worker, "SELECT COUNT(*) FROM transfer WHERE status = 'failed'").await, 12);
+    svc.worker.shutdown.trigger("test");
+    svc.task.await.unwrap().unwrap();
+}
+both_backends!(
+    webhooks_the_sandbox_sends_late_repeated_and_out_of_order_count_each_transfer_once,
+    super::webhooks_the_sandbox_sends_late_repeated_and_out_of_order_count_each_transfer_once
+);

@@ -113,7 +113,13 @@ pub async fn check_and_hold(
     if !answer.allowed {
         return Ok(replay(store, req, hold.key).await?.unwrap_or(answer));
     }
-    // The destination the amount goes to: the one named, or the user's only one.
+    // The destination the amount goes to: the one named, or the user's only one. A request that can name none
+    // may still be a retry of one that held (its registry changed since): its first answer stands.
+    if matches!((req.destination_id, destinations.len()), (_, 0) | (None, 2..))
+        && let Some(previous) = replay(store, req, hold.key).await?
+    {
+        return Ok(previous);
+    }
     let target = match (req.destination_id, destinations.as_slice()) {
         (_, []) => {
             return Err(Failure::config(format!(
