@@ -57,7 +57,7 @@ fn the_committed_deployment_files_are_what_render_produces_for_the_shipped_jobs_
 }
 
 #[test]
-fn systemd_verifies_the_units_and_rates_both_services_ok() {
+fn systemd_verifies_the_units_and_rates_every_service_ok() {
     let dir = tempfile::tempdir().unwrap();
     render("systemd", dir.path(), Some(BIN));
     let units: Vec<String> = files(dir.path()).into_iter().map(|f| f.0).collect();
@@ -70,7 +70,7 @@ fn systemd_verifies_the_units_and_rates_both_services_ok() {
             "systemd-analyze (Debian package systemd) is needed: run the tests with scripts/test, which installs it",
         );
     assert!(o.status.success() && o.stderr.is_empty(), "verify: {}", text(&o.stderr));
-    for unit in ["astra-worker.service", "astra-worker@.service"] {
+    for unit in ["astra-worker.service", "astra-worker@.service", "astra-worker-serve.service"] {
         let o = Command::new("systemd-analyze")
             .current_dir(dir.path())
             .args(["security", "--offline=true", unit])
@@ -89,7 +89,7 @@ fn the_kubernetes_manifests_validate_against_the_schemas() {
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
         .collect();
-    assert_eq!(manifests.len(), 6, "a ConfigMap and five CronJobs");
+    assert_eq!(manifests.len(), 8, "a ConfigMap, five CronJobs, the service's Deployment and Service");
     let o = Command::new("kubernetes-validate")
         .args(["-k", "1.30.0", "--strict"])
         .args(&manifests)
@@ -103,6 +103,10 @@ fn the_kubernetes_manifests_validate_against_the_schemas() {
         "values: [78]",
         "restartPolicy: Never",
         "readOnlyRootFilesystem: true",
+        "kind: Deployment",
+        "replicas: 2",
+        "path: /readyz",
+        "path: /healthz",
     ] {
         assert!(all.contains(must), "{must}");
     }

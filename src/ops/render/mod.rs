@@ -29,16 +29,22 @@ impl Default for RenderOptions {
 
 const HEADER: &str = "Rendered by `astra-worker render` from jobs.toml: edit jobs.toml and render again.";
 
-/// The credentials the services load.
-fn credentials(settings: &Settings) -> Vec<&'static str> {
+/// The credentials the services load; the HTTP service also its API key.
+fn credentials(settings: &Settings, serves: bool) -> Vec<&'static str> {
     let mut c = vec!["ASTRA_CLIENT_ID", "ASTRA_CLIENT_SECRET", "ASTRA_WORKER_TOKEN_KEY"];
     if settings.outbox.endpoint.is_some() {
         c.push("ASTRA_WORKER_OUTBOX_KEY");
     }
+    if serves {
+        c.push("ASTRA_WORKER_API_KEY");
+    }
     c
 }
 
-fn hardening(settings: &Settings) -> String {
+/// The port `serve` listens on in the rendered units and manifests.
+const SERVE_PORT: u16 = 8080;
+
+fn hardening(settings: &Settings, serves: bool) -> String {
     let mut s = String::from(
         "# Its own transient user; the SQLite file lives in its state directory.\n\
          DynamicUser=yes\n\
@@ -48,7 +54,7 @@ fn hardening(settings: &Settings) -> String {
          Environment=DATABASE_URL=sqlite:///var/lib/astra-worker/astra-worker.db\n\
          # Secrets arrive as credentials ($CREDENTIALS_DIRECTORY), never in the environment or jobs.toml.\n",
     );
-    for c in credentials(settings) {
+    for c in credentials(settings, serves) {
         s.push_str(&format!("LoadCredential={c}:/etc/astra-worker/credentials/{c}\n"));
     }
     s.push_str(
@@ -89,7 +95,7 @@ fn hardening(settings: &Settings) -> String {
 /// The systemd units: the daemon, the one-shot template, one timer per enabled job.
 pub(crate) fn systemd(settings: &Settings, o: &RenderOptions) -> anyhow::Result<Vec<(PathBuf, String)>> {
     let stop = settings.runner.grace_period.as_secs() + 10;
-    let harden = hardening(settings);
+    let harden = hardening(settings, false);
     let mut files = vec![
         (
             PathBuf::from("astra-worker.service"),
@@ -118,6 +124,20 @@ pub(crate) fn systemd(settings: &Settings, o: &RenderOptions) -> anyhow::Result<
                  Restart=on-failure\nRestartSec=10min\nRestartPreventExitStatus=78\nSuccessExitStatus=0\n\
                  TimeoutStartSec=2h\nKillSignal=SIGTERM\nTimeoutStopSec={stop}s\n{harden}",
                 bin = o.bin
+            ),
+        ),
+        (
+            PathBuf::from("astra-worker-serve.service"),
+            format!(
+                "# {HEADER}\n# The HTTP service: Astra's webhooks and the backend's /v1 routes, on plain HTTP behind a\n\
+                 # TLS-terminating proxy (Astra requires its webhook URL to be HTTPS).\n\
+                 [Unit]\nDescription=astra-worker service (webhooks, guard, holds, tokens)\n\
+                 Wants=network-online.target\nAfter=network-online.target\n\n\
+                 [Service]\nType=exec\nExecStart={bin} --config /etc/astra-worker/jobs.toml serve --listen 127.0.0.1:{SERVE_PORT}\n\
+                 Restart=on-failure\nRestartSec=5s\nRestartPreventExitStatus=78\nKillSignal=SIGTERM\nTimeoutStopSec={stop}s\n{serve_harden}\n\
+                 [Install]\nWantedBy=multi-user.target\n",
+                bin = o.bin,
+                serve_harden = hardening(settings, true),
             ),
         ),
     ];
@@ -212,7 +232,24 @@ spec:
           # Above the worker's own grace period ({grace}s) for in-flight work after SIGTERM.
           terminationGracePeriodSeconds: {term}
           automountServiceAccountToken: false
-          securityContext:
+{pod}"#,
+                name = job.name,
+                zone = s.zone().name(),
+                term = grace + 20,
+                pod = pod(o, &format!(r#"["--config", "/etc/astra-worker/jobs.toml", "--run-once", "{}"]"#, job.name), ""),
+            ),
+        ));
+    }
+    files.push((PathBuf::from("deployment-serve.yaml"), serve_deployment(o, grace)));
+    files.push((PathBuf::from("service-serve.yaml"), serve_service()));
+    Ok(files)
+}
+
+/// A pod's security context, container and volumes, at the indentation of a CronJob's pod spec; `extra` goes
+/// into the container (ports, probes).
+fn pod(o: &RenderOptions, args: &str, extra: &str) -> String {
+    format!(
+        r#"          securityContext:
             runAsNonRoot: true
             runAsUser: 65532
             runAsGroup: 65532
@@ -221,7 +258,7 @@ spec:
           containers:
             - name: astra-worker
               image: {image}
-              args: ["--config", "/etc/astra-worker/jobs.toml", "--run-once", "{name}"]
+              args: {args}
               env:
                 - name: DATABASE_URL
                   valueFrom:
@@ -230,7 +267,7 @@ spec:
                       key: DATABASE_URL
                 - name: CREDENTIALS_DIRECTORY
                   value: /run/secrets/astra-worker
-              securityContext:
+{extra}              securityContext:
                 allowPrivilegeEscalation: false
                 readOnlyRootFilesystem: true
                 capabilities:
@@ -257,14 +294,84 @@ spec:
                 secretName: astra-worker
                 defaultMode: 0400
 "#,
-                name = job.name,
-                zone = s.zone().name(),
-                image = o.image,
-                term = grace + 20,
-            ),
-        ));
-    }
-    Ok(files)
+        image = o.image
+    )
+}
+
+/// `serve` as a Deployment of two replicas (they share one PostgreSQL inbox; each webhook is processed once).
+fn serve_deployment(o: &RenderOptions, grace: u64) -> String {
+    let probes = format!(
+        r#"              ports:
+                - name: http
+                  containerPort: {SERVE_PORT}
+              readinessProbe:
+                httpGet:
+                  path: /readyz
+                  port: http
+                periodSeconds: 5
+              livenessProbe:
+                httpGet:
+                  path: /healthz
+                  port: http
+                periodSeconds: 10
+                failureThreshold: 3
+"#
+    );
+    let spec = pod(o, &format!(r#"["--config", "/etc/astra-worker/jobs.toml", "serve", "--listen", "0.0.0.0:{SERVE_PORT}"]"#), &probes);
+    // The CronJob's pod spec sits four spaces deeper than a Deployment's.
+    let spec = spec.lines().map(|l| l.strip_prefix("    ").unwrap_or(l)).collect::<Vec<_>>().join("\n");
+    format!(
+        r#"# {HEADER}
+# The HTTP service: Astra's webhooks and the backend's /v1 routes. Plain HTTP: Astra's webhook URL must be
+# HTTPS, so put a TLS-terminating Ingress in front of the Service.
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: astra-worker-serve
+  labels:
+    app.kubernetes.io/name: astra-worker
+    app.kubernetes.io/component: serve
+spec:
+  replicas: 2
+  selector:
+    matchLabels:
+      app.kubernetes.io/name: astra-worker
+      app.kubernetes.io/component: serve
+  template:
+    metadata:
+      labels:
+        app.kubernetes.io/name: astra-worker
+        app.kubernetes.io/component: serve
+    spec:
+      # Above the worker's own grace period ({grace}s) for requests in flight after SIGTERM.
+      terminationGracePeriodSeconds: {term}
+      automountServiceAccountToken: false
+{spec}
+"#,
+        term = grace + 20
+    )
+}
+
+fn serve_service() -> String {
+    format!(
+        r#"# {HEADER}
+apiVersion: v1
+kind: Service
+metadata:
+  name: astra-worker-serve
+  labels:
+    app.kubernetes.io/name: astra-worker
+    app.kubernetes.io/component: serve
+spec:
+  selector:
+    app.kubernetes.io/name: astra-worker
+    app.kubernetes.io/component: serve
+  ports:
+    - name: http
+      port: 80
+      targetPort: http
+"#
+    )
 }
 
 /// Writes the files into `dir` (created if needed).
