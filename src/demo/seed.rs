@@ -215,9 +215,13 @@ pub(super) async fn between_jobs(sandbox: &Sandbox, store: &Store, users: usize)
             s.set_transfer_status(id, TransferStatus::Failed, Some("R01: insufficient funds".into()));
         }
     }
-    // Days pass: the landed transfers' next reading by id is due (it comes 1, 2, 3, 5, 8… days after landing).
+    // Days pass: the landed transfers' next reading by id is due (it comes 1, 2, 3, 5, 8… days after landing),
+    // and the card transfers still held have been held four days (past `stuck_after`).
     for id in &failed {
         mirror::set_recheck(store, id, Some(Utc::now() - chrono::TimeDelta::seconds(1))).await?;
+    }
+    for i in (53..users).step_by(100) {
+        mirror::backdate_held(store, &format!("demo-trf-{i:04}-card"), chrono::TimeDelta::days(4)).await?;
     }
     Ok(())
 }

@@ -100,7 +100,45 @@ pub(super) async fn service(worker: &Arc<Worker>, sandbox: &Sandbox) -> anyhow::
             r["episode_open_for_secs"]
         ));
     }
+    // A card payout that landed once its card was unfrozen fails at Astra; Astra says so by webhook.
+    let card_transfer = "demo-trf-0003-card";
+    if sandbox.state().set_transfer_status(
+        card_transfer,
+        TransferStatus::Failed,
+        Some("R01: insufficient funds".into()),
+    ) {
+        let body =
+            json!({"webhook_type": "transfer_updated", "webhook_id": "demo-webhook-2", "user_id": "demo-user-0003",
+                          "resource_id": card_transfer})
+            .to_string();
+        let secret = worker.services()?.credentials.client_secret.clone();
+        let started = Instant::now();
+        http.post(format!("{base}/webhooks/astra"))
+            .header("Astra-Verification", signature::sign(&secret, body.as_bytes()))
+            .body(body)
+            .send()
+            .await?;
+        let mut followups = Vec::new();
+        while followups.len() < 2 && started.elapsed() < std::time::Duration::from_secs(10) {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            followups = crate::outbox::store::list(&worker.store, false, None, 500)
+                .await?
+                .into_iter()
+                .filter(|m| m.payload.contains(card_transfer) && m.kind != "transfer_stuck")
+                .map(|m| m.kind)
+                .collect();
+        }
+        out.push(format!(
+            "  webhook transfer_updated: card payout {card_transfer} failed after landing -> {} within {} ms",
+            if followups.is_empty() { "no follow-up".to_string() } else { followups.join(" + ") },
+            started.elapsed().as_millis()
+        ));
+    }
     worker.shutdown.trigger("demo finished");
     task.await??;
+    // What the service raised since its background deliverer's last pass.
+    let svc = worker.services()?;
+    crate::outbox::deliver_if_configured(svc.deliverer.as_ref(), &worker.store, crate::outbox::Bound::Everything)
+        .await?;
     Ok(out)
 }

@@ -380,6 +380,19 @@ pub async fn set_recheck(store: &Store, id: &str, at: Option<DateTime<Utc>>) -> 
         .map(|_| ()))
 }
 
+/// Moves when a held transfer was first seen held back by `by` (the demo's "days pass": its stuck follow-up
+/// becomes due).
+pub async fn backdate_held(store: &Store, id: &str, by: chrono::TimeDelta) -> sqlx::Result<()> {
+    let Some(row) = load(store, id).await? else { return Ok(()) };
+    let Some(since) = row.held_since else { return Ok(()) };
+    with_pool!(store, |p| sqlx::query("UPDATE transfer SET held_since = $1 WHERE id = $2")
+        .bind(since - by)
+        .bind(id)
+        .execute(p)
+        .await
+        .map(|_| ()))
+}
+
 /// Records that a user's transfers were read from Astra at `read_at`, and the newest one seen.
 pub async fn record_read(
     store: &Store,

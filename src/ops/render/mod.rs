@@ -236,7 +236,11 @@ spec:
                 name = job.name,
                 zone = s.zone().name(),
                 term = grace + 20,
-                pod = pod(o, &format!(r#"["--config", "/etc/astra-worker/jobs.toml", "--run-once", "{}"]"#, job.name), ""),
+                pod = pod(
+                    o,
+                    &format!(r#"["--config", "/etc/astra-worker/jobs.toml", "--run-once", "{}"]"#, job.name),
+                    ""
+                ),
             ),
         ));
     }
@@ -317,7 +321,11 @@ fn serve_deployment(o: &RenderOptions, grace: u64) -> String {
                 failureThreshold: 3
 "#
     );
-    let spec = pod(o, &format!(r#"["--config", "/etc/astra-worker/jobs.toml", "serve", "--listen", "0.0.0.0:{SERVE_PORT}"]"#), &probes);
+    let spec = pod(
+        o,
+        &format!(r#"["--config", "/etc/astra-worker/jobs.toml", "serve", "--listen", "0.0.0.0:{SERVE_PORT}"]"#),
+        &probes,
+    );
     // The CronJob's pod spec sits four spaces deeper than a Deployment's.
     let spec = spec.lines().map(|l| l.strip_prefix("    ").unwrap_or(l)).collect::<Vec<_>>().join("\n");
     format!(
