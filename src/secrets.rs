@@ -49,18 +49,34 @@ fn non_empty(name: &str, v: String, source: &str) -> anyhow::Result<Option<Secre
     Ok(Some(SecretString::from(v)))
 }
 
-/// Replaces every quoted string in a parser message (it might be a token) with `"…"`.
+/// Replaces every quoted string in a parser message (it might be a token) with `"…"` (an escaped `\"` does not
+/// end it), and every backticked name that is not a plain lower-case field name (serde's "unknown field
+/// `…`" echoes whatever key the input had) with `` `…` ``.
 pub(crate) fn redact_quoted(msg: &str) -> String {
     let mut out = String::new();
-    let mut inside = false;
-    for ch in msg.chars() {
-        if ch == '"' {
-            if !inside {
+    let mut chars = msg.chars();
+    while let Some(ch) = chars.next() {
+        match ch {
+            '"' => {
                 out.push_str("\"…\"");
+                while let Some(c) = chars.next() {
+                    match c {
+                        '\\' => {
+                            chars.next();
+                        }
+                        '"' => break,
+                        _ => {}
+                    }
+                }
             }
-            inside = !inside;
-        } else if !inside {
-            out.push(ch);
+            '`' => {
+                let name: String = chars.by_ref().take_while(|c| *c != '`').collect();
+                let plain = !name.is_empty() && name.len() <= 40 && name.chars().all(|c| c.is_ascii_lowercase() || c == '_');
+                out.push('`');
+                out.push_str(if plain { &name } else { "…" });
+                out.push('`');
+            }
+            c => out.push(c),
         }
     }
     out
@@ -74,5 +90,9 @@ mod tests {
     fn parser_messages_lose_their_quoted_values() {
         let m = r#"invalid type: string "tok-SECRET", expected i64 at line 1 column 20"#;
         assert_eq!(redact_quoted(m), r#"invalid type: string "…", expected i64 at line 1 column 20"#);
+        let escaped = r#"invalid value: string "a\"tok-SECRET\"b", expected x"#;
+        assert_eq!(redact_quoted(escaped), r#"invalid value: string "…", expected x"#);
+        let key = "unknown field `tok-SECRET-123`, expected one of `user_id`, `access_token`";
+        assert_eq!(redact_quoted(key), "unknown field `…`, expected one of `user_id`, `access_token`");
     }
 }

@@ -61,13 +61,27 @@ impl Classify for StoreError {
 
 /// `postgres://user:secret@host/db` → `postgres://user:***@host/db`.
 pub fn redact_url(url: &str) -> String {
-    match reqwest::Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
-            u.to_string()
-        }
-        _ => url.to_string(),
+    let Ok(mut u) = reqwest::Url::parse(url) else { return url.to_string() };
+    // `?password=…`, `?sslpassword=…` and the like carry a secret too.
+    let secret = |k: &str| ["password", "secret", "token", "key"].iter().any(|s| k.to_ascii_lowercase().contains(s));
+    let in_query = u.query_pairs().any(|(k, _)| secret(&k));
+    if u.password().is_none() && !in_query {
+        return url.to_string();
     }
+    if u.password().is_some() {
+        let _ = u.set_password(Some("***"));
+    }
+    if in_query {
+        let pairs: Vec<(String, String)> = u
+            .query_pairs()
+            .map(|(k, v)| {
+                let v = if secret(&k) { "***".to_string() } else { v.into_owned() };
+                (k.into_owned(), v)
+            })
+            .collect();
+        u.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    u.to_string()
 }
 
 impl Store {
@@ -208,6 +222,14 @@ fn sqlite_primary(code: &str) -> Option<i64> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_url_loses_its_password_wherever_it_is_written() {
+        let r = super::redact_url("postgres://app:hunter2@db/aw?sslmode=require&password=hunter3");
+        assert!(!r.contains("hunter"), "{r}");
+        assert!(r.contains("sslmode=require") && r.contains("app:***@"), "{r}");
+        assert_eq!(super::redact_url("sqlite://astra-worker.db"), "sqlite://astra-worker.db");
+    }
+
     use super::*;
 
     #[test]

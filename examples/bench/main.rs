@@ -7,11 +7,17 @@
 //!    new transfer (the sandbox in its own process).
 //! 3. Rotation: N due grants rotated against the sandbox, run as its own process (`astra-worker sandbox`, so
 //!    the memory measured is the worker's alone), at a configured rate: achieved rate, the most requests the
-//!    sandbox saw in any one second, and this process's peak memory (VmHWM), for two N.
+//!    sandbox saw in any one second, and this process's peak memory (VmHWM), at two rates and two latencies.
+//! 4. The service (`serve`, in this process): `POST /v1/guard` with a hold under `wrk` (Debian's package), and
+//!    webhook intake at 200/s with the time from intake to the transfer counted.
+//!
+//! `BENCH_ONLY=guard|guard-pg|rotation|serve` runs one part.
 //!
 //! Build the binary first: `cargo build --release && cargo run --release --example bench`.
 //!
 //! Results are written down in the README with the machine they ran on. Nothing here is a test.
+
+mod serve;
 
 use std::time::{Duration, Instant};
 
@@ -355,7 +361,7 @@ async fn main() {
     let pg = args.iter().position(|a| a == "--pg").and_then(|i| args.get(i + 1)).cloned();
     let (sqlite, _d) = fresh(None).await;
     let only = std::env::var("BENCH_ONLY").unwrap_or_default();
-    if only != "guard-pg" {
+    if only != "guard-pg" && only != "serve" {
         bench_guard("sqlite", &sqlite).await;
     }
     if let Some(admin) = &pg {
@@ -364,6 +370,12 @@ async fn main() {
     }
     if only.starts_with("guard") {
         return;
+    }
+    if only == "serve" || only.is_empty() {
+        serve::bench_serve(pg.as_deref()).await;
+        if only == "serve" {
+            return;
+        }
     }
     if only != "rotation" {
         bench_sync().await;

@@ -1,0 +1,160 @@
+//! The service under load, against the sandbox in its own process: `POST /v1/guard` with a hold from `wrk`
+//! (Debian's package, a process of its own, on loopback) — requests/s and latency percentiles; and webhook
+//! intake at a fixed rate — accepted per second and the time from intake to the transfer counted
+//! (`processed_at - received_at` in the inbox: processing a `transfer_created` is counting it).
+
+use std::{sync::Arc, time::Duration};
+
+use astra_worker::{app::Services, app::Worker, astra::Credentials, sandbox::SandboxSettings, store::Store};
+use chrono::{TimeDelta, Utc};
+use secrecy::SecretString;
+
+use super::{fresh, keyring, register_account, seed_guard_store, seed_sandbox_grant, settings, spawn_sandbox};
+
+const KEY: &str = "bench-api-key-0123456789";
+
+/// Starts the service in this process on a free port; its base URL.
+async fn start(store: Store, base: &str) -> (Arc<Worker>, String) {
+    let mut s = settings(Some(base));
+    s.astra.requests_per_second = 2_000;
+    s.astra.burst = astra_worker::config::default_burst(2_000);
+    let sb = SandboxSettings::default();
+    let credentials = Credentials { client_id: sb.client_id.into(), client_secret: sb.client_secret.into() };
+    let w = Arc::new(
+        Worker::with_services(s, store, |s, l, st| Services::new(s, credentials, keyring(), None, l, st)).unwrap(),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(astra_worker::serve::serve_on(w.clone(), listener, SecretString::from(KEY.to_string())));
+    (w, url)
+}
+
+/// `wrk` against `POST /v1/guard` with a new hold key per request, over 10,000 users.
+async fn guard_under_wrk(label: &str, url: &str, sandbox: &str) {
+    let store = seed_guard_store(url).await;
+    for i in 0..10_000 {
+        register_account(&store, &format!("acct-{i:05}"), &format!("u{i:05}"), 1_000_000_000).await;
+    }
+    let (w, base) = start(store, sandbox).await;
+    let script = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        script.path(),
+        format!(
+            r#"math.randomseed(os.time())
+n = 0
+request = function()
+  n = n + 1
+  local u = math.random(0, 9999)
+  local body = string.format('{{"user_id":"u%05d","amount_cents":100,"destination_id":"acct-%05d","hold_key":"w%d-%d"}}', u, u, n, math.random(1, 1000000000))
+  return wrk.format("POST", "/v1/guard", {{["Content-Type"] = "application/json", ["Authorization"] = "Bearer {KEY}"}}, body)
+end
+"#
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new("wrk")
+        .args(["-t2", "-c32", "-d10s", "--latency", "-s"])
+        .arg(script.path())
+        .arg(format!("{base}/v1/guard"))
+        .output();
+    match out {
+        Ok(o) => {
+            let text = String::from_utf8_lossy(&o.stdout);
+            let pick = |p: &str| {
+                text.lines().find(|l| l.trim_start().starts_with(p)).map(|l| l.split_whitespace().nth(1).unwrap_or("?").to_string())
+            };
+            let rps = text.lines().find(|l| l.starts_with("Requests/sec")).unwrap_or("Requests/sec: ?").to_string();
+            let non2xx = text.lines().find(|l| l.contains("Non-2xx")).unwrap_or("").trim().to_string();
+            println!(
+                "POST /v1/guard with a hold under wrk (2 threads, 32 connections, 10 s) [{label}]: {rps}, p50 {}, p99 {} {non2xx}",
+                pick("50%").unwrap_or_default(),
+                pick("99%").unwrap_or_default()
+            );
+        }
+        Err(e) => println!("POST /v1/guard under wrk [{label}]: wrk is not installed ({e}): apt-get install wrk"),
+    }
+    w.shutdown.trigger("bench");
+    w.store.close().await;
+}
+
+/// Webhooks at `rate` per second for `secs` seconds, each a new transfer at the sandbox.
+async fn webhook_intake(label: &str, url: &str, sandbox: &str, rate: u32, secs: u32) {
+    let store = Store::open(url).await.unwrap();
+    let http = reqwest::Client::new();
+    let users = 200;
+    for i in 0..users {
+        let id = format!("wh{i:04}");
+        seed_sandbox_grant(&http, sandbox, &store, &id, Utc::now() - TimeDelta::days(1), true).await;
+        register_account(&store, &format!("acct-wh{i:04}"), &id, 1_000_000_000).await;
+    }
+    let (w, base) = start(store, sandbox).await;
+    let secret = SecretString::from(SandboxSettings::default().client_secret);
+    let total = rate * secs;
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate)));
+    let started = std::time::Instant::now();
+    let mut sends = Vec::new();
+    for n in 0..total {
+        tick.tick().await;
+        let user = format!("wh{:04}", n % users);
+        let id = format!("twh-{n}");
+        http.post(format!("{sandbox}/_sandbox/transfers"))
+            .json(&serde_json::json!({"id": id, "user_id": user, "amount_cents": 100, "destination_id": format!("acct-{user}")}))
+            .send()
+            .await
+            .unwrap();
+        let body = serde_json::json!({"webhook_type": "transfer_created", "webhook_id": format!("bw-{n}"), "user_id": user, "resource_id": id}).to_string();
+        let sig = astra_worker::inbox::signature::sign(&secret, body.as_bytes());
+        let (http, base) = (http.clone(), base.clone());
+        sends.push(tokio::spawn(async move {
+            http.post(format!("{base}/webhooks/astra")).header("Astra-Verification", sig).body(body).send().await.map(|r| r.status().as_u16())
+        }));
+    }
+    let mut ok = 0;
+    for s in sends {
+        ok += usize::from(matches!(s.await, Ok(Ok(200))));
+    }
+    let sent_for = started.elapsed().as_secs_f64();
+    let give_up = std::time::Instant::now() + Duration::from_secs(120);
+    let pending = || async {
+        match &w.store {
+            Store::Sqlite(p) => sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM webhook_inbox WHERE processed_at IS NULL").fetch_one(p).await.unwrap(),
+            Store::Postgres(p) => sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM webhook_inbox WHERE processed_at IS NULL").fetch_one(p).await.unwrap(),
+        }
+    };
+    while pending().await > 0 && std::time::Instant::now() < give_up {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let rows = astra_worker::inbox::store::list(&w.store, 1_000_000).await.unwrap();
+    let mut lat: Vec<i64> = rows
+        .iter()
+        .filter_map(|r| r.processed_at.map(|p| (p - r.received_at).num_milliseconds()))
+        .collect();
+    lat.sort();
+    let pct = |q: usize| lat.get(lat.len() * q / 100).copied().unwrap_or(-1);
+    println!(
+        "webhook intake [{label}]: {ok} of {total} accepted in {sent_for:.1}s ({:.0}/s); intake to counted: p50 {} ms, \
+         p99 {} ms, max {} ms; {} processed",
+        f64::from(ok as u32) / sent_for,
+        pct(50),
+        pct(99),
+        lat.last().copied().unwrap_or(-1),
+        lat.len()
+    );
+    w.shutdown.trigger("bench");
+}
+
+/// Both measurements on SQLite, and on PostgreSQL when given.
+pub(super) async fn bench_serve(pg: Option<&str>) {
+    let (mut sandbox, base) = spawn_sandbox();
+    let (sqlite, _d) = fresh(None).await;
+    guard_under_wrk("sqlite", &sqlite, &base).await;
+    let (sqlite2, _d2) = fresh(None).await;
+    webhook_intake("sqlite", &sqlite2, &base, 200, 15).await;
+    if let Some(admin) = pg {
+        let (url, _) = fresh(Some(admin)).await;
+        guard_under_wrk("postgres", &url, &base).await;
+        let (url, _) = fresh(Some(admin)).await;
+        webhook_intake("postgres", &url, &base, 200, 15).await;
+    }
+    let _ = sandbox.kill();
+}
