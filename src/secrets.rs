@@ -71,7 +71,8 @@ pub(crate) fn redact_quoted(msg: &str) -> String {
             }
             '`' => {
                 let name: String = chars.by_ref().take_while(|c| *c != '`').collect();
-                let plain = !name.is_empty() && name.len() <= 40 && name.chars().all(|c| c.is_ascii_lowercase() || c == '_');
+                let plain =
+                    !name.is_empty() && name.len() <= 40 && name.chars().all(|c| c.is_ascii_lowercase() || c == '_');
                 out.push('`');
                 out.push_str(if plain { &name } else { "…" });
                 out.push('`');

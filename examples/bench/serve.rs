@@ -61,7 +61,9 @@ end
         Ok(o) => {
             let text = String::from_utf8_lossy(&o.stdout);
             let pick = |p: &str| {
-                text.lines().find(|l| l.trim_start().starts_with(p)).map(|l| l.split_whitespace().nth(1).unwrap_or("?").to_string())
+                text.lines()
+                    .find(|l| l.trim_start().starts_with(p))
+                    .map(|l| l.split_whitespace().nth(1).unwrap_or("?").to_string())
             };
             let rps = text.lines().find(|l| l.starts_with("Requests/sec")).unwrap_or("Requests/sec: ?").to_string();
             let non2xx = text.lines().find(|l| l.contains("Non-2xx")).unwrap_or("").trim().to_string();
@@ -106,7 +108,12 @@ async fn webhook_intake(label: &str, url: &str, sandbox: &str, rate: u32, secs: 
         let sig = astra_worker::inbox::signature::sign(&secret, body.as_bytes());
         let (http, base) = (http.clone(), base.clone());
         sends.push(tokio::spawn(async move {
-            http.post(format!("{base}/webhooks/astra")).header("Astra-Verification", sig).body(body).send().await.map(|r| r.status().as_u16())
+            http.post(format!("{base}/webhooks/astra"))
+                .header("Astra-Verification", sig)
+                .body(body)
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
         }));
     }
     let mut ok = 0;
@@ -117,18 +124,26 @@ async fn webhook_intake(label: &str, url: &str, sandbox: &str, rate: u32, secs: 
     let give_up = std::time::Instant::now() + Duration::from_secs(120);
     let pending = || async {
         match &w.store {
-            Store::Sqlite(p) => sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM webhook_inbox WHERE processed_at IS NULL").fetch_one(p).await.unwrap(),
-            Store::Postgres(p) => sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM webhook_inbox WHERE processed_at IS NULL").fetch_one(p).await.unwrap(),
+            Store::Sqlite(p) => {
+                sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM webhook_inbox WHERE processed_at IS NULL")
+                    .fetch_one(p)
+                    .await
+                    .unwrap()
+            }
+            Store::Postgres(p) => {
+                sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM webhook_inbox WHERE processed_at IS NULL")
+                    .fetch_one(p)
+                    .await
+                    .unwrap()
+            }
         }
     };
     while pending().await > 0 && std::time::Instant::now() < give_up {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let rows = astra_worker::inbox::store::list(&w.store, 1_000_000).await.unwrap();
-    let mut lat: Vec<i64> = rows
-        .iter()
-        .filter_map(|r| r.processed_at.map(|p| (p - r.received_at).num_milliseconds()))
-        .collect();
+    let mut lat: Vec<i64> =
+        rows.iter().filter_map(|r| r.processed_at.map(|p| (p - r.received_at).num_milliseconds())).collect();
     lat.sort();
     let pct = |q: usize| lat.get(lat.len() * q / 100).copied().unwrap_or(-1);
     println!(

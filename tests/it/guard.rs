@@ -627,3 +627,55 @@ async fn a_hold_ends_only_for_its_own_transfer(b: Backend) {
     assert!(holds::users_to_sync(&store, now + TimeDelta::days(2)).await.unwrap().is_empty());
 }
 both_backends!(a_hold_ends_only_for_its_own_transfer, super::a_hold_ends_only_for_its_own_transfer);
+
+/// The sum of a day's open holds is found by destination and day, whatever the planner's statistics say: a
+/// store whose statistics were taken while no hold was open, only ended ones (PostgreSQL's generic plan,
+/// SQLite's planner).
+async fn the_days_open_holds_are_summed_through_their_index(b: Backend) {
+    let (_db, store) = one_user(b, 250_000).await;
+    let ended = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 5000)
+                 INSERT INTO guard_hold (hold_key, user_id, destination_id, bank_day, amount_cents, answer, created_at,
+                     expires_at, ended_at, end_reason)
+                 SELECT 'old-' || i, 'u' || (i % 500), 'd' || (i % 500), '2026-01-01', 100, '{}', $1, $1, $1, 'expired'
+                 FROM n";
+    with_pool!(&store, |p| sqlx::query(ended)
+        .bind(Utc::now() - TimeDelta::days(30))
+        .execute(p)
+        .await
+        .map(|_| ())
+        .unwrap());
+    let sum = "SELECT CAST(COALESCE(SUM(amount_cents), 0) AS BIGINT) FROM guard_hold
+               WHERE destination_id = $1 AND bank_day = $2 AND ended_at IS NULL AND expires_at > $3";
+    let plan: String = match &store {
+        Store::Sqlite(p) => {
+            sqlx::query("ANALYZE").execute(p).await.unwrap();
+            let rows: Vec<(i64, i64, i64, String)> =
+                sqlx::query_as(sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {sum}")))
+                    .bind("dst")
+                    .bind(today())
+                    .bind(Utc::now())
+                    .fetch_all(p)
+                    .await
+                    .unwrap();
+            rows.into_iter().map(|r| r.3).collect::<Vec<_>>().join("\n")
+        }
+        Store::Postgres(p) => {
+            let mut c = p.acquire().await.unwrap();
+            sqlx::query("ANALYZE guard_hold").execute(&mut *c).await.unwrap();
+            sqlx::query("SET plan_cache_mode = force_generic_plan").execute(&mut *c).await.unwrap();
+            let prepare = format!("PREPARE held(text, text, timestamptz) AS {sum}");
+            sqlx::raw_sql(sqlx::AssertSqlSafe(prepare)).execute(&mut *c).await.unwrap();
+            let rows: Vec<(String,)> =
+                sqlx::query_as(sqlx::AssertSqlSafe(format!("EXPLAIN EXECUTE held('dst', '{}', now())", today())))
+                    .fetch_all(&mut *c)
+                    .await
+                    .unwrap();
+            rows.into_iter().map(|r| r.0).collect::<Vec<_>>().join("\n")
+        }
+    };
+    assert!(plan.contains("guard_hold_open"), "the sum must use the open holds' index by destination and day:\n{plan}");
+}
+both_backends!(
+    the_days_open_holds_are_summed_through_their_index,
+    super::the_days_open_holds_are_summed_through_their_index
+);
