@@ -361,10 +361,13 @@ async fn main() {
     let pg = args.iter().position(|a| a == "--pg").and_then(|i| args.get(i + 1)).cloned();
     let (sqlite, _d) = fresh(None).await;
     let only = std::env::var("BENCH_ONLY").unwrap_or_default();
-    if only != "guard-pg" && only != "serve" {
+    if only != "guard-pg" && only != "serve" && only != "rotation" {
         bench_guard("sqlite", &sqlite).await;
     }
-    if let Some(admin) = &pg {
+    if let Some(admin) = &pg
+        && only != "serve"
+        && only != "rotation"
+    {
         let (url, _) = fresh(Some(admin)).await;
         bench_guard("postgres", &url).await;
     }

@@ -52,28 +52,31 @@ end
         ),
     )
     .unwrap();
-    let out = std::process::Command::new("wrk")
-        .args(["-t2", "-c32", "-d10s", "--latency", "-s"])
-        .arg(script.path())
-        .arg(format!("{base}/v1/guard"))
-        .output();
-    match out {
-        Ok(o) => {
-            let text = String::from_utf8_lossy(&o.stdout);
-            let pick = |p: &str| {
-                text.lines()
-                    .find(|l| l.trim_start().starts_with(p))
-                    .map(|l| l.split_whitespace().nth(1).unwrap_or("?").to_string())
-            };
-            let rps = text.lines().find(|l| l.starts_with("Requests/sec")).unwrap_or("Requests/sec: ?").to_string();
-            let non2xx = text.lines().find(|l| l.contains("Non-2xx")).unwrap_or("").trim().to_string();
-            println!(
-                "POST /v1/guard with a hold under wrk (2 threads, 32 connections, 10 s) [{label}]: {rps}, p50 {}, p99 {} {non2xx}",
-                pick("50%").unwrap_or_default(),
-                pick("99%").unwrap_or_default()
-            );
+    for connections in [8, 32] {
+        let out = std::process::Command::new("wrk")
+            .args(["-t2", &format!("-c{connections}"), "-d10s", "--latency", "-s"])
+            .arg(script.path())
+            .arg(format!("{base}/v1/guard"))
+            .output();
+        match out {
+            Ok(o) => {
+                let text = String::from_utf8_lossy(&o.stdout);
+                let pick = |p: &str| {
+                    text.lines()
+                        .find(|l| l.trim_start().starts_with(p))
+                        .map(|l| l.split_whitespace().nth(1).unwrap_or("?").to_string())
+                };
+                let rps = text.lines().find(|l| l.starts_with("Requests/sec")).unwrap_or("Requests/sec: ?").to_string();
+                let non2xx = text.lines().find(|l| l.contains("Non-2xx")).unwrap_or("").trim().to_string();
+                println!(
+                    "POST /v1/guard with a hold under wrk (2 threads, {connections} connections, 10 s) [{label}]: {rps}, \
+                     p50 {}, p99 {} {non2xx}",
+                    pick("50%").unwrap_or_default(),
+                    pick("99%").unwrap_or_default()
+                );
+            }
+            Err(e) => println!("POST /v1/guard under wrk [{label}]: wrk is not installed ({e}): apt-get install wrk"),
         }
-        Err(e) => println!("POST /v1/guard under wrk [{label}]: wrk is not installed ({e}): apt-get install wrk"),
     }
     w.shutdown.trigger("bench");
     w.store.close().await;

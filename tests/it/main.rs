@@ -14,5 +14,6 @@ mod money;
 mod ops;
 mod outbox;
 mod serve;
+mod serve_processes;
 mod spec;
 mod tokens;
