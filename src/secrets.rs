@@ -53,6 +53,18 @@ fn non_empty(name: &str, v: String, source: &str) -> anyhow::Result<Option<Secre
 /// end it), and every backticked name that is not a plain lower-case field name (serde's "unknown field
 /// `…`" echoes whatever key the input had) with `` `…` ``.
 pub(crate) fn redact_quoted(msg: &str) -> String {
+    // serde's "unknown field `KEY`, expected …" echoes the key raw, backticks in it included.
+    if let Some(start) = msg.find("unknown field `") {
+        let from = start + "unknown field `".len();
+        let to = msg.rfind("`, expected").or_else(|| msg.rfind("` at line")).filter(|&t| t >= from);
+        let rest = to.map_or(String::new(), |t| format!("`{}", redact_marks(&msg[t + 1..])));
+        return format!("{}unknown field `…{rest}", redact_marks(&msg[..start]));
+    }
+    redact_marks(msg)
+}
+
+/// Quoted strings and backticked names that are not plain field names, cut out of `msg`.
+fn redact_marks(msg: &str) -> String {
     let mut out = String::new();
     let mut chars = msg.chars();
     while let Some(ch) = chars.next() {
@@ -95,5 +107,24 @@ mod tests {
         assert_eq!(redact_quoted(escaped), r#"invalid value: string "…", expected x"#);
         let key = "unknown field `tok-SECRET-123`, expected one of `user_id`, `access_token`";
         assert_eq!(redact_quoted(key), "unknown field `…`, expected one of `user_id`, `access_token`");
+        let ticked = "unknown field `x`tok-secret`, expected one of `user_id`";
+        assert_eq!(redact_quoted(ticked), "unknown field `…`, expected one of `user_id`");
+        assert_eq!(redact_quoted("unknown field `x`tok"), "unknown field `…");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn redacting_any_message_ends_and_never_echoes_a_quoted_secret(pre in "[^\"`\\\\]{0,30}", secret in "[A-Za-z0-9`\\\\-]{1,30}") {
+            let m = format!("{pre}unknown field `{secret}`, expected one of `user_id`");
+            let r = redact_quoted(&m);
+            proptest::prop_assert!(r.ends_with("`, expected one of `user_id`"), "{}", r);
+            let q = format!("{pre} string \"{secret}\" at line 1");
+            let rq = redact_quoted(&q);
+            let telling = secret.len() >= 6 && !pre.contains(&secret) && !"unknown field, expected one of user_id string at line 1".contains(&secret);
+            if telling {
+                proptest::prop_assert!(!r.contains(&secret), "{}", r);
+                proptest::prop_assert!(!rq.contains(&secret), "{}", rq);
+            }
+        }
     }
 }

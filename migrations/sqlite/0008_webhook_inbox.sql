@@ -20,3 +20,5 @@ CREATE INDEX webhook_inbox_due ON webhook_inbox (next_attempt_at) WHERE processe
 
 -- Who holds an outbox message's delivery, so completion is fenced on the claim that POSTed it.
 ALTER TABLE outbox ADD COLUMN claimed_by TEXT;
+-- Deliverers claim the oldest undelivered message one at a time.
+CREATE INDEX outbox_undelivered ON outbox (created_at, id) WHERE delivered_at IS NULL;

@@ -202,6 +202,9 @@ pub(super) fn parse(text: &str, base_url_override: Option<&str>) -> Result<Setti
     };
     let outbox =
         OutboxSettings { endpoint, request_timeout: file.outbox.request_timeout.unwrap_or(DEFAULT_OUTBOX_TIMEOUT) };
+    if outbox.request_timeout.is_zero() {
+        return Err("outbox.request_timeout: must be longer than zero".into());
+    }
     if file.runner.claim_lease < TimeDelta::seconds(5) {
         return Err("runner.claim_lease: must be at least 5s".into());
     }

@@ -54,27 +54,42 @@ pub(crate) async fn execute(ctx: &RunContext<'_>) -> anyhow::Result<()> {
 /// How often the background deliverer looks at the outbox.
 const OUTBOX_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Delivers the outbox in the background until shutdown (the daemon and the service: job runs then deliver
-/// nothing themselves, so a dead endpoint slows no run). At most one per process.
-pub(crate) async fn deliver_outbox_in_background(worker: std::sync::Arc<Worker>) {
-    if worker.outbox_in_background.swap(true, std::sync::atomic::Ordering::Relaxed) {
+/// Starts delivering the outbox in the background until shutdown (the daemon and the service: job runs then
+/// deliver nothing themselves, so a dead endpoint slows no run). At most one per process; should the task end
+/// for any reason, job runs deliver again.
+pub(crate) fn deliver_outbox_in_background(worker: std::sync::Arc<Worker>) {
+    use std::sync::atomic::Ordering;
+    if worker.outbox_in_background.swap(true, Ordering::SeqCst) {
         return;
     }
-    loop {
-        match worker.services() {
-            Ok(svc) => {
-                if let Err(e) =
-                    outbox::deliver_if_configured(svc.deliverer.as_ref(), &worker.store, outbox::Bound::Everything)
-                        .await
-                {
-                    tracing::warn!(error = %format!("{e:#}"), "outbox delivery pass failed; will retry");
-                }
-            }
-            Err(e) => tracing::warn!(error = %format!("{e:#}"), "no outbox deliverer"),
-        }
-        tokio::select! {
-            _ = worker.shutdown.triggered() => return,
-            _ = tokio::time::sleep(OUTBOX_EVERY) => {}
+    /// Gives delivery back to the job runs when the task ends, even by a panic.
+    struct Handback(std::sync::Arc<Worker>);
+    impl Drop for Handback {
+        fn drop(&mut self) {
+            self.0.outbox_in_background.store(false, Ordering::SeqCst);
         }
     }
+    tokio::spawn(async move {
+        let guard = Handback(worker);
+        let worker = &guard.0;
+        loop {
+            match worker.services() {
+                Ok(svc) => {
+                    let pass =
+                        outbox::deliver_if_configured(svc.deliverer.as_ref(), &worker.store, outbox::Bound::Everything);
+                    tokio::select! {
+                        r = pass => if let Err(e) = r {
+                            tracing::warn!(error = %format!("{e:#}"), "outbox delivery pass failed; will retry");
+                        },
+                        _ = worker.shutdown.triggered() => return,
+                    }
+                }
+                Err(e) => tracing::warn!(error = %format!("{e:#}"), "no outbox deliverer"),
+            }
+            tokio::select! {
+                _ = worker.shutdown.triggered() => return,
+                _ = tokio::time::sleep(OUTBOX_EVERY) => {}
+            }
+        }
+    });
 }

@@ -46,7 +46,7 @@ pub(crate) async fn run(worker: Arc<Worker>, opts: DaemonOptions) -> anyhow::Res
             worker.checked_services().await?;
         }
     }
-    tokio::spawn(crate::jobs::deliver_outbox_in_background(worker.clone()));
+    crate::jobs::deliver_outbox_in_background(worker.clone());
     let mut sched = JobScheduler::new().await.map_err(|e| anyhow::anyhow!("starting the scheduler: {e}"))?;
     sched.start().await.map_err(|e| anyhow::anyhow!("starting the scheduler: {e}"))?;
     let (fatal_tx, mut fatal_rx) = mpsc::channel::<anyhow::Error>(1);

@@ -38,7 +38,7 @@ pub struct Delivered {
 pub enum Bound {
     /// Everything due (the background deliverer of the daemon and the service; tests).
     Everything,
-    /// What a job run may spend on it: stop when the endpoint is unreachable, and after `MAX_PER_RUN`.
+    /// What a job run may spend on it: stop at the first failed delivery, and after `MAX_PER_RUN`.
     ForARun,
 }
 
@@ -81,9 +81,10 @@ impl Deliverer {
     }
 
     /// Delivers what is due at `now`, one message at a time, each under a claim of its own that outlasts its
-    /// POST and fences its completion (a deliverer whose claim was taken over records nothing). With
-    /// [`Bound::ForARun`], a pass stops at the first delivery that could not reach the endpoint (it is down:
-    /// the rest would wait on it too) and after `MAX_PER_RUN` messages; the rest is left for later.
+    /// POST and fences its completion (a deliverer whose claim was taken over records nothing). A pass stops at
+    /// the first delivery that could not reach the endpoint (it is down: the rest would wait on it too); with
+    /// [`Bound::ForARun`], also at the first failed delivery and after `MAX_PER_RUN` messages. The rest is
+    /// left for later.
     pub async fn deliver(&self, store: &Store, now: DateTime<Utc>, bound: Bound) -> anyhow::Result<Delivered> {
         let owner = uuid::Uuid::new_v4().to_string();
         let claim_for = TimeDelta::from_std(self.timeout).unwrap_or(TimeDelta::MAX) + TimeDelta::seconds(30);
@@ -105,7 +106,10 @@ impl Deliverer {
                     warn!(key = %m.idempotency_key, attempt = m.attempts + 1, error = %e.detail, retry_at = %next, "outbox delivery failed; will retry");
                     report.failed += 1;
                     let kept = store::reschedule(store, &m.id, &owner, next, &e.detail).await?;
-                    if bound == Bound::ForARun && e.unreachable {
+                    // An endpoint that does not answer stalls every message behind it: the pass ends (the
+                    // background deliverer tries again in seconds). A job run also gives up at the first
+                    // failure of any kind, so a slow failing endpoint costs it one timeout at most.
+                    if e.unreachable || bound == Bound::ForARun {
                         report.left = true;
                         return Ok(report);
                     }

@@ -57,7 +57,7 @@ pub async fn serve_on(
         wake: Arc::new(Notify::new()),
     };
     let inbox = tokio::spawn(inbox::process::run(worker.clone(), state.wake.clone(), INBOX_EVERY));
-    tokio::spawn(crate::jobs::deliver_outbox_in_background(worker.clone()));
+    crate::jobs::deliver_outbox_in_background(worker.clone());
     let addr = listener.local_addr()?;
     info!(listen = %addr, "serving");
     let app = routes::router(state);
