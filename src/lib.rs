@@ -29,7 +29,7 @@ pub mod outbox;
 pub mod reconcile;
 pub mod runner;
 pub mod sandbox;
-pub(crate) mod secrets;
+pub mod secrets;
 pub mod serve;
 pub mod shutdown;
 pub mod store;

@@ -49,6 +49,46 @@ fn non_empty(name: &str, v: String, source: &str) -> anyhow::Result<Option<Secre
     Ok(Some(SecretString::from(v)))
 }
 
+/// Input JSON parsed as `T`, with an error that names the field (its path) and echoes no value.
+pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(input: &[u8]) -> Result<T, String> {
+    let de = &mut serde_json::Deserializer::from_slice(input);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = redact_quoted(&e.into_inner().to_string());
+        // The path is the input's own keys: shown only when it reads as field names (an unknown key may be
+        // anything, a pasted token included).
+        let plain = path.len() <= 80
+            && path.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "_.[]".contains(c));
+        match path.as_str() {
+            "." => format!("malformed JSON: {inner}"),
+            _ if plain => format!("field `{path}`: {inner}"),
+            _ => format!("a field: {inner}"),
+        }
+    })
+}
+
+/// A value as shown in a message: control characters dropped, cut to 40 characters, so a pasted token or a
+/// 10 MB id is never echoed whole.
+pub fn shown(v: &str) -> String {
+    let cut: String = v.chars().filter(|c| !c.is_control()).take(40).collect();
+    if cut.len() < v.len() { format!("`{cut}…`") } else { format!("`{cut}`") }
+}
+
+/// An id of the fintech's or Astra's (a user, a destination): 1 to 256 characters, none a control character
+/// (a NUL byte among them, which PostgreSQL refuses to store). The error names `field`, never the value.
+pub fn check_id(field: &str, v: &str) -> Result<(), String> {
+    if v.trim().is_empty() {
+        return Err(format!("{field} is empty"));
+    }
+    if v.chars().count() > 256 {
+        return Err(format!("{field} is longer than 256 characters"));
+    }
+    if v.chars().any(char::is_control) {
+        return Err(format!("{field} contains a control character"));
+    }
+    Ok(())
+}
+
 /// Replaces every quoted string in a parser message (it might be a token) with `"…"` (an escaped `\"` does not
 /// end it), and every backticked name that is not a plain lower-case field name (serde's "unknown field
 /// `…`" echoes whatever key the input had) with `` `…` ``.

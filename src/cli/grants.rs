@@ -69,30 +69,31 @@ async fn import(store: &Store, file: Option<&PathBuf>) -> anyhow::Result<Status>
     let (mut new, mut replaced, mut unchanged, mut stale, mut bad) = (0, 0, 0, 0, 0);
     for item in super::output::numbered_lines(super::output::input(file)?) {
         let (n, line) = item?;
-        let parsed: ImportLine = match serde_json::from_str(&line) {
+        // The parser's message names the field and echoes no value (a token, say).
+        let parsed: ImportLine = match line.and_then(|l| crate::secrets::parse_json(l.as_bytes())) {
             Ok(p) => p,
             Err(e) => {
-                // serde's message never carries the token values of a well-formed line; strip quoted text anyway.
-                eprintln!("line {n}: skipped: {}", crate::secrets::redact_quoted(&e.to_string()));
+                eprintln!("line {n}: skipped: {e}");
                 bad += 1;
                 continue;
             }
         };
+        let user = crate::secrets::shown(&parsed.user_id);
         match tokens::import(store, &keyring, &parsed, Utc::now()).await {
             Ok(Imported::New) => new += 1,
             Ok(Imported::Replaced { episode_open_for }) => {
                 replaced += 1;
                 if let Some(d) = episode_open_for {
-                    eprintln!("line {n}: user {}: re-authorization episode closed after {}", parsed.user_id, human(d));
+                    eprintln!("line {n}: user {user}: re-authorization episode closed after {}", human(d));
                 }
             }
             Ok(Imported::Unchanged) => unchanged += 1,
             Ok(Imported::Stale) => {
-                eprintln!("line {n}: user {}: skipped: older than the stored grant", parsed.user_id);
+                eprintln!("line {n}: user {user}: skipped: older than the stored grant");
                 stale += 1;
             }
             Err(e) if crate::exit::classify(&e) == Status::No => {
-                eprintln!("line {n}: user {}: skipped: {e:#}", parsed.user_id);
+                eprintln!("line {n}: user {user}: skipped: {e:#}");
                 bad += 1;
             }
             Err(e) => return Err(e.context(format!("line {n}"))),

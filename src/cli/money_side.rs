@@ -90,12 +90,10 @@ pub(super) async fn accounts(store: &Store, cmd: &AccountsCommand) -> anyhow::Re
     let (mut ok, mut bad) = (0, 0);
     for item in super::output::numbered_lines(super::output::input(file.as_ref())?) {
         let (n, line) = item?;
-        let parsed: ImportLine = match serde_json::from_str(&line) {
+        let parsed = match line.and_then(|l| ImportLine::parse(l.as_bytes())) {
             Ok(p) => p,
-            Err(_) => {
-                eprintln!(
-                    "line {n}: skipped: not a destination ({{destination_id, user_id, kind, bank_time_zone, daily_limit_cents, …}}) nor an ACH credit ({{routine_id, ach_credit_id, addenda}})"
-                );
+            Err(e) => {
+                eprintln!("line {n}: skipped: {e}");
                 bad += 1;
                 continue;
             }

@@ -19,10 +19,20 @@ pub(super) fn input(file: Option<&PathBuf>) -> anyhow::Result<Box<dyn BufRead>> 
 }
 
 /// The non-blank lines, numbered from 1 (a read error names its line).
-pub(super) fn numbered_lines(reader: Box<dyn BufRead>) -> impl Iterator<Item = anyhow::Result<(usize, String)>> {
-    reader.lines().enumerate().filter_map(|(i, l)| match l {
-        Ok(l) if l.trim().is_empty() => None,
-        Ok(l) => Some(Ok((i + 1, l))),
+/// The non-blank lines of `reader`, numbered from 1; a line that is not UTF-8 is that line's rejection (the
+/// others still read), an error reading the input stops it.
+pub(super) fn numbered_lines(
+    reader: Box<dyn BufRead>,
+) -> impl Iterator<Item = anyhow::Result<(usize, Result<String, String>)>> {
+    reader.split(b'\n').enumerate().filter_map(|(i, l)| match l {
+        Ok(bytes) => {
+            let bytes = bytes.strip_suffix(b"\r").unwrap_or(&bytes).to_vec();
+            match String::from_utf8(bytes) {
+                Ok(l) if l.trim().is_empty() => None,
+                Ok(l) => Some(Ok((i + 1, Ok(l)))),
+                Err(_) => Some(Ok((i + 1, Err("the line is not UTF-8".to_string())))),
+            }
+        }
         Err(e) => Some(Err(anyhow::Error::from(e).context(format!("reading line {}", i + 1)))),
     })
 }

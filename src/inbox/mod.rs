@@ -35,9 +35,8 @@ fn printable(field: &str, v: &str, max: usize) -> Result<(), String> {
 impl Webhook {
     /// Parses a verified body; the error names the field.
     pub fn parse(body: &[u8]) -> anyhow::Result<Webhook> {
-        let w: Webhook = serde_json::from_slice(body).map_err(|e| {
-            Failure::rejected(format!("webhook body: {}", crate::secrets::redact_quoted(&e.to_string())))
-        })?;
+        let w: Webhook =
+            crate::secrets::parse_json(body).map_err(|e| Failure::rejected(format!("webhook body: {e}")))?;
         printable("webhook_id", &w.webhook_id, 256).map_err(Failure::rejected)?;
         printable("webhook_type", &w.webhook_type, 64).map_err(Failure::rejected)?;
         for (f, v) in [("user_id", &w.user_id), ("resource_id", &w.resource_id)] {

@@ -195,8 +195,7 @@ pub async fn users_to_sync(store: &Store, now: DateTime<Utc>) -> sqlx::Result<Ve
 
 /// A key as shown in a message: cut, so a pasted token is never echoed whole.
 pub(crate) fn shown(key: &str) -> String {
-    let cut: String = key.chars().filter(|c| !c.is_control()).take(40).collect();
-    if cut.len() < key.len() { format!("`{cut}…`") } else { format!("`{cut}`") }
+    crate::secrets::shown(key)
 }
 
 /// The sum held open at `now` against a destination's bank day, on a connection or transaction (the

@@ -98,6 +98,23 @@ pub enum ImportLine {
     AchCredit(AchCreditLine),
 }
 
+impl ImportLine {
+    /// One line of input: a destination when it names `destination_id`, an ACH credit when it names
+    /// `routine_id`; the error names the field that does not parse (`daily_limit_cents` for `1e400`).
+    pub fn parse(line: &[u8]) -> Result<ImportLine, String> {
+        let text = String::from_utf8_lossy(line);
+        if text.contains("\"destination_id\"") {
+            crate::secrets::parse_json(line).map(ImportLine::Destination)
+        } else if text.contains("\"routine_id\"") {
+            crate::secrets::parse_json(line).map(ImportLine::AchCredit)
+        } else {
+            Err("not a destination ({destination_id, user_id, kind, bank_time_zone, daily_limit_cents, …}) nor an ACH \
+                 credit ({routine_id, ach_credit_id, addenda})"
+                .into())
+        }
+    }
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DestinationLine {
@@ -124,9 +141,8 @@ pub struct AchCreditLine {
 
 impl DestinationLine {
     fn validate(&self) -> Result<(), String> {
-        if self.destination_id.trim().is_empty() || self.user_id.trim().is_empty() {
-            return Err("destination_id and user_id must not be empty".into());
-        }
+        crate::secrets::check_id("destination_id", &self.destination_id)?;
+        crate::secrets::check_id("user_id", &self.user_id)?;
         parse_zone(&self.bank_time_zone).map_err(|e| format!("bank_time_zone: {e}"))?;
         if self.daily_limit_cents < 0 {
             return Err(format!("daily_limit_cents must not be negative (got {})", self.daily_limit_cents));
@@ -137,9 +153,8 @@ impl DestinationLine {
 
 impl AchCreditLine {
     fn validate(&self) -> Result<(), String> {
-        if self.routine_id.trim().is_empty() || self.ach_credit_id.trim().is_empty() {
-            return Err("routine_id and ach_credit_id must not be empty".into());
-        }
+        crate::secrets::check_id("routine_id", &self.routine_id)?;
+        crate::secrets::check_id("ach_credit_id", &self.ach_credit_id)?;
         if !(8..=80).contains(&self.addenda.chars().count()) {
             return Err("addenda must be 8 to 80 characters".into());
         }

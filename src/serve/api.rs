@@ -159,7 +159,7 @@ pub(super) async fn import(State(st): State<AppState>, body: Bytes) -> Response 
             Ok(v) => v
                 .into_iter()
                 .enumerate()
-                .map(|(i, x)| (i + 1, serde_json::from_value(x).map_err(|e| e.to_string())))
+                .map(|(i, x)| (i + 1, crate::secrets::parse_json(x.to_string().as_bytes())))
                 .collect(),
             Err(e) => return error(StatusCode::BAD_REQUEST, format!("malformed array: {e}")),
         },
@@ -168,7 +168,7 @@ pub(super) async fn import(State(st): State<AppState>, body: Bytes) -> Response 
                 .lines()
                 .enumerate()
                 .filter(|(_, l)| !l.trim().is_empty())
-                .map(|(i, l)| (i + 1, serde_json::from_str(l).map_err(|e| e.to_string())))
+                .map(|(i, l)| (i + 1, crate::secrets::parse_json(l.as_bytes())))
                 .collect(),
             Err(_) => return error(StatusCode::BAD_REQUEST, "the body is not UTF-8"),
         },
@@ -179,7 +179,7 @@ pub(super) async fn import(State(st): State<AppState>, body: Bytes) -> Response 
         let line = match item {
             Ok(l) => l,
             Err(e) => {
-                rejected.push(json!({"item": n, "error": crate::secrets::redact_quoted(&e)}));
+                rejected.push(json!({"item": n, "error": e}));
                 continue;
             }
         };
@@ -188,9 +188,8 @@ pub(super) async fn import(State(st): State<AppState>, body: Bytes) -> Response 
             Ok(Imported::Replaced { .. }) => replaced += 1,
             Ok(Imported::Unchanged) => unchanged += 1,
             Ok(Imported::Stale) => stale += 1,
-            Err(e) if crate::exit::classify(&e) == crate::failure::Status::No => {
-                rejected.push(json!({"item": n, "user_id": line.user_id, "error": format!("{e:#}")}))
-            }
+            Err(e) if crate::exit::classify(&e) == crate::failure::Status::No => rejected
+                .push(json!({"item": n, "user_id": crate::secrets::shown(&line.user_id), "error": format!("{e:#}")})),
             Err(e) => return failure(e.context(format!("item {n}"))),
         }
     }

@@ -94,12 +94,7 @@ impl IntoResponse for BadBody {
 
 /// A body parsed as `T`; the failing field (its path) named otherwise.
 pub(crate) fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, BadBody> {
-    let de = &mut serde_json::Deserializer::from_slice(body);
-    serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = crate::secrets::redact_quoted(&e.into_inner().to_string());
-        BadBody(if path == "." { format!("malformed body: {inner}") } else { format!("field `{path}`: {inner}") })
-    })
+    crate::secrets::parse_json(body).map_err(BadBody)
 }
 
 /// An error of the library as an HTTP answer: bad input 400, "no" 409, unavailable 503, a bug 500.

@@ -51,22 +51,43 @@ const WRITE_RACES: usize = 5;
 
 impl ImportLine {
     /// When the refresh token expires.
-    fn validate(&self) -> Result<DateTime<Utc>, String> {
-        if self.user_id.trim().is_empty() {
-            return Err("user_id is empty".into());
-        }
+    fn validate(&self, now: DateTime<Utc>) -> Result<DateTime<Utc>, String> {
+        crate::secrets::check_id("user_id", &self.user_id)?;
         if self.refresh_token.expose_secret().trim().is_empty() {
             return Err("refresh_token is empty".into());
         }
         if self.access_token.expose_secret().trim().is_empty() {
             return Err("access_token is empty".into());
         }
-        match (self.refresh_token_issued_at, self.refresh_token_expires_at) {
-            (Some(_), Some(_)) => Err("give refresh_token_issued_at or refresh_token_expires_at, not both".into()),
-            (None, None) => Err("refresh_token_issued_at or refresh_token_expires_at is required".into()),
-            (Some(i), None) => Ok(i.with_timezone(&Utc) + REFRESH_TOKEN_LIFETIME),
-            (None, Some(e)) => Ok(e.with_timezone(&Utc)),
+        // Astra's refresh tokens live ten days: an expiry further out (9999-12-31) would never come due and die
+        // at Astra without a prompt; an issue time in the future is a clock or a typo.
+        let skew = TimeDelta::minutes(5);
+        let sane_from = now - TimeDelta::days(3650);
+        let expires = match (self.refresh_token_issued_at, self.refresh_token_expires_at) {
+            (Some(_), Some(_)) => {
+                return Err("give refresh_token_issued_at or refresh_token_expires_at, not both".into());
+            }
+            (None, None) => return Err("refresh_token_issued_at or refresh_token_expires_at is required".into()),
+            (Some(i), None) => {
+                let i = i.with_timezone(&Utc);
+                if i > now + skew || i < sane_from {
+                    return Err("refresh_token_issued_at: not a time Astra could have issued it (in the future, or over ten years ago)".into());
+                }
+                i + REFRESH_TOKEN_LIFETIME
+            }
+            (None, Some(e)) => e.with_timezone(&Utc),
+        };
+        if expires > now + REFRESH_TOKEN_LIFETIME + skew || expires < sane_from {
+            return Err("refresh_token_expires_at: more than ten days ahead (Astra's refresh tokens live ten days), or over ten years ago".into());
         }
+        if let Some(a) = self.access_token_expires_at
+            && (a.with_timezone(&Utc) > now + TimeDelta::days(30) || a.with_timezone(&Utc) < sane_from)
+        {
+            return Err(
+                "access_token_expires_at: outside a sane range (more than 30 days ahead, or over ten years ago)".into(),
+            );
+        }
+        Ok(expires)
     }
 }
 
@@ -75,7 +96,7 @@ impl ImportLine {
 /// store its answer over it.
 #[instrument(name = "import", skip_all, fields(user_id = %line.user_id))]
 pub async fn import(db: &Store, keyring: &Keyring, line: &ImportLine, now: DateTime<Utc>) -> anyhow::Result<Imported> {
-    let refresh_expires_at = line.validate().map_err(Failure::rejected)?;
+    let refresh_expires_at = line.validate(now).map_err(Failure::rejected)?;
     let issued_at = line.refresh_token_issued_at.map_or(now, |t| t.with_timezone(&Utc));
     let fp = fingerprint(&line.user_id, &line.refresh_token);
     for _ in 0..WRITE_RACES {

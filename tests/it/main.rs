@@ -8,6 +8,7 @@ mod exchange;
 mod grant_safety;
 mod guard;
 mod helpers;
+mod hostile;
 mod layout;
 mod ledger;
 mod money;
