@@ -199,11 +199,23 @@ async fn run(cli: Cli) -> anyhow::Result<Status> {
             let worker = std::sync::Arc::new(Worker::new(Settings::load(&cli.config())?, open_store(&cli).await?));
             worker.shutdown.listen_for_signals().context("installing signal handlers")?;
             let Some(listen) = args.listen else { return ops::run(worker, args, cli.metrics_file.clone()).await };
-            let serving = tokio::spawn(crate::serve::serve(worker.clone(), listen));
-            let status = ops::run(worker.clone(), args, cli.metrics_file.clone()).await;
-            worker.shutdown.trigger("daemon stopped");
-            serving.await.context("the HTTP service")??;
-            status
+            // The daemon and the service live and stop together: whichever ends first stops the other.
+            let mut serving = tokio::spawn(crate::serve::serve(worker.clone(), listen));
+            let daemon = ops::run(worker.clone(), args, cli.metrics_file.clone());
+            tokio::pin!(daemon);
+            tokio::select! {
+                status = &mut daemon => {
+                    worker.shutdown.trigger("daemon stopped");
+                    serving.await.context("the HTTP service")??;
+                    status
+                }
+                served = &mut serving => {
+                    worker.shutdown.trigger("the HTTP service stopped");
+                    let status = daemon.await;
+                    served.context("the HTTP service")??;
+                    status
+                }
+            }
         }
         Some(Command::Serve(args)) => {
             let worker = std::sync::Arc::new(Worker::new(Settings::load(&cli.config())?, open_store(&cli).await?));
