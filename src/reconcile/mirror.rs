@@ -32,12 +32,14 @@ struct Row {
     held_since: Option<DateTime<Utc>>,
     landed_at: Option<DateTime<Utc>>,
     cleared_at: Option<DateTime<Utc>>,
+    /// Astra's `updated` of the answer stored.
+    updated_at: Option<DateTime<Utc>>,
 }
 
 async fn load(store: &Store, id: &str) -> sqlx::Result<Option<Row>> {
     with_pool!(store, |p| sqlx::query_as(
         "SELECT version, status, amount_cents, destination_id, bank_day, counted, settlement_reason, failure_reason,
-                held_since, landed_at, cleared_at FROM transfer WHERE id = $1"
+                held_since, landed_at, cleared_at, updated_at FROM transfer WHERE id = $1"
     )
     .bind(id)
     .fetch_optional(p)
@@ -153,6 +155,14 @@ pub async fn upsert(store: &Store, user_id: &str, t: &Transfer, now: DateTime<Ut
         // Read outside the transaction: the transaction's first statement is then a write (SQLite takes its
         // write lock at once and waits on the busy timeout instead of failing on a stale snapshot).
         let old = load(store, &t.id).await?;
+        // Answers return late and out of order (a webhook's read racing a poll): one older than the answer stored,
+        // by Astra's own `updated`, changes nothing.
+        if let (Some(stored), Some(o)) = (old.as_ref().and_then(|o| o.updated_at), t.updated)
+            && o < stored
+        {
+            touch(store, &t.id, now).await?;
+            return Ok(Upserted::default());
+        }
         let next = next_state(t, dest.as_ref(), old.as_ref(), now);
         if let Some(o) = &old {
             let same = o.status == t.status.as_str()

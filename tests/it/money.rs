@@ -460,3 +460,36 @@ both_backends!(
     bad_items_are_skipped_or_left_uncounted_and_a_repeated_item_counts_once,
     super::bad_items_are_skipped_or_left_uncounted_and_a_repeated_item_counts_once
 );
+
+/// An answer older than the one stored (by Astra's `updated`) changes nothing: a webhook's slow read that comes
+/// back after a newer poll does not un-fail a transfer or count it again.
+async fn an_answer_older_than_the_stored_one_changes_nothing(b: Backend) {
+    let rig = TestApp::new(b, Default::default(), |_| {}).await;
+    let store = rig.db.store().await;
+    register(&store, "dst", "u1", "account", NY, 250_000).await;
+    let at = Utc::now() - TimeDelta::hours(1);
+    let answer = |status: &str, updated: DateTime<Utc>| {
+        astra_worker::astra::model::parse_transfer(serde_json::json!({
+            "id": "t-1", "amount": 100.0, "destination_id": "dst", "source_id": "src", "status": status,
+            "initiated": at.to_rfc3339(), "updated": updated.to_rfc3339(),
+            "estimated_clearing_date": at.to_rfc3339(),
+        }))
+        .unwrap()
+    };
+    let day = astra_worker::domain::BankDay::of(NY.parse().unwrap(), at).key();
+    let counted = async || counters::counter(&store, "dst", &day).await.unwrap();
+    mirror::upsert(&store, "u1", &answer("processed", at), Utc::now()).await.unwrap();
+    let failed =
+        mirror::upsert(&store, "u1", &answer("failed", at + TimeDelta::minutes(30)), Utc::now()).await.unwrap();
+    assert_eq!(failed.followups, 1, "a failure after landing raises its follow-up");
+    let late =
+        mirror::upsert(&store, "u1", &answer("processed", at + TimeDelta::minutes(10)), Utc::now()).await.unwrap();
+    assert!(!late.changed && !late.new, "the older answer was not applied: {late:?}");
+    assert_eq!(counted().await.map(|c| c.0), Some(0), "the failed transfer stays uncounted");
+    let again = mirror::upsert(&store, "u1", &answer("failed", at + TimeDelta::minutes(30)), Utc::now()).await.unwrap();
+    assert_eq!(again.followups, 0, "nothing raised twice");
+}
+both_backends!(
+    an_answer_older_than_the_stored_one_changes_nothing,
+    super::an_answer_older_than_the_stored_one_changes_nothing
+);
