@@ -11,8 +11,10 @@
 //! - [`reconcile`], the second half: keeping money inside the bank's limits (registry, mirror, counters,
 //!   guard);
 //! - [`exit`] (errors into exit codes), [`app`] (the process: settings, store, limiter, services);
-//! - [`jobs`] (one file per job and their run context), [`runner`] (slots, claims, heartbeat, grace);
-//! - [`ops`] (daemon, health, metrics, rendering), [`sandbox`] (the Astra simulator), [`demo`], [`cli`].
+//! - [`jobs`] (one file per job and their run context), [`runner`] (slots, claims, heartbeat, grace),
+//!   [`inbox`] (Astra's webhooks in: signature, inbox, processing);
+//! - [`ops`] (daemon, health, metrics, rendering), [`serve`] (the HTTP service), [`sandbox`] (the Astra
+//!   simulator), [`demo`], [`cli`].
 
 pub mod app;
 pub mod astra;
