@@ -174,13 +174,13 @@ pub(super) async fn holds(store: &Store, cmd: &HoldsCommand) -> anyhow::Result<S
     match cmd {
         HoldsCommand::Release { key } => {
             if !holds::release(store, key, now).await? {
-                return Err(Failure::config(format!("no open hold under key {}", holds::shown(key))));
+                return Err(Failure::config(format!("no open hold under key {}", crate::secrets::shown(key))));
             }
-            outln!("hold {}: released", holds::shown(key));
+            outln!("hold {}: released", crate::secrets::shown(key));
         }
         HoldsCommand::Attach { key, routine_id } => {
             holds::attach(store, key, routine_id).await?;
-            outln!("hold {}: attached to routine {routine_id}", holds::shown(key));
+            outln!("hold {}: attached to routine {routine_id}", crate::secrets::shown(key));
         }
         HoldsCommand::List { open, limit, format } => {
             let rows = holds::list(store, *open, now, *limit).await?;

@@ -124,13 +124,15 @@ pub async fn attach(store: &Store, key: &str, routine_id: &str) -> anyhow::Resul
         return Ok(());
     }
     match get(store, key).await? {
-        None => Err(Failure::config(format!("no hold under key {}", shown(key)))),
-        Some((h, _)) if h.ended_at.is_some() => {
-            Err(Failure::config(format!("the hold {} has ended ({})", shown(key), h.end_reason.unwrap_or_default())))
-        }
+        None => Err(Failure::config(format!("no hold under key {}", crate::secrets::shown(key)))),
+        Some((h, _)) if h.ended_at.is_some() => Err(Failure::config(format!(
+            "the hold {} has ended ({})",
+            crate::secrets::shown(key),
+            h.end_reason.unwrap_or_default()
+        ))),
         Some(_) => Err(Failure::config(format!(
             "the hold {} is attached to another routine, or routine {routine_id} to another hold",
-            shown(key)
+            crate::secrets::shown(key)
         ))),
     }
 }
@@ -191,11 +193,6 @@ pub async fn users_to_sync(store: &Store, now: DateTime<Utc>) -> sqlx::Result<Ve
     .fetch_all(p)
     .await
     })
-}
-
-/// A key as shown in a message: cut, so a pasted token is never echoed whole.
-pub(crate) fn shown(key: &str) -> String {
-    crate::secrets::shown(key)
 }
 
 /// The sum held open at `now` against a destination's bank day, on a connection or transaction (the
@@ -284,6 +281,6 @@ mod tests {
         assert!(check_key("a\u{0}b").unwrap_err().contains("control"));
         assert!(check_key("").is_err());
         assert!(check_key(" k").is_err());
-        assert_eq!(shown(&"x".repeat(100)), format!("`{}…`", "x".repeat(40)));
+        assert_eq!(crate::secrets::shown(&"x".repeat(100)), format!("`{}…`", "x".repeat(40)));
     }
 }

@@ -85,7 +85,7 @@ pub(super) async fn attach(State(st): State<AppState>, Path(key): Path<String>, 
         Err(r) => return r.into_response(),
     };
     match holds::get(&st.worker.store, &key).await {
-        Ok(None) => return error(StatusCode::NOT_FOUND, format!("no hold under key {}", holds::shown(&key))),
+        Ok(None) => return error(StatusCode::NOT_FOUND, format!("no hold under key {}", crate::secrets::shown(&key))),
         Err(e) => return failure(e.into()),
         Ok(Some(_)) => {}
     }
@@ -102,16 +102,13 @@ pub(super) async fn attach(State(st): State<AppState>, Path(key): Path<String>, 
 pub(super) async fn release(State(st): State<AppState>, Path(key): Path<String>) -> Response {
     match holds::release(&st.worker.store, &key, Utc::now()).await {
         Ok(true) => Json(json!({"hold_key": key, "released": true})).into_response(),
-        Ok(false) => error(StatusCode::NOT_FOUND, format!("no open hold under key {}", holds::shown(&key))),
+        Ok(false) => error(StatusCode::NOT_FOUND, format!("no open hold under key {}", crate::secrets::shown(&key))),
         Err(e) => failure(e.into()),
     }
 }
 
 pub(super) async fn access_token(State(st): State<AppState>, Path(user_id): Path<String>) -> Response {
-    let svc = match st.worker.services() {
-        Ok(s) => s,
-        Err(e) => return failure(e),
-    };
+    let svc = &st.services;
     match tokens::access_token_until(&st.worker.store, &svc.tokens, &user_id).await {
         Ok(a) => Json(json!({"access_token": a.token.expose_secret(), "expires_at": a.expires_at})).into_response(),
         Err(e) => match e.downcast_ref::<NoToken>() {
@@ -134,10 +131,7 @@ pub(super) async fn exchange(State(st): State<AppState>, body: Bytes) -> Respons
         Ok(b) => b,
         Err(r) => return r.into_response(),
     };
-    let svc = match st.worker.services() {
-        Ok(s) => s,
-        Err(e) => return failure(e),
-    };
+    let svc = &st.services;
     match tokens::exchange(&st.worker.store, &svc.tokens, &b.user_id, &b.code, Utc::now()).await {
         Ok(done) => Json(done).into_response(),
         Err(e) if crate::exit::classify(&e) == crate::failure::Status::No => {
@@ -150,10 +144,7 @@ pub(super) async fn exchange(State(st): State<AppState>, body: Bytes) -> Respons
 /// `POST /v1/grants`: a JSON array of grants, or JSON lines, as `grants import` reads them. Each grant is
 /// judged on its own; the answer counts them and names every one refused, by its number.
 pub(super) async fn import(State(st): State<AppState>, body: Bytes) -> Response {
-    let svc = match st.worker.services() {
-        Ok(s) => s,
-        Err(e) => return failure(e),
-    };
+    let svc = &st.services;
     let items: Vec<(usize, Result<ImportLine, String>)> = match body.iter().find(|b| !b.is_ascii_whitespace()) {
         Some(b'[') => match serde_json::from_slice::<Vec<serde_json::Value>>(&body) {
             Ok(v) => v
@@ -201,10 +192,7 @@ pub(super) async fn import(State(st): State<AppState>, body: Bytes) -> Response 
 /// `POST /webhooks/astra`: verified against `Astra-Verification` before anything is read or stored, stored
 /// once per `webhook_id`, answered at once; the inbox processor does the rest.
 pub(super) async fn webhook(State(st): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
-    let svc = match st.worker.services() {
-        Ok(s) => s,
-        Err(e) => return failure(e),
-    };
+    let svc = &st.services;
     let sig = headers.get("astra-verification").and_then(|v| v.to_str().ok());
     if !signature::verify(&svc.credentials.client_secret, &body, sig) {
         return error(StatusCode::UNAUTHORIZED, "missing or bad Astra-Verification signature");

@@ -18,12 +18,17 @@ use tracing::{info, warn};
 
 pub use http::RouteMetrics;
 
-use crate::{app::Worker, inbox, secrets};
+use crate::{
+    app::{Services, Worker},
+    inbox, secrets,
+};
 
 /// What every request handler shares.
 #[derive(Clone)]
 pub(crate) struct AppState {
     pub(crate) worker: Arc<Worker>,
+    /// The Astra client, keyring and webhook secret, built (and checked against the store) at start.
+    pub(crate) services: Arc<Services>,
     pub(crate) api_key: Arc<SecretString>,
     pub(crate) metrics: Arc<RouteMetrics>,
     /// Wakes the inbox processor when a webhook was accepted here.
@@ -49,9 +54,10 @@ pub async fn serve_on(
 ) -> anyhow::Result<()> {
     // The Astra client, keyring and webhook secret are needed for every route but the probes: refuse to
     // start without them (configuration, 78) rather than fail each request.
-    worker.checked_services().await?;
+    let services = worker.checked_services().await?;
     let state = AppState {
         worker: worker.clone(),
+        services,
         api_key: Arc::new(api_key),
         metrics: Arc::new(RouteMetrics::default()),
         wake: Arc::new(Notify::new()),

@@ -147,7 +147,7 @@ async fn replay(store: &Store, req: &GuardRequest<'_>, key: &str) -> anyhow::Res
     if !same {
         return Err(Failure::config(format!(
             "the hold key {} was used for another request (user, amount or destination differ)",
-            holds::shown(key)
+            crate::secrets::shown(key)
         )));
     }
     Ok(Some(serde_json::from_str(&answer)?))
