@@ -1,5 +1,8 @@
 //! The one request limiter per process (governor, GCRA): counts HTTP requests to Astra, not jobs, and is
 //! shared by every job; a small burst (about 20 ms of quota) keeps the first second at the configured rate.
+//! Astra counts requests as they arrive, and requests sent evenly arrive bunched (connections, scheduling),
+//! so the limiter releases with half the configured burst and leaves the other half to that jitter: at most
+//! rate + burst ÷ 2 leave in any one second, and rate + burst is what may arrive.
 //! A 429 pauses it for `Retry-After`. `astra.requests_per_second` is the whole deployment's budget: with
 //! several processes calling Astra at once, each takes an equal share (see `store::ledger::presence`).
 //! It also tells a job how many requests to keep in flight so the rate is used at the latency Astra shows.
@@ -37,9 +40,15 @@ impl std::fmt::Debug for RequestLimiter {
     }
 }
 
+/// The burst the limiter releases with: half the configured one, at least two (a single-request burst
+/// loses the time every late timer wake-up costs) unless one was configured.
+fn released_burst(burst: u32) -> u32 {
+    (burst / 2).max(burst.min(2))
+}
+
 fn governor(rate: u32, burst: u32) -> Arc<DefaultDirectRateLimiter> {
     let rate = NonZeroU32::new(rate).unwrap_or(NonZeroU32::MIN);
-    let burst = NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN);
+    let burst = NonZeroU32::new(released_burst(burst)).unwrap_or(NonZeroU32::MIN);
     Arc::new(RateLimiter::direct(Quota::per_second(rate).allow_burst(burst)))
 }
 
@@ -145,6 +154,20 @@ mod tests {
         assert!(slow >= 30, "200/s at 100 ms needs at least 20 in flight, asked {slow}");
         assert!(slow > quiet * 3, "in flight at 100 ms ({slow}) vs at no latency ({quiet})");
         assert_eq!(l.in_flight(8), 8, "the ceiling bounds it");
+    }
+
+    #[test]
+    fn half_the_burst_is_left_to_the_jitter_of_arrivals() {
+        assert_eq!([1, 2, 3, 4, 20].map(released_burst), [1, 2, 2, 2, 10]);
+    }
+
+    #[test]
+    fn at_once_the_limiter_releases_half_the_burst() {
+        // One request a second: the quota does not refill while the test runs.
+        let l = RequestLimiter::new(1, 20);
+        let limiter = l.limiter.read().unwrap().clone();
+        let released = (0..20).take_while(|_| limiter.check().is_ok()).count();
+        assert_eq!(released, 10);
     }
 
     #[test]

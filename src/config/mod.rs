@@ -196,9 +196,10 @@ fn is_loopback(url: &Url) -> bool {
     }
 }
 
-/// About 20 ms of quota, at least one request: the limiter's burst when `astra.burst` is not set.
+/// About 20 ms of quota, at least four requests (at most the rate): the burst when `astra.burst` is not set.
+/// The limiter releases half of it and leaves half to the jitter of arrivals (`astra::limiter`).
 pub fn default_burst(requests_per_second: u32) -> u32 {
-    requests_per_second.div_ceil(50).max(1)
+    requests_per_second.div_ceil(50).max(requests_per_second.clamp(1, 4))
 }
 
 #[cfg(test)]

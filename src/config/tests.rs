@@ -23,7 +23,7 @@ fn the_shipped_file_is_valid_and_has_every_job() {
     assert_eq!(names, JobName::ALL.to_vec());
     assert!(s.jobs.iter().all(|j| j.enabled));
     assert_eq!(s.runner.grace_period, Duration::from_secs(20));
-    assert_eq!(s.astra.burst, 1, "20/s gets about 20 ms of quota, at least one");
+    assert_eq!(s.astra.burst, 4, "20/s gets about 20 ms of quota, at least four");
 }
 
 #[test]
@@ -101,7 +101,9 @@ fn a_schedule_that_never_fires_is_refused() {
 #[test]
 fn the_default_burst_is_about_twenty_milliseconds_of_quota() {
     assert_eq!(super::default_burst(1), 1);
-    assert_eq!(super::default_burst(50), 1);
+    assert_eq!(super::default_burst(3), 3);
+    assert_eq!(super::default_burst(50), 4);
     assert_eq!(super::default_burst(200), 4);
+    assert_eq!(super::default_burst(400), 8);
     assert_eq!(super::default_burst(1000), 20);
 }

@@ -5,7 +5,11 @@
 pub mod faults;
 pub mod ledger;
 
-use std::{path::PathBuf, str::FromStr, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    str::FromStr,
+    time::Duration,
+};
 
 use sqlx::{
     PgPool, SqlitePool,
@@ -38,10 +42,12 @@ pub(crate) use with_pool;
 
 /// Opening or migrating the store failed; says which store (without its password) and why.
 #[derive(Debug, thiserror::Error)]
-#[error("database {url}: {what}: {source}")]
+#[error("database {url}: {what}{}: {source}", if *.disk_full { " (the filesystem holding it is full)" } else { "" })]
 pub struct StoreError {
     url: String,
     what: &'static str,
+    /// SQLite names a full disk only sometimes (an open fails with a plain I/O error): said when it is so.
+    disk_full: bool,
     status: Status,
     #[source]
     source: Box<dyn std::error::Error + Send + Sync>,
@@ -49,8 +55,22 @@ pub struct StoreError {
 
 impl StoreError {
     fn new(url: &str, what: &'static str, source: sqlx::Error) -> StoreError {
-        StoreError { url: redact_url(url), what, status: classify_sqlx(&source), source: source.into() }
+        let disk_full = sqlite_storage_error(&source) && sqlite_disk_full(url);
+        StoreError { url: redact_url(url), what, disk_full, status: classify_sqlx(&source), source: source.into() }
     }
+}
+
+/// SQLite's I/O and full-disk result codes.
+fn sqlite_storage_error(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.code().as_deref().and_then(sqlite_primary).is_some_and(|c| c == 10 || c == 13))
+}
+
+/// Whether the filesystem holding the SQLite database at `url` has (almost) no room left.
+fn sqlite_disk_full(url: &str) -> bool {
+    let path = url.trim_start_matches("sqlite:").trim_start_matches("//");
+    let path = Path::new(path.split('?').next().unwrap_or(path));
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    rustix::fs::statvfs(dir).is_ok_and(|s| s.f_bavail.saturating_mul(s.f_frsize) < 256 * 1024)
 }
 
 impl Classify for StoreError {
@@ -130,17 +150,20 @@ impl Store {
             Store::Sqlite(p) => migration_lock(p).await.map_err(|e| StoreError {
                 url: redact_url(url),
                 what: "cannot take the migration lock",
+                disk_full: false,
                 status: Status::Config,
                 source: e.into(),
             })?,
             Store::Postgres(_) => None,
         };
         store.migrate().await.map_err(|e| {
-            let status = match &e {
-                MigrateError::Execute(inner) | MigrateError::ExecuteMigration(inner, _) => classify_sqlx(inner),
-                _ => Status::Config,
+            let (status, disk_full) = match &e {
+                MigrateError::Execute(inner) | MigrateError::ExecuteMigration(inner, _) => {
+                    (classify_sqlx(inner), sqlite_storage_error(inner) && sqlite_disk_full(url))
+                }
+                _ => (Status::Config, false),
             };
-            StoreError { url: redact_url(url), what: "migration failed", status, source: e.into() }
+            StoreError { url: redact_url(url), what: "migration failed", disk_full, status, source: e.into() }
         })?;
         Ok(store)
     }
@@ -206,9 +229,9 @@ pub(crate) fn classify_sqlx(e: &sqlx::Error) -> Status {
             Some("28P01" | "28000" | "3D000" | "42501") => Status::Config,
             // PostgreSQL: shutting down, starting up, too many connections, serialization, deadlock, disk full.
             Some("57P01" | "57P02" | "57P03" | "53300" | "40001" | "40P01" | "53100") => Status::Temporary,
-            // SQLite primary result codes: BUSY, LOCKED, FULL (temporary), READONLY, CANTOPEN, PERM, AUTH
-            // (configuration).
-            Some(c) if matches!(sqlite_primary(c), Some(5 | 6 | 13)) => Status::Temporary,
+            // SQLite primary result codes: BUSY, LOCKED, IOERR (a full or failing disk: an open on a full disk
+            // fails with IOERR_SHMSIZE), FULL (temporary); READONLY, CANTOPEN, PERM, AUTH (configuration).
+            Some(c) if matches!(sqlite_primary(c), Some(5 | 6 | 10 | 13)) => Status::Temporary,
             Some(c) if matches!(sqlite_primary(c), Some(8 | 14 | 3 | 23)) => Status::Config,
             _ => Status::Bug,
         },

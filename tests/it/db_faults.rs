@@ -1,7 +1,9 @@
 //! The store failing under a run: PostgreSQL's connections terminated in the middle of a rotation
-//! (`pg_terminate_backend`, as a failover or an operator would). PostgreSQL only: SQLite has no server
-//! connection to lose. The run ends (succeeded, partial or failed, never a grant declared dead without proof),
-//! the next run completes, and every grant is healthy or has a `lost_rotation` episode; none is refreshed twice.
+//! (`pg_terminate_backend`, as a failover or an operator would): the run ends (succeeded, partial or failed,
+//! never a grant declared dead without proof), the next run completes, and every grant is healthy or has a
+//! `lost_rotation` episode; none is refreshed twice. SQLite on a full filesystem (an 8 MiB tmpfs, so the test
+//! runs as root): a storage error naming the full disk, exit 75, the database intact, and the same import
+//! finishing once there is room.
 
 use std::time::Duration;
 
@@ -14,7 +16,7 @@ use astra_worker::{
 use chrono::{TimeDelta, Utc};
 
 use crate::{
-    helpers::{Backend, TestApp},
+    helpers::{Backend, KEY_A, TestApp, b64, bin, text},
     with_pool,
 };
 
@@ -65,4 +67,97 @@ async fn postgres_connections_terminated_mid_rotation_lose_no_grant() {
         assert!(rig.refreshes(u) <= 2, "{u}: refreshed {} times", rig.refreshes(u));
     }
     admin.close().await;
+}
+
+/// A tmpfs of `size` mounted on a fresh folder, unmounted when dropped.
+struct SmallFs {
+    dir: tempfile::TempDir,
+}
+
+impl SmallFs {
+    fn mount(size: &str) -> SmallFs {
+        let dir = tempfile::tempdir().unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status();
+        assert!(
+            status.is_ok_and(|s| s.success()),
+            "the full-disk test mounts a small tmpfs and needs root (CI runs as root): mount -t tmpfs failed"
+        );
+        SmallFs { dir }
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(self.dir.path()).status();
+    }
+}
+
+fn grant_lines(range: std::ops::Range<usize>) -> String {
+    let issued = (Utc::now() - TimeDelta::days(2)).to_rfc3339();
+    range
+        .map(|i| {
+            serde_json::json!({
+                "user_id": format!("full-{i:05}"), "access_token": format!("at_{i:040}"),
+                "refresh_token": format!("rt_{i:040}"), "refresh_token_issued_at": issued,
+            })
+            .to_string()
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn sqlite_on_a_full_disk_reports_the_disk_exits_75_and_keeps_what_was_stored() {
+    let fs = SmallFs::mount("8m");
+    let url = format!("sqlite://{}", fs.dir.path().join("aw.db").display());
+    let files = tempfile::tempdir().unwrap();
+    let import = |lines: &str| {
+        let file = files.path().join("grants.jsonl");
+        std::fs::write(&file, lines).unwrap();
+        bin(&url).env("ASTRA_WORKER_TOKEN_KEY", b64(&KEY_A)).args(["grants", "import"]).arg(&file).output().unwrap()
+    };
+    let o = import(&grant_lines(0..50));
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    // Everything left on the filesystem is taken.
+    let filler_path = fs.dir.path().join("filler");
+    let mut filler = std::fs::File::create(&filler_path).unwrap();
+    let chunk = vec![0u8; 64 * 1024];
+    while std::io::Write::write_all(&mut filler, &chunk).is_ok() {}
+    while std::io::Write::write_all(&mut filler, &chunk[..512]).is_ok() {}
+    drop(filler);
+
+    let more = grant_lines(50..1_000);
+    let o = import(&more);
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(75), "a full disk is temporary: {err}");
+    assert!(err.contains("full"), "the error names the full disk: {err}");
+    assert!(!err.contains("rejected"), "a full disk is not a rejected line: {err}");
+
+    // Room again: the database is intact, the first 50 are there, and the same file finishes.
+    std::fs::remove_file(&filler_path).unwrap();
+    let check =
+        bin(&url).env("ASTRA_WORKER_TOKEN_KEY", b64(&KEY_A)).args(["grants", "list", "--format", "json"]).output();
+    let listed: serde_json::Value = serde_json::from_slice(&check.unwrap().stdout).unwrap();
+    let stored = listed.as_array().unwrap().len();
+    assert!(
+        (50..1_000).contains(&stored),
+        "the first 50 kept (and whatever committed before the disk filled): {stored}"
+    );
+    let o = import(&more);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let store = Store::open(&url).await.unwrap();
+        let (ok, n): (String, i64) = with_pool!(&store, |p| sqlx::query_as(
+            "SELECT (SELECT integrity_check FROM pragma_integrity_check), (SELECT COUNT(*) FROM grant_token)"
+        )
+        .fetch_one(p)
+        .await
+        .unwrap());
+        assert_eq!((ok.as_str(), n), ("ok", 1_000));
+        store.close().await;
+    });
 }

@@ -4,6 +4,7 @@ mod astra;
 mod binary;
 mod cli_money;
 mod cli_tokens;
+mod crashes;
 mod db_faults;
 mod exchange;
 mod grant_safety;
