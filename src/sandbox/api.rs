@@ -78,7 +78,11 @@ async fn token(AxState(st): AxState<Shared>, headers: HeaderMap, body: String) -
     match answer {
         TokenAnswer::Issued(v) => Json(v).into_response(),
         TokenAnswer::Lost(_) => {
-            let d = hang_for(&lock(&st).settings.faults);
+            let d = {
+                let mut s = lock(&st);
+                s.spoiled_token_answers += 1;
+                hang_for(&s.settings.faults)
+            };
             tokio::time::sleep(d).await;
             astra_error(StatusCode::GATEWAY_TIMEOUT, "answer lost")
         }

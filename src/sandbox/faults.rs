@@ -85,7 +85,12 @@ pub(super) async fn faults(AxState(st): AxState<Shared>, req: Request, next: Nex
                 tokio::time::sleep(std::time::Duration::from_millis(late_ms)).await;
             }
             match malformed {
-                Some(kind) if r.status().is_success() => malformed_body(r, kind).await,
+                Some(kind) if r.status().is_success() => {
+                    if path == "/v1/oauth/token" {
+                        lock(&st).spoiled_token_answers += 1;
+                    }
+                    malformed_body(r, kind).await
+                }
                 _ => r,
             }
         }

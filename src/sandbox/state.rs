@@ -125,6 +125,9 @@ pub struct State {
     pub calls: Vec<CallRec>,
     window: VecDeque<std::time::Instant>,
     pub max_in_one_second: usize,
+    /// Refreshes applied whose answer never reached the caller whole (lost, or its body spoiled): the most
+    /// grants a caller can have lost.
+    pub spoiled_token_answers: u64,
     pub rng: StdRng,
     next_id: u64,
 }
@@ -148,6 +151,7 @@ impl State {
             calls: Vec::new(),
             window: VecDeque::new(),
             max_in_one_second: 0,
+            spoiled_token_answers: 0,
             rng,
             next_id: 0,
         }

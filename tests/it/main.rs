@@ -19,4 +19,5 @@ mod outbox;
 mod serve;
 mod serve_processes;
 mod spec;
+mod storm;
 mod tokens;
