@@ -51,20 +51,26 @@ fn non_empty(name: &str, v: String, source: &str) -> anyhow::Result<Option<Secre
 
 /// Input JSON parsed as `T`, with an error that names the field (its path) and echoes no value.
 pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(input: &[u8]) -> Result<T, String> {
-    let de = &mut serde_json::Deserializer::from_slice(input);
-    serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = redact_quoted(&e.into_inner().to_string());
-        // The path is the input's own keys: shown only when it reads as field names (an unknown key may be
-        // anything, a pasted token included).
-        let plain = path.len() <= 80
-            && path.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "_.[]".contains(c));
-        match path.as_str() {
-            "." => format!("malformed JSON: {inner}"),
-            _ if plain => format!("field `{path}`: {inner}"),
-            _ => format!("a field: {inner}"),
-        }
-    })
+    serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(input)).map_err(described)
+}
+
+/// [`parse_json`] of JSON already read (an item of a page Astra sent).
+pub(crate) fn from_json_value<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> Result<T, String> {
+    serde_path_to_error::deserialize(v).map_err(described)
+}
+
+fn described(e: serde_path_to_error::Error<serde_json::Error>) -> String {
+    let path = e.path().to_string();
+    let inner = redact_quoted(&e.into_inner().to_string());
+    // The path is the input's own keys: shown only when it reads as field names (an unknown key may be
+    // anything, a pasted token included).
+    let plain =
+        path.len() <= 80 && path.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "_.[]".contains(c));
+    match path.as_str() {
+        "." => format!("malformed JSON: {inner}"),
+        _ if plain => format!("field `{path}`: {inner}"),
+        _ => format!("a field: {inner}"),
+    }
 }
 
 /// A value as shown in a message: control characters dropped, cut to 40 characters, so a pasted token or a

@@ -11,13 +11,22 @@
 //! 4. The service (`serve`, in this process): `POST /v1/guard` with a hold under `wrk` (Debian's package), and
 //!    webhook intake at 200/s with the time from intake to the transfer counted.
 //!
-//! `BENCH_ONLY=guard|guard-pg|rotation|serve` runs one part.
+//! 5. Aggregation: the daily recompute over 1,000,000 transfers and 100,000 destinations against a bare
+//!    `GROUP BY`; and a no-op `--run-once` as a whole process.
 //!
-//! Build the binary first: `cargo build --release && cargo run --release --example bench`.
+//! `BENCH_ONLY=guard|guard-pg|sync|rotation|aggregation|serve|no-op` runs one part (`rotation` includes the
+//! by-hand loop); `BENCH_GRANTS` sets the rotation's grants (20,000).
 //!
-//! Results are written down in the README with the machine they ran on. Nothing here is a test.
+//! Build the binary first: `cargo build --release --bins --examples && ./target/release/examples/bench`. The
+//! figures are written to `BENCHMARKS.md` (see `report`). Nothing here is a test.
 
+mod aggregation;
+mod noop;
+mod report;
+mod rotation;
 mod serve;
+
+use report::Report;
 
 use std::time::{Duration, Instant};
 
@@ -124,80 +133,121 @@ async fn register_account(store: &Store, dest: &str, user: &str, limit: i64) {
     registry::import(store, &line, Utc::now()).await.unwrap();
 }
 
-fn percentiles(label: &str, what: &str, mut lat: Vec<Duration>, extra: &str) {
-    lat.sort();
-    let n = lat.len();
-    let mean = lat.iter().sum::<Duration>() / n as u32;
-    println!("{what} [{label}]: {n} calls: mean {:?}, p50 {:?}, p99 {:?}{extra}", mean, lat[n / 2], lat[n * 99 / 100]);
+/// Latency percentiles of one measured loop.
+#[derive(Clone, Copy)]
+struct Lat {
+    p50: Duration,
+    p99: Duration,
 }
 
-async fn bench_guard(label: &str, url: &str) {
+fn percentiles(mut lat: Vec<Duration>) -> Lat {
+    lat.sort();
+    let n = lat.len();
+    Lat { p50: lat[n / 2], p99: lat[n * 99 / 100] }
+}
+
+/// The median, over several runs, of each percentile; with the spread of the p99s.
+fn median_of(mut runs: Vec<Lat>) -> String {
+    let mid = runs.len() / 2;
+    runs.sort_by_key(|l| l.p50);
+    let p50 = runs[mid].p50;
+    runs.sort_by_key(|l| l.p99);
+    let (p99, lo, hi) = (runs[mid].p99, runs[0].p99, runs[runs.len() - 1].p99);
+    format!("p50 {}, p99 {} (runs' p99 {}–{})", human(p50), human(p99), human(lo), human(hi))
+}
+
+fn human(d: Duration) -> String {
+    if d < Duration::from_millis(1) {
+        format!("{} µs", d.as_micros())
+    } else {
+        format!("{:.1} ms", d.as_secs_f64() * 1e3)
+    }
+}
+
+/// How many times each latency loop is measured; the figures are the median.
+const RUNS: usize = 3;
+
+async fn bench_guard(report: &mut Report, label: &str, url: &str) {
     let store = seed_guard_store(url).await;
     let users = USERS;
     let now = Utc::now();
-    let calls = 20_000;
-    let mut lat = Vec::with_capacity(calls);
-    let mut denied = 0;
-    for n in 0..calls {
-        let user = format!("u{:05}", (n * 7919) % users);
-        let req = GuardRequest { user_id: &user, amount: Cents(10_000), destination_id: None };
-        let t = Instant::now();
-        let a = guard::check(&store, &astra_worker::config::GuardSettings::default(), &req, now).await.unwrap();
-        lat.push(t.elapsed());
-        denied += usize::from(!a.allowed);
-    }
-    percentiles(label, "guard, no hold", lat, &format!(" over {users} users ({denied} denied)"));
+    let (mut free, mut one, mut sixteen, mut rates) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for run in 0..RUNS {
+        let mut lat = Vec::with_capacity(20_000);
+        for n in 0..20_000 {
+            let user = format!("u{:05}", (n * 7919) % users);
+            let req = GuardRequest { user_id: &user, amount: Cents(10_000), destination_id: None };
+            let t = Instant::now();
+            guard::check(&store, &GuardSettings::default(), &req, now).await.unwrap();
+            lat.push(t.elapsed());
+        }
+        free.push(percentiles(lat));
 
-    // With a hold: one caller, a different user each time.
-    let settings = GuardSettings::default();
-    let hold_for = TimeDelta::hours(1);
-    let mut lat = Vec::new();
-    for n in 0..5_000 {
-        let user = format!("u{:05}", (n * 7919) % users);
-        let req = GuardRequest { user_id: &user, amount: Cents(100), destination_id: None };
-        let key = format!("b1-{n}");
-        let t = Instant::now();
-        guard::check_and_hold(&store, &settings, &req, &HoldRequest { key: &key, hold_for }, now).await.unwrap();
-        lat.push(t.elapsed());
-    }
-    percentiles(label, "guard with hold, 1 caller", lat, "");
+        // With a hold: one caller, a different user each time.
+        let hold_for = TimeDelta::hours(1);
+        let mut lat = Vec::new();
+        for n in 0..5_000 {
+            let user = format!("u{:05}", (n * 7919) % users);
+            let req = GuardRequest { user_id: &user, amount: Cents(100), destination_id: None };
+            let key = format!("b1-{run}-{n}");
+            let t = Instant::now();
+            let hold = HoldRequest { key: &key, hold_for };
+            guard::check_and_hold(&store, &GuardSettings::default(), &req, &hold, now).await.unwrap();
+            lat.push(t.elapsed());
+        }
+        one.push(percentiles(lat));
 
-    // With a hold: 16 concurrent callers on one destination (its limit raised so every call holds).
-    register_account(&store, "acct-00000", "u00000", 1_000_000_000_000).await;
-    let started = Instant::now();
-    let tasks: Vec<_> = (0..16)
-        .map(|c| {
-            let store = store.clone();
-            tokio::spawn(async move {
-                let settings = GuardSettings::default();
-                let mut lat = Vec::new();
-                for n in 0..300 {
-                    let req =
-                        GuardRequest { user_id: "u00000", amount: Cents(100), destination_id: Some("acct-00000") };
-                    let key = format!("b16-{c}-{n}");
-                    let t = Instant::now();
-                    let a = guard::check_and_hold(
-                        &store,
-                        &settings,
-                        &req,
-                        &HoldRequest { key: &key, hold_for },
-                        Utc::now(),
-                    )
-                    .await
-                    .unwrap();
-                    assert!(a.allowed);
-                    lat.push(t.elapsed());
-                }
-                lat
+        // With a hold: 16 concurrent callers on one destination (its limit raised so every call holds).
+        register_account(&store, "acct-00000", "u00000", 1_000_000_000_000).await;
+        let started = Instant::now();
+        let tasks: Vec<_> = (0..16)
+            .map(|c| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    let mut lat = Vec::new();
+                    for n in 0..300 {
+                        let req =
+                            GuardRequest { user_id: "u00000", amount: Cents(100), destination_id: Some("acct-00000") };
+                        let key = format!("b16-{run}-{c}-{n}");
+                        let hold = HoldRequest { key: &key, hold_for };
+                        let t = Instant::now();
+                        let a = guard::check_and_hold(&store, &GuardSettings::default(), &req, &hold, Utc::now())
+                            .await
+                            .unwrap();
+                        assert!(a.allowed);
+                        lat.push(t.elapsed());
+                    }
+                    lat
+                })
             })
-        })
-        .collect();
-    let mut lat = Vec::new();
-    for t in tasks {
-        lat.extend(t.await.unwrap());
+            .collect();
+        let mut lat = Vec::new();
+        for t in tasks {
+            lat.extend(t.await.unwrap());
+        }
+        rates.push(lat.len() as f64 / started.elapsed().as_secs_f64());
+        sixteen.push(percentiles(lat));
     }
-    let rate = lat.len() as f64 / started.elapsed().as_secs_f64();
-    percentiles(label, "guard with hold, 16 callers on one destination", lat, &format!(" ({rate:.0} holds/s)"));
+    rates.sort_by(f64::total_cmp);
+    let method = format!("{USERS} users with grants, destinations and counters; median of {RUNS} runs");
+    report.row(
+        "guard",
+        format!("no hold [{label}]"),
+        format!("{method}; 20,000 sequential `guard::check`"),
+        median_of(free),
+    );
+    report.row(
+        "guard",
+        format!("with a hold, one caller [{label}]"),
+        format!("{method}; 5,000 sequential `check_and_hold`, a different user each"),
+        median_of(one),
+    );
+    report.row(
+        "guard",
+        format!("with a hold, 16 callers on one destination [{label}]"),
+        format!("{method}; 16 tasks × 300 holds (they serialize on the day's lock, by design)"),
+        format!("{}, {:.0} holds/s", median_of(sixteen), rates[RUNS / 2]),
+    );
     store.close().await;
 }
 
@@ -227,50 +277,6 @@ fn spawn_sandbox() -> (std::process::Child, String) {
     let mut line = String::new();
     std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
     (child, line.trim().to_string())
-}
-
-async fn bench_rotation(n: usize, rate: u32, latency_ms: u64) {
-    let (mut sandbox, base) = spawn_sandbox();
-    let http = reqwest::Client::new();
-    let (url, _dir) = fresh(None).await;
-    let store = Store::open(&url).await.unwrap();
-    let mut s = settings(Some(&base));
-    s.astra.requests_per_second = rate;
-    s.astra.burst = astra_worker::config::default_burst(rate);
-    let now = Utc::now();
-    for i in 0..n {
-        let id = format!("u{i:06}");
-        seed_sandbox_grant(&http, &base, &store, &id, now - TimeDelta::days(8), false).await;
-    }
-    let sb = SandboxSettings::default();
-    let credentials = Credentials { client_id: sb.client_id.into(), client_secret: sb.client_secret.into() };
-    let w = Worker::with_services(s, store, |s, l, st| Services::new(s, credentials, keyring(), None, l, st)).unwrap();
-    http.post(format!("{base}/_sandbox/faults"))
-        .json(&serde_json::json!({"latency_ms": latency_ms}))
-        .send()
-        .await
-        .unwrap();
-    let before = peak_rss_kib();
-    let t = Instant::now();
-    let summary = run_job(&w, JobName::TokenRotation, &RunOptions::default(), Utc::now()).await.unwrap();
-    let secs = t.elapsed().as_secs_f64();
-    let stats: serde_json::Value =
-        http.get(format!("{base}/_sandbox/stats")).send().await.unwrap().json().await.unwrap();
-    let requests = stats["requests"].as_u64().unwrap_or(0);
-    println!(
-        "rotation: {n} grants at {rate}/s allowed, {latency_ms} ms latency: {:.1}s, {requests} requests ({:.0}/s achieved, \
-         {:.2} of the rate), at most {} in any one second, refreshes {}, worker peak RSS {} MiB (before the run {} MiB), \
-         status {:?}",
-        secs,
-        requests as f64 / secs,
-        requests as f64 / secs / f64::from(rate),
-        stats["max_requests_in_one_second"],
-        stats["refreshes"],
-        peak_rss_kib() / 1024,
-        before / 1024,
-        summary.status()
-    );
-    let _ = sandbox.kill();
 }
 
 /// An approved user at the sandbox with a grant issued at `issued`, imported into the store; the access token
@@ -306,7 +312,7 @@ async fn seed_sandbox_grant(
 }
 
 /// Requests one `transfer-sync` run makes for 10,000 users when 1 % have an open hold and one new transfer each.
-async fn bench_sync() {
+async fn bench_sync(report: &mut Report) {
     let (mut sandbox, base) = spawn_sandbox();
     let http = reqwest::Client::new();
     let (url, _dir) = fresh(None).await;
@@ -345,12 +351,16 @@ async fn bench_sync() {
     let requests = after["requests"].as_u64().unwrap_or(0) - before["requests"].as_u64().unwrap_or(0);
     let refreshes = after["refreshes"].as_u64().unwrap_or(0) - before["refreshes"].as_u64().unwrap_or(0);
     let open = astra_worker::reconcile::holds::list(&w.store, true, Utc::now(), 100_000).await.unwrap().len();
-    println!(
-        "transfer-sync: {USERS} users, {active} with an open hold and a new transfer: {requests} requests \
-         ({refreshes} refreshes) in {secs:.1}s; target <= 1.2 x (active users + new pages) = {}; holds still open {open}; \
-         status {:?}",
-        (1.2 * (2 * active) as f64) as u64,
-        summary.status()
+    let target = (1.2 * (2 * active) as f64) as u64;
+    report.row(
+        "sync",
+        "requests of one `transfer-sync` run",
+        format!("{USERS} users, {active} with an open hold and one new transfer each; one run, SQLite"),
+        format!(
+            "{requests} requests ({refreshes} refreshes) in {secs:.1} s (target ≤ 1.2 × (users with activity + new \
+             pages) = {target}); holds still open: {open}; status {:?}",
+            summary.status()
+        ),
     );
     let _ = sandbox.kill();
 }
@@ -359,32 +369,40 @@ async fn bench_sync() {
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
     let pg = args.iter().position(|a| a == "--pg").and_then(|i| args.get(i + 1)).cloned();
-    let (sqlite, _d) = fresh(None).await;
-    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
-    if only != "guard-pg" && only != "serve" && only != "rotation" {
-        bench_guard("sqlite", &sqlite).await;
-    }
-    if let Some(admin) = &pg
-        && only != "serve"
-        && only != "rotation"
-    {
-        let (url, _) = fresh(Some(admin)).await;
-        bench_guard("postgres", &url).await;
-    }
-    if only.starts_with("guard") {
+    if let Some(i) = args.iter().position(|a| a == "--rotation-case") {
+        let n = |k: usize| args[i + k].parse::<u64>().unwrap();
+        rotation::case(pg.as_deref(), n(1) as usize, n(2) as u32, n(3)).await;
         return;
     }
-    if only == "serve" || only.is_empty() {
-        serve::bench_serve(pg.as_deref()).await;
-        if only == "serve" {
-            return;
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    let part = |name: &str| only.is_empty() || only == name;
+    let mut report = Report::new(report::machine(pg.as_deref()).await);
+    if part("guard") || part("guard-pg") {
+        if only != "guard-pg" {
+            let (sqlite, _d) = fresh(None).await;
+            bench_guard(&mut report, "SQLite", &sqlite).await;
+        }
+        if let Some(admin) = &pg {
+            let (url, _) = fresh(Some(admin)).await;
+            bench_guard(&mut report, "PostgreSQL", &url).await;
         }
     }
-    if only != "rotation" {
-        bench_sync().await;
+    if part("serve") {
+        serve::bench_serve(&mut report, pg.as_deref()).await;
     }
-    let n = std::env::var("BENCH_GRANTS").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000);
-    for (rate, latency_ms) in [(100, 20), (100, 200), (1_000, 20), (1_000, 200)] {
-        bench_rotation(n, rate, latency_ms).await;
+    if part("sync") {
+        bench_sync(&mut report).await;
     }
+    if part("aggregation") {
+        aggregation::bench(&mut report, pg.as_deref()).await;
+    }
+    if part("no-op") {
+        noop::bench(&mut report);
+    }
+    if part("rotation") {
+        let n = std::env::var("BENCH_GRANTS").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000);
+        let worker = rotation::bench(&mut report, pg.as_deref(), n).await;
+        rotation::by_hand(&mut report, &worker).await;
+    }
+    report.write();
 }

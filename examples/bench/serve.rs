@@ -9,7 +9,7 @@ use astra_worker::{app::Services, app::Worker, astra::Credentials, sandbox::Sand
 use chrono::{TimeDelta, Utc};
 use secrecy::SecretString;
 
-use super::{fresh, keyring, register_account, seed_guard_store, seed_sandbox_grant, settings, spawn_sandbox};
+use super::{Report, fresh, keyring, register_account, seed_guard_store, seed_sandbox_grant, settings, spawn_sandbox};
 
 const KEY: &str = "bench-api-key-0123456789";
 
@@ -30,7 +30,7 @@ async fn start(store: Store, base: &str) -> (Arc<Worker>, String) {
 }
 
 /// `wrk` against `POST /v1/guard` with a new hold key per request, over 10,000 users.
-async fn guard_under_wrk(label: &str, url: &str, sandbox: &str) {
+async fn guard_under_wrk(report: &mut Report, label: &str, url: &str, sandbox: &str) {
     let store = seed_guard_store(url).await;
     for i in 0..10_000 {
         register_account(&store, &format!("acct-{i:05}"), &format!("u{i:05}"), 1_000_000_000).await;
@@ -68,11 +68,17 @@ end
                 };
                 let rps = text.lines().find(|l| l.starts_with("Requests/sec")).unwrap_or("Requests/sec: ?").to_string();
                 let non2xx = text.lines().find(|l| l.contains("Non-2xx")).unwrap_or("").trim().to_string();
-                println!(
-                    "POST /v1/guard with a hold under wrk (2 threads, {connections} connections, 10 s) [{label}]: {rps}, \
-                     p50 {}, p99 {} {non2xx}",
-                    pick("50%").unwrap_or_default(),
-                    pick("99%").unwrap_or_default()
+                report.row(
+                    "service",
+                    format!("`POST /v1/guard` with a hold, {connections} connections [{label}]"),
+                    "`serve` in the harness's process, `wrk -t2 -d10s` on loopback, a new hold key per request over \
+                     10,000 users",
+                    format!(
+                        "{}, p50 {}, p99 {} {non2xx}",
+                        rps.replace("Requests/sec:", "").trim().to_string() + " req/s",
+                        pick("50%").unwrap_or_default(),
+                        pick("99%").unwrap_or_default()
+                    ),
                 );
             }
             Err(e) => println!("POST /v1/guard under wrk [{label}]: wrk is not installed ({e}): apt-get install wrk"),
@@ -83,7 +89,7 @@ end
 }
 
 /// Webhooks at `rate` per second for `secs` seconds, each a new transfer at the sandbox.
-async fn webhook_intake(label: &str, url: &str, sandbox: &str, rate: u32, secs: u32) {
+async fn webhook_intake(report: &mut Report, label: &str, url: &str, sandbox: &str, rate: u32, secs: u32) {
     let store = Store::open(url).await.unwrap();
     let http = reqwest::Client::new();
     let users = 200;
@@ -149,30 +155,38 @@ async fn webhook_intake(label: &str, url: &str, sandbox: &str, rate: u32, secs: 
         rows.iter().filter_map(|r| r.processed_at.map(|p| (p - r.received_at).num_milliseconds())).collect();
     lat.sort();
     let pct = |q: usize| lat.get(lat.len() * q / 100).copied().unwrap_or(-1);
-    println!(
-        "webhook intake [{label}]: {ok} of {total} accepted in {sent_for:.1}s ({:.0}/s); intake to counted: p50 {} ms, \
-         p99 {} ms, max {} ms; {} processed",
-        f64::from(ok as u32) / sent_for,
-        pct(50),
-        pct(99),
-        lat.last().copied().unwrap_or(-1),
-        lat.len()
+    report.row(
+        "service",
+        format!("webhook intake [{label}]"),
+        format!(
+            "{total} signed `transfer_created` webhooks at {rate}/s, each a new transfer at the sandbox (its own \
+             process); intake to counted is `processed_at − received_at`"
+        ),
+        format!(
+            "{ok} of {total} accepted ({:.0}/s); intake to counted p50 {} ms, p99 {} ms, max {} ms (target p99 < 2 s); \
+             {} processed",
+            f64::from(ok as u32) / sent_for,
+            pct(50),
+            pct(99),
+            lat.last().copied().unwrap_or(-1),
+            lat.len()
+        ),
     );
     w.shutdown.trigger("bench");
 }
 
 /// Both measurements on SQLite, and on PostgreSQL when given.
-pub(super) async fn bench_serve(pg: Option<&str>) {
+pub(super) async fn bench_serve(report: &mut Report, pg: Option<&str>) {
     let (mut sandbox, base) = spawn_sandbox();
     let (sqlite, _d) = fresh(None).await;
-    guard_under_wrk("sqlite", &sqlite, &base).await;
+    guard_under_wrk(report, "SQLite", &sqlite, &base).await;
     let (sqlite2, _d2) = fresh(None).await;
-    webhook_intake("sqlite", &sqlite2, &base, 200, 15).await;
+    webhook_intake(report, "SQLite", &sqlite2, &base, 200, 15).await;
     if let Some(admin) = pg {
         let (url, _) = fresh(Some(admin)).await;
-        guard_under_wrk("postgres", &url, &base).await;
+        guard_under_wrk(report, "PostgreSQL", &url, &base).await;
         let (url, _) = fresh(Some(admin)).await;
-        webhook_intake("postgres", &url, &base, 200, 15).await;
+        webhook_intake(report, "PostgreSQL", &url, &base, 200, 15).await;
     }
     let _ = sandbox.kill();
 }

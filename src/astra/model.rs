@@ -199,8 +199,8 @@ pub fn parse_transfer(v: serde_json::Value) -> Result<Transfer, Rejected> {
     let text = |k: &str| v.get(k).and_then(|i| i.as_str()).map(str::to_string);
     let (id, destination_id) = (text("id"), text("destination_id"));
     let initiated = text("initiated").and_then(|t| parse_time(&t).ok());
-    serde_json::from_value(v).map_err(|e| Rejected {
-        detail: format!("transfer {}: {e}", id.as_deref().unwrap_or("(no id)")),
+    crate::secrets::from_json_value(v).map_err(|e| Rejected {
+        detail: format!("transfer {}: {e}", id.as_deref().map(crate::secrets::shown).unwrap_or("(no id)".into())),
         id,
         destination_id,
         initiated,

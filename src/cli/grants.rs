@@ -70,7 +70,7 @@ async fn import(store: &Store, file: Option<&PathBuf>) -> anyhow::Result<Status>
     for item in super::output::numbered_lines(super::output::input(file)?) {
         let (n, line) = item?;
         // The parser's message names the field and echoes no value (a token, say).
-        let parsed: ImportLine = match line.and_then(|l| crate::secrets::parse_json(l.as_bytes())) {
+        let parsed = match line.and_then(|l| ImportLine::parse_line(l.as_bytes(), Utc::now())) {
             Ok(p) => p,
             Err(e) => {
                 eprintln!("line {n}: skipped: {e}");

@@ -163,8 +163,18 @@ impl Locator<'_> {
     }
 }
 
+/// A TOML error on one line: where, what, and the line it is on, cut (a line may be any length).
+fn toml_error(text: &str, e: &toml::de::Error) -> String {
+    let what = e.message().trim_end().replace('\n', " ");
+    let Some(before) = e.span().and_then(|s| text.get(..s.start)) else { return what };
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    let source = text.lines().nth(line - 1).unwrap_or_default().trim();
+    format!("line {line}, column {column}: {what} (in {})", crate::secrets::shown(source))
+}
+
 pub(super) fn parse(text: &str, base_url_override: Option<&str>) -> Result<Settings, String> {
-    let file: File = toml::from_str(text).map_err(|e| e.to_string().trim_end().replace('\n', " "))?;
+    let file: File = toml::from_str(text).map_err(|e| toml_error(text, &e))?;
     let loc = Locator(text);
     let a = file.astra;
 

@@ -40,40 +40,49 @@ pub(super) async fn run(ctx: &RunContext<'_>, p: &InboundVolumeParams) -> anyhow
 }
 
 /// Recomputes, fixes drift, records decisions for the slot's bank days: the day just ended and the day running
-/// at the slot (catch-up decides each missed slot's days; `--slot` backfills that slot's).
+/// at the slot (catch-up decides each missed slot's days; `--slot` backfills that slot's). Each zone's day is one
+/// read of every destination in it; a counter that differs is fixed under its own lock; a decision is written
+/// only when it changed.
 async fn decide(ctx: &RunContext<'_>, p: &InboundVolumeParams) -> anyhow::Result<()> {
     let db = &ctx.worker.store;
     let now = Utc::now();
-    for d in registry::all_destinations(db).await? {
-        let today = BankDay::of(d.zone(), ctx.slot);
+    for zone_name in registry::zones(db).await? {
+        let zone = crate::domain::time::parse_zone(&zone_name).map_err(crate::failure::Failure::Config)?;
+        let today = BankDay::of(zone, ctx.slot);
         for day in [today.previous(), today] {
             let key = day.key();
-            let fix = if ctx.dry_run {
-                let (total, transfers) = counters::recompute(db, &d.destination_id, &key).await?;
-                let counter = counters::counter(db, &d.destination_id, &key).await?.map(|c| c.0).unwrap_or(0);
-                counters::DayFix { counter, total, transfers }
-            } else {
-                counters::fix_day(db, &d.destination_id, &key).await?
-            };
-            let (total, drift) = (fix.total, fix.drift());
-            if drift != 0 {
-                warn!(destination = %d.destination_id, bank_day = %key, counter = fix.counter, recomputed = total, "inbound counter drifted; fixed");
-                ctx.tally("drift_found", 1);
-                ctx.tally("drift_cents", drift.abs());
+            let rows = counters::zone_day(db, &zone_name, &key).await?;
+            let mut decisions = Vec::new();
+            for r in &rows {
+                let fix = if r.counter != r.total && !ctx.dry_run {
+                    counters::fix_day(db, &r.destination_id, &key).await?
+                } else {
+                    counters::DayFix { counter: r.counter, total: r.total, transfers: r.transfers }
+                };
+                let (total, drift) = (fix.total, fix.drift());
+                if drift != 0 {
+                    warn!(destination = %r.destination_id, bank_day = %key, counter = fix.counter, recomputed = total, "inbound counter drifted; fixed");
+                    ctx.tally("drift_found", 1);
+                    ctx.tally("drift_cents", drift.abs());
+                }
+                if r.uncertain {
+                    ctx.tally("days_uncertain", 1);
+                }
+                if ctx.dry_run {
+                    continue;
+                }
+                let limit = r.limit_cents;
+                let state = LimitState::of(total, limit, p.warn_percent);
+                if day == today {
+                    ctx.tally(&format!("today_{}", state.as_str()), 1);
+                }
+                let d = Decision { destination_id: &r.destination_id, day: &day, state, total, limit, drift };
+                if !r.decided(&d) {
+                    decisions.push(d);
+                }
             }
-            if counters::uncertainty(db, &d.destination_id, &key).await?.is_some() {
-                ctx.tally("days_uncertain", 1);
-            }
-            if ctx.dry_run {
-                continue;
-            }
-            let limit = d.daily_limit_cents;
-            let state = LimitState::of(total, limit, p.warn_percent);
-            if day == today {
-                ctx.tally(&format!("today_{}", state.as_str()), 1);
-            }
-            let decision = Decision { destination_id: &d.destination_id, day: &day, state, total, limit, drift };
-            counters::record_decision(db, &decision, now).await?;
+            ctx.tally("decisions_written", decisions.len() as i64);
+            counters::record_decisions(db, &decisions, now).await?;
         }
     }
     Ok(())

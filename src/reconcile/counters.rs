@@ -239,6 +239,59 @@ impl LimitState {
     }
 }
 
+/// One destination's bank day as the recompute's one pass reads it: its limit, its counter, what the mirror
+/// sums to, whether a transfer of the day could not be read, and the decision recorded last.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ZoneDay {
+    pub destination_id: String,
+    pub limit_cents: i64,
+    pub counter: i64,
+    pub total: i64,
+    pub transfers: i64,
+    pub uncertain: bool,
+    pub decided_state: Option<String>,
+    pub decided_total: Option<i64>,
+    pub decided_limit: Option<i64>,
+    pub decided_drift: Option<i64>,
+}
+
+impl ZoneDay {
+    /// Whether `d` would record what is recorded already.
+    pub fn decided(&self, d: &Decision<'_>) -> bool {
+        self.decided_state.as_deref() == Some(d.state.as_str())
+            && self.decided_total == Some(d.total)
+            && self.decided_limit == Some(d.limit)
+            && self.decided_drift == Some(d.drift)
+    }
+}
+
+/// Bank day `day` of every destination in `zone`, in one read (one `GROUP BY` over the day's transfers, joined
+/// with the counters, the uncertain days and the decisions): the recompute's pass. A counter found to differ is
+/// then fixed under its lock by [`fix_day`], which decides again what it is.
+pub async fn zone_day(store: &Store, zone: &str, day: &str) -> sqlx::Result<Vec<ZoneDay>> {
+    with_pool!(store, |p| sqlx::query_as(
+        "SELECT d.destination_id, d.daily_limit_cents AS limit_cents,
+                CAST(COALESCE(i.total_cents, 0) AS BIGINT) AS counter, CAST(COALESCE(s.total, 0) AS BIGINT) AS total,
+                CAST(COALESCE(s.n, 0) AS BIGINT) AS transfers,
+                EXISTS (SELECT 1 FROM uncertain_day u WHERE u.destination_id = d.destination_id AND u.bank_day = $1)
+                    AS uncertain,
+                l.state AS decided_state, l.total_cents AS decided_total, l.limit_cents AS decided_limit,
+                l.drift_cents AS decided_drift
+         FROM destination d
+         LEFT JOIN (SELECT destination_id, SUM(amount_cents) AS total, COUNT(*) AS n FROM transfer
+                    WHERE bank_day = $1 AND status NOT IN ('failed', 'cancelled') GROUP BY destination_id) s
+             ON s.destination_id = d.destination_id
+         LEFT JOIN inbound_day i ON i.destination_id = d.destination_id AND i.bank_day = $1
+         LEFT JOIN limit_decision l ON l.destination_id = d.destination_id AND l.bank_day = $1
+         WHERE d.bank_time_zone = $2
+         ORDER BY d.destination_id"
+    )
+    .bind(day)
+    .bind(zone)
+    .fetch_all(p)
+    .await)
+}
+
 /// A day's decision with its evidence.
 pub struct Decision<'a> {
     pub destination_id: &'a str,
@@ -249,26 +302,32 @@ pub struct Decision<'a> {
     pub drift: i64,
 }
 
-/// Records (or updates) the decision for a destination's bank day.
-pub async fn record_decision(db: &Store, d: &Decision<'_>, now: DateTime<Utc>) -> sqlx::Result<()> {
-    with_pool!(db, |p| sqlx::query(
-        "INSERT INTO limit_decision (destination_id, bank_day, state, total_cents, limit_cents, window_start,
-             window_end, drift_cents, computed_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-         ON CONFLICT (destination_id, bank_day) DO UPDATE SET state = excluded.state,
-             total_cents = excluded.total_cents, limit_cents = excluded.limit_cents, drift_cents = excluded.drift_cents,
-             computed_at = excluded.computed_at"
-    )
-    .bind(d.destination_id)
-    .bind(d.day.key())
-    .bind(d.state.as_str())
-    .bind(d.total)
-    .bind(d.limit)
-    .bind(d.day.start())
-    .bind(d.day.end())
-    .bind(d.drift)
-    .bind(now)
-    .execute(p)
-    .await
-    .map(|_| ()))
+/// Records (or updates) the decisions for destinations' bank days, a thousand rows a statement.
+pub async fn record_decisions(db: &Store, decisions: &[Decision<'_>], now: DateTime<Utc>) -> sqlx::Result<()> {
+    for chunk in decisions.chunks(1_000) {
+        with_pool!(db, |p| {
+            let mut q = sqlx::QueryBuilder::new(
+                "INSERT INTO limit_decision (destination_id, bank_day, state, total_cents, limit_cents, window_start,
+                     window_end, drift_cents, computed_at) ",
+            );
+            q.push_values(chunk, |mut row, d| {
+                row.push_bind(d.destination_id)
+                    .push_bind(d.day.key())
+                    .push_bind(d.state.as_str())
+                    .push_bind(d.total)
+                    .push_bind(d.limit)
+                    .push_bind(d.day.start())
+                    .push_bind(d.day.end())
+                    .push_bind(d.drift)
+                    .push_bind(now);
+            });
+            q.push(
+                " ON CONFLICT (destination_id, bank_day) DO UPDATE SET state = excluded.state,
+                     total_cents = excluded.total_cents, limit_cents = excluded.limit_cents,
+                     drift_cents = excluded.drift_cents, computed_at = excluded.computed_at",
+            );
+            q.build().execute(p).await.map(|_| ())
+        })?;
+    }
+    Ok(())
 }

@@ -249,6 +249,13 @@ pub async fn all_destinations(store: &Store) -> anyhow::Result<Vec<Destination>>
     rows.into_iter().map(DestinationRow::parse).collect()
 }
 
+/// The bank time zones of the registered destinations, each once.
+pub async fn zones(store: &Store) -> sqlx::Result<Vec<String>> {
+    with_pool!(store, |p| sqlx::query_scalar("SELECT DISTINCT bank_time_zone FROM destination ORDER BY 1")
+        .fetch_all(p)
+        .await)
+}
+
 /// Freezes or unfreezes a card; `false` when no such card is registered.
 pub async fn set_frozen(store: &Store, card_id: &str, frozen: bool, now: DateTime<Utc>) -> sqlx::Result<bool> {
     with_pool!(store, |p| sqlx::query(

@@ -128,6 +128,8 @@ pub struct State {
     /// Refreshes applied whose answer never reached the caller whole (lost, or its body spoiled): the most
     /// grants a caller can have lost.
     pub spoiled_token_answers: u64,
+    /// Every token and code ever issued, live or dead: what must never show in a caller's logs.
+    pub issued_tokens: Vec<String>,
     pub rng: StdRng,
     next_id: u64,
 }
@@ -152,6 +154,7 @@ impl State {
             window: VecDeque::new(),
             max_in_one_second: 0,
             spoiled_token_answers: 0,
+            issued_tokens: Vec::new(),
             rng,
             next_id: 0,
         }
@@ -169,7 +172,9 @@ impl State {
 
     fn token(&mut self, prefix: &str) -> String {
         let a: u128 = self.rng.random();
-        format!("{prefix}_{a:032x}")
+        let t = format!("{prefix}_{a:032x}");
+        self.issued_tokens.push(t.clone());
+        t
     }
 
     pub fn new_id(&mut self, prefix: &str) -> String {

@@ -150,7 +150,7 @@ pub(super) async fn import(State(st): State<AppState>, body: Bytes) -> Response 
             Ok(v) => v
                 .into_iter()
                 .enumerate()
-                .map(|(i, x)| (i + 1, crate::secrets::parse_json(x.to_string().as_bytes())))
+                .map(|(i, x)| (i + 1, ImportLine::parse_line(x.to_string().as_bytes(), Utc::now())))
                 .collect(),
             Err(e) => return error(StatusCode::BAD_REQUEST, format!("malformed array: {e}")),
         },
@@ -159,7 +159,7 @@ pub(super) async fn import(State(st): State<AppState>, body: Bytes) -> Response 
                 .lines()
                 .enumerate()
                 .filter(|(_, l)| !l.trim().is_empty())
-                .map(|(i, l)| (i + 1, crate::secrets::parse_json(l.as_bytes())))
+                .map(|(i, l)| (i + 1, ImportLine::parse_line(l.as_bytes(), Utc::now())))
                 .collect(),
             Err(_) => return error(StatusCode::BAD_REQUEST, "the body is not UTF-8"),
         },

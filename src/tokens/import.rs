@@ -50,6 +50,14 @@ pub enum Imported {
 const WRITE_RACES: usize = 5;
 
 impl ImportLine {
+    /// One line of input, parsed and checked as [`import`] checks it: the error names the field and echoes no
+    /// token.
+    pub fn parse_line(line: &[u8], now: DateTime<Utc>) -> Result<ImportLine, String> {
+        let parsed: ImportLine = crate::secrets::parse_json(line)?;
+        parsed.validate(now)?;
+        Ok(parsed)
+    }
+
     /// When the refresh token expires.
     fn validate(&self, now: DateTime<Utc>) -> Result<DateTime<Utc>, String> {
         crate::secrets::check_id("user_id", &self.user_id)?;
