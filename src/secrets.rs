@@ -109,7 +109,8 @@ pub(crate) fn redact_quoted(msg: &str) -> String {
     redact_marks(msg)
 }
 
-/// Quoted strings and backticked names that are not plain field names, cut out of `msg`.
+/// Quoted strings and backticked names that are not plain field names (lower case, `_` and `-`, as the
+/// settings' and jobs' names are), cut out of `msg`.
 fn redact_marks(msg: &str) -> String {
     let mut out = String::new();
     let mut chars = msg.chars();
@@ -129,8 +130,9 @@ fn redact_marks(msg: &str) -> String {
             }
             '`' => {
                 let name: String = chars.by_ref().take_while(|c| *c != '`').collect();
-                let plain =
-                    !name.is_empty() && name.len() <= 40 && name.chars().all(|c| c.is_ascii_lowercase() || c == '_');
+                let plain = !name.is_empty()
+                    && name.len() <= 40
+                    && name.chars().all(|c| c.is_ascii_lowercase() || c == '_' || c == '-');
                 out.push('`');
                 out.push_str(if plain { &name } else { "…" });
                 out.push('`');

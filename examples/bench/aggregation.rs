@@ -32,7 +32,7 @@ async fn seed(store: &Store, day: &str) {
             "INSERT INTO transfer (id, user_id, version, destination_id, amount_cents, status, initiated_at, bank_day,
                  counted, first_seen_at, last_seen_at)
              SELECT 't' || g, 'u' || (g % 100000 + 1), 1, 'd' || (g % 100000 + 1), 100 + g % 5000,
-                    CASE WHEN g % 50 = 0 THEN 'failed' ELSE 'processed' END, now(), $1, g % 50 <> 0, now(), now()
+                    CASE WHEN g % 49 = 0 THEN 'failed' ELSE 'processed' END, now(), $1, g % 49 <> 0, now(), now()
              FROM generate_series(1, 1000000) g",
             "INSERT INTO inbound_day (destination_id, bank_day, total_cents, transfers)
              SELECT destination_id, bank_day, SUM(amount_cents), COUNT(*) FROM transfer
@@ -47,7 +47,7 @@ async fn seed(store: &Store, day: &str) {
              INSERT INTO transfer (id, user_id, version, destination_id, amount_cents, status, initiated_at, bank_day,
                  counted, first_seen_at, last_seen_at)
              SELECT 't' || x, 'u' || (x % 100000 + 1), 1, 'd' || (x % 100000 + 1), 100 + x % 5000,
-                    CASE WHEN x % 50 = 0 THEN 'failed' ELSE 'processed' END, '2026-12-01T12:00:00Z', $1, x % 50 <> 0,
+                    CASE WHEN x % 49 = 0 THEN 'failed' ELSE 'processed' END, '2026-12-01T12:00:00Z', $1, x % 49 <> 0,
                     '2026-12-01T12:00:00Z', '2026-12-01T12:00:00Z'
              FROM g",
             "INSERT INTO inbound_day (destination_id, bank_day, total_cents, transfers)
@@ -86,6 +86,7 @@ fn median(mut v: Vec<Duration>) -> Duration {
 
 pub(super) async fn bench(report: &mut Report, pg: Option<&str>) {
     let day = BankDay::of(ZONE.parse().unwrap(), Utc::now()).key();
+    let mut ratios = Vec::new();
     for (label, admin) in [("SQLite", None), ("PostgreSQL", pg)] {
         if label == "PostgreSQL" && admin.is_none() {
             continue;
@@ -108,6 +109,7 @@ pub(super) async fn bench(report: &mut Report, pg: Option<&str>) {
         }
         let (bare, pass) = (median(bare), median(pass));
         let ratio = pass.as_secs_f64() / bare.as_secs_f64();
+        ratios.push(format!("{label} {ratio:.2}× ({})", if ratio <= 1.5 { "met" } else { "not met" }));
         report.row(
             "aggregation",
             format!("the recompute's pass [{label}]"),
@@ -125,8 +127,10 @@ pub(super) async fn bench(report: &mut Report, pg: Option<&str>) {
         })
         .unwrap();
         let mut decide = Vec::new();
+        // The latest slot alone, twice (catch-up would also run the missed slots of the days before).
+        let latest = w.settings.job(JobName::InboundVolume).and_then(|j| j.schedule.latest_at_or_before(Utc::now()));
         for _ in 0..2 {
-            let opts = RunOptions { force: true, ..Default::default() };
+            let opts = RunOptions { slot: latest, force: true, ..Default::default() };
             let t = Instant::now();
             let s = run_job(&w, JobName::InboundVolume, &opts, Utc::now()).await.unwrap();
             decide.push((t.elapsed(), s.status()));
@@ -146,4 +150,13 @@ pub(super) async fn bench(report: &mut Report, pg: Option<&str>) {
         );
         w.store.close().await;
     }
+    report.note(
+        "aggregation",
+        format!(
+            "Target: the pass within 1.5× of the bare GROUP BY: {}. The pass returns ten columns a destination (its \
+             limit, counter, sum, uncertainty and last decision) where the GROUP BY returns three, and SQLite, \
+             which has no merge join, looks each destination's counter, decision and uncertainty up one by one.",
+            ratios.join(", ")
+        ),
+    );
 }

@@ -197,17 +197,18 @@ async fn bench_guard(report: &mut Report, label: &str, url: &str) {
         }
         one.push(percentiles(lat));
 
-        // With a hold: 16 concurrent callers on one destination (its limit raised so every call holds).
-        register_account(&store, "acct-00000", "u00000", 1_000_000_000_000).await;
+        // With a hold: 16 concurrent callers on one destination (its limit raised so every call holds); a new
+        // destination each run, so no run sums the holds an earlier one left open.
+        let (user, dest) = (format!("u{run:05}"), format!("acct-{run:05}"));
+        register_account(&store, &dest, &user, 1_000_000_000_000).await;
         let started = Instant::now();
         let tasks: Vec<_> = (0..16)
             .map(|c| {
-                let store = store.clone();
+                let (store, user, dest) = (store.clone(), user.clone(), dest.clone());
                 tokio::spawn(async move {
                     let mut lat = Vec::new();
                     for n in 0..300 {
-                        let req =
-                            GuardRequest { user_id: "u00000", amount: Cents(100), destination_id: Some("acct-00000") };
+                        let req = GuardRequest { user_id: &user, amount: Cents(100), destination_id: Some(&dest) };
                         let key = format!("b16-{run}-{c}-{n}");
                         let hold = HoldRequest { key: &key, hold_for };
                         let t = Instant::now();
@@ -279,6 +280,24 @@ fn spawn_sandbox() -> (std::process::Child, String) {
     (child, line.trim().to_string())
 }
 
+/// An approved user at the sandbox with a grant issued at `issued`: the grant's tokens as the sandbox gives them.
+async fn sandbox_grant(
+    http: &reqwest::Client,
+    base: &str,
+    id: &str,
+    issued: chrono::DateTime<Utc>,
+) -> serde_json::Value {
+    http.post(format!("{base}/_sandbox/users")).json(&serde_json::json!({"id": id})).send().await.unwrap();
+    http.post(format!("{base}/_sandbox/grants"))
+        .json(&serde_json::json!({"user_id": id, "issued_at": issued}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 /// An approved user at the sandbox with a grant issued at `issued`, imported into the store; the access token
 /// is stored as valid for two hours when `access_valid`, else unknown (the first use refreshes it).
 async fn seed_sandbox_grant(
@@ -289,16 +308,7 @@ async fn seed_sandbox_grant(
     issued: chrono::DateTime<Utc>,
     access_valid: bool,
 ) {
-    http.post(format!("{base}/_sandbox/users")).json(&serde_json::json!({"id": id})).send().await.unwrap();
-    let g: serde_json::Value = http
-        .post(format!("{base}/_sandbox/grants"))
-        .json(&serde_json::json!({"user_id": id, "issued_at": issued}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let g = sandbox_grant(http, base, id, issued).await;
     let line = ImportLine {
         user_id: id.to_string(),
         access_token: SecretString::from(g["access_token"].as_str().unwrap().to_string()),
@@ -386,18 +396,23 @@ async fn main() {
             let (url, _) = fresh(Some(admin)).await;
             bench_guard(&mut report, "PostgreSQL", &url).await;
         }
+        report.write();
     }
     if part("serve") {
         serve::bench_serve(&mut report, pg.as_deref()).await;
+        report.write();
     }
     if part("sync") {
         bench_sync(&mut report).await;
+        report.write();
     }
     if part("aggregation") {
         aggregation::bench(&mut report, pg.as_deref()).await;
+        report.write();
     }
     if part("no-op") {
         noop::bench(&mut report);
+        report.write();
     }
     if part("rotation") {
         let n = std::env::var("BENCH_GRANTS").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000);

@@ -1,8 +1,8 @@
 //! The one request limiter per process (governor, GCRA): counts HTTP requests to Astra, not jobs, and is
 //! shared by every job; a small burst (about 20 ms of quota) keeps the first second at the configured rate.
 //! Astra counts requests as they arrive, and requests sent evenly arrive bunched (connections, scheduling),
-//! so the limiter releases with half the configured burst and leaves the other half to that jitter: at most
-//! rate + burst ÷ 2 leave in any one second, and rate + burst is what may arrive.
+//! so the limiter releases with half the configured burst (at least 2, which absorbs a late timer wake-up)
+//! and leaves the rest to that jitter: rate + burst is what may arrive in any one second.
 //! A 429 pauses it for `Retry-After`. `astra.requests_per_second` is the whole deployment's budget: with
 //! several processes calling Astra at once, each takes an equal share (see `store::ledger::presence`).
 //! It also tells a job how many requests to keep in flight so the rate is used at the latency Astra shows.
@@ -85,8 +85,9 @@ impl RequestLimiter {
     pub fn set_share(&self, processes: u64) {
         let processes = processes.max(1);
         if self.share.swap(processes, Ordering::Relaxed) != processes {
+            // The burst is the deployment's too: each process takes its share of it.
             let rate = self.own_rate();
-            let burst = self.burst.min(rate);
+            let burst = (self.burst / u32::try_from(processes).unwrap_or(u32::MAX)).clamp(1, rate);
             *self.limiter.write().unwrap_or_else(|p| p.into_inner()) = governor(rate, burst);
         }
     }

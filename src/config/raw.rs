@@ -163,14 +163,23 @@ impl Locator<'_> {
     }
 }
 
-/// A TOML error on one line: where, what, and the line it is on, cut (a line may be any length).
+/// A TOML error on one line: where, and what, with any quoted value redacted; of the line it is on only the key
+/// is quoted, cut (a secret pasted into the file must not reach a log, and a line may be any length).
 fn toml_error(text: &str, e: &toml::de::Error) -> String {
-    let what = e.message().trim_end().replace('\n', " ");
+    let what = crate::secrets::redact_quoted(&e.message().trim_end().replace('\n', " "));
     let Some(before) = e.span().and_then(|s| text.get(..s.start)) else { return what };
     let line = before.matches('\n').count() + 1;
     let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    // The key or the table header the error is at; never a value, nor a line that is neither.
     let source = text.lines().nth(line - 1).unwrap_or_default().trim();
-    format!("line {line}, column {column}: {what} (in {})", crate::secrets::shown(source))
+    let at = match source.split_once('=') {
+        Some((key, _)) => Some(key.trim()),
+        None => source.starts_with('[').then_some(source),
+    };
+    match at {
+        Some(at) => format!("line {line}, column {column}: {what} (at {})", crate::secrets::shown(at)),
+        None => format!("line {line}, column {column}: {what}"),
+    }
 }
 
 pub(super) fn parse(text: &str, base_url_override: Option<&str>) -> Result<Settings, String> {

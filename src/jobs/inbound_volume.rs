@@ -42,7 +42,7 @@ pub(super) async fn run(ctx: &RunContext<'_>, p: &InboundVolumeParams) -> anyhow
 /// Recomputes, fixes drift, records decisions for the slot's bank days: the day just ended and the day running
 /// at the slot (catch-up decides each missed slot's days; `--slot` backfills that slot's). Each zone's day is one
 /// read of every destination in it; a counter that differs is fixed under its own lock; a decision is written
-/// only when it changed.
+/// only when it changed (`computed_at` is when it last changed).
 async fn decide(ctx: &RunContext<'_>, p: &InboundVolumeParams) -> anyhow::Result<()> {
     let db = &ctx.worker.store;
     let now = Utc::now();

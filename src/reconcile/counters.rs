@@ -256,12 +256,13 @@ pub struct ZoneDay {
 }
 
 impl ZoneDay {
-    /// Whether `d` would record what is recorded already.
+    /// Whether `d` would record what is recorded already (a drift found by an earlier run stays as evidence
+    /// while nothing else changes).
     pub fn decided(&self, d: &Decision<'_>) -> bool {
         self.decided_state.as_deref() == Some(d.state.as_str())
             && self.decided_total == Some(d.total)
             && self.decided_limit == Some(d.limit)
-            && self.decided_drift == Some(d.drift)
+            && (self.decided_drift == Some(d.drift) || d.drift == 0)
     }
 }
 

@@ -67,20 +67,24 @@ async fn token(AxState(st): AxState<Shared>, headers: HeaderMap, body: String) -
     let Ok(form) = serde_urlencoded::from_str::<TokenForm>(&body) else {
         return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "malformed form body");
     };
+    let mut user = None;
     let answer = match (form.grant_type.as_str(), form.refresh_token, form.code) {
         ("refresh_token", Some(rt), _) => {
             let key = headers.get("idempotency-key").and_then(|v| v.to_str().ok());
-            lock(&st).refresh(&rt, form.redirect_uri.as_deref(), key)
+            let mut s = lock(&st);
+            user = s.user_of_refresh_token(&rt);
+            s.refresh(&rt, form.redirect_uri.as_deref(), key)
         }
         ("authorization_code", _, Some(code)) => lock(&st).exchange_code(&code, form.redirect_uri.as_deref()),
         _ => return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "unsupported grant request"),
     };
+    let user = user.unwrap_or_default();
     match answer {
-        TokenAnswer::Issued(v) => Json(v).into_response(),
+        TokenAnswer::Issued(v) => tagged(Json(v).into_response(), &user),
         TokenAnswer::Lost(_) => {
             let d = {
                 let mut s = lock(&st);
-                s.spoiled_token_answers += 1;
+                s.spoiled_token_answers.push(user);
                 hang_for(&s.settings.faults)
             };
             tokio::time::sleep(d).await;

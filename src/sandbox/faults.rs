@@ -87,7 +87,8 @@ pub(super) async fn faults(AxState(st): AxState<Shared>, req: Request, next: Nex
             match malformed {
                 Some(kind) if r.status().is_success() => {
                     if path == "/v1/oauth/token" {
-                        lock(&st).spoiled_token_answers += 1;
+                        let user = r.extensions().get::<UserTag>().map(|u| u.0.clone()).unwrap_or_default();
+                        lock(&st).spoiled_token_answers.push(user);
                     }
                     malformed_body(r, kind).await
                 }

@@ -125,9 +125,9 @@ pub struct State {
     pub calls: Vec<CallRec>,
     window: VecDeque<std::time::Instant>,
     pub max_in_one_second: usize,
-    /// Refreshes applied whose answer never reached the caller whole (lost, or its body spoiled): the most
-    /// grants a caller can have lost.
-    pub spoiled_token_answers: u64,
+    /// The users of refreshes applied whose answer never reached the caller whole (lost, or its body spoiled):
+    /// the only grants a caller may have lost.
+    pub spoiled_token_answers: Vec<String>,
     /// Every token and code ever issued, live or dead: what must never show in a caller's logs.
     pub issued_tokens: Vec<String>,
     pub rng: StdRng,
@@ -153,7 +153,7 @@ impl State {
             calls: Vec::new(),
             window: VecDeque::new(),
             max_in_one_second: 0,
-            spoiled_token_answers: 0,
+            spoiled_token_answers: Vec::new(),
             issued_tokens: Vec::new(),
             rng,
             next_id: 0,

@@ -56,13 +56,15 @@ pub struct StoreError {
 impl StoreError {
     fn new(url: &str, what: &'static str, source: sqlx::Error) -> StoreError {
         let disk_full = sqlite_storage_error(&source) && sqlite_disk_full(url);
-        StoreError { url: redact_url(url), what, disk_full, status: classify_sqlx(&source), source: source.into() }
+        // An I/O error on a full disk is temporary: room may be made. Any other stays what it is.
+        let status = if disk_full { Status::Temporary } else { classify_sqlx(&source) };
+        StoreError { url: redact_url(url), what, disk_full, status, source: source.into() }
     }
 }
 
 /// SQLite's I/O and full-disk result codes.
 fn sqlite_storage_error(e: &sqlx::Error) -> bool {
-    matches!(e, sqlx::Error::Database(db) if db.code().as_deref().and_then(sqlite_primary).is_some_and(|c| c == 10 || c == 13))
+    matches!(e, sqlx::Error::Database(db) if sqlite_code(db.as_ref()).is_some_and(|c| c == 10 || c == 13))
 }
 
 /// Whether the filesystem holding the SQLite database at `url` has (almost) no room left.
@@ -229,18 +231,21 @@ pub(crate) fn classify_sqlx(e: &sqlx::Error) -> Status {
             Some("28P01" | "28000" | "3D000" | "42501") => Status::Config,
             // PostgreSQL: shutting down, starting up, too many connections, serialization, deadlock, disk full.
             Some("57P01" | "57P02" | "57P03" | "53300" | "40001" | "40P01" | "53100") => Status::Temporary,
-            // SQLite primary result codes: BUSY, LOCKED, IOERR (a full or failing disk: an open on a full disk
-            // fails with IOERR_SHMSIZE), FULL (temporary); READONLY, CANTOPEN, PERM, AUTH (configuration).
-            Some(c) if matches!(sqlite_primary(c), Some(5 | 6 | 10 | 13)) => Status::Temporary,
-            Some(c) if matches!(sqlite_primary(c), Some(8 | 14 | 3 | 23)) => Status::Config,
+            // SQLite primary result codes: BUSY, LOCKED, FULL (temporary); READONLY, CANTOPEN, PERM, AUTH
+            // (configuration). An open on a full disk fails with IOERR_SHMSIZE: `StoreError` tells it by the
+            // filesystem's free space.
+            _ if matches!(sqlite_code(db.as_ref()), Some(5 | 6 | 13)) => Status::Temporary,
+            _ if matches!(sqlite_code(db.as_ref()), Some(8 | 14 | 3 | 23)) => Status::Config,
             _ => Status::Bug,
         },
         _ => Status::Bug,
     }
 }
 
-fn sqlite_primary(code: &str) -> Option<i64> {
-    code.parse::<i64>().ok().map(|c| c & 0xff)
+/// SQLite's primary result code, of a SQLite error only (PostgreSQL's SQLSTATEs can be numeric too).
+fn sqlite_code(db: &dyn sqlx::error::DatabaseError) -> Option<i64> {
+    db.try_downcast_ref::<sqlx::sqlite::SqliteError>()?;
+    db.code()?.parse::<i64>().ok().map(|c| c & 0xff)
 }
 
 #[cfg(test)]

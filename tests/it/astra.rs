@@ -335,7 +335,9 @@ async fn an_oversized_page_is_refused_as_malformed() {
 async fn the_shared_limiter_keeps_32_callers_within_rate_plus_burst_in_every_second() {
     let r = rig_with(SandboxSettings::default(), |a| {
         a.requests_per_second = 200;
-        a.burst = astra_worker::config::default_burst(200);
+        // Half of it is left to the jitter of arrivals: here 50 ms, for this test's sandbox shares the two
+        // cores (and its runtime) with the callers.
+        a.burst = 20;
     })
     .await;
     let (at, _) = seed_user(&r.sandbox, "u1");
@@ -355,7 +357,7 @@ async fn the_shared_limiter_keeps_32_callers_within_rate_plus_burst_in_every_sec
         t.await.unwrap();
     }
     let max = r.sandbox.state().max_in_one_second;
-    let burst = astra_worker::config::default_burst(200) as usize;
+    let burst = 20;
     assert!(max <= 200 + burst, "the sandbox saw {max} requests in one second (limit {})", 200 + burst);
     assert!(max >= 150, "the limiter let the rate through: {max}");
 }

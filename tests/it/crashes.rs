@@ -72,6 +72,22 @@ async fn scalar(rig: &TestApp, sql: &'static str) -> i64 {
     n
 }
 
+/// Adds to `in_flight` every grant the sandbox refreshed since the last look whose new pair the store lacks.
+async fn note_unstored(
+    rig: &TestApp,
+    store: &astra_worker::store::Store,
+    users: &[String],
+    seen: &mut HashMap<String, u32>,
+    in_flight: &mut HashSet<String>,
+) {
+    for u in users {
+        let now = rig.refreshes(u);
+        if seen.insert(u.clone(), now) != Some(now) && !rig.stored_is_live(store, u).await {
+            in_flight.insert(u.clone());
+        }
+    }
+}
+
 async fn stopped_again_and_again(b: Backend, stop: Stop) {
     let rig = TestApp::new(b, SandboxSettings::default(), |_| {}).await;
     let dir = tempfile::tempdir().unwrap();
@@ -82,7 +98,7 @@ async fn stopped_again_and_again(b: Backend, stop: Stop) {
     let first_slot = Utc::now().duration_trunc(TimeDelta::seconds(1)).unwrap() - TimeDelta::minutes(10);
     let mut slots = (0..).map(|i| first_slot + TimeDelta::seconds(i));
     let mut rng = StdRng::seed_from_u64(0x5eed);
-    let mut seen: HashMap<&str, u32> = users.iter().map(|u| (u.as_str(), 0)).collect();
+    let mut seen: HashMap<String, u32> = users.iter().map(|u| (u.clone(), 0)).collect();
     // Grants whose new pair the sandbox had issued and the store did not hold when a process stopped.
     let mut in_flight = HashSet::new();
     let mut stopped = 0;
@@ -107,13 +123,11 @@ async fn stopped_again_and_again(b: Backend, stop: Stop) {
             }
         };
         stopped += usize::from(code.is_none() || code == Some(75));
-        for u in &users {
-            let now = rig.refreshes(u);
-            if seen.insert(u.as_str(), now) != Some(now) && !rig.stored_is_live(&store, u).await {
-                in_flight.insert(u.clone());
-            }
-        }
+        note_unstored(&rig, &store, &users, &mut seen, &mut in_flight).await;
     }
+    // The sandbox may still apply a request a dead process sent, up to its latency (50 ms) after the kill.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    note_unstored(&rig, &store, &users, &mut seen, &mut in_flight).await;
     assert!(stopped >= STOPS / 2, "most stops came mid-run ({stopped} of {STOPS})");
     // Runs to the end: the dead processes' leases lapse after `claim_lease`, then their grants are rotated
     // or probed.

@@ -56,6 +56,11 @@ impl State {
         }))
     }
 
+    /// Whose grant a live refresh token belongs to.
+    pub fn user_of_refresh_token(&self, refresh_token: &str) -> Option<String> {
+        self.refresh_index.get(refresh_token).map(|r| r.user_id.clone())
+    }
+
     /// `grant_type=refresh_token`: strict rotation by default (the old refresh token dies, the new one lives
     /// ten days, one live access token per grant). With `honor_idempotency_key`, a request repeating an
     /// `Idempotency-Key` with the same refresh token gets the answer the first one was issued (even if lost);
