@@ -14,6 +14,8 @@ pub(super) struct Report {
 #[derive(Default)]
 struct Section {
     title: &'static str,
+    /// When its first figure was taken.
+    at: String,
     rows: Vec<[String; 3]>,
     notes: Vec<String>,
 }
@@ -42,7 +44,11 @@ impl Report {
         result: String,
     ) {
         let title = SECTIONS.iter().find(|s| s.0 == section).map(|s| s.1).expect("a known section");
-        let s = self.sections.entry(section).or_insert_with(|| Section { title, ..Default::default() });
+        let s = self.sections.entry(section).or_insert_with(|| Section {
+            title,
+            at: chrono::Utc::now().format("%Y-%m-%d %H:%M UTC").to_string(),
+            ..Default::default()
+        });
         s.rows.push([what.into(), method.into(), result]);
         println!("{section}: {} — {}", s.rows.last().unwrap()[0], s.rows.last().unwrap()[2]);
     }
@@ -69,13 +75,12 @@ impl Report {
              other sections as they were. The sandbox runs as its own process on loopback with the latency given. \
              Tests never assert on time.\n\n",
         );
-        let now = chrono::Utc::now().format("%Y-%m-%d %H:%M UTC");
         for (name, _) in SECTIONS {
             let (open, close) = (format!("<!-- bench:{name} -->"), format!("<!-- /bench:{name} -->"));
             match self.sections.get(name) {
                 Some(s) => {
                     let _ = writeln!(out, "{open}\n## {}\n", s.title);
-                    let _ = writeln!(out, "Run {now} on {}.\n", self.machine.join(", "));
+                    let _ = writeln!(out, "Run {} on {}.\n", s.at, self.machine.join(", "));
                     out.push_str("| what | method | result |\n|---|---|---|\n");
                     for [what, method, result] in &s.rows {
                         let _ = writeln!(out, "| {what} | {method} | {result} |");
