@@ -409,7 +409,8 @@ both_backends!(
 
 async fn a_slow_astra_answering_out_of_order_kills_no_grant_while_the_backend_reads_tokens(b: Backend) {
     // Astra answers 300 ms late and out of order (up to 2.5 s after applying a rotation); the slot's lease is
-    // short and the batch is worked two at a time, so grants late in the batch wait longer than the lease.
+    // short and the batch is worked two at a time, so grants late in the batch wait longer than the lease. Two
+    // workers (two pools, as two instances) share the slot while the backend asks for every user's token.
     let rig = TestApp::new(b, SandboxSettings { seed: 11, ..Default::default() }, |s| {
         s.astra.request_timeout = Duration::from_secs(10);
         s.astra.access_margin = TimeDelta::hours(3);
@@ -424,6 +425,7 @@ async fn a_slow_astra_answering_out_of_order_kills_no_grant_while_the_backend_re
     .await;
     rig.sandbox.set_faults(Faults { latency_ms: 300, late_answer_ms: 2_500, ..Default::default() });
     let w = Arc::new(rig.worker(None).await);
+    let other = rig.worker(None).await;
     let users = rig.seed(&w.store, 16, |_| TimeDelta::days(8)).await;
     // The backend asks for every user's token, over and over, while rotation works.
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -441,7 +443,8 @@ async fn a_slow_astra_answering_out_of_order_kills_no_grant_while_the_backend_re
             })
         })
         .collect();
-    run(&w, JobName::TokenRotation, Utc::now()).await;
+    let now = Utc::now();
+    tokio::join!(run(&w, JobName::TokenRotation, now), run(&other, JobName::TokenRotation, now));
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     for b in backend {
         b.await.unwrap();
