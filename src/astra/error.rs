@@ -34,6 +34,21 @@ pub enum AstraError {
 }
 
 impl AstraError {
+    /// The final error of a token call an earlier attempt of which may have been applied with its answer lost
+    /// (a 504, a timeout): whatever the last attempt met (a 429, a 4xx, a malformed body), the call's outcome is
+    /// unknown, so it is reported as such. A rejection of the grant or of the client keeps its kind (each says so
+    /// itself, or must stop the run).
+    pub(super) fn after_ambiguous_attempt(self, endpoint: &str) -> AstraError {
+        match self {
+            e @ (AstraError::GrantRejected { .. } | AstraError::ClientRejected | AstraError::Transient { .. }) => e,
+            e => AstraError::Transient {
+                endpoint: endpoint.into(),
+                detail: format!("{e}, after an attempt that may have been applied"),
+                maybe_applied: true,
+            },
+        }
+    }
+
     /// Worth retrying later (not now in this request).
     pub fn is_temporary(&self) -> bool {
         matches!(self, AstraError::RateLimited { .. } | AstraError::Transient { .. })

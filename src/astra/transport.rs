@@ -104,6 +104,7 @@ impl AstraClient {
                     debug!(endpoint = %endpoint, attempt = attempt_no, wait_ms = wait.as_millis() as u64, error = %e, "retrying");
                     tokio::time::sleep(wait).await;
                 }
+                (Err(e), _) if ambiguous_before => return Err(e.after_ambiguous_attempt(&endpoint)),
                 (Err(e), _) => return Err(e),
             }
         }

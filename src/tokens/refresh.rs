@@ -91,10 +91,9 @@ pub async fn refresh_leased(
             info!(reason = reason.as_str(), astra = %description, ?opened, "grant is dead");
             Ok(Refreshed::Dead { reason, opened })
         }
-        Err(e @ AstraError::ClientRejected) => {
-            intents::close_intent(db, &intent, "failed", Utc::now()).await?;
-            Err(e.into())
-        }
+        // The intent stays open: an earlier attempt of this call may have been applied before the credentials
+        // were refused, and an open intent costs only a probe once they are fixed.
+        Err(e @ AstraError::ClientRejected) => Err(e.into()),
         Err(e @ (AstraError::Transient { maybe_applied: true, .. } | AstraError::Malformed { .. })) => {
             // Astra may have rotated: keep the intent open so the next run probes this grant.
             warn!(error = %e, "refresh may have been applied without an answer; the next run probes it");

@@ -229,6 +229,61 @@ both_backends!(
     super::a_probe_meeting_a_429_leaves_the_intent_open_and_the_grant_alive
 );
 
+/// A refresh whose first attempt was lost (applied, answered 504) and whose retry met only 429s ends unknown, not
+/// failed: its intent stays open, so the next refresh is a probe. Astra not honouring the intent's
+/// `Idempotency-Key`, the probe meets `invalid_grant` and the grant is recorded as `lost_rotation` (never
+/// `refresh_rejected`); honouring it, the probe gets the lost pair back and the grant lives.
+async fn a_lost_answer_whose_retry_meets_a_429_is_probed_not_rejected(b: Backend) {
+    for honour in [false, true] {
+        let settings = SandboxSettings { retry_after_secs: 0, honor_idempotency_key: honour, ..Default::default() };
+        let rig = TestApp::new(b, settings, |s| {
+            s.astra.max_retries = 1;
+            no_status_reads(s);
+        })
+        .await;
+        let w = rig.worker(None).await;
+        let u = rig.seed(&w.store, 1, |_| TimeDelta::days(8)).await.remove(0);
+        rig.sandbox.set_faults(Faults { lost_refresh_rate: 1.0, hang_ms: 1500, ..Default::default() });
+        // Once Astra has applied the refresh (and is sitting on its answer), every further request is a 429.
+        let limit_after_the_loss = async {
+            for _ in 0..2000 {
+                if !rig.sandbox.state().spoiled_token_answers.is_empty() {
+                    let mut st = rig.sandbox.state();
+                    st.settings.rate_limit = Some(0);
+                    st.settings.faults = Faults::default();
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            panic!("the sandbox never applied the refresh");
+        };
+        let ((outcome, _, failed, _), ()) = tokio::join!(rotate(&w), limit_after_the_loss);
+        assert!(outcome == Outcome::Partial && failed == 1, "{outcome:?} {failed}");
+        assert_eq!(rig.refreshes(&u), 1, "Astra applied the first attempt");
+        assert_eq!(
+            scalar(&w.store, "SELECT COUNT(*) FROM refresh_intent WHERE closed_at IS NULL").await,
+            1,
+            "the outcome is unknown: the intent stays open"
+        );
+        rig.sandbox.state().settings.rate_limit = None;
+        rotate(&w).await;
+        let reasons: Vec<String> = with_pool!(&w.store, |p| sqlx::query_scalar("SELECT reason FROM reauth_episode")
+            .fetch_all(p)
+            .await
+            .unwrap());
+        if honour {
+            assert!(reasons.is_empty(), "{reasons:?}");
+            assert!(rig.stored_is_live(&w.store, &u).await, "the probe got the lost pair back");
+        } else {
+            assert_eq!(reasons, vec!["lost_rotation".to_string()]);
+        }
+    }
+}
+both_backends!(
+    a_lost_answer_whose_retry_meets_a_429_is_probed_not_rejected,
+    super::a_lost_answer_whose_retry_meets_a_429_is_probed_not_rejected
+);
+
 async fn a_wrong_key_is_refused_and_one_unreadable_row_is_flagged_skipped_and_repaired(b: Backend) {
     let rig = TestApp::new(b, SandboxSettings::default(), no_status_reads).await;
     let w = rig.worker(None).await;
