@@ -23,15 +23,10 @@ pub(super) async fn refresh_one(
 ) -> anyhow::Result<()> {
     let db = &ctx.worker.store;
     let call = ctx.call(user_id);
-    // The batch's lease may have lapsed while this grant waited its turn: renew it for the whole call, or leave
-    // the grant to whoever took it over.
-    if !store::renew_lease(db, user_id, &ctx.run_id, Utc::now() + svc.tokens.lease()).await? {
-        ctx.tally("lease_taken_over", 1);
-        ctx.record(ItemOutcome::Skip);
-        return Ok(());
-    }
     let r = tokens::refresh_leased(db, &svc.tokens, call, user_id, &ctx.run_id).await;
-    store::release(db, user_id, &ctx.run_id).await?;
+    if !matches!(r, Ok(Refreshed::Rotated { .. })) {
+        store::release(db, user_id, &ctx.run_id).await?;
+    }
     let r = match r {
         Err(e) if e.downcast_ref::<tokens::Unreadable>().is_some() => {
             ctx.tally("unreadable", 1);
@@ -64,6 +59,10 @@ pub(super) async fn refresh_one(
         }
         Refreshed::Failed { detail } => ItemOutcome::Retry(format!("grant not refreshed: {detail}")),
         Refreshed::Inactive => ItemOutcome::Skip,
+        Refreshed::NotLeased => {
+            ctx.tally("lease_taken_over", 1);
+            ItemOutcome::Skip
+        }
     };
     ctx.record(outcome);
     Ok(())

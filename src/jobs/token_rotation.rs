@@ -16,6 +16,12 @@ pub(super) async fn run(ctx: &RunContext<'_>, p: &TokenRotationParams) -> anyhow
     let result = rotate_due(ctx, p).await;
     // However the run ends, the grants it claimed are free for the next one.
     store::release_all(&ctx.worker.store, &ctx.run_id).await?;
+    if !ctx.dry_run {
+        let forgotten = store::forget_old_fingerprints(&ctx.worker.store, Utc::now()).await?;
+        if forgotten > 0 {
+            ctx.tally("fingerprints_forgotten", forgotten as i64);
+        }
+    }
     result
 }
 

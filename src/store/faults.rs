@@ -18,8 +18,8 @@ static FAULTS: Mutex<Option<HashMap<(String, &'static str), u32>>> = Mutex::new(
 
 /// The point where a rotated pair is committed (`tokens::store::put_rotated`).
 pub const PUT_ROTATED: &str = "put_rotated";
-/// The point where a grant's lease is given back after its refresh (`tokens::store::release`).
-pub const RELEASE_LEASE: &str = "release_lease";
+/// The point where the user's status, read after a rotation, is stored (`tokens::store::set_user_status`).
+pub const SET_USER_STATUS: &str = "set_user_status";
 
 fn database(store: &Store) -> String {
     match store {

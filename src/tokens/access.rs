@@ -103,12 +103,14 @@ async fn fresh_access(
         }
         if store::try_lease(db, user_id, &owner, now + tok.lease, now).await? {
             let r = refresh_leased(db, tok, call, user_id, &owner).await;
-            store::release(db, user_id, &owner).await?;
+            if !matches!(r, Ok(Refreshed::Rotated { .. })) {
+                store::release(db, user_id, &owner).await?;
+            }
             match r? {
                 Refreshed::Rotated { access, access_expires_at, .. } => {
                     return Ok(Access { token: access, expires_at: Some(access_expires_at), version: g.version + 1 });
                 }
-                Refreshed::Adopted | Refreshed::Inactive => continue,
+                Refreshed::Adopted | Refreshed::Inactive | Refreshed::NotLeased => continue,
                 Refreshed::Dead { reason, .. } => {
                     let why = format!("dead: {}", reason.as_str());
                     return Err(NoToken::NeedsReauthorization { user_id: user_id.to_string(), why }.into());

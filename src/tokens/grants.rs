@@ -82,13 +82,31 @@ pub(super) fn unseal(k: &Keyring, s: store::SealedGrant) -> anyhow::Result<Grant
 /// (shown by `grants list` and `health`) and comes back as [`Unreadable`]; a re-import of the user repairs it.
 pub async fn load(db: &Store, keyring: &Keyring, user_id: &str) -> anyhow::Result<Option<Grant>> {
     let Some(s) = store::load(db, user_id).await? else { return Ok(None) };
+    open_or_flag(db, keyring, s).await.map(Some)
+}
+
+/// The grant whose lease `owner` holds, the lease extended to `until` in the same statement, its tokens open
+/// (or [`Unreadable`], flagged, as with [`load`]). `None`: the grant is gone or its lease was taken over.
+pub(super) async fn renew_and_load(
+    db: &Store,
+    keyring: &Keyring,
+    user_id: &str,
+    owner: &str,
+    until: DateTime<Utc>,
+) -> anyhow::Result<Option<Grant>> {
+    let Some(s) = store::renew_and_load(db, user_id, owner, until).await? else { return Ok(None) };
+    open_or_flag(db, keyring, s).await.map(Some)
+}
+
+async fn open_or_flag(db: &Store, keyring: &Keyring, s: store::SealedGrant) -> anyhow::Result<Grant> {
+    let user_id = s.user_id.clone();
     match unseal(keyring, s) {
         Err(e) if e.downcast_ref::<CryptoError>().is_some() => {
             let detail = e.to_string();
-            store::mark_unreadable(db, user_id, &detail).await?;
-            Err(Unreadable { user_id: user_id.to_string(), detail }.into())
+            store::mark_unreadable(db, &user_id, &detail).await?;
+            Err(Unreadable { user_id, detail }.into())
         }
-        other => other.map(Some),
+        other => other,
     }
 }
 

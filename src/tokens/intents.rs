@@ -5,39 +5,38 @@ use chrono::{DateTime, Utc};
 
 use crate::store::{Store, with_pool};
 
-/// Opens the refresh intent for `version`; `None` when an intent for this grant is already open (a crashed
-/// refresh whose result is unknown).
-pub(crate) async fn open_intent(
+/// Opens the refresh intent for `version`, or finds the one already open (a refresh whose result is unknown:
+/// this refresh is then a probe): (id, whether it was already open). `None`: an intent was open a moment ago
+/// and is closed now (another refresh of the grant finished meanwhile).
+pub(crate) async fn open_or_find(
     store: &Store,
     user_id: &str,
     version: i64,
     owner: &str,
     now: DateTime<Utc>,
-) -> sqlx::Result<Option<String>> {
+) -> sqlx::Result<Option<(String, bool)>> {
     let id = uuid::Uuid::new_v4().to_string();
-    let n = with_pool!(store, |p| sqlx::query(
+    let opened: Option<String> = with_pool!(store, |p| sqlx::query_scalar(
         "INSERT INTO refresh_intent (id, user_id, token_version, owner, opened_at) VALUES ($1, $2, $3, $4, $5)
-         ON CONFLICT DO NOTHING"
+         ON CONFLICT DO NOTHING RETURNING id"
     )
     .bind(&id)
     .bind(user_id)
     .bind(version)
     .bind(owner)
     .bind(now)
-    .execute(p)
-    .await?
-    .rows_affected());
-    Ok((n == 1).then_some(id))
-}
-
-/// The open intent of a grant, if any: (id, version).
-pub(crate) async fn open_intent_of(store: &Store, user_id: &str) -> sqlx::Result<Option<(String, i64)>> {
-    with_pool!(store, |p| sqlx::query_as(
-        "SELECT id, token_version FROM refresh_intent WHERE user_id = $1 AND closed_at IS NULL"
+    .fetch_optional(p)
+    .await)?;
+    if let Some(id) = opened {
+        return Ok(Some((id, false)));
+    }
+    let open: Option<String> = with_pool!(store, |p| sqlx::query_scalar(
+        "SELECT id FROM refresh_intent WHERE user_id = $1 AND closed_at IS NULL"
     )
     .bind(user_id)
     .fetch_optional(p)
-    .await)
+    .await)?;
+    Ok(open.map(|id| (id, true)))
 }
 
 pub(crate) async fn close_intent(store: &Store, intent_id: &str, result: &str, now: DateTime<Utc>) -> sqlx::Result<()> {

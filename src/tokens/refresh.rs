@@ -16,7 +16,7 @@ use tracing::{error, info, instrument, warn};
 use super::{
     GrantStatus, Tokens,
     episodes::{self, DeadGrant, Opened, Reason},
-    grants::{Grant, fingerprint, load, seal},
+    grants::{Grant, fingerprint, renew_and_load, seal},
     intents, store,
 };
 use crate::{
@@ -27,8 +27,8 @@ use crate::{
 /// What a refresh did.
 #[derive(Debug)]
 pub enum Refreshed {
-    /// A new pair is stored, its access token good until `access_expires_at`; `user_status_at` is when the
-    /// user's status was last read.
+    /// A new pair is stored (and the lease released with it), its access token good until `access_expires_at`;
+    /// `user_status_at` is when the user's status was last read.
     Rotated { access: SecretString, access_expires_at: DateTime<Utc>, user_status_at: Option<DateTime<Utc>> },
     /// Another writer rotated or replaced the grant meanwhile; its tokens stand.
     Adopted,
@@ -37,8 +37,10 @@ pub enum Refreshed {
     /// Not now (Astra unavailable, rate-limited, malformed answer, the store unable to take the new pair); left
     /// for the next run, which probes the grant when Astra may have rotated it.
     Failed { detail: String },
-    /// The grant is gone or no longer active.
+    /// The grant is no longer active.
     Inactive,
+    /// The grant is gone, or its lease was taken over (it lapsed and another process took it): not refreshed.
+    NotLeased,
 }
 
 /// Refreshes `user_id`'s grant, whose lease `owner` holds. A refresh intent left open by a process that died
@@ -53,16 +55,17 @@ pub async fn refresh_leased(
     user_id: &str,
     owner: &str,
 ) -> anyhow::Result<Refreshed> {
-    let Some(g) = load(db, &tok.keyring, user_id).await? else { return Ok(Refreshed::Inactive) };
+    // The lease may have lapsed since it was taken (a batch waiting its turn): it is extended for the whole call
+    // as the grant is read, or the grant is left to whoever took it over.
+    let until = Utc::now() + tok.lease;
+    let Some(g) = renew_and_load(db, &tok.keyring, user_id, owner, until).await? else {
+        return Ok(Refreshed::NotLeased);
+    };
     if g.status != GrantStatus::Active {
         return Ok(Refreshed::Inactive);
     }
-    let (intent, probe) = match intents::open_intent_of(db, user_id).await? {
-        Some((id, _)) => (id, true),
-        None => match intents::open_intent(db, user_id, g.version, owner, Utc::now()).await? {
-            Some(id) => (id, false),
-            None => return Ok(Refreshed::Failed { detail: "another refresh of this grant is in progress".into() }),
-        },
+    let Some((intent, probe)) = intents::open_or_find(db, user_id, g.version, owner, Utc::now()).await? else {
+        return Ok(Refreshed::Failed { detail: "another refresh of this grant is in progress".into() });
     };
     match tok.client.refresh(call, &g.refresh, &intent).await {
         Ok(pair) => Ok(store_issued(db, tok, &g, owner, &intent, pair).await),

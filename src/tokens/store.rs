@@ -69,29 +69,31 @@ pub struct GrantWrite<'a> {
     pub now: DateTime<Utc>,
 }
 
-/// Records the fingerprint of a refresh token the grant now holds, and forgets those past keeping, in the
-/// transaction that stores the pair. Evaluates to `sqlx::Result<()>`.
-macro_rules! fingerprint_keep {
+/// Records the fingerprint of a refresh token the grant now holds, in the transaction that stores the pair.
+/// Evaluates to `sqlx::Result<()>`.
+macro_rules! fingerprint_insert {
     ($tx:expr, $w:expr) => {
-        async {
-            sqlx::query(
-                "INSERT INTO grant_fingerprint (user_id, fingerprint, stored_at) VALUES ($1, $2, $3)
-                 ON CONFLICT DO NOTHING",
-            )
-            .bind($w.user_id)
-            .bind($w.fingerprint)
-            .bind($w.now)
-            .execute(&mut *$tx)
-            .await?;
-            sqlx::query("DELETE FROM grant_fingerprint WHERE user_id = $1 AND stored_at < $2")
-                .bind($w.user_id)
-                .bind($w.now - FINGERPRINTS_KEPT)
-                .execute(&mut *$tx)
-                .await
-                .map(|_| ())
-        }
+        sqlx::query(
+            "INSERT INTO grant_fingerprint (user_id, fingerprint, stored_at) VALUES ($1, $2, $3)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind($w.user_id)
+        .bind($w.fingerprint)
+        .bind($w.now)
+        .execute(&mut *$tx)
         .await
+        .map(|_| ())
     };
+}
+
+/// Forgets the fingerprints of every grant stored before the keeping (once per rotation run; an import forgets
+/// its user's own in its transaction).
+pub async fn forget_old_fingerprints(store: &Store, now: DateTime<Utc>) -> sqlx::Result<u64> {
+    with_pool!(store, |p| sqlx::query("DELETE FROM grant_fingerprint WHERE stored_at < $1")
+        .bind(now - FINGERPRINTS_KEPT)
+        .execute(p)
+        .await
+        .map(|r| r.rows_affected()))
 }
 
 /// Whether the grant of `user_id` ever held the refresh token with this fingerprint (within the keeping).
@@ -149,7 +151,12 @@ pub async fn put_imported(
         if n != 1 {
             return Ok(None);
         }
-        fingerprint_keep!(tx, w)?;
+        fingerprint_insert!(tx, w)?;
+        sqlx::query("DELETE FROM grant_fingerprint WHERE user_id = $1 AND stored_at < $2")
+            .bind(w.user_id)
+            .bind(w.now - FINGERPRINTS_KEPT)
+            .execute(&mut *tx)
+            .await?;
         sqlx::query(
             "UPDATE refresh_intent SET closed_at = $1, result = 'superseded' WHERE user_id = $2 AND closed_at IS NULL",
         )
@@ -197,7 +204,7 @@ pub async fn put_rotated(
         .await?
         .rows_affected();
         if n == 1 {
-            fingerprint_keep!(tx, w)?;
+            fingerprint_insert!(tx, w)?;
             sqlx::query("UPDATE refresh_intent SET closed_at = $1, result = 'rotated' WHERE id = $2")
                 .bind(w.now)
                 .bind(intent_id)
@@ -263,23 +270,29 @@ pub async fn try_lease(
     .map(|r| r.rows_affected() == 1))
 }
 
-/// Extends the lease `owner` holds to `until` (just before a refresh call). `false`: the lease was taken over
-/// meanwhile (it lapsed and another process took it); the caller must not refresh.
-pub async fn renew_lease(store: &Store, user_id: &str, owner: &str, until: DateTime<Utc>) -> sqlx::Result<bool> {
-    with_pool!(store, |p| sqlx::query(
-        "UPDATE grant_token SET lease_until = $1 WHERE user_id = $2 AND lease_owner = $3 AND lease_until IS NOT NULL"
-    )
-    .bind(until)
-    .bind(user_id)
-    .bind(owner)
-    .execute(p)
-    .await
-    .map(|r| r.rows_affected() == 1))
+/// Extends the lease `owner` holds to `until` and reads the grant, in one statement (just before a refresh
+/// call). `None`: the grant is gone, or its lease was taken over meanwhile (it lapsed and another process took
+/// it); the caller must not refresh.
+pub async fn renew_and_load(
+    store: &Store,
+    user_id: &str,
+    owner: &str,
+    until: DateTime<Utc>,
+) -> sqlx::Result<Option<SealedGrant>> {
+    let sql = format!(
+        "UPDATE grant_token SET lease_until = $1 WHERE user_id = $2 AND lease_owner = $3 AND lease_until IS NOT NULL
+         RETURNING {GRANT_COLUMNS}"
+    );
+    with_pool!(store, |p| sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(until)
+        .bind(user_id)
+        .bind(owner)
+        .fetch_optional(p)
+        .await)
 }
 
 /// Releases the lease if `owner` still holds it.
 pub async fn release(store: &Store, user_id: &str, owner: &str) -> sqlx::Result<()> {
-    faults::injected(store, faults::RELEASE_LEASE)?;
     with_pool!(store, |p| sqlx::query(
         "UPDATE grant_token SET lease_until = NULL WHERE user_id = $1 AND lease_owner = $2"
     )
@@ -381,6 +394,7 @@ pub async fn count_unreadable(store: &Store) -> sqlx::Result<i64> {
 }
 
 pub async fn set_user_status(store: &Store, user_id: &str, status: UserStatus, now: DateTime<Utc>) -> sqlx::Result<()> {
+    faults::injected(store, faults::SET_USER_STATUS)?;
     with_pool!(store, |p| sqlx::query(
         "UPDATE grant_token SET user_status = $1, user_status_at = $2 WHERE user_id = $3"
     )

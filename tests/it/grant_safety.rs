@@ -105,12 +105,13 @@ both_backends!(
 );
 
 async fn one_refresh_failing_mid_batch_leaves_its_siblings_to_commit(b: Backend) {
-    let rig = TestApp::new(b, SandboxSettings::default(), no_status_reads).await;
+    let rig = TestApp::new(b, SandboxSettings::default(), |_| {}).await;
     rig.sandbox.set_faults(Faults { latency_ms: 200, ..Default::default() });
     let w = rig.worker(None).await;
     let users = rig.seed(&w.store, 40, |_| TimeDelta::days(8)).await;
-    // The first refresh to end meets a store error after Astra answered, while its siblings are in flight.
-    faults::fail_next(&w.store, faults::RELEASE_LEASE, 1);
+    // The first refresh to end meets a store error after Astra answered (storing the user's status read after
+    // it), while its siblings are in flight.
+    faults::fail_next(&w.store, faults::SET_USER_STATUS, 1);
     let (outcome, processed, failed, details) = rotate(&w).await;
     assert_eq!((outcome, processed, failed), (Outcome::Partial, 39, 1), "{details}");
     assert!(details["peak_in_flight"].as_i64().unwrap() > 1, "siblings were in flight: {details}");
@@ -122,6 +123,40 @@ async fn one_refresh_failing_mid_batch_leaves_its_siblings_to_commit(b: Backend)
 both_backends!(
     one_refresh_failing_mid_batch_leaves_its_siblings_to_commit,
     super::one_refresh_failing_mid_batch_leaves_its_siblings_to_commit
+);
+
+/// Each rotation records the fingerprint of the refresh token it stored; a rotation run forgets those stored
+/// more than 30 days ago (well past a refresh token's life) and keeps the rest.
+async fn a_rotation_run_forgets_fingerprints_past_their_keeping(b: Backend) {
+    let rig = TestApp::new(b, SandboxSettings::default(), no_status_reads).await;
+    let w = rig.worker(None).await;
+    let users = rig.seed(&w.store, 3, |_| TimeDelta::days(8)).await;
+    let before = scalar(&w.store, "SELECT COUNT(*) FROM grant_fingerprint").await;
+    with_pool!(&w.store, |p| sqlx::query(
+        "INSERT INTO grant_fingerprint (user_id, fingerprint, stored_at) VALUES ($1, 'old', $2), ($1, 'recent', $3)"
+    )
+    .bind(&users[0])
+    .bind(Utc::now() - TimeDelta::days(31))
+    .bind(Utc::now() - TimeDelta::days(29))
+    .execute(p)
+    .await
+    .map(|_| ())
+    .unwrap());
+    let (outcome, processed, _, details) = rotate(&w).await;
+    assert_eq!((outcome, processed), (Outcome::Succeeded, 3), "{details}");
+    assert_eq!(details["fingerprints_forgotten"], 1, "{details}");
+    let kept: Vec<String> = with_pool!(&w.store, |p| sqlx::query_scalar(
+        "SELECT fingerprint FROM grant_fingerprint WHERE fingerprint IN ('old', 'recent')"
+    )
+    .fetch_all(p)
+    .await
+    .unwrap());
+    assert_eq!(kept, vec!["recent".to_string()]);
+    assert_eq!(scalar(&w.store, "SELECT COUNT(*) FROM grant_fingerprint").await, before + 3 + 1, "one per rotation");
+}
+both_backends!(
+    a_rotation_run_forgets_fingerprints_past_their_keeping,
+    super::a_rotation_run_forgets_fingerprints_past_their_keeping
 );
 
 async fn an_import_racing_an_in_flight_refresh_is_not_overwritten(b: Backend) {
