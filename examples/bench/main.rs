@@ -15,7 +15,8 @@
 //!    `GROUP BY`; and a no-op `--run-once` as a whole process.
 //!
 //! `BENCH_ONLY=guard|guard-pg|sync|rotation|aggregation|serve|no-op` runs one part (`rotation` includes the
-//! by-hand loop); `BENCH_GRANTS` sets the rotation's grants (20,000).
+//! by-hand loop); `BENCH_GRANTS` sets the rotation's grants (20,000). `BENCH_ONLY=rotation-large` (not part of
+//! the full run) rotates 200,000 grants at 1,000/s on both stores.
 //!
 //! Build the binary first: `cargo build --release --bins --examples && ./target/release/examples/bench`. The
 //! figures are written to `BENCHMARKS.md` (see `report`). Nothing here is a test.
@@ -418,6 +419,11 @@ async fn main() {
         let n = std::env::var("BENCH_GRANTS").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000);
         let worker = rotation::bench(&mut report, pg.as_deref(), n).await;
         rotation::by_hand(&mut report, &worker).await;
+    }
+    // Not in the full run (about 20 minutes on its own): `BENCH_ONLY=rotation-large`.
+    if only == "rotation-large" {
+        let n = std::env::var("BENCH_GRANTS").ok().and_then(|v| v.parse().ok()).unwrap_or(200_000);
+        rotation::large(&mut report, pg.as_deref(), n).await;
     }
     report.write();
 }

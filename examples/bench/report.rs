@@ -21,10 +21,11 @@ struct Section {
 }
 
 /// The order sections appear in, and their titles.
-const SECTIONS: [(&str, &str); 7] = [
+const SECTIONS: [(&str, &str); 8] = [
     ("guard", "Guard: the library call"),
     ("sync", "Sync cost: transfer-sync"),
     ("rotation", "Rotation: rate, bunching, memory, store time"),
+    ("rotation-large", "Rotation at ten times the grants"),
     ("by-hand", "Rotation beside the loop a fintech writes by hand"),
     ("aggregation", "Aggregation: the daily recompute against a bare GROUP BY"),
     ("service", "The service: HTTP guard and webhook intake"),
