@@ -12,7 +12,8 @@ use astra_worker::{
     reconcile::{
         counters, guard,
         guard::{GuardRequest, HoldRequest},
-        holds, mirror,
+        holds::{self, Placement},
+        mirror,
         registry::{self, DestinationKind, DestinationLine, ImportLine},
     },
     runner::{RunOptions, SlotResult, run_job},
@@ -152,6 +153,53 @@ async fn twenty_concurrent_holds_of_100_dollars_against_1000_allow_exactly_ten(b
 both_backends!(
     twenty_concurrent_holds_of_100_dollars_against_1000_allow_exactly_ten,
     super::twenty_concurrent_holds_of_100_dollars_against_1000_allow_exactly_ten
+);
+
+/// Under the day's lock a hold is stored only on the figures it was decided on: a second hold decided on the
+/// same figures finds the first one's amount, or a counted transfer, and is not stored (the figures found come
+/// back to decide on again); a key already held is reported as such.
+async fn a_hold_is_stored_only_on_the_figures_it_was_decided_on(b: Backend) {
+    let (_db, store) = one_user(b, 250_000).await;
+    let now = midday();
+    let day = BankDay::of(NY.parse().unwrap(), now).key();
+    let mk = |key: &str| holds::Hold {
+        hold_key: key.into(),
+        user_id: "u1".into(),
+        destination_id: "dst".into(),
+        bank_day: day.clone(),
+        amount_cents: 100,
+        routine_id: None,
+        created_at: now,
+        expires_at: now + TimeDelta::hours(1),
+        ended_at: None,
+        end_reason: None,
+        transfer_id: None,
+    };
+    let place = |key: &'static str, seen: (i64, i64)| {
+        let (store, h) = (store.clone(), mk(key));
+        async move { holds::place_if_unchanged(&store, &h, "{}", seen, now).await.unwrap() }
+    };
+    assert_eq!(place("k1", (0, 0)).await, Placement::Placed);
+    assert_eq!(place("k2", (0, 0)).await, Placement::Changed { total: 0, held: 100 }, "k1's amount is held");
+    assert_eq!(place("k1", (0, 100)).await, Placement::KeyTaken);
+    with_pool!(&store, |p| sqlx::query("UPDATE inbound_day SET total_cents = 5000 WHERE destination_id = 'dst'")
+        .execute(p)
+        .await
+        .map(|_| ())
+        .unwrap());
+    assert_eq!(place("k2", (0, 100)).await, Placement::Changed { total: 5000, held: 100 }, "a transfer counted");
+    assert_eq!(place("k2", (5000, 100)).await, Placement::Placed);
+    let held: i64 = with_pool!(&store, |p| sqlx::query_scalar(
+        "SELECT CAST(SUM(amount_cents) AS BIGINT) FROM guard_hold WHERE destination_id = 'dst'"
+    )
+    .fetch_one(p)
+    .await
+    .unwrap());
+    assert_eq!(held, 200, "k1 and k2, each once");
+}
+both_backends!(
+    a_hold_is_stored_only_on_the_figures_it_was_decided_on,
+    super::a_hold_is_stored_only_on_the_figures_it_was_decided_on
 );
 
 async fn a_hold_key_is_idempotent_and_a_hold_ends_when_released_or_expired(b: Backend) {

@@ -1,8 +1,9 @@
 //! The guard: before the fintech sends a routine request, may it? One query reads the user's block, the
 //! grant, the destinations with their limits and card flags, and for each the day's counter, the amount held
 //! open against it, whether the day is uncertain, and when the user's transfers were last read. With a hold
-//! key, an allowed amount is reserved against the destination's bank day in the same transaction that decided
-//! it, under that day's lock, so concurrent guards never together pass the limit. A limit is reached exactly
+//! key, an allowed amount is reserved against the destination's bank day only if, under that day's lock, the
+//! day's figures are still the ones it was decided on (else it is decided again on the figures found), so
+//! concurrent guards never together pass the limit. A limit is reached exactly
 //! when allowed: a request that brings the day's total to the limit passes; one cent more does not.
 
 use chrono::{DateTime, TimeDelta, Utc};
@@ -15,15 +16,14 @@ pub use answer::{DenyReason, GuardAnswer, PlacedHold};
 use read::{DestinationDay, Read, read};
 
 use super::{
-    counters::day_lock,
-    holds::{self, Hold, held_cents, hold_insert},
+    holds::{self, Hold, Placement},
     registry::DestinationKind,
 };
 use crate::{
     config::{GuardSettings, OnUncertain},
     domain::Cents,
     failure::Failure,
-    store::{Store, with_pool},
+    store::Store,
 };
 
 #[derive(Debug, Clone)]
@@ -153,7 +153,12 @@ async fn replay(store: &Store, req: &GuardRequest<'_>, key: &str) -> anyhow::Res
     Ok(Some(serde_json::from_str(&answer)?))
 }
 
-/// Decides again under the day's lock, counting every hold placed meanwhile, and places the hold.
+/// How many times a hold is decided again when the day's figures moved between the decision and the lock (each
+/// miss means another hold or transfer of the day was stored meanwhile).
+const PLACE_TRIES: usize = 64;
+
+/// Places the hold if, under the day's lock, the day's figures are the ones the answer was decided on; when
+/// they moved (another hold or a counted transfer meanwhile), decides again on the figures found and retries.
 async fn place(
     store: &Store,
     settings: &GuardSettings,
@@ -163,48 +168,43 @@ async fn place(
     answer: GuardAnswer,
     now: DateTime<Utc>,
 ) -> anyhow::Result<GuardAnswer> {
-    let dest = &target.destination.destination_id;
-    let key = target.day.key();
     let expires_at = now + hold.hold_for;
-    let outcome = with_pool!(store, |p| async {
-        let mut tx = p.begin().await?;
-        let (total, _) = day_lock!(&mut *tx, dest, &key)?;
-        let held = held_cents!(&mut *tx, dest, &key, now)?;
-        let day = DestinationDay { total, held, uncertain: target.uncertain.clone(), ..target.clone() };
+    let row = Hold {
+        hold_key: hold.key.to_string(),
+        user_id: req.user_id.to_string(),
+        destination_id: target.destination.destination_id.clone(),
+        bank_day: target.day.key(),
+        amount_cents: req.amount.0,
+        routine_id: None,
+        created_at: now,
+        expires_at,
+        ended_at: None,
+        end_reason: None,
+        transfer_id: None,
+    };
+    let mut day = target.clone();
+    for _ in 0..PLACE_TRIES {
         let mut a = weigh(answer.clone(), settings, &day, req.amount, now);
         if !a.allowed {
-            tx.rollback().await?;
-            return Ok::<_, anyhow::Error>(Some(a));
+            // Denied on the figures found under the lock: the hold counted may be this key's own, placed a
+            // moment ago.
+            return Ok(replay(store, req, hold.key).await?.unwrap_or(a));
         }
         a.hold = Some(PlacedHold { key: hold.key.to_string(), amount_cents: req.amount.0, expires_at });
-        let row = Hold {
-            hold_key: hold.key.to_string(),
-            user_id: req.user_id.to_string(),
-            destination_id: dest.clone(),
-            bank_day: key.clone(),
-            amount_cents: req.amount.0,
-            routine_id: None,
-            created_at: now,
-            expires_at,
-            ended_at: None,
-            end_reason: None,
-            transfer_id: None,
-        };
-        if hold_insert!(&mut *tx, &row, serde_json::to_string(&a)?)? == 0 {
-            // The same key, placed a moment ago by a concurrent call: its answer stands.
-            tx.rollback().await?;
-            return Ok(None);
+        match holds::place_if_unchanged(store, &row, &serde_json::to_string(&a)?, (day.total, day.held), now).await? {
+            Placement::Placed => return Ok(a),
+            Placement::Changed { total, held } => (day.total, day.held) = (total, held),
+            Placement::KeyTaken => {
+                return replay(store, req, hold.key).await?.ok_or_else(|| anyhow::anyhow!("the hold vanished"));
+            }
         }
-        tx.commit().await?;
-        Ok(Some(a))
     }
-    .await)?;
-    match outcome {
-        Some(a) if a.allowed => Ok(a),
-        // Denied under the lock: the hold counted may be this key's own, placed a moment ago.
-        Some(a) => Ok(replay(store, req, hold.key).await?.unwrap_or(a)),
-        None => replay(store, req, hold.key).await?.ok_or_else(|| anyhow::anyhow!("the hold vanished")),
-    }
+    Err(Failure::Unavailable(format!(
+        "destination {}: its day changed under each of {PLACE_TRIES} attempts to place the hold; nothing is held, \
+         try again",
+        row.destination_id
+    ))
+    .into())
 }
 
 /// The answer for one destination on its bank day.
