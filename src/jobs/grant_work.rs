@@ -23,7 +23,7 @@ pub(super) async fn refresh_one(
 ) -> anyhow::Result<()> {
     let db = &ctx.worker.store;
     let call = ctx.call(user_id);
-    let r = tokens::refresh_leased(db, &svc.tokens, call, user_id, &ctx.run_id).await;
+    let r = tokens::refresh_leased(db, &svc.tokens, call, user_id, &ctx.run_id, None).await;
     if !matches!(r, Ok(Refreshed::Rotated { .. })) {
         store::release(db, user_id, &ctx.run_id).await?;
     }

@@ -198,19 +198,21 @@ pub async fn users_to_sync(store: &Store, now: DateTime<Utc>) -> sqlx::Result<Ve
 /// What placing a hold found under the destination-day's lock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Placement {
-    /// Stored: the day's figures were the ones the answer was decided on.
+    /// Stored.
     Placed,
     /// Not stored: the day's counted total or held sum differ from the ones the answer was decided on; these
-    /// are the figures found, to decide on again.
+    /// are the figures found ([`place_if_unchanged`]).
     Changed { total: i64, held: i64 },
+    /// Not stored: deciding on the figures found under the lock denied it ([`place_locked`]).
+    Declined,
     /// Not stored: a hold under this key exists (placed a moment ago by a concurrent call).
     KeyTaken,
 }
 
-/// Places `h` with the guard's `answer` if, under the day's lock, the day's counted total and held sum are
-/// still `seen` (total, held): one round trip on PostgreSQL (the function `guard_place_hold`, migration 0011),
-/// one transaction on SQLite. The lock is the counter row every writer of the day takes, so no other hold or
-/// counted transfer can slip between the check and the insert.
+/// PostgreSQL only, the guard's fast path: places `h` with the guard's `answer` if, under the day's lock, the
+/// day's counted total and held sum are still `seen` (total, held), in one round trip (the function
+/// `guard_place_hold`, migration 0011). The lock is the counter row every writer of the day takes, so no other
+/// hold or counted transfer can slip between the check and the insert.
 pub async fn place_if_unchanged(
     store: &Store,
     h: &Hold,
@@ -218,63 +220,76 @@ pub async fn place_if_unchanged(
     seen: (i64, i64),
     now: DateTime<Utc>,
 ) -> sqlx::Result<Placement> {
-    let (outcome, total, held): (String, i64, i64) = match store {
-        Store::Postgres(p) => {
-            sqlx::query_as("SELECT outcome, total, held FROM guard_place_hold($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)")
-                .bind(&h.destination_id)
-                .bind(&h.bank_day)
-                .bind(now)
-                .bind(seen.0)
-                .bind(seen.1)
-                .bind(&h.hold_key)
-                .bind(&h.user_id)
-                .bind(h.amount_cents)
-                .bind(answer)
-                .bind(h.expires_at)
-                .fetch_one(p)
-                .await?
-        }
-        Store::Sqlite(p) => {
-            let mut tx = p.begin().await?;
-            let (total, _) = crate::reconcile::counters::day_lock!(&mut *tx, &h.destination_id, &h.bank_day)?;
-            let held: i64 = sqlx::query_scalar(
-                "SELECT CAST(COALESCE(SUM(amount_cents), 0) AS BIGINT) FROM guard_hold
-                 WHERE destination_id = $1 AND bank_day = $2 AND ended_at IS NULL AND expires_at > $3",
-            )
+    let Store::Postgres(p) = store else { return Ok(Placement::Changed { total: seen.0, held: seen.1 }) };
+    let (outcome, total, held): (String, i64, i64) =
+        sqlx::query_as("SELECT outcome, total, held FROM guard_place_hold($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)")
             .bind(&h.destination_id)
             .bind(&h.bank_day)
             .bind(now)
-            .fetch_one(&mut *tx)
-            .await?;
-            if (total, held) != seen {
-                tx.rollback().await?;
-                return Ok(Placement::Changed { total, held });
-            }
-            let n = sqlx::query(
-                "INSERT INTO guard_hold (hold_key, user_id, destination_id, bank_day, amount_cents, answer,
-                     created_at, expires_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (hold_key) DO NOTHING",
-            )
+            .bind(seen.0)
+            .bind(seen.1)
             .bind(&h.hold_key)
             .bind(&h.user_id)
-            .bind(&h.destination_id)
-            .bind(&h.bank_day)
             .bind(h.amount_cents)
             .bind(answer)
-            .bind(now)
             .bind(h.expires_at)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            tx.commit().await?;
-            (if n == 1 { "placed" } else { "key_taken" }.to_string(), total, held)
-        }
-    };
+            .fetch_one(p)
+            .await?;
     Ok(match outcome.as_str() {
         "placed" => Placement::Placed,
         "key_taken" => Placement::KeyTaken,
         _ => Placement::Changed { total, held },
     })
+}
+
+/// Places `h` in one transaction that holds the day's lock: reads the day's counted total and held sum,
+/// `decide`s on them (the answer's JSON to store, or `None`: denied), and inserts. Never `Changed`.
+pub async fn place_locked(
+    store: &Store,
+    h: &Hold,
+    now: DateTime<Utc>,
+    decide: impl FnOnce(i64, i64) -> anyhow::Result<Option<String>>,
+) -> anyhow::Result<Placement> {
+    with_pool!(store, |p| async {
+        let mut tx = p.begin().await?;
+        let (total, _) = crate::reconcile::counters::day_lock!(&mut *tx, &h.destination_id, &h.bank_day)?;
+        let held: i64 = sqlx::query_scalar(
+            "SELECT CAST(COALESCE(SUM(amount_cents), 0) AS BIGINT) FROM guard_hold
+             WHERE destination_id = $1 AND bank_day = $2 AND ended_at IS NULL AND expires_at > $3",
+        )
+        .bind(&h.destination_id)
+        .bind(&h.bank_day)
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await?;
+        let Some(answer) = decide(total, held)? else {
+            tx.rollback().await?;
+            return Ok(Placement::Declined);
+        };
+        let n = sqlx::query(
+            "INSERT INTO guard_hold (hold_key, user_id, destination_id, bank_day, amount_cents, answer, created_at,
+                 expires_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (hold_key) DO NOTHING",
+        )
+        .bind(&h.hold_key)
+        .bind(&h.user_id)
+        .bind(&h.destination_id)
+        .bind(&h.bank_day)
+        .bind(h.amount_cents)
+        .bind(answer)
+        .bind(now)
+        .bind(h.expires_at)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if n == 0 {
+            tx.rollback().await?;
+            return Ok(Placement::KeyTaken);
+        }
+        tx.commit().await?;
+        Ok(Placement::Placed)
+    }
+    .await)
 }
 
 /// How far Astra's clock may run behind ours: a transfer initiated up to this long before a hold was placed

@@ -102,7 +102,7 @@ async fn fresh_access(
             return Ok(Access { token: g.access, expires_at: g.access_expires_at, version: g.version });
         }
         if store::try_lease(db, user_id, &owner, now + tok.lease, now).await? {
-            let r = refresh_leased(db, tok, call, user_id, &owner).await;
+            let r = refresh_leased(db, tok, call, user_id, &owner, Some(g.version)).await;
             if !matches!(r, Ok(Refreshed::Rotated { .. })) {
                 store::release(db, user_id, &owner).await?;
             }

@@ -43,7 +43,10 @@ pub enum Refreshed {
     NotLeased,
 }
 
-/// Refreshes `user_id`'s grant, whose lease `owner` holds. A refresh intent left open by a process that died
+/// Refreshes `user_id`'s grant, whose lease `owner` holds; with `seen_version`, only if the grant is still at
+/// the version the caller found in need of a refresh (otherwise another process refreshed it meanwhile: its
+/// pair is adopted, and its access token, which that process may be using, is not revoked by a second
+/// refresh). A refresh intent left open by a process that died
 /// turns this call into a probe: a rejection then means the earlier rotation was applied and its answer lost.
 /// `Err` only for what must stop the run (rejected client credentials) or skip this grant (an unreadable row,
 /// the store failing before Astra was called).
@@ -54,6 +57,7 @@ pub async fn refresh_leased(
     call: Call<'_>,
     user_id: &str,
     owner: &str,
+    seen_version: Option<i64>,
 ) -> anyhow::Result<Refreshed> {
     // The lease may have lapsed since it was taken (a batch waiting its turn): it is extended for the whole call
     // as the grant is read, or the grant is left to whoever took it over.
@@ -63,6 +67,9 @@ pub async fn refresh_leased(
     };
     if g.status != GrantStatus::Active {
         return Ok(Refreshed::Inactive);
+    }
+    if seen_version.is_some_and(|v| v != g.version) {
+        return Ok(Refreshed::Adopted);
     }
     let Some((intent, probe)) = intents::open_or_find(db, user_id, g.version, owner, Utc::now()).await? else {
         return Ok(Refreshed::Failed { detail: "another refresh of this grant is in progress".into() });

@@ -34,8 +34,9 @@ async fn a_code_completes_the_re_authorization_once_and_only_for_its_user(b: Bac
     rig.sandbox.state().revoke_grant(u);
     let now = Utc::now();
     assert!(grant_store::try_lease(&w.store, u, "test", now + TimeDelta::minutes(1), now).await.unwrap());
-    let r =
-        tokens::refresh_leased(&w.store, &svc.tokens, astra_worker::astra::Call::default(), u, "test").await.unwrap();
+    let r = tokens::refresh_leased(&w.store, &svc.tokens, astra_worker::astra::Call::default(), u, "test", None)
+        .await
+        .unwrap();
     assert!(matches!(r, Refreshed::Dead { .. }), "{r:?}");
     assert_eq!(open_episodes(&w.store).await, 1);
 

@@ -219,7 +219,7 @@ async fn import_and_refresh_agree_on_newer_and_never_revive_a_dead_pair(b: Backe
     rig.sandbox.state().revoke_grant(&u);
     let now = Utc::now();
     assert!(grant_store::try_lease(&w.store, &u, "test", now + TimeDelta::minutes(1), now).await.unwrap());
-    let r = tokens::refresh_leased(&w.store, &svc.tokens, Call::default(), &u, "test").await.unwrap();
+    let r = tokens::refresh_leased(&w.store, &svc.tokens, Call::default(), &u, "test", None).await.unwrap();
     assert!(matches!(r, Refreshed::Dead { .. }), "{r:?}");
     for (a, r) in [(&fresh.access_token, &fresh.refresh_token), (&rotated.access_token, &rotated.refresh_token)] {
         let l = line(&u, a, r, Some(Utc::now() + TimeDelta::days(10)));
@@ -317,6 +317,35 @@ async fn a_lost_answer_whose_retry_meets_a_429_is_probed_not_rejected(b: Backend
 both_backends!(
     a_lost_answer_whose_retry_meets_a_429_is_probed_not_rejected,
     super::a_lost_answer_whose_retry_meets_a_429_is_probed_not_rejected
+);
+
+/// A caller that found the grant in need of a refresh, and gets its lease only after another process refreshed
+/// it, adopts that pair: a second refresh would revoke the access token the other process is using.
+async fn a_refresh_decided_on_a_version_already_refreshed_adopts_it(b: Backend) {
+    let rig = TestApp::new(b, SandboxSettings::default(), no_status_reads).await;
+    let w = rig.worker(None).await;
+    let svc = w.services().unwrap();
+    let u = rig.seed(&w.store, 1, |_| TimeDelta::days(8)).await.remove(0);
+    let seen = grant_store::load(&w.store, &u).await.unwrap().unwrap().token_version;
+    let lease = |owner: &'static str| {
+        let (store, u) = (w.store.clone(), u.clone());
+        async move {
+            let now = Utc::now();
+            assert!(grant_store::try_lease(&store, &u, owner, now + TimeDelta::minutes(1), now).await.unwrap());
+        }
+    };
+    lease("other").await;
+    let r = tokens::refresh_leased(&w.store, &svc.tokens, Call::default(), &u, "other", Some(seen)).await.unwrap();
+    assert!(matches!(r, Refreshed::Rotated { .. }), "{r:?}");
+    lease("late").await;
+    let r = tokens::refresh_leased(&w.store, &svc.tokens, Call::default(), &u, "late", Some(seen)).await.unwrap();
+    assert!(matches!(r, Refreshed::Adopted), "{r:?}");
+    assert_eq!(rig.refreshes(&u), 1, "refreshed once");
+    assert!(rig.stored_is_live(&w.store, &u).await);
+}
+both_backends!(
+    a_refresh_decided_on_a_version_already_refreshed_adopts_it,
+    super::a_refresh_decided_on_a_version_already_refreshed_adopts_it
 );
 
 async fn a_wrong_key_is_refused_and_one_unreadable_row_is_flagged_skipped_and_repaired(b: Backend) {

@@ -244,7 +244,7 @@ async fn a_user_suspended_by_webhook_is_denied_and_never_prompted(b: Backend) {
             .await
             .unwrap()
     );
-    astra_worker::tokens::refresh_leased(&svc.worker.store, &svc_tokens.tokens, Default::default(), &u, "t")
+    astra_worker::tokens::refresh_leased(&svc.worker.store, &svc_tokens.tokens, Default::default(), &u, "t", None)
         .await
         .unwrap();
     assert_eq!(count(&svc.worker, "SELECT COUNT(*) FROM outbox WHERE kind = 'reauthorization_prompt'").await, 0);

@@ -153,12 +153,9 @@ async fn replay(store: &Store, req: &GuardRequest<'_>, key: &str) -> anyhow::Res
     Ok(Some(serde_json::from_str(&answer)?))
 }
 
-/// How many times a hold is decided again when the day's figures moved between the decision and the lock (each
-/// miss means another hold or transfer of the day was stored meanwhile).
-const PLACE_TRIES: usize = 64;
-
-/// Places the hold if, under the day's lock, the day's figures are the ones the answer was decided on; when
-/// they moved (another hold or a counted transfer meanwhile), decides again on the figures found and retries.
+/// Places the hold. On PostgreSQL first in one round trip, if under the day's lock the day's figures are the
+/// ones the answer was decided on; when they moved (another hold or a counted transfer meanwhile: the day is
+/// contended), and always on SQLite, in a transaction that holds the day's lock while it decides again.
 async fn place(
     store: &Store,
     settings: &GuardSettings,
@@ -182,29 +179,38 @@ async fn place(
         end_reason: None,
         transfer_id: None,
     };
-    let mut day = target.clone();
-    for _ in 0..PLACE_TRIES {
+    let placed = PlacedHold { key: hold.key.to_string(), amount_cents: req.amount.0, expires_at };
+    let decide = |total: i64, held: i64| {
+        let day = DestinationDay { total, held, ..target.clone() };
         let mut a = weigh(answer.clone(), settings, &day, req.amount, now);
-        if !a.allowed {
-            // Denied on the figures found under the lock: the hold counted may be this key's own, placed a
-            // moment ago.
-            return Ok(replay(store, req, hold.key).await?.unwrap_or(a));
+        if a.allowed {
+            a.hold = Some(placed.clone());
         }
-        a.hold = Some(PlacedHold { key: hold.key.to_string(), amount_cents: req.amount.0, expires_at });
-        match holds::place_if_unchanged(store, &row, &serde_json::to_string(&a)?, (day.total, day.held), now).await? {
-            Placement::Placed => return Ok(a),
-            Placement::Changed { total, held } => (day.total, day.held) = (total, held),
-            Placement::KeyTaken => {
-                return replay(store, req, hold.key).await?.ok_or_else(|| anyhow::anyhow!("the hold vanished"));
-            }
+        a
+    };
+    let mut a = decide(target.total, target.held);
+    let mut placement = Placement::Declined;
+    if a.allowed {
+        let json = serde_json::to_string(&a)?;
+        placement = holds::place_if_unchanged(store, &row, &json, (target.total, target.held), now).await?;
+        if matches!(placement, Placement::Changed { .. }) {
+            let mut decided = None;
+            placement = holds::place_locked(store, &row, now, |total, held| {
+                let a = decide(total, held);
+                let json = if a.allowed { Some(serde_json::to_string(&a)?) } else { None };
+                decided = Some(a);
+                Ok(json)
+            })
+            .await?;
+            a = decided.ok_or_else(|| anyhow::anyhow!("the hold was not decided"))?;
         }
     }
-    Err(Failure::Unavailable(format!(
-        "destination {}: its day changed under each of {PLACE_TRIES} attempts to place the hold; nothing is held, \
-         try again",
-        row.destination_id
-    ))
-    .into())
+    match placement {
+        Placement::Placed => Ok(a),
+        // Denied on the figures found: the hold counted may be this key's own, placed a moment ago.
+        Placement::Declined | Placement::Changed { .. } => Ok(replay(store, req, hold.key).await?.unwrap_or(a)),
+        Placement::KeyTaken => replay(store, req, hold.key).await?.ok_or_else(|| anyhow::anyhow!("the hold vanished")),
+    }
 }
 
 /// The answer for one destination on its bank day.
