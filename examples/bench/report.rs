@@ -18,6 +18,8 @@ struct Section {
     at: String,
     rows: Vec<[String; 3]>,
     notes: Vec<String>,
+    /// Rows of the earlier file this run did not measure again are kept (a part that measures one store only).
+    keep_earlier_rows: bool,
 }
 
 /// The order sections appear in, and their titles.
@@ -54,6 +56,14 @@ impl Report {
         println!("{section}: {} — {}", s.rows.last().unwrap()[0], s.rows.last().unwrap()[2]);
     }
 
+    /// Keeps the rows of `section` that the earlier file has and this run does not measure again (`guard-pg`
+    /// measures PostgreSQL only: SQLite's rows stay).
+    pub(super) fn keep_earlier_rows(&mut self, section: &'static str) {
+        if let Some(s) = self.sections.get_mut(section) {
+            s.keep_earlier_rows = true;
+        }
+    }
+
     /// A line under a section's table: a target met or missed, and why.
     pub(super) fn note(&mut self, section: &'static str, text: String) {
         if let Some(s) = self.sections.get_mut(section) {
@@ -83,6 +93,16 @@ impl Report {
                     let _ = writeln!(out, "{open}\n## {}\n", s.title);
                     let _ = writeln!(out, "Run {} on {}.\n", s.at, self.machine.join(", "));
                     out.push_str("| what | method | result |\n|---|---|---|\n");
+                    if s.keep_earlier_rows
+                        && let (Some(a), Some(b)) = (old.find(&open), old.find(&close))
+                    {
+                        let measured = |line: &str| s.rows.iter().any(|r| line.starts_with(&format!("| {} |", r[0])));
+                        for line in old[a..b].lines().filter(|l| l.starts_with("| ") && !l.starts_with("| what |")) {
+                            if !measured(line) {
+                                let _ = writeln!(out, "{line}");
+                            }
+                        }
+                    }
                     for [what, method, result] in &s.rows {
                         let _ = writeln!(out, "| {what} | {method} | {result} |");
                     }

@@ -10,7 +10,8 @@ use crate::{
     tokens::{self, Refreshed, episodes::Opened, intents, store},
 };
 
-/// Refreshes one grant whose lease `ctx.run_id` holds, records the outcome, releases the lease. After a
+/// Refreshes one grant whose lease `ctx.run_id` holds (only if still at `seen_version`, when given), records
+/// the outcome, releases the lease. After a
 /// rotation, reads the user's status from Astra when it was last read more than `read_status` ago (`None`:
 /// not at all). A grant whose tokens cannot be opened is flagged and counted as a retry; `Err` only for what
 /// the caller decides on (the store failing before Astra was called, rejected client credentials).
@@ -19,14 +20,12 @@ pub(super) async fn refresh_one(
     ctx: &RunContext<'_>,
     svc: &Services,
     user_id: &str,
+    seen_version: Option<i64>,
     read_status: Option<TimeDelta>,
 ) -> anyhow::Result<()> {
     let db = &ctx.worker.store;
     let call = ctx.call(user_id);
-    let r = tokens::refresh_leased(db, &svc.tokens, call, user_id, &ctx.run_id, None).await;
-    if !matches!(r, Ok(Refreshed::Rotated { .. })) {
-        store::release(db, user_id, &ctx.run_id).await?;
-    }
+    let r = tokens::refresh_leased(db, &svc.tokens, call, user_id, &ctx.run_id, seen_version).await;
     let r = match r {
         Err(e) if e.downcast_ref::<tokens::Unreadable>().is_some() => {
             ctx.tally("unreadable", 1);
@@ -94,7 +93,7 @@ pub(super) async fn resolve_orphans(ctx: &RunContext<'_>, svc: &Services) -> any
         }
         if store::try_lease(db, &user_id, &ctx.run_id, now + lease, now).await? {
             ctx.tally("probed", 1);
-            refresh_one(ctx, svc, &user_id, None).await?;
+            refresh_one(ctx, svc, &user_id, None, None).await?;
         }
     }
     Ok(())

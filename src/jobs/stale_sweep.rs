@@ -68,7 +68,7 @@ async fn sweep(ctx: &RunContext<'_>, p: &StaleAuthorizationSweepParams) -> anyho
             ctx.tally(opened_figure(opened), 1);
         } else {
             ctx.tally("rescue_attempts", 1);
-            refresh_one(ctx, &svc, &user_id, Some(TimeDelta::zero())).await?;
+            refresh_one(ctx, &svc, &user_id, Some(g.version), Some(TimeDelta::zero())).await?;
         }
     }
     if !ctx.dry_run {

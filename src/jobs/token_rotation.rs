@@ -16,10 +16,14 @@ pub(super) async fn run(ctx: &RunContext<'_>, p: &TokenRotationParams) -> anyhow
     let result = rotate_due(ctx, p).await;
     // However the run ends, the grants it claimed are free for the next one.
     store::release_all(&ctx.worker.store, &ctx.run_id).await?;
+    // Housekeeping: failing it neither hides the run's own result nor fails a run that did its work.
     if !ctx.dry_run {
-        let forgotten = store::forget_old_fingerprints(&ctx.worker.store, Utc::now()).await?;
-        if forgotten > 0 {
-            ctx.tally("fingerprints_forgotten", forgotten as i64);
+        match store::forget_old_fingerprints(&ctx.worker.store, Utc::now()).await {
+            Ok(0) => {}
+            Ok(n) => ctx.tally("fingerprints_forgotten", n as i64),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not forget old refresh-token fingerprints; the next run tries again")
+            }
         }
     }
     result
@@ -49,7 +53,7 @@ async fn rotate_due(ctx: &RunContext<'_>, p: &TokenRotationParams) -> anyhow::Re
     };
     paced::run(ctx, ceiling, next_batch, |user_id: String| {
         let svc = svc.clone();
-        async move { refresh_one(ctx, &svc, &user_id, read_status).await }
+        async move { refresh_one(ctx, &svc, &user_id, None, read_status).await }
     })
     .await
 }

@@ -201,7 +201,7 @@ pub enum Placement {
     /// Stored.
     Placed,
     /// Not stored: the day's counted total or held sum differ from the ones the answer was decided on; these
-    /// are the figures found ([`place_if_unchanged`]).
+    /// are the figures found ([`place_if_unchanged`]; on SQLite, which has no fast path, the ones seen).
     Changed { total: i64, held: i64 },
     /// Not stored: deciding on the figures found under the lock denied it ([`place_locked`]).
     Declined,
@@ -212,7 +212,8 @@ pub enum Placement {
 /// PostgreSQL only, the guard's fast path: places `h` with the guard's `answer` if, under the day's lock, the
 /// day's counted total and held sum are still `seen` (total, held), in one round trip (the function
 /// `guard_place_hold`, migration 0011). The lock is the counter row every writer of the day takes, so no other
-/// hold or counted transfer can slip between the check and the insert.
+/// hold or counted transfer can slip between the check and the insert. SQLite has no such function: there it
+/// stores nothing and answers `Changed` with `seen`, so the caller takes [`place_locked`].
 pub async fn place_if_unchanged(
     store: &Store,
     h: &Hold,
@@ -277,7 +278,7 @@ pub async fn place_locked(
         .bind(&h.bank_day)
         .bind(h.amount_cents)
         .bind(answer)
-        .bind(now)
+        .bind(h.created_at)
         .bind(h.expires_at)
         .execute(&mut *tx)
         .await?

@@ -18,7 +18,8 @@ static FAULTS: Mutex<Option<HashMap<(String, &'static str), u32>>> = Mutex::new(
 
 /// The point where a rotated pair is committed (`tokens::store::put_rotated`).
 pub const PUT_ROTATED: &str = "put_rotated";
-/// The point where the user's status, read after a rotation, is stored (`tokens::store::set_user_status`).
+/// The point where a user's status read from Astra is stored (`tokens::store::set_user_status`: after a
+/// rotation, a code exchange, a webhook).
 pub const SET_USER_STATUS: &str = "set_user_status";
 
 fn database(store: &Store) -> String {

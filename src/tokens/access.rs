@@ -103,9 +103,6 @@ async fn fresh_access(
         }
         if store::try_lease(db, user_id, &owner, now + tok.lease, now).await? {
             let r = refresh_leased(db, tok, call, user_id, &owner, Some(g.version)).await;
-            if !matches!(r, Ok(Refreshed::Rotated { .. })) {
-                store::release(db, user_id, &owner).await?;
-            }
             match r? {
                 Refreshed::Rotated { access, access_expires_at, .. } => {
                     return Ok(Access { token: access, expires_at: Some(access_expires_at), version: g.version + 1 });

@@ -43,7 +43,7 @@ pub enum Refreshed {
     NotLeased,
 }
 
-/// Refreshes `user_id`'s grant, whose lease `owner` holds; with `seen_version`, only if the grant is still at
+/// Refreshes `user_id`'s grant, whose lease `owner` holds, and gives the lease back; with `seen_version`, only if the grant is still at
 /// the version the caller found in need of a refresh (otherwise another process refreshed it meanwhile: its
 /// pair is adopted, and its access token, which that process may be using, is not revoked by a second
 /// refresh). A refresh intent left open by a process that died
@@ -52,6 +52,22 @@ pub enum Refreshed {
 /// the store failing before Astra was called).
 #[instrument(name = "refresh", skip_all, fields(user_id = %user_id))]
 pub async fn refresh_leased(
+    db: &Store,
+    tok: &Tokens,
+    call: Call<'_>,
+    user_id: &str,
+    owner: &str,
+    seen_version: Option<i64>,
+) -> anyhow::Result<Refreshed> {
+    let r = refresh(db, tok, call, user_id, owner, seen_version).await;
+    // A rotated pair was stored with the lease released in the same write; every other outcome gives it back.
+    if !matches!(r, Ok(Refreshed::Rotated { .. })) {
+        store::release(db, user_id, owner).await?;
+    }
+    r
+}
+
+async fn refresh(
     db: &Store,
     tok: &Tokens,
     call: Call<'_>,
@@ -101,9 +117,10 @@ pub async fn refresh_leased(
             info!(reason = reason.as_str(), astra = %description, ?opened, "grant is dead");
             Ok(Refreshed::Dead { reason, opened })
         }
-        // The intent stays open: an earlier attempt of this call may have been applied before the credentials
-        // were refused, and an open intent costs only a probe once they are fixed.
-        Err(e @ AstraError::ClientRejected) => Err(e.into()),
+        Err(e @ AstraError::ClientRejected) => {
+            intents::close_intent(db, &intent, "failed", Utc::now()).await?;
+            Err(e.into())
+        }
         Err(e @ (AstraError::Transient { maybe_applied: true, .. } | AstraError::Malformed { .. })) => {
             // Astra may have rotated: keep the intent open so the next run probes this grant.
             warn!(error = %e, "refresh may have been applied without an answer; the next run probes it");

@@ -93,8 +93,9 @@ async fn decide(
     Ok((best.unwrap_or(answer), destinations))
 }
 
-/// May `req` go out? When it may, reserves its amount under `hold.key` against the destination's bank day, in
-/// the transaction that decided it. The same key again returns the first answer and holds once.
+/// May `req` go out? When it may, reserves its amount under `hold.key` against the destination's bank day, on
+/// the day's figures as they are under its lock (see [`place`]). The same key again returns the first answer
+/// and holds once.
 #[instrument(name = "guard", skip_all, fields(user_id = %req.user_id))]
 pub async fn check_and_hold(
     store: &Store,
