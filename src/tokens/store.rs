@@ -86,8 +86,8 @@ macro_rules! fingerprint_insert {
     };
 }
 
-/// Forgets the fingerprints of every grant stored before the keeping (once per rotation run; an import forgets
-/// its user's own in its transaction).
+/// Forgets the fingerprints of every grant stored before the keeping (once per rotation run; one kept longer
+/// only makes the refusal of a stale import stricter).
 pub async fn forget_old_fingerprints(store: &Store, now: DateTime<Utc>) -> sqlx::Result<u64> {
     with_pool!(store, |p| sqlx::query("DELETE FROM grant_fingerprint WHERE stored_at < $1")
         .bind(now - FINGERPRINTS_KEPT)
@@ -152,11 +152,6 @@ pub async fn put_imported(
             return Ok(None);
         }
         fingerprint_insert!(tx, w)?;
-        sqlx::query("DELETE FROM grant_fingerprint WHERE user_id = $1 AND stored_at < $2")
-            .bind(w.user_id)
-            .bind(w.now - FINGERPRINTS_KEPT)
-            .execute(&mut *tx)
-            .await?;
         sqlx::query(
             "UPDATE refresh_intent SET closed_at = $1, result = 'superseded' WHERE user_id = $2 AND closed_at IS NULL",
         )
