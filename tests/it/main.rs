@@ -17,6 +17,7 @@ mod ledger;
 mod money;
 mod ops;
 mod outbox;
+mod plans;
 mod secrets_sweep;
 mod serve;
 mod serve_processes;

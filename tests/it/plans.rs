@@ -1,0 +1,113 @@
+//! The hot paths' queries read through their indexes at size, whatever the planner's statistics say: each test
+//! arranges the rows that once made a plan go wrong and asserts on the plan (PostgreSQL's generic plan, the one
+//! a statement gets once sqlx has run it five times; SQLite's `EXPLAIN QUERY PLAN`).
+
+use chrono::{TimeDelta, Utc};
+
+use crate::{
+    both_backends,
+    helpers::{Backend, TestDb},
+    with_pool,
+};
+use astra_worker::store::Store;
+
+/// The plan of `sql` with its `$n` parameters of PostgreSQL types `types` given the SQL literals `args`, after
+/// `arrange` ran and the tables were analysed.
+async fn plan(store: &Store, arrange: &str, sql: &str, types: &[&str], args: &[&str]) -> String {
+    match store {
+        Store::Sqlite(p) => {
+            sqlx::query(sqlx::AssertSqlSafe(arrange)).execute(p).await.unwrap();
+            sqlx::query("ANALYZE").execute(p).await.unwrap();
+            let mut sql = sql.to_string();
+            for (i, a) in args.iter().enumerate().rev() {
+                sql = sql.replace(&format!("${}", i + 1), a);
+            }
+            let rows: Vec<(i64, i64, i64, String)> =
+                sqlx::query_as(sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {sql}"))).fetch_all(p).await.unwrap();
+            rows.into_iter().map(|r| r.3).collect::<Vec<_>>().join("\n")
+        }
+        Store::Postgres(p) => {
+            let mut c = p.acquire().await.unwrap();
+            sqlx::query(sqlx::AssertSqlSafe(arrange)).execute(&mut *c).await.unwrap();
+            sqlx::query("ANALYZE").execute(&mut *c).await.unwrap();
+            sqlx::query("SET plan_cache_mode = force_generic_plan").execute(&mut *c).await.unwrap();
+            let prepare = format!("PREPARE q({}) AS {sql}", types.join(", "));
+            sqlx::raw_sql(sqlx::AssertSqlSafe(prepare)).execute(&mut *c).await.unwrap();
+            let explain = format!("EXPLAIN EXECUTE q({})", args.join(", "));
+            let rows: Vec<(String,)> = sqlx::query_as(sqlx::AssertSqlSafe(explain)).fetch_all(&mut *c).await.unwrap();
+            rows.into_iter().map(|r| r.0).collect::<Vec<_>>().join("\n")
+        }
+    }
+}
+
+/// A timestamp as a SQL literal in the store's own spelling.
+fn at(t: chrono::DateTime<Utc>) -> String {
+    format!("'{}'", t.format("%Y-%m-%dT%H:%M:%S%.6fZ"))
+}
+
+/// The rotation's claim reads its batch in the due index's order and stops, however many due grants share one
+/// expiry (grants imported together do). Led by the expiry alone, the index left every claim to sort all the
+/// tied due grants before taking 200: at 200,000 grants, the rotation fell behind its configured rate.
+async fn the_rotation_claims_its_batch_in_index_order(b: Backend) {
+    let db = TestDb::new(b).await;
+    let store = db.store().await;
+    let expiry = Utc::now() + TimeDelta::days(2);
+    let arrange = format!(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 5000)
+         INSERT INTO grant_token (user_id, status, token_version, key_id, access_ct, refresh_ct, refresh_expires_at,
+             imported_at, updated_at)
+         SELECT 'u' || i, 'active', 1, 'k', x'00', x'00', {e}, {e}, {e} FROM n",
+        e = at(expiry)
+    );
+    let arrange = if b == Backend::Postgres { arrange.replace("x'00'", "'\\x00'::bytea") } else { arrange };
+    // The claim's selection, as `tokens::store::claim_due` writes it.
+    let claim = "SELECT user_id FROM grant_token
+                 WHERE status = 'active' AND refresh_expires_at < $1
+                   AND (lease_until IS NULL OR lease_until < $2)
+                   AND (last_attempt_mark IS NULL OR last_attempt_mark <> $3)
+                 ORDER BY refresh_expires_at, user_id LIMIT $4";
+    let (due, now) = (at(expiry + TimeDelta::days(1)), at(Utc::now()));
+    let plan =
+        plan(&store, &arrange, claim, &["timestamptz", "timestamptz", "text", "bigint"], &[&due, &now, "'m'", "200"])
+            .await;
+    assert!(plan.contains("grant_token_due"), "the claim must read the due index:\n{plan}");
+    let sorted = match b {
+        Backend::Sqlite => plan.contains("TEMP B-TREE"),
+        Backend::Postgres => plan
+            .lines()
+            .any(|l| l.trim_start().trim_start_matches("->  ").starts_with("Sort") || l.contains("Incremental Sort")),
+    };
+    assert!(!sorted, "the claim must not sort the due grants:\n{plan}");
+    with_pool!(&store, |p| sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM grant_token")
+        .fetch_one(p)
+        .await
+        .map(|n| assert_eq!(n, 5000))
+        .unwrap());
+}
+both_backends!(the_rotation_claims_its_batch_in_index_order, super::the_rotation_claims_its_batch_in_index_order);
+
+/// The sum of a day's open holds is found by destination and day, on a store whose statistics were taken while
+/// no hold was open, only ended ones.
+async fn the_days_open_holds_are_summed_through_their_index(b: Backend) {
+    let db = TestDb::new(b).await;
+    let store = db.store().await;
+    let arrange = format!(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 5000)
+         INSERT INTO guard_hold (hold_key, user_id, destination_id, bank_day, amount_cents, answer, created_at,
+             expires_at, ended_at, end_reason)
+         SELECT 'old-' || i, 'u' || (i % 500), 'd' || (i % 500), '2026-01-01', 100, '{{}}', {t}, {t}, {t}, 'expired'
+         FROM n",
+        t = at(Utc::now() - TimeDelta::days(30))
+    );
+    // The guard's sum of a day's open holds, as `reconcile::guard` reads it.
+    let sum = "SELECT CAST(COALESCE(SUM(amount_cents), 0) AS BIGINT) FROM guard_hold
+               WHERE destination_id = $1 AND bank_day = $2 AND ended_at IS NULL AND expires_at > $3";
+    let plan =
+        plan(&store, &arrange, sum, &["text", "text", "timestamptz"], &["'dst'", "'2026-12-01'", &at(Utc::now())])
+            .await;
+    assert!(plan.contains("guard_hold_open"), "the sum must use the open holds' index by destination and day:\n{plan}");
+}
+both_backends!(
+    the_days_open_holds_are_summed_through_their_index,
+    super::the_days_open_holds_are_summed_through_their_index
+);
