@@ -12,10 +12,7 @@ use super::{
 use crate::{
     config::InboundVolumeParams,
     domain::BankDay,
-    reconcile::{
-        counters::{self, Decision, LimitState},
-        registry,
-    },
+    reconcile::{counters, registry},
     tokens::store as grants,
 };
 
@@ -41,8 +38,9 @@ pub(super) async fn run(ctx: &RunContext<'_>, p: &InboundVolumeParams) -> anyhow
 
 /// Recomputes, fixes drift, records decisions for the slot's bank days: the day just ended and the day running
 /// at the slot (catch-up decides each missed slot's days; `--slot` backfills that slot's). Each zone's day is one
-/// read of every destination in it; a counter that differs is fixed under its own lock; a decision is written
-/// only when it changed (`computed_at` is when it last changed).
+/// pass over every destination in it, which returns only the days that drifted or are uncertain; a counter that
+/// differs is fixed under its own lock; then one statement records each decision that changed (`computed_at` is
+/// when it last changed), with the drifts found as evidence.
 async fn decide(ctx: &RunContext<'_>, p: &InboundVolumeParams) -> anyhow::Result<()> {
     let db = &ctx.worker.store;
     let now = Utc::now();
@@ -51,38 +49,38 @@ async fn decide(ctx: &RunContext<'_>, p: &InboundVolumeParams) -> anyhow::Result
         let today = BankDay::of(zone, ctx.slot);
         for day in [today.previous(), today] {
             let key = day.key();
-            let rows = counters::zone_day(db, &zone_name, &key).await?;
-            let mut decisions = Vec::new();
-            for r in &rows {
-                let fix = if r.counter != r.total && !ctx.dry_run {
-                    counters::fix_day(db, &r.destination_id, &key).await?
-                } else {
-                    counters::DayFix { counter: r.counter, total: r.total, transfers: r.transfers }
-                };
-                let (total, drift) = (fix.total, fix.drift());
-                if drift != 0 {
-                    warn!(destination = %r.destination_id, bank_day = %key, counter = fix.counter, recomputed = total, "inbound counter drifted; fixed");
-                    ctx.tally("drift_found", 1);
-                    ctx.tally("drift_cents", drift.abs());
-                }
-                if r.uncertain {
+            let mut drifts = Vec::new();
+            for f in counters::zone_day_findings(db, &zone_name, &key).await? {
+                if f.uncertain {
                     ctx.tally("days_uncertain", 1);
                 }
-                if ctx.dry_run {
+                if f.counter == f.total {
                     continue;
                 }
-                let limit = r.limit_cents;
-                let state = LimitState::of(total, limit, p.warn_percent);
-                if day == today {
-                    ctx.tally(&format!("today_{}", state.as_str()), 1);
-                }
-                let d = Decision { destination_id: &r.destination_id, day: &day, state, total, limit, drift };
-                if !r.decided(&d) {
-                    decisions.push(d);
+                let fix = if ctx.dry_run {
+                    counters::DayFix { counter: f.counter, total: f.total, transfers: f.transfers }
+                } else {
+                    counters::fix_day(db, &f.destination_id, &key).await?
+                };
+                let drift = fix.drift();
+                if drift != 0 {
+                    warn!(destination = %f.destination_id, bank_day = %key, counter = fix.counter, recomputed = fix.total, "inbound counter drifted; fixed");
+                    ctx.tally("drift_found", 1);
+                    ctx.tally("drift_cents", drift.abs());
+                    drifts.push((f.destination_id, drift));
                 }
             }
-            ctx.tally("decisions_written", decisions.len() as i64);
-            counters::record_decisions(db, &decisions, now).await?;
+            if ctx.dry_run {
+                continue;
+            }
+            let drifts: Vec<(&str, i64)> = drifts.iter().map(|(d, c)| (d.as_str(), *c)).collect();
+            let written = counters::decide_zone_day(db, &zone_name, &day, p.warn_percent, &drifts, now).await?;
+            ctx.tally("decisions_written", written as i64);
+            if day == today {
+                for (state, n) in counters::zone_day_states(db, &zone_name, &key).await? {
+                    ctx.tally(&format!("today_{state}"), n);
+                }
+            }
         }
     }
     Ok(())

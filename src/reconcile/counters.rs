@@ -209,83 +209,36 @@ pub async fn set_counter(store: &Store, destination_id: &str, day: &str, cents: 
     .map(|_| ()))
 }
 
-/// Where a destination's day stands against its limit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LimitState {
-    Ok,
-    /// At or past `warn_percent` of the limit.
-    Warn,
-    /// At or past the limit.
-    Blocked,
-}
-
-impl LimitState {
-    pub fn of(total: i64, limit: i64, warn_percent: u8) -> LimitState {
-        if total >= limit {
-            LimitState::Blocked
-        } else if i128::from(total) * 100 >= i128::from(limit) * i128::from(warn_percent) {
-            LimitState::Warn
-        } else {
-            LimitState::Ok
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            LimitState::Ok => "ok",
-            LimitState::Warn => "warn",
-            LimitState::Blocked => "blocked",
-        }
-    }
-}
-
-/// One destination's bank day as the recompute's one pass reads it: its limit, its counter, what the mirror
-/// sums to, whether a transfer of the day could not be read, and the decision recorded last.
+/// A destination's bank day that the recompute's pass found needing attention: its counter differs from what
+/// the mirror sums to (drift), or a transfer that may count there could not be read (uncertain).
 #[derive(Debug, Clone, sqlx::FromRow)]
-pub struct ZoneDay {
+pub struct DayFinding {
     pub destination_id: String,
-    pub limit_cents: i64,
     pub counter: i64,
     pub total: i64,
     pub transfers: i64,
     pub uncertain: bool,
-    pub decided_state: Option<String>,
-    pub decided_total: Option<i64>,
-    pub decided_limit: Option<i64>,
-    pub decided_drift: Option<i64>,
 }
 
-impl ZoneDay {
-    /// Whether `d` would record what is recorded already (a drift found by an earlier run stays as evidence
-    /// while nothing else changes).
-    pub fn decided(&self, d: &Decision<'_>) -> bool {
-        self.decided_state.as_deref() == Some(d.state.as_str())
-            && self.decided_total == Some(d.total)
-            && self.decided_limit == Some(d.limit)
-            && (self.decided_drift == Some(d.drift) || d.drift == 0)
-    }
-}
-
-/// Bank day `day` of every destination in `zone`, in one read (one `GROUP BY` over the day's transfers, joined
-/// with the counters, the uncertain days and the decisions): the recompute's pass. A counter found to differ is
-/// then fixed under its lock by [`fix_day`], which decides again what it is.
-pub async fn zone_day(store: &Store, zone: &str, day: &str) -> sqlx::Result<Vec<ZoneDay>> {
+/// The recompute's pass over bank day `day` of every destination in `zone`: one `GROUP BY` over the day's
+/// transfers joined with the counters and the uncertain days. Only the findings come back; a day whose counter
+/// is what the mirror sums to, and is certain, needs nothing. A drifted counter is then fixed under its lock by
+/// [`fix_day`], which decides again what it is.
+pub async fn zone_day_findings(store: &Store, zone: &str, day: &str) -> sqlx::Result<Vec<DayFinding>> {
     with_pool!(store, |p| sqlx::query_as(
-        "SELECT d.destination_id, d.daily_limit_cents AS limit_cents,
-                CAST(COALESCE(i.total_cents, 0) AS BIGINT) AS counter, CAST(COALESCE(s.total, 0) AS BIGINT) AS total,
-                CAST(COALESCE(s.n, 0) AS BIGINT) AS transfers,
-                EXISTS (SELECT 1 FROM uncertain_day u WHERE u.destination_id = d.destination_id AND u.bank_day = $1)
-                    AS uncertain,
-                l.state AS decided_state, l.total_cents AS decided_total, l.limit_cents AS decided_limit,
-                l.drift_cents AS decided_drift
-         FROM destination d
-         LEFT JOIN (SELECT destination_id, SUM(amount_cents) AS total, COUNT(*) AS n FROM transfer
-                    WHERE bank_day = $1 AND status NOT IN ('failed', 'cancelled') GROUP BY destination_id) s
-             ON s.destination_id = d.destination_id
-         LEFT JOIN inbound_day i ON i.destination_id = d.destination_id AND i.bank_day = $1
-         LEFT JOIN limit_decision l ON l.destination_id = d.destination_id AND l.bank_day = $1
-         WHERE d.bank_time_zone = $2
-         ORDER BY d.destination_id"
+        "SELECT * FROM (
+             SELECT d.destination_id, CAST(COALESCE(i.total_cents, 0) AS BIGINT) AS counter,
+                    CAST(COALESCE(s.total, 0) AS BIGINT) AS total, CAST(COALESCE(s.n, 0) AS BIGINT) AS transfers,
+                    EXISTS (SELECT 1 FROM uncertain_day u WHERE u.destination_id = d.destination_id
+                                AND u.bank_day = $1) AS uncertain
+             FROM destination d
+             LEFT JOIN (SELECT destination_id, SUM(amount_cents) AS total, COUNT(*) AS n FROM transfer
+                        WHERE bank_day = $1 AND status NOT IN ('failed', 'cancelled') GROUP BY destination_id) s
+                 ON s.destination_id = d.destination_id
+             LEFT JOIN inbound_day i ON i.destination_id = d.destination_id AND i.bank_day = $1
+             WHERE d.bank_time_zone = $2) z
+         WHERE counter <> total OR uncertain
+         ORDER BY destination_id"
     )
     .bind(day)
     .bind(zone)
@@ -293,42 +246,79 @@ pub async fn zone_day(store: &Store, zone: &str, day: &str) -> sqlx::Result<Vec<
     .await)
 }
 
-/// A day's decision with its evidence.
-pub struct Decision<'a> {
-    pub destination_id: &'a str,
-    pub day: &'a BankDay,
-    pub state: LimitState,
-    pub total: i64,
-    pub limit: i64,
-    pub drift: i64,
+/// Records the decision of every destination in `zone` on `day` whose figures changed since its last one, in
+/// one statement: `blocked` when the day's counter has reached the limit, `warn` from `warn_percent` of it,
+/// else `ok`. A decision is taken again when its total, its limit or `warn_percent` changed; `computed_at` is
+/// when it last changed. Each drift the recompute fixed is recorded with its day's decision as evidence (counter
+/// minus recomputed total, before the fix), and stays while nothing else changes. Run after the fixes: the
+/// counters are then what the mirror sums to. Returns how many decisions were written.
+pub async fn decide_zone_day(
+    store: &Store,
+    zone: &str,
+    day: &BankDay,
+    warn_percent: u8,
+    drifts: &[(&str, i64)],
+    now: DateTime<Utc>,
+) -> sqlx::Result<u64> {
+    with_pool!(store, |p| {
+        let mut tx = p.begin().await?;
+        let written = sqlx::query(
+            "INSERT INTO limit_decision (destination_id, bank_day, state, total_cents, limit_cents, window_start,
+                 window_end, drift_cents, warn_percent, computed_at)
+             SELECT destination_id, $1, state, total, limit_cents, $3, $4, 0, $5, $6 FROM (
+                 SELECT d.destination_id, d.daily_limit_cents AS limit_cents,
+                        CAST(COALESCE(i.total_cents, 0) AS BIGINT) AS total,
+                        CASE WHEN COALESCE(i.total_cents, 0) >= d.daily_limit_cents THEN 'blocked'
+                             WHEN CAST(COALESCE(i.total_cents, 0) AS NUMERIC) * 100
+                                  >= CAST(d.daily_limit_cents AS NUMERIC) * $5 THEN 'warn'
+                             ELSE 'ok' END AS state,
+                        l.state AS decided_state, l.total_cents AS decided_total, l.limit_cents AS decided_limit,
+                        l.warn_percent AS decided_warn
+                 FROM destination d
+                 LEFT JOIN inbound_day i ON i.destination_id = d.destination_id AND i.bank_day = $1
+                 LEFT JOIN limit_decision l ON l.destination_id = d.destination_id AND l.bank_day = $1
+                 WHERE d.bank_time_zone = $2) z
+             WHERE decided_state IS DISTINCT FROM state OR decided_total IS DISTINCT FROM total
+                 OR decided_limit IS DISTINCT FROM limit_cents OR decided_warn IS DISTINCT FROM $5
+             ON CONFLICT (destination_id, bank_day) DO UPDATE SET state = excluded.state,
+                 total_cents = excluded.total_cents, limit_cents = excluded.limit_cents,
+                 drift_cents = excluded.drift_cents, warn_percent = excluded.warn_percent,
+                 computed_at = excluded.computed_at",
+        )
+        .bind(day.key())
+        .bind(zone)
+        .bind(day.start())
+        .bind(day.end())
+        .bind(i32::from(warn_percent))
+        .bind(now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        for (destination_id, drift) in drifts {
+            sqlx::query(
+                "UPDATE limit_decision SET drift_cents = $1, computed_at = $2 WHERE destination_id = $3
+                     AND bank_day = $4",
+            )
+            .bind(drift)
+            .bind(now)
+            .bind(destination_id)
+            .bind(day.key())
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(written)
+    })
 }
 
-/// Records (or updates) the decisions for destinations' bank days, a thousand rows a statement.
-pub async fn record_decisions(db: &Store, decisions: &[Decision<'_>], now: DateTime<Utc>) -> sqlx::Result<()> {
-    for chunk in decisions.chunks(1_000) {
-        with_pool!(db, |p| {
-            let mut q = sqlx::QueryBuilder::new(
-                "INSERT INTO limit_decision (destination_id, bank_day, state, total_cents, limit_cents, window_start,
-                     window_end, drift_cents, computed_at) ",
-            );
-            q.push_values(chunk, |mut row, d| {
-                row.push_bind(d.destination_id)
-                    .push_bind(d.day.key())
-                    .push_bind(d.state.as_str())
-                    .push_bind(d.total)
-                    .push_bind(d.limit)
-                    .push_bind(d.day.start())
-                    .push_bind(d.day.end())
-                    .push_bind(d.drift)
-                    .push_bind(now);
-            });
-            q.push(
-                " ON CONFLICT (destination_id, bank_day) DO UPDATE SET state = excluded.state,
-                     total_cents = excluded.total_cents, limit_cents = excluded.limit_cents,
-                     drift_cents = excluded.drift_cents, computed_at = excluded.computed_at",
-            );
-            q.build().execute(p).await.map(|_| ())
-        })?;
-    }
-    Ok(())
+/// How many destinations in `zone` stand at each decided state (`ok`, `warn`, `blocked`) on `day`.
+pub async fn zone_day_states(store: &Store, zone: &str, day: &str) -> sqlx::Result<Vec<(String, i64)>> {
+    with_pool!(store, |p| sqlx::query_as(
+        "SELECT l.state, COUNT(*) FROM limit_decision l JOIN destination d ON d.destination_id = l.destination_id
+         WHERE d.bank_time_zone = $1 AND l.bank_day = $2 GROUP BY l.state ORDER BY l.state"
+    )
+    .bind(zone)
+    .bind(day)
+    .fetch_all(p)
+    .await)
 }

@@ -169,6 +169,58 @@ both_backends!(
     super::pages_stop_at_the_window_and_drift_is_found_and_fixed
 );
 
+/// A day's decision is `blocked` once the counter reaches the limit, `warn` from `warn_percent` of it, else `ok`
+/// (limits past what a product of cents can hold included), and is written again only when its total, its limit
+/// or `warn_percent` changed.
+async fn a_days_decision_stands_at_its_thresholds_and_is_taken_again_only_when_it_changes(b: Backend) {
+    let db = crate::helpers::TestDb::new(b).await;
+    let store = db.store().await;
+    let day = astra_worker::domain::BankDay::of(NY.parse().unwrap(), Utc::now());
+    let key = day.key();
+    let huge = i64::MAX / 2;
+    let cases: [(&str, i64, i64, &str); 7] = [
+        ("none", 1_000, 0, "ok"),
+        ("below", 1_000, 799, "ok"),
+        ("at-warn", 1_000, 800, "warn"),
+        ("under", 1_000, 999, "warn"),
+        ("at-limit", 1_000, 1_000, "blocked"),
+        ("huge-warn", huge, huge / 10 * 9, "warn"),
+        ("huge-ok", huge, huge / 10 * 7, "ok"),
+    ];
+    for (dest, limit, total, _) in cases {
+        register(&store, dest, &format!("u-{dest}"), "account", NY, limit).await;
+        counters::set_counter(&store, dest, &key, total, 1).await.unwrap();
+    }
+    register(&store, "elsewhere", "u-x", "account", "America/Los_Angeles", 1_000).await;
+    let decide = |warn: u8| counters::decide_zone_day(&store, NY, &day, warn, &[], Utc::now());
+    let states = || async {
+        with_pool!(&store, |p| sqlx::query_as::<_, (String, String)>(
+            "SELECT destination_id, state FROM limit_decision WHERE bank_day = $1 ORDER BY destination_id"
+        )
+        .bind(&key)
+        .fetch_all(p)
+        .await
+        .unwrap())
+    };
+    assert_eq!(decide(80).await.unwrap(), 7, "every destination of the zone decided, none of another zone");
+    let mut want: Vec<(String, String)> = cases.iter().map(|c| (c.0.to_string(), c.3.to_string())).collect();
+    want.sort();
+    assert_eq!(states().await, want);
+    let tally = counters::zone_day_states(&store, NY, &key).await.unwrap();
+    assert_eq!(tally, vec![("blocked".into(), 1), ("ok".into(), 3), ("warn".into(), 3)]);
+
+    assert_eq!(decide(80).await.unwrap(), 0, "nothing changed, nothing written");
+    counters::set_counter(&store, "below", &key, 850, 2).await.unwrap();
+    assert_eq!(decide(80).await.unwrap(), 1, "a total changed: its decision alone");
+    assert_eq!(decide(95).await.unwrap(), 7, "warn_percent changed: every decision taken again");
+    let now: Vec<(String, String)> = states().await.into_iter().filter(|(_, s)| s == "warn").collect();
+    assert_eq!(now, vec![("under".to_string(), "warn".to_string())], "at 95 %, 999 of 1,000 alone warns");
+}
+both_backends!(
+    a_days_decision_stands_at_its_thresholds_and_is_taken_again_only_when_it_changes,
+    super::a_days_decision_stands_at_its_thresholds_and_is_taken_again_only_when_it_changes
+);
+
 async fn the_guard_gives_every_reason_and_a_limit_is_reached_exactly(b: Backend) {
     let rig = TestApp::new(b, SandboxSettings::default(), |_| {}).await;
     let w = rig.worker(None).await;
