@@ -73,11 +73,36 @@ fn described(e: serde_path_to_error::Error<serde_json::Error>) -> String {
     }
 }
 
-/// A value as shown in a message: control characters dropped, cut to 40 characters, so a pasted token or a
-/// 10 MB id is never echoed whole.
+/// A value as shown in a message: control characters and backticks dropped, cut to 40 characters, so a pasted
+/// token or a 10 MB id is never echoed whole, and the backticks around it are the only ones.
 pub fn shown(v: &str) -> String {
-    let cut: String = v.chars().filter(|c| !c.is_control()).take(40).collect();
+    let cut: String = v.chars().filter(|c| !c.is_control() && *c != '`').take(40).collect();
     if cut.len() < v.len() { format!("`{cut}…`") } else { format!("`{cut}`") }
+}
+
+/// `postgres://user:secret@host/db` → `postgres://user:***@host/db`.
+pub fn redact_url(url: &str) -> String {
+    let Ok(mut u) = reqwest::Url::parse(url) else { return url.to_string() };
+    // `?password=…`, `?sslpassword=…` and the like carry a secret too.
+    let secret = |k: &str| ["password", "secret", "token", "key"].iter().any(|s| k.to_ascii_lowercase().contains(s));
+    let in_query = u.query_pairs().any(|(k, _)| secret(&k));
+    if u.password().is_none() && !in_query {
+        return url.to_string();
+    }
+    if u.password().is_some() {
+        let _ = u.set_password(Some("***"));
+    }
+    if in_query {
+        let pairs: Vec<(String, String)> = u
+            .query_pairs()
+            .map(|(k, v)| {
+                let v = if secret(&k) { "***".to_string() } else { v.into_owned() };
+                (k.into_owned(), v)
+            })
+            .collect();
+        u.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    u.to_string()
 }
 
 /// An id of the fintech's or Astra's (a user, a destination): 1 to 256 characters, none a control character
@@ -99,12 +124,15 @@ pub fn check_id(field: &str, v: &str) -> Result<(), String> {
 /// end it), and every backticked name that is not a plain lower-case field name (serde's "unknown field
 /// `…`" echoes whatever key the input had) with `` `…` ``.
 pub(crate) fn redact_quoted(msg: &str) -> String {
-    // serde's "unknown field `KEY`, expected …" echoes the key raw, backticks in it included.
-    if let Some(start) = msg.find("unknown field `") {
-        let from = start + "unknown field `".len();
-        let to = msg.rfind("`, expected").or_else(|| msg.rfind("` at line")).filter(|&t| t >= from);
-        let rest = to.map_or(String::new(), |t| format!("`{}", redact_marks(&msg[t + 1..])));
-        return format!("{}unknown field `…{rest}", redact_marks(&msg[..start]));
+    // serde's "unknown field `KEY`, expected …" and "unknown variant `VALUE`, expected …" echo the input raw,
+    // backticks in it included: everything up to the last "`, expected" is the input's.
+    for echo in ["unknown field `", "unknown variant `"] {
+        if let Some(start) = msg.find(echo) {
+            let from = start + echo.len();
+            let to = msg.rfind("`, expected").or_else(|| msg.rfind("` at line")).filter(|&t| t >= from);
+            let rest = to.map_or(String::new(), |t| format!("`{}", redact_marks(&msg[t + 1..])));
+            return format!("{}{echo}…{rest}", redact_marks(&msg[..start]));
+        }
     }
     redact_marks(msg)
 }
@@ -148,6 +176,14 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_url_loses_its_password_wherever_it_is_written() {
+        let r = redact_url("postgres://app:hunter2@db/aw?sslmode=require&password=hunter3");
+        assert!(!r.contains("hunter"), "{r}");
+        assert!(r.contains("sslmode=require") && r.contains("app:***@"), "{r}");
+        assert_eq!(redact_url("sqlite://astra-worker.db"), "sqlite://astra-worker.db");
+    }
+
+    #[test]
     fn parser_messages_lose_their_quoted_values() {
         let m = r#"invalid type: string "tok-SECRET", expected i64 at line 1 column 20"#;
         assert_eq!(redact_quoted(m), r#"invalid type: string "…", expected i64 at line 1 column 20"#);
@@ -158,6 +194,10 @@ mod tests {
         let ticked = "unknown field `x`tok-secret`, expected one of `user_id`";
         assert_eq!(redact_quoted(ticked), "unknown field `…`, expected one of `user_id`");
         assert_eq!(redact_quoted("unknown field `x`tok"), "unknown field `…");
+        assert_eq!(shown("a`tok`b"), "`atokb…`", "a shown value's backticks are its own");
+        // Found by the import_lines fuzz target: a kind with backticks in it was echoed between them.
+        let variant = "unknown variant `a`tok-SECRET`b`, expected `account` or `card` at line 1 column 9";
+        assert_eq!(redact_quoted(variant), "unknown variant `…`, expected `account` or `card` at line 1 column 9");
     }
 
     proptest::proptest! {

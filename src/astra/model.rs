@@ -148,7 +148,7 @@ impl Clearing {
         if let Ok(d) = NaiveDate::parse_from_str(s.trim(), "%Y-%m-%d") {
             return Ok(Clearing::On(d));
         }
-        parse_time(s).map(Clearing::At).map_err(|_| format!("invalid clearing date `{s}`"))
+        parse_time(s).map(Clearing::At).map_err(|_| format!("invalid clearing date {}", crate::secrets::shown(s)))
     }
 
     /// Whether the clearing date has passed at `now`, judged in the bank's zone: an instant has passed once
@@ -236,7 +236,7 @@ pub fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
     NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%.f")
         .or_else(|_| NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S%.f"))
         .map(|n| n.and_utc())
-        .map_err(|_| format!("invalid timestamp `{s}`"))
+        .map_err(|_| format!("invalid timestamp {}", crate::secrets::shown(s)))
 }
 
 /// Writes a timestamp the way Astra does: microseconds and an explicit UTC offset.

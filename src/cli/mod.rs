@@ -168,7 +168,7 @@ async fn run(cli: Cli) -> anyhow::Result<Status> {
         Some(Command::Migrate) => {
             let store = Store::open(&cli.database_url).await?;
             store.close().await;
-            tracing::info!(database = %store::redact_url(&cli.database_url), "schema is up to date");
+            tracing::info!(database = %crate::secrets::redact_url(&cli.database_url), "schema is up to date");
             Ok(Status::Ok)
         }
         Some(Command::Runs(args)) => runs::run(&open_store(&cli).await?, args).await,

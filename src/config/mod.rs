@@ -9,7 +9,11 @@ use std::{path::Path, time::Duration};
 use chrono::TimeDelta;
 use reqwest::Url;
 
-use crate::{domain::Schedule, failure::Failure};
+use crate::{
+    domain::Schedule,
+    failure::Failure,
+    secrets::{redact_url, shown},
+};
 
 pub use raw::CatchUp;
 
@@ -182,8 +186,11 @@ pub(crate) fn check_url(url: &Url, key: &str) -> Result<(), String> {
     match url.scheme() {
         "https" => Ok(()),
         "http" if is_loopback(url) => Ok(()),
-        "http" => Err(format!("{key}: plain http:// is refused unless the host is loopback (got {url})")),
-        other => Err(format!("{key}: unsupported scheme `{other}` in {url}")),
+        "http" => Err(format!(
+            "{key}: plain http:// is refused unless the host is loopback (got {})",
+            redact_url(url.as_str())
+        )),
+        other => Err(format!("{key}: unsupported scheme {} in {}", shown(other), redact_url(url.as_str()))),
     }
 }
 

@@ -301,7 +301,7 @@ fn push<P>(
 }
 
 fn parse_url(key: &str, s: &str) -> Result<reqwest::Url, String> {
-    let url = reqwest::Url::parse(s).map_err(|e| format!("{key}: invalid URL `{s}`: {e}"))?;
+    let url = reqwest::Url::parse(s).map_err(|e| format!("{key}: not a URL ({e})"))?;
     check_url(&url, key)?;
     Ok(url)
 }

@@ -3,6 +3,8 @@
 
 use serde::{Deserialize, Deserializer, Serialize};
 
+use crate::secrets::shown;
+
 /// An amount in integer cents.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
 #[serde(transparent)]
@@ -11,15 +13,16 @@ pub struct Cents(pub i64);
 /// The largest amount accepted from Astra: ten billion dollars.
 pub const MAX_CENTS: i64 = 1_000_000_000_000;
 
+/// Why an amount was refused; the amount is shown cut (see [`shown`]).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MoneyError {
-    #[error("amount `{0}` is not a decimal number of dollars")]
+    #[error("amount {} is not a decimal number of dollars", shown(.0))]
     NotANumber(String),
-    #[error("amount `{0}` has more than two decimals")]
+    #[error("amount {} has more than two decimals", shown(.0))]
     SubCent(String),
-    #[error("amount `{0}` is negative")]
+    #[error("amount {} is negative", shown(.0))]
     Negative(String),
-    #[error("amount `{0}` is beyond any plausible transfer")]
+    #[error("amount {} is beyond any plausible transfer", shown(.0))]
     Absurd(String),
 }
 

@@ -4,10 +4,12 @@
 use chrono::{DateTime, TimeDelta, Utc};
 use chrono_tz::Tz;
 
+use crate::secrets::shown;
+
 /// The zone parsed from an IANA name.
 pub fn parse_zone(name: &str) -> Result<Tz, String> {
     name.parse::<Tz>()
-        .map_err(|_| format!("unknown time zone `{name}` (expected an IANA name such as America/New_York)"))
+        .map_err(|_| format!("unknown time zone {} (expected an IANA name such as America/New_York)", shown(name)))
 }
 
 /// `2026-11-20T05:00:00Z`: how logs, listings and reports write an instant.
@@ -20,12 +22,12 @@ pub const MAX_DURATION: TimeDelta = TimeDelta::days(3653);
 
 /// Parses `"20s"`, `"48h"`, `"7d"`, `"1h 30m"`; refuses what does not parse and anything over ten years.
 pub fn parse_duration(text: &str) -> Result<TimeDelta, String> {
-    let too_long = || format!("duration `{text}` is longer than the ten years any setting allows");
+    let too_long = || format!("duration {} is longer than the ten years any setting allows", shown(text));
     let std = humantime::parse_duration(text.trim()).map_err(|e| {
         if matches!(e, humantime::DurationError::NumberOverflow) {
             too_long()
         } else {
-            format!("invalid duration `{text}` ({e}); write e.g. \"20s\", \"48h\", \"7d\"")
+            format!("invalid duration {} ({e}); write e.g. \"20s\", \"48h\", \"7d\"", shown(text))
         }
     })?;
     match TimeDelta::from_std(std) {

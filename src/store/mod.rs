@@ -58,7 +58,7 @@ impl StoreError {
         let disk_full = sqlite_storage_error(&source) && sqlite_disk_full(url);
         // An I/O error on a full disk is temporary: room may be made. Any other stays what it is.
         let status = if disk_full { Status::Temporary } else { classify_sqlx(&source) };
-        StoreError { url: redact_url(url), what, disk_full, status, source: source.into() }
+        StoreError { url: crate::secrets::redact_url(url), what, disk_full, status, source: source.into() }
     }
 }
 
@@ -79,31 +79,6 @@ impl Classify for StoreError {
     fn status(&self) -> Status {
         self.status
     }
-}
-
-/// `postgres://user:secret@host/db` → `postgres://user:***@host/db`.
-pub fn redact_url(url: &str) -> String {
-    let Ok(mut u) = reqwest::Url::parse(url) else { return url.to_string() };
-    // `?password=…`, `?sslpassword=…` and the like carry a secret too.
-    let secret = |k: &str| ["password", "secret", "token", "key"].iter().any(|s| k.to_ascii_lowercase().contains(s));
-    let in_query = u.query_pairs().any(|(k, _)| secret(&k));
-    if u.password().is_none() && !in_query {
-        return url.to_string();
-    }
-    if u.password().is_some() {
-        let _ = u.set_password(Some("***"));
-    }
-    if in_query {
-        let pairs: Vec<(String, String)> = u
-            .query_pairs()
-            .map(|(k, v)| {
-                let v = if secret(&k) { "***".to_string() } else { v.into_owned() };
-                (k.into_owned(), v)
-            })
-            .collect();
-        u.query_pairs_mut().clear().extend_pairs(pairs);
-    }
-    u.to_string()
 }
 
 impl Store {
@@ -150,7 +125,7 @@ impl Store {
         // them.
         let _guard = match &store {
             Store::Sqlite(p) => migration_lock(p).await.map_err(|e| StoreError {
-                url: redact_url(url),
+                url: crate::secrets::redact_url(url),
                 what: "cannot take the migration lock",
                 disk_full: false,
                 status: Status::Config,
@@ -165,7 +140,13 @@ impl Store {
                 }
                 _ => (Status::Config, false),
             };
-            StoreError { url: redact_url(url), what: "migration failed", disk_full, status, source: e.into() }
+            StoreError {
+                url: crate::secrets::redact_url(url),
+                what: "migration failed",
+                disk_full,
+                status,
+                source: e.into(),
+            }
         })?;
         Ok(store)
     }
@@ -250,14 +231,6 @@ fn sqlite_code(db: &dyn sqlx::error::DatabaseError) -> Option<i64> {
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn a_url_loses_its_password_wherever_it_is_written() {
-        let r = super::redact_url("postgres://app:hunter2@db/aw?sslmode=require&password=hunter3");
-        assert!(!r.contains("hunter"), "{r}");
-        assert!(r.contains("sslmode=require") && r.contains("app:***@"), "{r}");
-        assert_eq!(super::redact_url("sqlite://astra-worker.db"), "sqlite://astra-worker.db");
-    }
-
     use super::*;
 
     #[test]
