@@ -107,3 +107,17 @@ fn the_default_burst_is_about_twenty_milliseconds_of_quota() {
     assert_eq!(super::default_burst(400), 8);
     assert_eq!(super::default_burst(1000), 20);
 }
+
+#[test]
+fn a_refused_url_is_never_echoed_with_its_password() {
+    let e = err(&shipped_with(
+        "base_url = \"https://api.astra.finance\"",
+        "base_url = \"http://user:hunter2@api.astra.finance/?token=hunter3\"",
+    ));
+    assert!(e.contains("astra.base_url") && e.contains("loopback"), "{e}");
+    assert!(!e.contains("hunter"), "a password in a refused URL: {e}");
+    let e = err(&shipped_with("base_url = \"https://api.astra.finance\"", "base_url = \"ftp://u:hunter2@x\""));
+    assert!(e.contains("unsupported scheme `ftp`") && !e.contains("hunter"), "{e}");
+    let e = err(&shipped_with("base_url = \"https://api.astra.finance\"", "base_url = \"hunter2 is not a url\""));
+    assert!(e.contains("not a URL") && !e.contains("hunter"), "{e}");
+}
