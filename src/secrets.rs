@@ -82,9 +82,26 @@ pub fn shown(v: &str) -> String {
 
 /// `postgres://user:secret@host/db` → `postgres://user:***@host/db`.
 pub fn redact_url(url: &str) -> String {
-    let Ok(mut u) = reqwest::Url::parse(url) else { return url.to_string() };
+    // A SQLite URL names a file and holds no credentials; a URL that does not parse may still hold a password
+    // where a parser would not find it: its scheme alone.
+    if url.starts_with("sqlite:") {
+        return url.to_string();
+    }
+    let Ok(mut u) = reqwest::Url::parse(url) else {
+        return match url.split_once("://") {
+            Some((scheme, _))
+                if scheme.len() <= 20 && scheme.chars().all(|c| c.is_ascii_alphanumeric() || c == '+') =>
+            {
+                format!("{scheme}://… (not a URL)")
+            }
+            _ => "… (not a URL)".into(),
+        };
+    };
     // `?password=…`, `?sslpassword=…` and the like carry a secret too.
-    let secret = |k: &str| ["password", "secret", "token", "key"].iter().any(|s| k.to_ascii_lowercase().contains(s));
+    let secret = |k: &str| {
+        let k = k.to_ascii_lowercase();
+        ["pass", "pwd", "secret", "token", "key", "sig", "auth"].iter().any(|s| k.contains(s))
+    };
     let in_query = u.query_pairs().any(|(k, _)| secret(&k));
     if u.password().is_none() && !in_query {
         return url.to_string();
@@ -181,6 +198,14 @@ mod tests {
         assert!(!r.contains("hunter"), "{r}");
         assert!(r.contains("sslmode=require") && r.contains("app:***@"), "{r}");
         assert_eq!(redact_url("sqlite://astra-worker.db"), "sqlite://astra-worker.db");
+        assert_eq!(
+            redact_url("postgres://app:hunter#2@db/aw"),
+            "postgres://… (not a URL)",
+            "unparsable: its scheme alone"
+        );
+        assert_eq!(redact_url("hunter2"), "… (not a URL)");
+        let q = redact_url("https://h/x?pwd=hunter4&sig=hunter5&auth=hunter6&page=2");
+        assert!(!q.contains("hunter") && q.contains("page=2"), "{q}");
     }
 
     #[test]

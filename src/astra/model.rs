@@ -197,14 +197,32 @@ pub struct Rejected {
 /// Parses one listed transfer; an item that does not parse is returned with what could be read of it.
 pub fn parse_transfer(v: serde_json::Value) -> Result<Transfer, Rejected> {
     let text = |k: &str| v.get(k).and_then(|i| i.as_str()).map(str::to_string);
-    let (id, destination_id) = (text("id"), text("destination_id"));
+    // An id that is no id (empty, over-long, a control character such as the NUL PostgreSQL refuses) is not
+    // read: the item is one without a readable id.
+    let id = |k: &str| text(k).filter(|s| crate::secrets::check_id(k, s).is_ok());
+    let (id, destination_id) = (id("id"), id("destination_id"));
     let initiated = text("initiated").and_then(|t| parse_time(&t).ok());
+    let named = id.as_deref().map(crate::secrets::shown).unwrap_or("(no id)".into());
+    if holds_nul(&v) {
+        let detail = format!("transfer {named}: a field holds a NUL character, which the store cannot keep");
+        return Err(Rejected { detail, id, destination_id, initiated });
+    }
     crate::secrets::from_json_value(v).map_err(|e| Rejected {
-        detail: format!("transfer {}: {e}", id.as_deref().map(crate::secrets::shown).unwrap_or("(no id)".into())),
+        detail: format!("transfer {named}: {e}"),
         id,
         destination_id,
         initiated,
     })
+}
+
+/// Whether any string in `v` (a key included) holds a NUL, which PostgreSQL refuses to store in text.
+fn holds_nul(v: &serde_json::Value) -> bool {
+    match v {
+        serde_json::Value::String(s) => s.contains('\0'),
+        serde_json::Value::Array(a) => a.iter().any(holds_nul),
+        serde_json::Value::Object(o) => o.iter().any(|(k, v)| k.contains('\0') || holds_nul(v)),
+        _ => false,
+    }
 }
 
 /// A card as `GET /v1/cards` returns it.

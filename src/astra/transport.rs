@@ -162,8 +162,8 @@ impl AstraClient {
             return match serde_json::from_slice::<T>(&body) {
                 Ok(v) => mk(Ok(v), None, false),
                 Err(e) => {
-                    let detail =
-                        if token_endpoint { redact_quoted(&e.to_string()) } else { truncate(&e.to_string(), 300) };
+                    // A value serde quotes may be a token or an account number, on any endpoint.
+                    let detail = truncate(&redact_quoted(&e.to_string()), 300);
                     mk(Err(AstraError::Malformed { endpoint: endpoint.into(), detail }), None, false)
                 }
             };

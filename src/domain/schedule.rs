@@ -13,6 +13,8 @@ use chrono::{DateTime, Offset, TimeDelta, TimeZone, Utc};
 use chrono_tz::Tz;
 use croner::{Cron, parser::CronParser, parser::Seconds};
 
+use crate::secrets::shown;
+
 #[derive(Clone)]
 pub struct Schedule {
     cron: Cron,
@@ -38,8 +40,9 @@ impl Schedule {
         let fields = expr.split_whitespace().count();
         if !(6..=7).contains(&fields) {
             return Err(format!(
-                "cron expression `{expr}` has {fields} fields; six are needed, seconds first \
-                 (e.g. \"0 0 3 * * Mon\" for Mondays at 03:00)"
+                "cron expression {} has {fields} fields; six are needed, seconds first \
+                 (e.g. \"0 0 3 * * Mon\" for Mondays at 03:00)",
+                shown(expr)
             ));
         }
         let cron = CronParser::builder()
@@ -47,10 +50,10 @@ impl Schedule {
             .dom_and_dow(true)
             .build()
             .parse(expr)
-            .map_err(|e| format!("invalid cron expression `{expr}`: {e}"))?;
+            .map_err(|e| format!("invalid cron expression {}: {}", shown(expr), shown(&e.to_string())))?;
         let schedule = Schedule { cron, zone, expr: expr.to_string() };
         if schedule.next_after(Utc::now()).is_none() {
-            return Err(format!("cron expression `{expr}` never fires"));
+            return Err(format!("cron expression {} never fires", shown(expr)));
         }
         Ok(schedule)
     }

@@ -23,12 +23,16 @@ pub const MAX_DURATION: TimeDelta = TimeDelta::days(3653);
 /// Parses `"20s"`, `"48h"`, `"7d"`, `"1h 30m"`; refuses what does not parse and anything over ten years.
 pub fn parse_duration(text: &str) -> Result<TimeDelta, String> {
     let too_long = || format!("duration {} is longer than the ten years any setting allows", shown(text));
+    // humantime's own message echoes an unknown unit whole: only what kind of fault it is is said.
     let std = humantime::parse_duration(text.trim()).map_err(|e| {
-        if matches!(e, humantime::DurationError::NumberOverflow) {
-            too_long()
-        } else {
-            format!("invalid duration {} ({e}); write e.g. \"20s\", \"48h\", \"7d\"", shown(text))
-        }
+        let what = match e {
+            humantime::DurationError::NumberOverflow => return too_long(),
+            humantime::DurationError::UnknownUnit { .. } => "an unknown unit",
+            humantime::DurationError::NumberExpected(_) => "a number expected",
+            humantime::DurationError::InvalidCharacter(_) => "an invalid character",
+            humantime::DurationError::Empty => "empty",
+        };
+        format!("invalid duration {} ({what}); write e.g. \"20s\", \"48h\", \"7d\"", shown(text))
     })?;
     match TimeDelta::from_std(std) {
         Ok(d) if d <= MAX_DURATION => Ok(d),

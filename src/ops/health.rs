@@ -5,7 +5,9 @@ use std::{collections::HashMap, time::Duration};
 
 use chrono::{DateTime, TimeDelta, Utc};
 
-use crate::{app::Worker, config::JobName, failure::Failure, store::ledger};
+use crate::{
+    app::Worker, config::JobName, domain::time::parse_duration, failure::Failure, secrets::shown, store::ledger,
+};
 
 /// One job's verdict.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -20,12 +22,14 @@ pub(crate) struct JobHealth {
 pub(crate) fn parse_max_ages(args: &[String]) -> anyhow::Result<HashMap<JobName, Duration>> {
     let mut out = HashMap::new();
     for a in args {
+        let arg = shown(a);
         let (job, d) = a
             .split_once('=')
-            .ok_or_else(|| Failure::config(format!("--max-age {a}: write JOB=DURATION, e.g. token-rotation=8d")))?;
-        let job = JobName::parse(job).ok_or_else(|| Failure::config(format!("--max-age {a}: unknown job `{job}`")))?;
-        let d = humantime::parse_duration(d).map_err(|e| Failure::Config(format!("--max-age {a}: {e}")))?;
-        out.insert(job, d);
+            .ok_or_else(|| Failure::config(format!("--max-age {arg}: write JOB=DURATION, e.g. token-rotation=8d")))?;
+        let job = JobName::parse(job)
+            .ok_or_else(|| Failure::config(format!("--max-age {arg}: unknown job {}", shown(job))))?;
+        let d = parse_duration(d).map_err(|e| Failure::Config(format!("--max-age: {e}")))?;
+        out.insert(job, d.to_std().unwrap_or_default());
     }
     Ok(out)
 }

@@ -246,12 +246,26 @@ pub async fn zone_day_findings(store: &Store, zone: &str, day: &str) -> sqlx::Re
     .await)
 }
 
-/// Records the decision of every destination in `zone` on `day` whose figures changed since its last one, in
-/// one statement: `blocked` when the day's counter has reached the limit, `warn` from `warn_percent` of it,
-/// else `ok`. A decision is taken again when its total, its limit or `warn_percent` changed; `computed_at` is
-/// when it last changed. Each drift the recompute fixed is recorded with its day's decision as evidence (counter
-/// minus recomputed total, before the fix), and stays while nothing else changes. Run after the fixes: the
-/// counters are then what the mirror sums to. Returns how many decisions were written.
+/// Which destinations one decision statement covers.
+enum Scope<'a> {
+    /// One destination whose counter drifted, with the drift as its decision's evidence.
+    Drifted(&'a str, i64),
+    /// The zone's destinations after `.0` up to and including `.1`, in id order.
+    Range(&'a str, &'a str),
+}
+
+/// Destinations a decision statement covers at most: one statement holds SQLite's write lock only while it
+/// reads and writes this many.
+const DECISION_CHUNK: i64 = 1_000;
+
+/// Records the decision of every destination in `zone` on `day` whose figures changed since its last one:
+/// `blocked` when the day's counter has reached the limit, `warn` from `warn_percent` of it, else `ok`. A
+/// decision is taken again when its total, its limit or `warn_percent` changed; `computed_at` is when it last
+/// changed. Each drift the recompute fixed is recorded with its day's decision as evidence (counter minus
+/// recomputed total, before the fix), and stays while the state, total and limit stay. Run after the fixes: the
+/// counters are then what the mirror sums to. The drifted destinations first, one statement each, then the
+/// zone in id ranges of [`DECISION_CHUNK`], so no statement holds SQLite's write lock across the whole zone.
+/// Returns how many decisions were written.
 pub async fn decide_zone_day(
     store: &Store,
     zone: &str,
@@ -260,54 +274,83 @@ pub async fn decide_zone_day(
     drifts: &[(&str, i64)],
     now: DateTime<Utc>,
 ) -> sqlx::Result<u64> {
+    let mut written = 0;
+    for &(destination_id, drift) in drifts {
+        written += decide(store, zone, day, warn_percent, Scope::Drifted(destination_id, drift), now).await?;
+    }
+    // Every DECISION_CHUNK-th id of the zone and its last: the ends of the ranges.
+    let ends: Vec<String> = with_pool!(store, |p| sqlx::query_scalar(
+        "SELECT destination_id FROM (
+             SELECT destination_id, ROW_NUMBER() OVER (ORDER BY destination_id) AS n, COUNT(*) OVER () AS of
+             FROM destination WHERE bank_time_zone = $1) w
+         WHERE n % $2 = 0 OR n = of ORDER BY destination_id"
+    )
+    .bind(zone)
+    .bind(DECISION_CHUNK)
+    .fetch_all(p)
+    .await)?;
+    let mut after = String::new();
+    for end in &ends {
+        written += decide(store, zone, day, warn_percent, Scope::Range(&after, end), now).await?;
+        after.clone_from(end);
+    }
+    Ok(written)
+}
+
+/// One decision statement over `scope`: the state computed from the counter, written where it changed.
+async fn decide(
+    store: &Store,
+    zone: &str,
+    day: &BankDay,
+    warn_percent: u8,
+    scope: Scope<'_>,
+    now: DateTime<Utc>,
+) -> sqlx::Result<u64> {
+    let (which, drift, drift_changed) = match scope {
+        Scope::Drifted(..) => ("d.destination_id = $7", "$8", "OR decided_drift IS DISTINCT FROM $8"),
+        Scope::Range(..) => ("d.destination_id > $7 AND d.destination_id <= $8", "0", ""),
+    };
+    let sql = format!(
+        "INSERT INTO limit_decision (destination_id, bank_day, state, total_cents, limit_cents, window_start,
+             window_end, drift_cents, warn_percent, computed_at)
+         SELECT destination_id, $1, state, total, limit_cents, $3, $4, {drift}, $5, $6 FROM (
+             SELECT d.destination_id, d.daily_limit_cents AS limit_cents,
+                    CAST(COALESCE(i.total_cents, 0) AS BIGINT) AS total,
+                    CASE WHEN COALESCE(i.total_cents, 0) >= d.daily_limit_cents THEN 'blocked'
+                         WHEN CAST(COALESCE(i.total_cents, 0) AS NUMERIC) * 100
+                              >= CAST(d.daily_limit_cents AS NUMERIC) * $5 THEN 'warn'
+                         ELSE 'ok' END AS state,
+                    l.state AS decided_state, l.total_cents AS decided_total, l.limit_cents AS decided_limit,
+                    l.warn_percent AS decided_warn, l.drift_cents AS decided_drift
+             FROM destination d
+             LEFT JOIN inbound_day i ON i.destination_id = d.destination_id AND i.bank_day = $1
+             LEFT JOIN limit_decision l ON l.destination_id = d.destination_id AND l.bank_day = $1
+             WHERE d.bank_time_zone = $2 AND {which}) z
+         WHERE decided_state IS DISTINCT FROM state OR decided_total IS DISTINCT FROM total
+             OR decided_limit IS DISTINCT FROM limit_cents OR decided_warn IS DISTINCT FROM $5 {drift_changed}
+         ON CONFLICT (destination_id, bank_day) DO UPDATE SET state = excluded.state,
+             total_cents = excluded.total_cents, limit_cents = excluded.limit_cents,
+             drift_cents = CASE WHEN excluded.drift_cents <> 0 THEN excluded.drift_cents
+                                WHEN limit_decision.state = excluded.state
+                                     AND limit_decision.total_cents = excluded.total_cents
+                                     AND limit_decision.limit_cents = excluded.limit_cents
+                                    THEN limit_decision.drift_cents
+                                ELSE 0 END,
+             warn_percent = excluded.warn_percent, computed_at = excluded.computed_at"
+    );
     with_pool!(store, |p| {
-        let mut tx = p.begin().await?;
-        let written = sqlx::query(
-            "INSERT INTO limit_decision (destination_id, bank_day, state, total_cents, limit_cents, window_start,
-                 window_end, drift_cents, warn_percent, computed_at)
-             SELECT destination_id, $1, state, total, limit_cents, $3, $4, 0, $5, $6 FROM (
-                 SELECT d.destination_id, d.daily_limit_cents AS limit_cents,
-                        CAST(COALESCE(i.total_cents, 0) AS BIGINT) AS total,
-                        CASE WHEN COALESCE(i.total_cents, 0) >= d.daily_limit_cents THEN 'blocked'
-                             WHEN CAST(COALESCE(i.total_cents, 0) AS NUMERIC) * 100
-                                  >= CAST(d.daily_limit_cents AS NUMERIC) * $5 THEN 'warn'
-                             ELSE 'ok' END AS state,
-                        l.state AS decided_state, l.total_cents AS decided_total, l.limit_cents AS decided_limit,
-                        l.warn_percent AS decided_warn
-                 FROM destination d
-                 LEFT JOIN inbound_day i ON i.destination_id = d.destination_id AND i.bank_day = $1
-                 LEFT JOIN limit_decision l ON l.destination_id = d.destination_id AND l.bank_day = $1
-                 WHERE d.bank_time_zone = $2) z
-             WHERE decided_state IS DISTINCT FROM state OR decided_total IS DISTINCT FROM total
-                 OR decided_limit IS DISTINCT FROM limit_cents OR decided_warn IS DISTINCT FROM $5
-             ON CONFLICT (destination_id, bank_day) DO UPDATE SET state = excluded.state,
-                 total_cents = excluded.total_cents, limit_cents = excluded.limit_cents,
-                 drift_cents = excluded.drift_cents, warn_percent = excluded.warn_percent,
-                 computed_at = excluded.computed_at",
-        )
-        .bind(day.key())
-        .bind(zone)
-        .bind(day.start())
-        .bind(day.end())
-        .bind(i32::from(warn_percent))
-        .bind(now)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        for (destination_id, drift) in drifts {
-            sqlx::query(
-                "UPDATE limit_decision SET drift_cents = $1, computed_at = $2 WHERE destination_id = $3
-                     AND bank_day = $4",
-            )
-            .bind(drift)
-            .bind(now)
-            .bind(destination_id)
+        let q = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(day.key())
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(written)
+            .bind(zone)
+            .bind(day.start())
+            .bind(day.end())
+            .bind(i32::from(warn_percent))
+            .bind(now);
+        let q = match scope {
+            Scope::Drifted(destination_id, drift) => q.bind(destination_id).bind(drift),
+            Scope::Range(after, end) => q.bind(after).bind(end),
+        };
+        q.execute(p).await.map(|r| r.rows_affected())
     })
 }
 

@@ -222,3 +222,20 @@ fn a_value_with_backticks_in_it_is_never_echoed_by_a_refusal() {
         assert!(!e.contains("SECRET") && e.contains("field `kind`"), "{e}");
     }
 }
+
+/// A listed transfer holding a NUL character is refused (PostgreSQL cannot store it, and would fail the whole
+/// read), and an id that is no id is not read from an item refused: the day it leaves uncertain is found
+/// without it.
+#[test]
+fn a_transfer_item_holding_a_nul_is_refused_and_its_id_read_only_when_it_is_one() {
+    let mut t = a_transfer();
+    t["payment_type"] = json!("ach\u{0}");
+    let r = parse_transfer(t).expect_err("a NUL in a field");
+    assert_eq!(r.id.as_deref(), Some("t-1"));
+    assert!(r.detail.contains("NUL"), "{}", r.detail);
+    let mut t = a_transfer();
+    t["id"] = json!("t-\u{0}-1");
+    t["destination_id"] = json!("d\u{0}");
+    let r = parse_transfer(t).expect_err("a NUL in the id");
+    assert_eq!((r.id, r.destination_id), (None, None));
+}

@@ -215,10 +215,71 @@ async fn a_days_decision_stands_at_its_thresholds_and_is_taken_again_only_when_i
     assert_eq!(decide(95).await.unwrap(), 7, "warn_percent changed: every decision taken again");
     let now: Vec<(String, String)> = states().await.into_iter().filter(|(_, s)| s == "warn").collect();
     assert_eq!(now, vec![("under".to_string(), "warn".to_string())], "at 95 %, 999 of 1,000 alone warns");
+
+    // A drift's evidence: written once, kept while the state, total and limit stay, cleared when one changes.
+    let drift = || async {
+        with_pool!(&store, |p| sqlx::query_scalar::<_, i64>(
+            "SELECT drift_cents FROM limit_decision WHERE destination_id = 'at-limit' AND bank_day = $1"
+        )
+        .bind(&key)
+        .fetch_one(p)
+        .await
+        .unwrap())
+    };
+    let with_drift = |warn: u8| counters::decide_zone_day(&store, NY, &day, warn, &[("at-limit", 120)], Utc::now());
+    assert_eq!(with_drift(95).await.unwrap(), 1, "the drift alone changed: one decision written");
+    assert_eq!(drift().await, 120);
+    assert_eq!(with_drift(95).await.unwrap(), 0, "the same drift again: nothing written");
+    assert_eq!(decide(90).await.unwrap(), 7, "warn_percent changed again");
+    assert_eq!(drift().await, 120, "the state, total and limit stayed: the evidence stays");
+    counters::set_counter(&store, "at-limit", &key, 900, 1).await.unwrap();
+    assert_eq!(decide(90).await.unwrap(), 1);
+    assert_eq!(drift().await, 0, "the total changed: the evidence of the old one goes");
 }
 both_backends!(
     a_days_decision_stands_at_its_thresholds_and_is_taken_again_only_when_it_changes,
     super::a_days_decision_stands_at_its_thresholds_and_is_taken_again_only_when_it_changes
+);
+
+/// A zone of thousands of destinations is decided in id ranges: each destination once, none missed at a range's
+/// ends, and nothing written again when nothing changed.
+async fn a_large_zone_is_decided_once_each_across_its_ranges(b: Backend) {
+    let db = crate::helpers::TestDb::new(b).await;
+    let store = db.store().await;
+    let day = astra_worker::domain::BankDay::of(NY.parse().unwrap(), Utc::now());
+    let key = day.key();
+    let n = 2_345;
+    with_pool!(&store, |p| {
+        sqlx::query(
+            "WITH RECURSIVE g(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM g WHERE x < $1)
+             INSERT INTO destination (destination_id, user_id, kind, bank_time_zone, daily_limit_cents, updated_at)
+             SELECT 'd' || x, 'u' || x, 'account', $2, 1000, $3 FROM g",
+        )
+        .bind(n)
+        .bind(NY)
+        .bind(Utc::now())
+        .execute(p)
+        .await
+        .unwrap();
+        sqlx::query(
+            "INSERT INTO inbound_day (destination_id, bank_day, total_cents, transfers)
+             SELECT destination_id, $1, CAST(SUBSTR(destination_id, 2) AS BIGINT) % 3 * 450, 1 FROM destination",
+        )
+        .bind(&key)
+        .execute(p)
+        .await
+        .unwrap();
+    });
+    let decide = || counters::decide_zone_day(&store, NY, &day, 80, &[], Utc::now());
+    assert_eq!(decide().await.unwrap(), n as u64);
+    assert_eq!(decide().await.unwrap(), 0);
+    let tally = counters::zone_day_states(&store, NY, &key).await.unwrap();
+    // Totals 0, 450 and 900 of 1,000 by the id's remainder of 3: ok, ok, warn (782 of the ids leave 2).
+    assert_eq!(tally, vec![("ok".into(), 1_563), ("warn".into(), 782)]);
+}
+both_backends!(
+    a_large_zone_is_decided_once_each_across_its_ranges,
+    super::a_large_zone_is_decided_once_each_across_its_ranges
 );
 
 async fn the_guard_gives_every_reason_and_a_limit_is_reached_exactly(b: Backend) {
