@@ -252,10 +252,13 @@ enum Scope<'a> {
     Drifted(&'a str, i64),
     /// The zone's destinations after `.0` up to and including `.1`, in id order.
     Range(&'a str, &'a str),
+    /// Every destination of the zone.
+    Zone,
 }
 
-/// Destinations a decision statement covers at most: one statement holds SQLite's write lock only while it
-/// reads and writes this many.
+/// Destinations a decision statement covers at most on SQLite, whose write lock is the whole database's: a
+/// statement holds it only while it reads and writes this many. PostgreSQL locks only the rows a statement
+/// writes, and decides a zone in one.
 const DECISION_CHUNK: i64 = 1_000;
 
 /// Records the decision of every destination in `zone` on `day` whose figures changed since its last one:
@@ -264,7 +267,7 @@ const DECISION_CHUNK: i64 = 1_000;
 /// changed. Each drift the recompute fixed is recorded with its day's decision as evidence (counter minus
 /// recomputed total, before the fix), and stays while the state, total and limit stay. Run after the fixes: the
 /// counters are then what the mirror sums to. The drifted destinations first, one statement each, then the
-/// zone in id ranges of [`DECISION_CHUNK`], so no statement holds SQLite's write lock across the whole zone.
+/// zone: on SQLite in id ranges of [`DECISION_CHUNK`], so no statement holds its write lock across the zone.
 /// Returns how many decisions were written.
 pub async fn decide_zone_day(
     store: &Store,
@@ -277,6 +280,9 @@ pub async fn decide_zone_day(
     let mut written = 0;
     for &(destination_id, drift) in drifts {
         written += decide(store, zone, day, warn_percent, Scope::Drifted(destination_id, drift), now).await?;
+    }
+    if store.is_postgres() {
+        return Ok(written + decide(store, zone, day, warn_percent, Scope::Zone, now).await?);
     }
     // Every DECISION_CHUNK-th id of the zone and its last: the ends of the ranges.
     let ends: Vec<String> = with_pool!(store, |p| sqlx::query_scalar(
@@ -309,6 +315,7 @@ async fn decide(
     let (which, drift, drift_changed) = match scope {
         Scope::Drifted(..) => ("d.destination_id = $7", "$8", "OR decided_drift IS DISTINCT FROM $8"),
         Scope::Range(..) => ("d.destination_id > $7 AND d.destination_id <= $8", "0", ""),
+        Scope::Zone => ("TRUE", "0", ""),
     };
     let sql = format!(
         "INSERT INTO limit_decision (destination_id, bank_day, state, total_cents, limit_cents, window_start,
@@ -349,6 +356,7 @@ async fn decide(
         let q = match scope {
             Scope::Drifted(destination_id, drift) => q.bind(destination_id).bind(drift),
             Scope::Range(after, end) => q.bind(after).bind(end),
+            Scope::Zone => q,
         };
         q.execute(p).await.map(|r| r.rows_affected())
     })
