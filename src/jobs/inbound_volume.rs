@@ -39,8 +39,8 @@ pub(super) async fn run(ctx: &RunContext<'_>, p: &InboundVolumeParams) -> anyhow
 /// Recomputes, fixes drift, records decisions for the slot's bank days: the day just ended and the day running
 /// at the slot (catch-up decides each missed slot's days; `--slot` backfills that slot's). Each zone's day is one
 /// pass over every destination in it, which returns only the days that drifted or are uncertain; a counter that
-/// differs is fixed under its own lock; then one statement records each decision that changed (`computed_at` is
-/// when it last changed), with the drifts found as evidence.
+/// differs is fixed under its own lock; then each decision that changed is recorded (`computed_at` is when it
+/// last changed), with the drifts found as evidence.
 async fn decide(ctx: &RunContext<'_>, p: &InboundVolumeParams) -> anyhow::Result<()> {
     let db = &ctx.worker.store;
     let now = Utc::now();
@@ -73,7 +73,6 @@ async fn decide(ctx: &RunContext<'_>, p: &InboundVolumeParams) -> anyhow::Result
             if ctx.dry_run {
                 continue;
             }
-            let drifts: Vec<(&str, i64)> = drifts.iter().map(|(d, c)| (d.as_str(), *c)).collect();
             let written = counters::decide_zone_day(db, &zone_name, &day, p.warn_percent, &drifts, now).await?;
             ctx.tally("decisions_written", written as i64);
             if day == today {

@@ -274,12 +274,12 @@ pub async fn decide_zone_day(
     zone: &str,
     day: &BankDay,
     warn_percent: u8,
-    drifts: &[(&str, i64)],
+    drifts: &[(String, i64)],
     now: DateTime<Utc>,
 ) -> sqlx::Result<u64> {
     let mut written = 0;
-    for &(destination_id, drift) in drifts {
-        written += decide(store, zone, day, warn_percent, Scope::Drifted(destination_id, drift), now).await?;
+    for (destination_id, drift) in drifts {
+        written += decide(store, zone, day, warn_percent, Scope::Drifted(destination_id, *drift), now).await?;
     }
     if store.is_postgres() {
         return Ok(written + decide(store, zone, day, warn_percent, Scope::Zone, now).await?);

@@ -226,7 +226,8 @@ async fn a_days_decision_stands_at_its_thresholds_and_is_taken_again_only_when_i
         .await
         .unwrap())
     };
-    let with_drift = |warn: u8| counters::decide_zone_day(&store, NY, &day, warn, &[("at-limit", 120)], Utc::now());
+    let found = [("at-limit".to_string(), 120)];
+    let with_drift = |warn: u8| counters::decide_zone_day(&store, NY, &day, warn, &found, Utc::now());
     assert_eq!(with_drift(95).await.unwrap(), 1, "the drift alone changed: one decision written");
     assert_eq!(drift().await, 120);
     assert_eq!(with_drift(95).await.unwrap(), 0, "the same drift again: nothing written");
