@@ -1,7 +1,7 @@
 //! `astra-worker health`: a dead-man's switch. Each enabled job's last successful slot must be recent enough
 //! (by default two of its periods), or the command names the stale job and exits 1.
 
-use std::{collections::HashMap, time::Duration};
+use std::collections::HashMap;
 
 use chrono::{DateTime, TimeDelta, Utc};
 
@@ -19,7 +19,7 @@ pub(crate) struct JobHealth {
 }
 
 /// Parses `job=duration` pairs.
-pub(crate) fn parse_max_ages(args: &[String]) -> anyhow::Result<HashMap<JobName, Duration>> {
+pub(crate) fn parse_max_ages(args: &[String]) -> anyhow::Result<HashMap<JobName, TimeDelta>> {
     let mut out = HashMap::new();
     for a in args {
         let arg = shown(a);
@@ -29,21 +29,21 @@ pub(crate) fn parse_max_ages(args: &[String]) -> anyhow::Result<HashMap<JobName,
         let job = JobName::parse(job)
             .ok_or_else(|| Failure::config(format!("--max-age {arg}: unknown job {}", shown(job))))?;
         let d = parse_duration(d).map_err(|e| Failure::Config(format!("--max-age: {e}")))?;
-        out.insert(job, d.to_std().unwrap_or_default());
+        out.insert(job, d);
     }
     Ok(out)
 }
 
 pub(crate) async fn check(
     worker: &Worker,
-    max_ages: &HashMap<JobName, Duration>,
+    max_ages: &HashMap<JobName, TimeDelta>,
     now: DateTime<Utc>,
 ) -> anyhow::Result<Vec<JobHealth>> {
     let mut out = Vec::new();
     for job in worker.settings.jobs.iter().filter(|j| j.enabled) {
         let last = ledger::last_succeeded_slot(&worker.store, job.name.as_str()).await?;
         let max_age = match max_ages.get(&job.name) {
-            Some(d) => TimeDelta::from_std(*d).unwrap_or(TimeDelta::MAX),
+            Some(d) => *d,
             None => default_max_age(job, now),
         };
         let healthy = last.is_some_and(|t| now - t <= max_age);
