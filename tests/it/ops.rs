@@ -271,7 +271,13 @@ async fn the_daemon_runs_every_slot_once_without_overlap_and_drains_on_sigterm()
             if rot >= 5 && sweep >= 4 {
                 break;
             }
-            assert!(Instant::now() < deadline, "the daemon did not run its jobs: {r:?}");
+            // A daemon that exited, or ran nothing in time, fails the test with its own log.
+            let exited = daemon.try_wait().unwrap();
+            if exited.is_some() || Instant::now() >= deadline {
+                let _ = daemon.kill();
+                let log = reader.join().unwrap();
+                panic!("the daemon did not run its jobs (exited: {exited:?}): {r:?}\n{log}");
+            }
             std::thread::sleep(Duration::from_millis(200));
         }
         let kill = Command::new("kill").args(["-TERM", &daemon.id().to_string()]).status().unwrap();
