@@ -195,100 +195,128 @@ pub async fn users_to_sync(store: &Store, now: DateTime<Utc>) -> sqlx::Result<Ve
     })
 }
 
-/// What placing a hold found under the destination-day's lock.
+/// What became of one hold of a placement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Placement {
     /// Stored.
     Placed,
-    /// Not stored: the day's counted total or held sum differ from the ones the answer was decided on; these
-    /// are the figures found ([`place_if_unchanged`]; on SQLite, which has no fast path, the ones seen).
-    Changed { total: i64, held: i64 },
-    /// Not stored: deciding on the figures found under the lock denied it ([`place_locked`]).
+    /// Not stored: deciding on the figures found under the lock denied it.
     Declined,
-    /// Not stored: a hold under this key exists (placed a moment ago by a concurrent call).
+    /// Not stored: a hold under this key exists (placed a moment ago by a concurrent call, or earlier in the
+    /// same placement).
     KeyTaken,
 }
 
-/// PostgreSQL only, the guard's fast path: places `h` with the guard's `answer` if, under the day's lock, the
-/// day's counted total and held sum are still `seen` (total, held), in one round trip (the function
-/// `guard_place_hold`, migration 0011). The lock is the counter row every writer of the day takes, so no other
-/// hold or counted transfer can slip between the check and the insert. SQLite has no such function: there it
-/// stores nothing and answers `Changed` with `seen`, so the caller takes [`place_locked`].
+/// What [`place_if_unchanged`] found under the destination-day's lock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Attempt {
+    /// Stored, but for these keys, which a hold on another destination took meanwhile.
+    Placed { taken: Vec<String> },
+    /// Nothing stored: the day's counted total or held sum differ from the ones the holds were decided on;
+    /// these are the figures found.
+    Changed { total: i64, held: i64 },
+    /// Nothing stored: holds under these keys exist.
+    Taken(Vec<String>),
+    /// Nothing stored: the store has no one-round-trip path (SQLite); take [`place_locked`].
+    Unsupported,
+}
+
+/// PostgreSQL only, the guard's fast path: stores `holds` (each with the guard's answer, all on the
+/// destination-day `day`, decided in order on `seen` = (counted total, held sum)) if under the day's lock the
+/// figures are still `seen` and no key is stored yet, in one round trip and one commit (the function
+/// `guard_place_holds`, migration 0014). The lock is the counter row every writer of the day takes, so no
+/// other hold or counted transfer can slip between the check and the insert.
 pub async fn place_if_unchanged(
     store: &Store,
-    h: &Hold,
-    answer: &str,
-    seen: (i64, i64),
+    day: (&str, &str),
     now: DateTime<Utc>,
-) -> sqlx::Result<Placement> {
-    let Store::Postgres(p) = store else { return Ok(Placement::Changed { total: seen.0, held: seen.1 }) };
-    let (outcome, total, held): (String, i64, i64) =
-        sqlx::query_as("SELECT outcome, total, held FROM guard_place_hold($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)")
-            .bind(&h.destination_id)
-            .bind(&h.bank_day)
-            .bind(now)
-            .bind(seen.0)
-            .bind(seen.1)
-            .bind(&h.hold_key)
-            .bind(&h.user_id)
-            .bind(h.amount_cents)
-            .bind(answer)
-            .bind(h.expires_at)
-            .fetch_one(p)
-            .await?;
+    seen: (i64, i64),
+    holds: &[(&Hold, &str)],
+) -> sqlx::Result<Attempt> {
+    let Store::Postgres(p) = store else { return Ok(Attempt::Unsupported) };
+    let column = |f: fn(&Hold) -> String| holds.iter().map(|(h, _)| f(h)).collect::<Vec<_>>();
+    let (outcome, total, held, keys): (String, i64, i64, Option<Vec<String>>) = sqlx::query_as(
+        "SELECT outcome, total, held, keys FROM guard_place_holds($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+    )
+    .bind(day.0)
+    .bind(day.1)
+    .bind(now)
+    .bind(seen.0)
+    .bind(seen.1)
+    .bind(column(|h| h.hold_key.clone()))
+    .bind(column(|h| h.user_id.clone()))
+    .bind(holds.iter().map(|(h, _)| h.amount_cents).collect::<Vec<_>>())
+    .bind(holds.iter().map(|(_, a)| a.to_string()).collect::<Vec<_>>())
+    .bind(holds.iter().map(|(h, _)| h.created_at).collect::<Vec<_>>())
+    .bind(holds.iter().map(|(h, _)| h.expires_at).collect::<Vec<_>>())
+    .fetch_one(p)
+    .await?;
+    let keys = keys.unwrap_or_default();
     Ok(match outcome.as_str() {
-        "placed" => Placement::Placed,
-        "key_taken" => Placement::KeyTaken,
-        _ => Placement::Changed { total, held },
+        "placed" => Attempt::Placed { taken: keys },
+        "taken" => Attempt::Taken(keys),
+        _ => Attempt::Changed { total, held },
     })
 }
 
-/// Places `h` in one transaction that holds the day's lock: reads the day's counted total and held sum,
-/// `decide`s on them (the answer's JSON to store, or `None`: denied), and inserts. Never `Changed`.
+/// Places `holds` (all on the destination-day `day`) in one transaction that holds the day's lock: reads the
+/// day's counted total and held sum and, in order, `decide(i, total, held)`s each on them (the answer's JSON
+/// to store, or `None`: denied; `held` includes the holds placed before it), and inserts it. A key already
+/// stored is `KeyTaken`.
 pub async fn place_locked(
     store: &Store,
-    h: &Hold,
+    day: (&str, &str),
     now: DateTime<Utc>,
-    decide: impl FnOnce(i64, i64) -> anyhow::Result<Option<String>>,
-) -> anyhow::Result<Placement> {
+    holds: &[Hold],
+    mut decide: impl FnMut(usize, i64, i64) -> anyhow::Result<Option<String>>,
+) -> anyhow::Result<Vec<Placement>> {
     with_pool!(store, |p| async {
         let mut tx = p.begin().await?;
-        let (total, _) = crate::reconcile::counters::day_lock!(&mut *tx, &h.destination_id, &h.bank_day)?;
-        let held: i64 = sqlx::query_scalar(
+        let (total, _) = crate::reconcile::counters::day_lock!(&mut *tx, day.0, day.1)?;
+        let mut held: i64 = sqlx::query_scalar(
             "SELECT CAST(COALESCE(SUM(amount_cents), 0) AS BIGINT) FROM guard_hold
              WHERE destination_id = $1 AND bank_day = $2 AND ended_at IS NULL AND expires_at > $3",
         )
-        .bind(&h.destination_id)
-        .bind(&h.bank_day)
+        .bind(day.0)
+        .bind(day.1)
         .bind(now)
         .fetch_one(&mut *tx)
         .await?;
-        let Some(answer) = decide(total, held)? else {
-            tx.rollback().await?;
-            return Ok(Placement::Declined);
-        };
-        let n = sqlx::query(
-            "INSERT INTO guard_hold (hold_key, user_id, destination_id, bank_day, amount_cents, answer, created_at,
-                 expires_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (hold_key) DO NOTHING",
-        )
-        .bind(&h.hold_key)
-        .bind(&h.user_id)
-        .bind(&h.destination_id)
-        .bind(&h.bank_day)
-        .bind(h.amount_cents)
-        .bind(answer)
-        .bind(h.created_at)
-        .bind(h.expires_at)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if n == 0 {
-            tx.rollback().await?;
-            return Ok(Placement::KeyTaken);
+        let mut out = Vec::with_capacity(holds.len());
+        for (i, h) in holds.iter().enumerate() {
+            let Some(answer) = decide(i, total, held)? else {
+                out.push(Placement::Declined);
+                continue;
+            };
+            let n = sqlx::query(
+                "INSERT INTO guard_hold (hold_key, user_id, destination_id, bank_day, amount_cents, answer, created_at,
+                     expires_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (hold_key) DO NOTHING",
+            )
+            .bind(&h.hold_key)
+            .bind(&h.user_id)
+            .bind(day.0)
+            .bind(day.1)
+            .bind(h.amount_cents)
+            .bind(answer)
+            .bind(h.created_at)
+            .bind(h.expires_at)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if n == 0 {
+                out.push(Placement::KeyTaken);
+            } else {
+                held += h.amount_cents;
+                out.push(Placement::Placed);
+            }
         }
-        tx.commit().await?;
-        Ok(Placement::Placed)
+        if out.contains(&Placement::Placed) {
+            tx.commit().await?;
+        } else {
+            tx.rollback().await?;
+        }
+        Ok(out)
     }
     .await)
 }

@@ -179,6 +179,15 @@ impl Store {
         matches!(self, Store::Postgres(_))
     }
 
+    /// Which pool this is: the same for every clone of one store, different for two stores open at once (the
+    /// address of the pool's shared connect options, which a pool keeps for its life).
+    pub fn identity(&self) -> usize {
+        match self {
+            Store::Sqlite(p) => std::sync::Arc::as_ptr(&p.connect_options()) as usize,
+            Store::Postgres(p) => std::sync::Arc::as_ptr(&p.connect_options()) as usize,
+        }
+    }
+
     pub async fn close(&self) {
         with_pool!(self, |p| p.close().await)
     }

@@ -12,7 +12,7 @@ use astra_worker::{
     reconcile::{
         counters, guard,
         guard::{GuardRequest, HoldRequest},
-        holds::{self, Placement},
+        holds::{self, Attempt, Placement},
         mirror,
         registry::{self, DestinationKind, DestinationLine, ImportLine},
     },
@@ -155,10 +155,62 @@ both_backends!(
     super::twenty_concurrent_holds_of_100_dollars_against_1000_allow_exactly_ten
 );
 
-/// A hold is decided on the figures found under the day's lock: the locked path hands its decision the day's
-/// counted total and held sum as they are (a hold placed a moment ago included), and a key already held is
-/// reported as such. PostgreSQL's one-round-trip path stores a hold only on the figures it was decided on, and
-/// otherwise hands back the figures found (another hold, a counted transfer).
+/// Holds contending for one destination in one process are placed together (one placement for all that
+/// wait), each decided in turn on the figures left by the ones before it: 40 concurrent calls of $100 against
+/// $1,000, ten of them a second call under a key already asked, hold exactly ten, each allowed answer saw
+/// the held sum of the ones before it, and a key asked twice gets one answer and one hold.
+async fn holds_contending_in_one_process_are_placed_together_and_never_pass_the_limit(b: Backend) {
+    let (_db, store) = one_user(b, 100_000).await;
+    let now = Utc::now();
+    let keys: Vec<String> = (0..30).chain(0..10).map(|i| format!("p-{i:02}")).collect();
+    let tasks: Vec<_> = keys
+        .iter()
+        .map(|key| {
+            let (store, key) = (store.clone(), key.clone());
+            tokio::spawn(async move {
+                let a = guard::check_and_hold(&store, &GuardSettings::default(), &ask(10_000), &hold(&key), now)
+                    .await
+                    .unwrap();
+                (key, a)
+            })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for t in tasks {
+        answers.push(t.await.unwrap());
+    }
+    let stored: std::collections::BTreeSet<String> =
+        holds::list(&store, true, now, 100).await.unwrap().into_iter().map(|h| h.hold_key).collect();
+    let allowed: std::collections::BTreeSet<String> =
+        answers.iter().filter(|(_, a)| a.allowed).map(|(k, _)| k.clone()).collect();
+    assert_eq!(stored.len(), 10, "exactly ten holds of $100 fit $1,000");
+    assert_eq!(allowed, stored, "every allowed answer stands for a stored hold, and every stored hold was allowed");
+    let mut held_before: Vec<i64> = Vec::new();
+    for key in &stored {
+        let first = answers.iter().find(|(k, _)| k == key).unwrap();
+        held_before.push(first.1.held_cents.unwrap());
+        for (_, again) in answers.iter().filter(|(k, _)| k == key) {
+            assert_eq!(again.hold.as_ref().map(|h| h.key.as_str()), Some(key.as_str()), "one answer per key");
+            assert_eq!(again.held_cents, first.1.held_cents);
+        }
+    }
+    held_before.sort();
+    assert_eq!(held_before, (0..10).map(|i| i * 10_000).collect::<Vec<_>>(), "each decided after the ones before");
+    for (key, a) in answers.iter().filter(|(_, a)| !a.allowed) {
+        assert_eq!(a.reason.map(|r| r.as_str()), Some("daily_limit"), "{key}");
+        assert!(!stored.contains(key));
+    }
+}
+both_backends!(
+    holds_contending_in_one_process_are_placed_together_and_never_pass_the_limit,
+    super::holds_contending_in_one_process_are_placed_together_and_never_pass_the_limit
+);
+
+/// A hold is decided on the figures found under the day's lock: the locked path hands each decision the day's
+/// counted total and held sum as they are (a hold placed a moment ago, or earlier in the same placement,
+/// included), and a key already held is reported as such. PostgreSQL's one-round-trip path stores holds only
+/// on the figures they were decided on and when no key is stored yet, and otherwise hands back the figures
+/// found (another hold, a counted transfer) or the keys taken.
 async fn a_hold_is_decided_on_the_figures_found_under_the_lock(b: Backend) {
     let (_db, store) = one_user(b, 250_000).await;
     let now = midday();
@@ -177,33 +229,45 @@ async fn a_hold_is_decided_on_the_figures_found_under_the_lock(b: Backend) {
         transfer_id: None,
     };
     let mut seen = Vec::new();
-    let mut locked = async |key: &str, store_it: bool| {
-        holds::place_locked(&store, &mk(key), now, |total, held| {
+    let mut locked = async |keys: &[&str], store_it: &[bool]| {
+        let rows: Vec<_> = keys.iter().map(|k| mk(k)).collect();
+        holds::place_locked(&store, ("dst", &day), now, &rows, |i, total, held| {
             seen.push((total, held));
-            Ok(store_it.then(|| "{}".to_string()))
+            Ok(store_it[i].then(|| "{}".to_string()))
         })
         .await
         .unwrap()
     };
-    assert_eq!(locked("k1", true).await, Placement::Placed);
-    assert_eq!(locked("k2", false).await, Placement::Declined);
-    assert_eq!(locked("k1", true).await, Placement::KeyTaken);
-    assert_eq!(seen, vec![(0, 0), (0, 100), (0, 100)], "each decision saw the holds stored before it");
+    assert_eq!(locked(&["k1"], &[true]).await, [Placement::Placed]);
+    assert_eq!(
+        locked(&["k2", "k1", "k4"], &[false, true, true]).await,
+        [Placement::Declined, Placement::KeyTaken, Placement::Placed]
+    );
+    assert_eq!(locked(&["k5", "k6"], &[true, true]).await, [Placement::Placed, Placement::Placed]);
+    assert_eq!(
+        seen,
+        vec![(0, 0), (0, 100), (0, 100), (0, 100), (0, 200), (0, 300)],
+        "each decision saw the holds stored before it, in the same transaction too"
+    );
 
     if let Store::Postgres(_) = &store {
-        let fast = |key: &'static str, seen: (i64, i64)| {
-            let (store, h) = (store.clone(), mk(key));
-            async move { holds::place_if_unchanged(&store, &h, "{}", seen, now).await.unwrap() }
+        let fast = |keys: &'static [&'static str], seen: (i64, i64)| {
+            let (store, rows, day) = (store.clone(), keys.iter().map(|k| mk(k)).collect::<Vec<_>>(), day.clone());
+            async move {
+                let refs: Vec<_> = rows.iter().map(|h| (h, "{}")).collect();
+                holds::place_if_unchanged(&store, ("dst", &day), now, seen, &refs).await.unwrap()
+            }
         };
-        assert_eq!(fast("k3", (0, 0)).await, Placement::Changed { total: 0, held: 100 }, "k1's amount is held");
+        assert_eq!(fast(&["k3"], (0, 0)).await, Attempt::Changed { total: 0, held: 400 }, "four holds are held");
         with_pool!(&store, |p| sqlx::query("UPDATE inbound_day SET total_cents = 5000 WHERE destination_id = 'dst'")
             .execute(p)
             .await
             .map(|_| ())
             .unwrap());
-        assert_eq!(fast("k3", (0, 100)).await, Placement::Changed { total: 5000, held: 100 }, "a transfer counted");
-        assert_eq!(fast("k3", (5000, 100)).await, Placement::Placed);
-        assert_eq!(fast("k1", (5000, 200)).await, Placement::KeyTaken);
+        assert_eq!(fast(&["k3"], (0, 400)).await, Attempt::Changed { total: 5000, held: 400 }, "a transfer counted");
+        assert_eq!(fast(&["k3", "k7", "k1"], (5000, 400)).await, Attempt::Taken(vec!["k1".into()]));
+        assert_eq!(fast(&["k3", "k7"], (5000, 400)).await, Attempt::Placed { taken: vec![] });
+        assert_eq!(fast(&["k8"], (5000, 400)).await, Attempt::Changed { total: 5000, held: 600 });
     }
     let held: i64 = with_pool!(&store, |p| sqlx::query_scalar(
         "SELECT CAST(SUM(amount_cents) AS BIGINT) FROM guard_hold WHERE destination_id = 'dst'"
@@ -211,7 +275,7 @@ async fn a_hold_is_decided_on_the_figures_found_under_the_lock(b: Backend) {
     .fetch_one(p)
     .await
     .unwrap());
-    assert_eq!(held, if store.is_postgres() { 200 } else { 100 }, "each key once");
+    assert_eq!(held, if store.is_postgres() { 600 } else { 400 }, "each key once");
 }
 both_backends!(
     a_hold_is_decided_on_the_figures_found_under_the_lock,

@@ -3,13 +3,15 @@
 //! open against it, whether the day is uncertain, and when the user's transfers were last read. With a hold
 //! key, an allowed amount is reserved against the destination's bank day only if, under that day's lock, the
 //! day's figures are still the ones it was decided on (else it is decided again on the figures found), so
-//! concurrent guards never together pass the limit. A limit is reached exactly
-//! when allowed: a request that brings the day's total to the limit passes; one cent more does not.
+//! concurrent guards never together pass the limit; holds contending for one day in one process are placed
+//! together ([`lane`]). A limit is reached exactly when allowed: a request that brings the day's total to the
+//! limit passes; one cent more does not.
 
 use chrono::{DateTime, TimeDelta, Utc};
 use tracing::instrument;
 
 mod answer;
+mod lane;
 mod read;
 
 pub use answer::{DenyReason, GuardAnswer, PlacedHold};
@@ -154,9 +156,9 @@ async fn replay(store: &Store, req: &GuardRequest<'_>, key: &str) -> anyhow::Res
     Ok(Some(serde_json::from_str(&answer)?))
 }
 
-/// Places the hold. On PostgreSQL first in one round trip, if under the day's lock the day's figures are the
-/// ones the answer was decided on; when they moved (another hold or a counted transfer meanwhile: the day is
-/// contended), and always on SQLite, in a transaction that holds the day's lock while it decides again.
+/// Places the hold, in its destination-day's lane (see [`lane`]): decided again, under the day's lock, on the
+/// day's figures as they are then (another hold or a counted transfer since the read), so concurrent guards
+/// never together pass the limit.
 async fn place(
     store: &Store,
     settings: &GuardSettings,
@@ -181,36 +183,27 @@ async fn place(
         transfer_id: None,
     };
     let placed = PlacedHold { key: hold.key.to_string(), amount_cents: req.amount.0, expires_at };
-    let decide = |total: i64, held: i64| {
-        let day = DestinationDay { total, held, ..target.clone() };
-        let mut a = weigh(answer.clone(), settings, &day, req.amount, now);
+    let (settings, target_day, amount) = (settings.clone(), target.clone(), req.amount);
+    let decide = move |total: i64, held: i64| {
+        let day = DestinationDay { total, held, ..target_day.clone() };
+        let mut a = weigh(answer.clone(), &settings, &day, amount, now);
         if a.allowed {
             a.hold = Some(placed.clone());
         }
         a
     };
-    let mut a = decide(target.total, target.held);
-    let mut placement = Placement::Declined;
-    if a.allowed {
-        let json = serde_json::to_string(&a)?;
-        placement = holds::place_if_unchanged(store, &row, &json, (target.total, target.held), now).await?;
-        if matches!(placement, Placement::Changed { .. }) {
-            let mut decided = None;
-            placement = holds::place_locked(store, &row, now, |total, held| {
-                let a = decide(total, held);
-                let json = if a.allowed { Some(serde_json::to_string(&a)?) } else { None };
-                decided = Some(a);
-                Ok(json)
-            })
-            .await?;
-            a = decided.ok_or_else(|| anyhow::anyhow!("the hold was not decided"))?;
-        }
+    let a = decide(target.total, target.held);
+    if !a.allowed {
+        return Ok(replay(store, req, hold.key).await?.unwrap_or(a));
     }
-    match placement {
-        Placement::Placed => Ok(a),
+    let ask = lane::Ask { hold: row, seen: (target.total, target.held), decide: std::sync::Arc::new(decide) };
+    match lane::place(store, ask).await? {
+        (Placement::Placed, a) => Ok(a),
         // Denied on the figures found: the hold counted may be this key's own, placed a moment ago.
-        Placement::Declined | Placement::Changed { .. } => Ok(replay(store, req, hold.key).await?.unwrap_or(a)),
-        Placement::KeyTaken => replay(store, req, hold.key).await?.ok_or_else(|| anyhow::anyhow!("the hold vanished")),
+        (Placement::Declined, a) => Ok(replay(store, req, hold.key).await?.unwrap_or(a)),
+        (Placement::KeyTaken, _) => {
+            replay(store, req, hold.key).await?.ok_or_else(|| anyhow::anyhow!("the hold vanished"))
+        }
     }
 }
 

@@ -1,0 +1,205 @@
+//! Holds on one destination's bank day, placed together. A hold asked for while this process is placing
+//! another on the same destination-day waits in that day's lane; the lane then places every hold waiting in
+//! it in one round trip and one commit under the day's lock, deciding them in the order they came. So callers
+//! contending for one destination wait for one commit, not for one each. Other processes meet this one at the
+//! day's lock, as any writer of the day does.
+
+use std::{
+    collections::{HashMap, HashSet, hash_map::Entry},
+    sync::{Arc, LazyLock, Mutex, MutexGuard, PoisonError},
+};
+
+use tokio::sync::oneshot;
+
+use super::GuardAnswer;
+use crate::{
+    reconcile::holds::{self, Attempt, Hold, Placement},
+    store::Store,
+};
+
+/// The most holds one placement carries.
+const MAX_TOGETHER: usize = 64;
+/// Round trips of the fast path before the lane takes the day's lock for a whole transaction (PostgreSQL:
+/// figures that move every time mean another process is placing holds on the same day).
+const FAST_TRIES: usize = 3;
+
+/// One hold to place: its row, the figures (counted total, held sum) its answer was decided on, and how to
+/// decide it on other figures.
+#[derive(Clone)]
+pub(super) struct Ask {
+    pub(super) hold: Hold,
+    pub(super) seen: (i64, i64),
+    pub(super) decide: Arc<dyn Fn(i64, i64) -> GuardAnswer + Send + Sync>,
+}
+
+struct Waiting {
+    ask: Ask,
+    /// Dropped unanswered when the placement it was part of failed or stopped: the caller then places its hold
+    /// alone and hears its own error.
+    reply: oneshot::Sender<(Placement, GuardAnswer)>,
+}
+
+/// A lane: the store (its identity, see [`Store::identity`]: the lane's placer holds the store, so the
+/// identity cannot be reused while the lane lives), the destination and the bank day.
+type LaneKey = (usize, String, String);
+
+static LANES: LazyLock<Mutex<HashMap<LaneKey, Vec<Waiting>>>> = LazyLock::new(Default::default);
+
+fn lanes() -> MutexGuard<'static, HashMap<LaneKey, Vec<Waiting>>> {
+    LANES.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Places `ask`'s hold, with the others waiting on its destination-day. The caller that opens the lane places
+/// what waits in it then (its own hold, at least); what arrives meanwhile is placed by a task of the lane's
+/// own, so that no caller's answer waits for more than the placement before its own.
+pub(super) async fn place(store: &Store, ask: Ask) -> anyhow::Result<(Placement, GuardAnswer)> {
+    let key = (store.identity(), ask.hold.destination_id.clone(), ask.hold.bank_day.clone());
+    let mine = ask.clone();
+    let (reply, answer) = oneshot::channel();
+    let opened = match lanes().entry(key.clone()) {
+        Entry::Occupied(mut e) => {
+            e.get_mut().push(Waiting { ask, reply });
+            false
+        }
+        Entry::Vacant(e) => {
+            e.insert(vec![Waiting { ask, reply }]);
+            true
+        }
+    };
+    if opened && let Left::Waiting(figures) = drain(store, &key, None, Some(1)).await {
+        let store = store.clone();
+        tokio::spawn(async move { drain(&store, &key, figures, None).await });
+    }
+    match answer.await {
+        Ok(done) => Ok(done),
+        Err(_) => {
+            let (mut placed, _) = place_together(store, std::slice::from_ref(&mine), None).await?;
+            placed.pop().ok_or_else(|| anyhow::anyhow!("the hold was not decided"))
+        }
+    }
+}
+
+/// Removes the lane when its placer stops early (a caller gone away, a panic, a runtime shutting down): its
+/// waiters, unanswered, each place their hold alone, and the next hold opens a new lane.
+struct Close<'a>(Option<&'a LaneKey>);
+
+impl Drop for Close<'_> {
+    fn drop(&mut self) {
+        if let Some(key) = self.0.take() {
+            lanes().remove(key);
+        }
+    }
+}
+
+/// What a placer leaves: an empty lane (removed), or holds still waiting and the day's figures, if known.
+enum Left {
+    Empty,
+    Waiting(Option<(i64, i64)>),
+}
+
+/// Places what waits in the lane, a placement at a time, until nothing does (and removes the lane) or after
+/// `rounds` placements.
+async fn drain(store: &Store, key: &LaneKey, mut figures: Option<(i64, i64)>, rounds: Option<usize>) -> Left {
+    let mut close = Close(Some(key));
+    let mut round = 0;
+    loop {
+        let batch: Vec<Waiting> = {
+            let mut lanes = lanes();
+            let Some(waiting) = lanes.get_mut(key).filter(|w| !w.is_empty()) else {
+                lanes.remove(key);
+                close.0 = None;
+                return Left::Empty;
+            };
+            if rounds == Some(round) {
+                close.0 = None;
+                return Left::Waiting(figures);
+            }
+            let n = waiting.len().min(MAX_TOGETHER);
+            waiting.drain(..n).collect()
+        };
+        round += 1;
+        let (asks, replies): (Vec<Ask>, Vec<_>) = batch.into_iter().map(|w| (w.ask, w.reply)).unzip();
+        match place_together(store, &asks, figures).await {
+            Ok((placed, after)) => {
+                figures = after;
+                for (reply, done) in replies.into_iter().zip(placed) {
+                    let _ = reply.send(done);
+                }
+            }
+            Err(e) => {
+                tracing::debug!(error = %format!("{e:#}"), holds = asks.len(), "placing holds together failed; each is placed alone");
+                figures = None;
+            }
+        }
+    }
+}
+
+/// Places `asks` (all on one destination-day), deciding each in order on the day's figures: first in one
+/// round trip on the figures last known (`figures`, else the first ask's), again on the figures found when
+/// they moved, and at last in a transaction holding the day's lock. A key asked again after it was placed
+/// hears `KeyTaken` (the guard then gives the answer stored with it). Gives each ask's placement and answer, and the day's figures after, when known.
+async fn place_together(
+    store: &Store,
+    asks: &[Ask],
+    figures: Option<(i64, i64)>,
+) -> anyhow::Result<(Vec<(Placement, GuardAnswer)>, Option<(i64, i64)>)> {
+    let Some(first) = asks.first() else { return Ok((Vec::new(), figures)) };
+    let day = (first.hold.destination_id.as_str(), first.hold.bank_day.as_str());
+    let now = asks.iter().map(|a| a.hold.created_at).max().unwrap_or(first.hold.created_at);
+    let mut seen = figures.unwrap_or(first.seen);
+    let mut taken: HashSet<&str> = HashSet::new();
+    for _ in 0..FAST_TRIES {
+        let (mut out, mut rows, mut held) = (Vec::with_capacity(asks.len()), Vec::new(), seen.1);
+        let mut placing: HashSet<&str> = HashSet::new();
+        for a in asks {
+            let answer = (a.decide)(seen.0, held);
+            let key = a.hold.hold_key.as_str();
+            let placement = if placing.contains(key) || taken.contains(key) {
+                Placement::KeyTaken
+            } else if answer.allowed {
+                placing.insert(key);
+                held += a.hold.amount_cents;
+                rows.push((&a.hold, serde_json::to_string(&answer)?));
+                Placement::Placed
+            } else {
+                Placement::Declined
+            };
+            out.push((placement, answer));
+        }
+        if rows.is_empty() {
+            return Ok((out, Some(seen)));
+        }
+        let refs: Vec<(&Hold, &str)> = rows.iter().map(|(h, a)| (*h, a.as_str())).collect();
+        match holds::place_if_unchanged(store, day, now, seen, &refs).await? {
+            Attempt::Placed { taken } if taken.is_empty() => return Ok((out, Some((seen.0, held)))),
+            Attempt::Placed { taken } => {
+                for (p, _) in out.iter_mut().zip(asks).filter(|(_, a)| taken.contains(&a.hold.hold_key)) {
+                    p.0 = Placement::KeyTaken;
+                }
+                return Ok((out, None));
+            }
+            Attempt::Changed { total, held } => seen = (total, held),
+            Attempt::Taken(keys) => {
+                let keys: HashSet<String> = keys.into_iter().collect();
+                taken.extend(asks.iter().map(|a| a.hold.hold_key.as_str()).filter(|k| keys.contains(*k)));
+            }
+            Attempt::Unsupported => break,
+        }
+    }
+    let rows: Vec<Hold> = asks.iter().map(|a| a.hold.clone()).collect();
+    let mut answers: Vec<Option<GuardAnswer>> = asks.iter().map(|_| None).collect();
+    let placed = holds::place_locked(store, day, now, &rows, |i, total, held| {
+        let answer = (asks[i].decide)(total, held);
+        let json = if answer.allowed { Some(serde_json::to_string(&answer)?) } else { None };
+        answers[i] = Some(answer);
+        Ok(json)
+    })
+    .await?;
+    let out = asks
+        .iter()
+        .zip(placed)
+        .zip(answers)
+        .map(|((a, p), answer)| (p, answer.unwrap_or_else(|| (a.decide)(seen.0, seen.1))))
+        .collect();
+    Ok((out, None))
+}
