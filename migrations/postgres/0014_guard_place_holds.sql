@@ -4,7 +4,8 @@
 -- total and open held sum are read again, and only when both are what the guard decided on are the holds
 -- inserted; otherwise the figures found are returned and the guard decides again. A key already stored is
 -- returned and nothing is inserted, so no decision counts a hold that is not there. The decisions stay in the
--- worker. guard_place_hold stays for a worker of the previous version still running during an upgrade.
+-- worker. guard_place_hold stays, so a worker of the previous version still running while this one migrates
+-- keeps placing holds (it must not restart on the old version: it would refuse the newer schema).
 CREATE FUNCTION guard_place_holds(
     p_destination TEXT, p_day TEXT, p_now TIMESTAMPTZ, p_seen_total BIGINT, p_seen_held BIGINT,
     p_keys TEXT[], p_users TEXT[], p_amounts BIGINT[], p_answers TEXT[], p_created TIMESTAMPTZ[],

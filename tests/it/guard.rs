@@ -206,6 +206,117 @@ both_backends!(
     super::holds_contending_in_one_process_are_placed_together_and_never_pass_the_limit
 );
 
+/// Callers that go away while their holds wait in the lane (an HTTP client gone, a task aborted) leave no lane
+/// behind to hang the next caller, nothing over the limit, and no hold without its answer.
+async fn callers_gone_from_a_lane_leave_it_whole(b: Backend) {
+    let (_db, store) = one_user(b, 100_000).await;
+    let now = Utc::now();
+    for round in 0..5 {
+        let tasks: Vec<_> = (0..12)
+            .map(|i| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    let key = format!("gone-{round}-{i:02}");
+                    guard::check_and_hold(&store, &GuardSettings::default(), &ask(1_000), &hold(&key), now).await
+                })
+            })
+            .collect();
+        for (i, t) in tasks.into_iter().enumerate() {
+            if i % 2 == 1 {
+                t.abort();
+            }
+            let _ = t.await;
+        }
+    }
+    let next = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        guard::check_and_hold(&store, &GuardSettings::default(), &ask(1_000), &hold("after"), now),
+    )
+    .await
+    .expect("a hold after callers went away is answered, not left waiting in a dead lane")
+    .unwrap();
+    assert!(next.allowed);
+    let open = holds::list(&store, true, now, 1_000).await.unwrap();
+    assert!(open.iter().map(|h| h.amount_cents).sum::<i64>() <= 100_000);
+    for h in &open {
+        let (_, answer) = holds::get(&store, &h.hold_key).await.unwrap().unwrap();
+        let answer: serde_json::Value = serde_json::from_str(&answer).unwrap();
+        assert_eq!(answer["allowed"], true, "{}: stored with the answer that allowed it", h.hold_key);
+    }
+}
+both_backends!(callers_gone_from_a_lane_leave_it_whole, super::callers_gone_from_a_lane_leave_it_whole);
+
+/// A placer cancelled while its placement waits for the day's lock (its caller went away) closes its lane:
+/// the holds waiting behind it are each placed alone once the lock is free, and answered.
+async fn a_lane_whose_placer_is_cancelled_hands_its_waiters_on(b: Backend) {
+    let (db, store) = one_user(b, 100_000).await;
+    let now = Utc::now();
+    let day = BankDay::of(NY.parse().unwrap(), now).key();
+    // Another connection holds the day's lock (the counter row, as every writer of the day takes it).
+    let (locked, is_locked) = tokio::sync::oneshot::channel();
+    let (release, released) = tokio::sync::oneshot::channel::<()>();
+    let (url, d) = (db.url.clone(), day.clone());
+    let blocker = tokio::spawn(async move {
+        let other = Store::open(&url).await.unwrap();
+        with_pool!(&other, |p| async {
+            let mut tx = p.begin().await.unwrap();
+            sqlx::query(
+                "INSERT INTO inbound_day (destination_id, bank_day, total_cents, transfers) VALUES ('dst', $1, 0, 0)
+                 ON CONFLICT (destination_id, bank_day) DO UPDATE SET total_cents = inbound_day.total_cents",
+            )
+            .bind(&d)
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+            locked.send(()).unwrap();
+            released.await.unwrap();
+            tx.rollback().await.unwrap();
+        }
+        .await);
+    });
+    is_locked.await.unwrap();
+    let call = |key: &'static str| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            guard::check_and_hold(&store, &GuardSettings::default(), &ask(10_000), &hold(key), now).await
+        })
+    };
+    let until = async |want: Option<usize>| {
+        for _ in 0..1_000 {
+            if guard::lane_waiting(&store, "dst", &day) == want {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!("the lane never reached {want:?}");
+    };
+    let placer = call("placer");
+    until(Some(0)).await; // its placement is under way, waiting for the lock
+    let waiters: Vec<_> = ["w1", "w2", "w3", "w4"].into_iter().map(call).collect();
+    until(Some(4)).await;
+    placer.abort();
+    assert!(placer.await.unwrap_err().is_cancelled());
+    assert_eq!(guard::lane_waiting(&store, "dst", &day), None, "the cancelled placer's lane is closed");
+    release.send(()).unwrap();
+    blocker.await.unwrap();
+    for w in waiters {
+        let a = tokio::time::timeout(std::time::Duration::from_secs(30), w)
+            .await
+            .expect("a hold that waited behind a cancelled placer is answered")
+            .unwrap()
+            .unwrap();
+        assert!(a.allowed && a.hold.is_some());
+    }
+    let open = holds::list(&store, true, now, 100).await.unwrap();
+    let mut keys: Vec<&str> = open.iter().map(|h| h.hold_key.as_str()).filter(|k| k.starts_with('w')).collect();
+    keys.sort();
+    assert_eq!(keys, ["w1", "w2", "w3", "w4"], "each waiter holds once");
+}
+both_backends!(
+    a_lane_whose_placer_is_cancelled_hands_its_waiters_on,
+    super::a_lane_whose_placer_is_cancelled_hands_its_waiters_on
+);
+
 /// A hold is decided on the figures found under the day's lock: the locked path hands each decision the day's
 /// counted total and held sum as they are (a hold placed a moment ago, or earlier in the same placement,
 /// included), and a key already held is reported as such. PostgreSQL's one-round-trip path stores holds only

@@ -49,6 +49,12 @@ fn lanes() -> MutexGuard<'static, HashMap<LaneKey, Vec<Waiting>>> {
     LANES.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// How many holds wait in the lane of `store`'s destination-day (`None`: no lane is open; `Some(0)`: a placement
+/// is under way and nothing waits behind it).
+pub fn waiting(store: &Store, destination_id: &str, bank_day: &str) -> Option<usize> {
+    lanes().get(&(store.identity(), destination_id.to_string(), bank_day.to_string())).map(Vec::len)
+}
+
 /// Places `ask`'s hold, with the others waiting on its destination-day. The caller that opens the lane places
 /// what waits in it then (its own hold, at least); what arrives meanwhile is placed by a task of the lane's
 /// own, so that no caller's answer waits for more than the placement before its own.
@@ -66,9 +72,9 @@ pub(super) async fn place(store: &Store, ask: Ask) -> anyhow::Result<(Placement,
             true
         }
     };
-    if opened && let Left::Waiting(figures) = drain(store, &key, None, Some(1)).await {
+    if opened && let Left::Waiting(close, figures) = drain(store, Close(Some(key)), None, Some(1)).await {
         let store = store.clone();
-        tokio::spawn(async move { drain(&store, &key, figures, None).await });
+        tokio::spawn(async move { drain(&store, close, figures, None).await });
     }
     match answer.await {
         Ok(done) => Ok(done),
@@ -79,40 +85,45 @@ pub(super) async fn place(store: &Store, ask: Ask) -> anyhow::Result<(Placement,
     }
 }
 
-/// Removes the lane when its placer stops early (a caller gone away, a panic, a runtime shutting down): its
-/// waiters, unanswered, each place their hold alone, and the next hold opens a new lane.
-struct Close<'a>(Option<&'a LaneKey>);
+/// The lane a placer owns. Dropped while it still holds the key (its placer stopped early: a caller gone
+/// away, a panic, a task dropped unrun as the runtime shuts down), it removes the lane: the waiters,
+/// unanswered, each place their hold alone, and the next hold opens a new lane.
+struct Close(Option<LaneKey>);
 
-impl Drop for Close<'_> {
+impl Drop for Close {
     fn drop(&mut self) {
         if let Some(key) = self.0.take() {
-            lanes().remove(key);
+            lanes().remove(&key);
         }
     }
 }
 
-/// What a placer leaves: an empty lane (removed), or holds still waiting and the day's figures, if known.
+/// What a placer leaves: an empty lane (removed), or holds still waiting, the lane, and the day's figures if
+/// known.
 enum Left {
     Empty,
-    Waiting(Option<(i64, i64)>),
+    Waiting(Close, Option<(i64, i64)>),
 }
 
 /// Places what waits in the lane, a placement at a time, until nothing does (and removes the lane) or after
-/// `rounds` placements.
-async fn drain(store: &Store, key: &LaneKey, mut figures: Option<(i64, i64)>, rounds: Option<usize>) -> Left {
-    let mut close = Close(Some(key));
+/// `rounds` placements. A waiter whose caller went away is dropped unplaced.
+async fn drain(store: &Store, mut close: Close, mut figures: Option<(i64, i64)>, rounds: Option<usize>) -> Left {
+    let Some(key) = close.0.clone() else { return Left::Empty };
     let mut round = 0;
     loop {
         let batch: Vec<Waiting> = {
             let mut lanes = lanes();
-            let Some(waiting) = lanes.get_mut(key).filter(|w| !w.is_empty()) else {
-                lanes.remove(key);
+            if let Some(waiting) = lanes.get_mut(&key) {
+                waiting.retain(|w| !w.reply.is_closed());
+            }
+            let Some(waiting) = lanes.get_mut(&key).filter(|w| !w.is_empty()) else {
+                lanes.remove(&key);
                 close.0 = None;
                 return Left::Empty;
             };
             if rounds == Some(round) {
-                close.0 = None;
-                return Left::Waiting(figures);
+                drop(lanes);
+                return Left::Waiting(close, figures);
             }
             let n = waiting.len().min(MAX_TOGETHER);
             waiting.drain(..n).collect()
@@ -127,7 +138,7 @@ async fn drain(store: &Store, key: &LaneKey, mut figures: Option<(i64, i64)>, ro
                 }
             }
             Err(e) => {
-                tracing::debug!(error = %format!("{e:#}"), holds = asks.len(), "placing holds together failed; each is placed alone");
+                tracing::warn!(error = %format!("{e:#}"), holds = asks.len(), "placing holds together failed; each is placed alone");
                 figures = None;
             }
         }
@@ -137,7 +148,8 @@ async fn drain(store: &Store, key: &LaneKey, mut figures: Option<(i64, i64)>, ro
 /// Places `asks` (all on one destination-day), deciding each in order on the day's figures: first in one
 /// round trip on the figures last known (`figures`, else the first ask's), again on the figures found when
 /// they moved, and at last in a transaction holding the day's lock. A key asked again after it was placed
-/// hears `KeyTaken` (the guard then gives the answer stored with it). Gives each ask's placement and answer, and the day's figures after, when known.
+/// hears `KeyTaken` (the guard then gives the answer stored with it). Gives each ask's placement and answer,
+/// and the day's figures after, when known.
 async fn place_together(
     store: &Store,
     asks: &[Ask],
@@ -147,7 +159,7 @@ async fn place_together(
     let day = (first.hold.destination_id.as_str(), first.hold.bank_day.as_str());
     let now = asks.iter().map(|a| a.hold.created_at).max().unwrap_or(first.hold.created_at);
     let mut seen = figures.unwrap_or(first.seen);
-    let mut taken: HashSet<&str> = HashSet::new();
+    let (mut taken, mut checked): (HashSet<&str>, bool) = (HashSet::new(), false);
     for _ in 0..FAST_TRIES {
         let (mut out, mut rows, mut held) = (Vec::with_capacity(asks.len()), Vec::new(), seen.1);
         let mut placing: HashSet<&str> = HashSet::new();
@@ -166,7 +178,9 @@ async fn place_together(
             };
             out.push((placement, answer));
         }
-        if rows.is_empty() {
+        // A denial stands on figures read under the day's lock in this placement: others are checked first
+        // (the figures carried from the last placement may have moved since: a hold released, a fix).
+        if rows.is_empty() && checked {
             return Ok((out, Some(seen)));
         }
         let refs: Vec<(&Hold, &str)> = rows.iter().map(|(h, a)| (*h, a.as_str())).collect();
@@ -178,8 +192,12 @@ async fn place_together(
                 }
                 return Ok((out, None));
             }
-            Attempt::Changed { total, held } => seen = (total, held),
+            Attempt::Changed { total, held } => {
+                seen = (total, held);
+                checked = true;
+            }
             Attempt::Taken(keys) => {
+                checked = true;
                 let keys: HashSet<String> = keys.into_iter().collect();
                 taken.extend(asks.iter().map(|a| a.hold.hold_key.as_str()).filter(|k| keys.contains(*k)));
             }
@@ -195,11 +213,10 @@ async fn place_together(
         Ok(json)
     })
     .await?;
-    let out = asks
-        .iter()
-        .zip(placed)
+    let out = placed
+        .into_iter()
         .zip(answers)
-        .map(|((a, p), answer)| (p, answer.unwrap_or_else(|| (a.decide)(seen.0, seen.1))))
-        .collect();
+        .map(|(p, a)| a.map(|a| (p, a)).ok_or_else(|| anyhow::anyhow!("a hold was not decided")))
+        .collect::<anyhow::Result<_>>()?;
     Ok((out, None))
 }

@@ -15,6 +15,7 @@ mod lane;
 mod read;
 
 pub use answer::{DenyReason, GuardAnswer, PlacedHold};
+pub use lane::waiting as lane_waiting;
 use read::{DestinationDay, Read, read};
 
 use super::{
