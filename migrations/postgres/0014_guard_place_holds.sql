@@ -1,7 +1,39 @@
+-- A day's held sum, kept on its counter row: every guard and every placement read it, and summing a contended
+-- day's open holds each time cost a read of every one of them. `held_cents` is the sum of the day's holds not
+-- ended, kept by a trigger on guard_hold (so every writer of holds keeps it, a worker of the previous version
+-- too); what is held at a moment is `held_cents` less the holds that expired and are not ended yet, which the
+-- index below finds without reading the open ones.
+ALTER TABLE inbound_day ADD COLUMN held_cents BIGINT NOT NULL DEFAULT 0;
+INSERT INTO inbound_day (destination_id, bank_day, total_cents, transfers, held_cents)
+    SELECT destination_id, bank_day, 0, 0, SUM(amount_cents) FROM guard_hold WHERE ended_at IS NULL
+    GROUP BY destination_id, bank_day
+    ON CONFLICT (destination_id, bank_day) DO UPDATE SET held_cents = excluded.held_cents;
+
+CREATE FUNCTION guard_hold_held() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP IN ('UPDATE', 'DELETE') AND OLD.ended_at IS NULL THEN
+        UPDATE inbound_day SET held_cents = held_cents - OLD.amount_cents
+            WHERE destination_id = OLD.destination_id AND bank_day = OLD.bank_day;
+    END IF;
+    IF TG_OP IN ('INSERT', 'UPDATE') AND NEW.ended_at IS NULL THEN
+        INSERT INTO inbound_day (destination_id, bank_day, total_cents, transfers, held_cents)
+            VALUES (NEW.destination_id, NEW.bank_day, 0, 0, NEW.amount_cents)
+            ON CONFLICT (destination_id, bank_day) DO UPDATE SET held_cents = inbound_day.held_cents + excluded.held_cents;
+    END IF;
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER guard_hold_held AFTER INSERT OR DELETE OR UPDATE OF ended_at, amount_cents, destination_id, bank_day
+    ON guard_hold FOR EACH ROW EXECUTE FUNCTION guard_hold_held();
+
+DROP INDEX guard_hold_open;
+CREATE INDEX guard_hold_open ON guard_hold (destination_id, bank_day, expires_at) INCLUDE (amount_cents)
+    WHERE ended_at IS NULL;
+
 -- Holds placed together: the holds on one destination-day that queued in one process while another was being
 -- placed (src/reconcile/guard/lane.rs) go in one round trip and one commit. As with guard_place_hold (0011),
 -- under the destination-day's lock (the counter row, as every writer of the day takes it) the day's counted
--- total and open held sum are read again, and only when both are what the guard decided on are the holds
+-- total and held sum are read again, and only when both are what the guard decided on are the holds
 -- inserted; otherwise the figures found are returned and the guard decides again. A key already stored is
 -- returned and nothing is inserted, so no decision counts a hold that is not there. The decisions stay in the
 -- worker. guard_place_hold stays, so a worker of the previous version still running while this one migrates
@@ -19,10 +51,10 @@ DECLARE
 BEGIN
     INSERT INTO inbound_day (destination_id, bank_day, total_cents, transfers) VALUES (p_destination, p_day, 0, 0)
         ON CONFLICT (destination_id, bank_day) DO UPDATE SET total_cents = inbound_day.total_cents
-        RETURNING inbound_day.total_cents INTO t;
-    SELECT CAST(COALESCE(SUM(g.amount_cents), 0) AS BIGINT) INTO h FROM guard_hold g
+        RETURNING inbound_day.total_cents, inbound_day.held_cents INTO t, h;
+    SELECT h - CAST(COALESCE(SUM(g.amount_cents), 0) AS BIGINT) INTO h FROM guard_hold g
         WHERE g.destination_id = p_destination AND g.bank_day = p_day AND g.ended_at IS NULL
-          AND g.expires_at > p_now;
+          AND g.expires_at <= p_now;
     IF t <> p_seen_total OR h <> p_seen_held THEN
         RETURN QUERY SELECT 'changed'::TEXT, t, h, NULL::TEXT[];
         RETURN;

@@ -195,6 +195,20 @@ pub async fn users_to_sync(store: &Store, now: DateTime<Utc>) -> sqlx::Result<Ve
     })
 }
 
+/// SQL for the amount held on a destination-day at a moment, on both stores: the sum of the day's holds not
+/// ended, kept on its counter row (`inbound_day.held_cents`, by triggers on `guard_hold`: migration 0014),
+/// less the holds that expired and are not ended yet (found through the index by day and expiry, without
+/// reading the open ones). `destination`, `day` and `now` are SQL expressions.
+pub fn held_sql(destination: &str, day: &str, now: &str) -> String {
+    format!(
+        "(COALESCE((SELECT i.held_cents FROM inbound_day i
+                    WHERE i.destination_id = {destination} AND i.bank_day = {day}), 0)
+          - (SELECT CAST(COALESCE(SUM(h.amount_cents), 0) AS BIGINT) FROM guard_hold h
+             WHERE h.destination_id = {destination} AND h.bank_day = {day} AND h.ended_at IS NULL
+               AND h.expires_at <= {now}))"
+    )
+}
+
 /// What became of one hold of a placement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Placement {
@@ -273,15 +287,12 @@ pub async fn place_locked(
     with_pool!(store, |p| async {
         let mut tx = p.begin().await?;
         let (total, _) = crate::reconcile::counters::day_lock!(&mut *tx, day.0, day.1)?;
-        let mut held: i64 = sqlx::query_scalar(
-            "SELECT CAST(COALESCE(SUM(amount_cents), 0) AS BIGINT) FROM guard_hold
-             WHERE destination_id = $1 AND bank_day = $2 AND ended_at IS NULL AND expires_at > $3",
-        )
-        .bind(day.0)
-        .bind(day.1)
-        .bind(now)
-        .fetch_one(&mut *tx)
-        .await?;
+        let mut held: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT {}", held_sql("$1", "$2", "$3"))))
+            .bind(day.0)
+            .bind(day.1)
+            .bind(now)
+            .fetch_one(&mut *tx)
+            .await?;
         let mut out = Vec::with_capacity(holds.len());
         for (i, h) in holds.iter().enumerate() {
             let Some(answer) = decide(i, total, held)? else {

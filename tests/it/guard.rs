@@ -425,6 +425,66 @@ both_backends!(
     super::a_hold_key_is_idempotent_and_a_hold_ends_when_released_or_expired
 );
 
+/// The held sum kept on a day's counter row (`inbound_day.held_cents`) is the sum of the day's holds not ended,
+/// however a hold starts or ends — placed, released, attached and counted, expired, deleted — and what the
+/// guard counts as held leaves out a hold past its expiry that nothing has ended yet.
+async fn the_held_sum_on_the_counter_row_follows_every_hold(b: Backend) {
+    let (_db, store) = one_user(b, 1_000_000).await;
+    let s = GuardSettings::default();
+    let now = Utc::now();
+    let day = BankDay::of(NY.parse().unwrap(), now).key();
+    let kept_and_summed = async || -> (i64, i64) {
+        with_pool!(&store, |p| {
+            let kept: i64 =
+                sqlx::query_scalar("SELECT held_cents FROM inbound_day WHERE destination_id = 'dst' AND bank_day = $1")
+                    .bind(&day)
+                    .fetch_one(p)
+                    .await
+                    .unwrap();
+            let summed: i64 = sqlx::query_scalar(
+                "SELECT CAST(COALESCE(SUM(amount_cents), 0) AS BIGINT) FROM guard_hold
+                 WHERE destination_id = 'dst' AND bank_day = $1 AND ended_at IS NULL",
+            )
+            .bind(&day)
+            .fetch_one(p)
+            .await
+            .unwrap();
+            (kept, summed)
+        })
+    };
+    let short = HoldRequest { key: "h-short", hold_for: TimeDelta::minutes(10) };
+    for (key, cents) in [("h-a", 10_000), ("h-b", 20_000), ("h-c", 30_000)] {
+        assert!(guard::check_and_hold(&store, &s, &ask(cents), &hold(key), now).await.unwrap().allowed);
+    }
+    assert!(guard::check_and_hold(&store, &s, &ask(40_000), &short, now).await.unwrap().allowed);
+    assert_eq!(kept_and_summed().await, (100_000, 100_000), "placed");
+
+    assert!(holds::release(&store, "h-b", now).await.unwrap());
+    assert_eq!(kept_and_summed().await, (80_000, 80_000), "released");
+
+    holds::attach(&store, "h-c", "rtn-c").await.unwrap();
+    mirror::upsert(&store, "u1", &transfer_json("t-h-c", 30_000.0, None, Some("rtn-c")), now).await.unwrap();
+    assert_eq!(kept_and_summed().await, (50_000, 50_000), "attached, then counted");
+
+    let later = now + TimeDelta::minutes(11);
+    let held = guard::check(&store, &s, &ask(1_000), later).await.unwrap().held_cents;
+    assert_eq!(held, Some(10_000), "the short hold is past its expiry: not held, though nothing ended it yet");
+    assert_eq!(holds::end_expired(&store, later).await.unwrap(), 1);
+    assert_eq!(kept_and_summed().await, (10_000, 10_000), "expired");
+    assert_eq!(guard::check(&store, &s, &ask(1_000), later).await.unwrap().held_cents, Some(10_000));
+
+    with_pool!(&store, |p| sqlx::query("DELETE FROM guard_hold WHERE hold_key = 'h-a'")
+        .execute(p)
+        .await
+        .map(|_| ())
+        .unwrap());
+    assert_eq!(kept_and_summed().await, (0, 0), "deleted");
+}
+both_backends!(
+    the_held_sum_on_the_counter_row_follows_every_hold,
+    super::the_held_sum_on_the_counter_row_follows_every_hold
+);
+
 fn transfer_json(
     id: &str,
     cents: f64,

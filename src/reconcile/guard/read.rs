@@ -7,7 +7,10 @@ use super::{DenyReason, GuardAnswer, GuardRequest};
 use crate::{
     astra::UserStatus,
     domain::BankDay,
-    reconcile::registry::{Destination, DestinationRow},
+    reconcile::{
+        holds,
+        registry::{Destination, DestinationRow},
+    },
     store::{Store, with_pool},
     tokens::GrantStatus,
 };
@@ -52,9 +55,7 @@ async fn facts(
                 d.push_enabled, d.pull_enabled, days.day AS bank_day,
                 (SELECT i.total_cents FROM inbound_day i
                   WHERE i.destination_id = d.destination_id AND i.bank_day = days.day) AS total_cents,
-                (SELECT CAST(COALESCE(SUM(h.amount_cents), 0) AS BIGINT) FROM guard_hold h
-                  WHERE h.destination_id = d.destination_id AND h.bank_day = days.day AND h.ended_at IS NULL
-                    AND h.expires_at > $6) AS held_cents,
+                {held} AS held_cents,
                 (SELECT MIN(u.detail) FROM uncertain_day u
                   WHERE u.destination_id = d.destination_id AND u.bank_day = days.day) AS uncertain
          FROM (SELECT CAST($1 AS TEXT) AS user_id) u0
@@ -63,7 +64,8 @@ async fn facts(
          LEFT JOIN transfer_sync s ON s.user_id = u0.user_id
          LEFT JOIN destination d ON {which}
          LEFT JOIN (SELECT CAST($3 AS TEXT) AS day UNION ALL SELECT CAST($4 AS TEXT) UNION ALL SELECT CAST($5 AS TEXT)) days
-           ON d.destination_id IS NOT NULL"
+           ON d.destination_id IS NOT NULL",
+        held = holds::held_sql("d.destination_id", "days.day", "$6")
     );
     with_pool!(store, |p| {
         sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()))
