@@ -247,7 +247,7 @@ async fn bench_guard(report: &mut Report, label: &str, url: &str) {
     report.row(
         "guard",
         format!("with a hold, 16 callers on one destination [{label}]"),
-        format!("{method}; 16 tasks × 300 holds (they serialize on the day's lock, by design)"),
+        format!("{method}; 16 tasks × 300 holds on one store (the holds waiting on the day are placed together, in its lane)"),
         format!("{}, {:.0} holds/s", median_of(sixteen), rates[RUNS / 2]),
     );
     store.close().await;
