@@ -1,30 +1,60 @@
--- A day's held sum, kept on its counter row: every guard and every placement read it, and summing a contended
--- day's open holds each time cost a read of every one of them. `held_cents` is the sum of the day's holds not
--- ended, kept by a trigger on guard_hold (so every writer of holds keeps it, a worker of the previous version
--- too); what is held at a moment is `held_cents` less the holds that expired and are not ended yet, which the
--- index below finds without reading the open ones.
-ALTER TABLE inbound_day ADD COLUMN held_cents BIGINT NOT NULL DEFAULT 0;
-INSERT INTO inbound_day (destination_id, bank_day, total_cents, transfers, held_cents)
-    SELECT destination_id, bank_day, 0, 0, SUM(amount_cents) FROM guard_hold WHERE ended_at IS NULL
-    GROUP BY destination_id, bank_day
-    ON CONFLICT (destination_id, bank_day) DO UPDATE SET held_cents = excluded.held_cents;
+-- A day's held sum, kept: every guard and every placement read it, and summing a contended day's open holds
+-- each time read every one of them. `guard_day_held.held_cents` is the sum of the day's holds not ended, kept
+-- by statement-level triggers on guard_hold (so every writer of holds keeps it, a worker of the previous
+-- version too). What is held at a moment is that sum less the holds that expired and are not ended yet, which
+-- the index below finds without reading the open ones. The sums are a table of their own, not a column of the
+-- counter row: a writer that ends a hold (a release, the mirror counting a transfer under another day's lock)
+-- must not take a day's counter lock after the hold's row, the reverse of what placements and the mirror do.
+-- The triggers run once a statement has changed its rows, and add their changes in (destination, day) order:
+-- a held row is always the last lock a statement takes.
+LOCK TABLE guard_hold IN SHARE ROW EXCLUSIVE MODE;
+CREATE TABLE guard_day_held (
+    destination_id TEXT NOT NULL,
+    bank_day       TEXT NOT NULL,
+    held_cents     BIGINT NOT NULL,
+    PRIMARY KEY (destination_id, bank_day)
+);
+INSERT INTO guard_day_held (destination_id, bank_day, held_cents)
+    SELECT destination_id, bank_day, SUM(amount_cents) FROM guard_hold WHERE ended_at IS NULL
+    GROUP BY destination_id, bank_day;
 
-CREATE FUNCTION guard_hold_held() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE FUNCTION guard_day_held_inserted() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    IF TG_OP IN ('UPDATE', 'DELETE') AND OLD.ended_at IS NULL THEN
-        UPDATE inbound_day SET held_cents = held_cents - OLD.amount_cents
-            WHERE destination_id = OLD.destination_id AND bank_day = OLD.bank_day;
-    END IF;
-    IF TG_OP IN ('INSERT', 'UPDATE') AND NEW.ended_at IS NULL THEN
-        INSERT INTO inbound_day (destination_id, bank_day, total_cents, transfers, held_cents)
-            VALUES (NEW.destination_id, NEW.bank_day, 0, 0, NEW.amount_cents)
-            ON CONFLICT (destination_id, bank_day) DO UPDATE SET held_cents = inbound_day.held_cents + excluded.held_cents;
-    END IF;
+    INSERT INTO guard_day_held (destination_id, bank_day, held_cents)
+        SELECT n.destination_id, n.bank_day, SUM(n.amount_cents) FROM new_rows n WHERE n.ended_at IS NULL
+        GROUP BY n.destination_id, n.bank_day ORDER BY n.destination_id, n.bank_day
+        ON CONFLICT (destination_id, bank_day) DO UPDATE SET held_cents = guard_day_held.held_cents + excluded.held_cents;
     RETURN NULL;
 END
 $$;
-CREATE TRIGGER guard_hold_held AFTER INSERT OR DELETE OR UPDATE OF ended_at, amount_cents, destination_id, bank_day
-    ON guard_hold FOR EACH ROW EXECUTE FUNCTION guard_hold_held();
+CREATE FUNCTION guard_day_held_updated() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO guard_day_held (destination_id, bank_day, held_cents)
+        SELECT c.destination_id, c.bank_day, SUM(c.delta) FROM (
+            SELECT n.destination_id, n.bank_day, n.amount_cents AS delta FROM new_rows n WHERE n.ended_at IS NULL
+            UNION ALL
+            SELECT o.destination_id, o.bank_day, -o.amount_cents FROM old_rows o WHERE o.ended_at IS NULL
+        ) c
+        GROUP BY c.destination_id, c.bank_day HAVING SUM(c.delta) <> 0 ORDER BY c.destination_id, c.bank_day
+        ON CONFLICT (destination_id, bank_day) DO UPDATE SET held_cents = guard_day_held.held_cents + excluded.held_cents;
+    RETURN NULL;
+END
+$$;
+CREATE FUNCTION guard_day_held_deleted() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO guard_day_held (destination_id, bank_day, held_cents)
+        SELECT o.destination_id, o.bank_day, -SUM(o.amount_cents) FROM old_rows o WHERE o.ended_at IS NULL
+        GROUP BY o.destination_id, o.bank_day ORDER BY o.destination_id, o.bank_day
+        ON CONFLICT (destination_id, bank_day) DO UPDATE SET held_cents = guard_day_held.held_cents + excluded.held_cents;
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER guard_day_held_inserted AFTER INSERT ON guard_hold REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION guard_day_held_inserted();
+CREATE TRIGGER guard_day_held_updated AFTER UPDATE ON guard_hold REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION guard_day_held_updated();
+CREATE TRIGGER guard_day_held_deleted AFTER DELETE ON guard_hold REFERENCING OLD TABLE AS old_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION guard_day_held_deleted();
 
 DROP INDEX guard_hold_open;
 CREATE INDEX guard_hold_open ON guard_hold (destination_id, bank_day, expires_at) INCLUDE (amount_cents)
@@ -51,8 +81,10 @@ DECLARE
 BEGIN
     INSERT INTO inbound_day (destination_id, bank_day, total_cents, transfers) VALUES (p_destination, p_day, 0, 0)
         ON CONFLICT (destination_id, bank_day) DO UPDATE SET total_cents = inbound_day.total_cents
-        RETURNING inbound_day.total_cents, inbound_day.held_cents INTO t, h;
-    SELECT h - CAST(COALESCE(SUM(g.amount_cents), 0) AS BIGINT) INTO h FROM guard_hold g
+        RETURNING inbound_day.total_cents INTO t;
+    SELECT COALESCE((SELECT d.held_cents FROM guard_day_held d
+                     WHERE d.destination_id = p_destination AND d.bank_day = p_day), 0)
+           - CAST(COALESCE(SUM(g.amount_cents), 0) AS BIGINT) INTO h FROM guard_hold g
         WHERE g.destination_id = p_destination AND g.bank_day = p_day AND g.ended_at IS NULL
           AND g.expires_at <= p_now;
     IF t <> p_seen_total OR h <> p_seen_held THEN

@@ -196,13 +196,13 @@ pub async fn users_to_sync(store: &Store, now: DateTime<Utc>) -> sqlx::Result<Ve
 }
 
 /// SQL for the amount held on a destination-day at a moment, on both stores: the sum of the day's holds not
-/// ended, kept on its counter row (`inbound_day.held_cents`, by triggers on `guard_hold`: migration 0014),
-/// less the holds that expired and are not ended yet (found through the index by day and expiry, without
-/// reading the open ones). `destination`, `day` and `now` are SQL expressions.
+/// ended, kept in `guard_day_held` (by triggers on `guard_hold`: migration 0014), less the holds that expired
+/// and are not ended yet (found through the index by day and expiry, without reading the open ones).
+/// `destination`, `day` and `now` are SQL expressions.
 pub fn held_sql(destination: &str, day: &str, now: &str) -> String {
     format!(
-        "(COALESCE((SELECT i.held_cents FROM inbound_day i
-                    WHERE i.destination_id = {destination} AND i.bank_day = {day}), 0)
+        "(COALESCE((SELECT k.held_cents FROM guard_day_held k
+                    WHERE k.destination_id = {destination} AND k.bank_day = {day}), 0)
           - (SELECT CAST(COALESCE(SUM(h.amount_cents), 0) AS BIGINT) FROM guard_hold h
              WHERE h.destination_id = {destination} AND h.bank_day = {day} AND h.ended_at IS NULL
                AND h.expires_at <= {now}))"
