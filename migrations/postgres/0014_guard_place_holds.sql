@@ -7,7 +7,9 @@
 -- must not take a day's counter lock after the hold's row, the reverse of what placements and the mirror do.
 -- The triggers run once a statement has changed its rows, and add their changes in (destination, day) order:
 -- a held row is always the last lock a statement takes.
-LOCK TABLE guard_hold IN SHARE ROW EXCLUSIVE MODE;
+-- The table is locked as DROP INDEX below would lock it, from the start: no writer runs between the backfill and
+-- the triggers, and no lock is raised halfway (a previous-version worker's reader could deadlock with that).
+LOCK TABLE guard_hold IN ACCESS EXCLUSIVE MODE;
 CREATE TABLE guard_day_held (
     destination_id TEXT NOT NULL,
     bank_day       TEXT NOT NULL,

@@ -276,7 +276,7 @@ pub async fn place_if_unchanged(
 /// Places `holds` (all on the destination-day `day`) in one transaction that holds the day's lock: reads the
 /// day's counted total and held sum and, in order, `decide(i, total, held)`s each on them (the answer's JSON
 /// to store, or `None`: denied; `held` includes the holds placed before it), and inserts it. A key already
-/// stored is `KeyTaken`.
+/// stored is `KeyTaken` and is not decided.
 pub async fn place_locked(
     store: &Store,
     day: (&str, &str),
@@ -295,6 +295,16 @@ pub async fn place_locked(
             .await?;
         let mut out = Vec::with_capacity(holds.len());
         for (i, h) in holds.iter().enumerate() {
+            // A key already stored is found by a read, which waits for no row lock, before any insert could wait
+            // for that row while this transaction holds the day's held sum (its trigger's lock, on PostgreSQL).
+            let stored: Option<String> = sqlx::query_scalar("SELECT hold_key FROM guard_hold WHERE hold_key = $1")
+                .bind(&h.hold_key)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if stored.is_some() {
+                out.push(Placement::KeyTaken);
+                continue;
+            }
             let Some(answer) = decide(i, total, held)? else {
                 out.push(Placement::Declined);
                 continue;

@@ -363,8 +363,8 @@ async fn a_hold_is_decided_on_the_figures_found_under_the_lock(b: Backend) {
     assert_eq!(locked(&["k5", "k6"], &[true, true]).await, [Placement::Placed, Placement::Placed]);
     assert_eq!(
         seen,
-        vec![(0, 0), (0, 100), (0, 100), (0, 100), (0, 200), (0, 300)],
-        "each decision saw the holds stored before it, in the same transaction too"
+        vec![(0, 0), (0, 100), (0, 100), (0, 200), (0, 300)],
+        "each decision saw the holds stored before it, in the same transaction too (a key stored is not decided)"
     );
 
     if let Store::Postgres(_) = &store {
@@ -434,7 +434,7 @@ both_backends!(
 /// The held sum kept for a day (`guard_day_held.held_cents`) is the sum of the day's holds not ended,
 /// however a hold starts or ends — placed, released, attached and counted, expired, deleted — and what the
 /// guard counts as held leaves out a hold past its expiry that nothing has ended yet.
-async fn the_held_sum_on_the_counter_row_follows_every_hold(b: Backend) {
+async fn the_held_sum_kept_for_a_day_follows_every_hold(b: Backend) {
     let (_db, store) = one_user(b, 1_000_000).await;
     let s = GuardSettings::default();
     let now = Utc::now();
@@ -487,10 +487,7 @@ async fn the_held_sum_on_the_counter_row_follows_every_hold(b: Backend) {
         .unwrap());
     assert_eq!(kept_and_summed().await, (0, 0), "deleted");
 }
-both_backends!(
-    the_held_sum_on_the_counter_row_follows_every_hold,
-    super::the_held_sum_on_the_counter_row_follows_every_hold
-);
+both_backends!(the_held_sum_kept_for_a_day_follows_every_hold, super::the_held_sum_kept_for_a_day_follows_every_hold);
 
 /// Ending a hold never waits for its day's counter lock (PostgreSQL, whose locks are by row): the mirror takes
 /// a day's counter lock and then ends a hold, so an end that took the counter lock after the hold's row could

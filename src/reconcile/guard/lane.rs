@@ -213,10 +213,12 @@ async fn place_together(
         Ok(json)
     })
     .await?;
-    let out = placed
-        .into_iter()
+    // A key found stored is not decided: the guard gives the answer stored with it.
+    let out = asks
+        .iter()
+        .zip(placed)
         .zip(answers)
-        .map(|(p, a)| a.map(|a| (p, a)).ok_or_else(|| anyhow::anyhow!("a hold was not decided")))
-        .collect::<anyhow::Result<_>>()?;
+        .map(|((a, p), answer)| (p, answer.unwrap_or_else(|| (a.decide)(seen.0, seen.1))))
+        .collect();
     Ok((out, None))
 }
