@@ -1,12 +1,12 @@
 -- A day's held sum, kept: every guard and every placement read it, and summing a contended day's open holds
 -- each time read every one of them. `guard_day_held.held_cents` is the sum of the day's holds not ended, kept
--- by statement-level triggers on guard_hold (so every writer of holds keeps it, a worker of the previous
+-- by triggers on guard_hold (so every writer of holds keeps it, a worker of the previous
 -- version too). What is held at a moment is that sum less the holds that expired and are not ended yet, which
 -- the index below finds without reading the open ones. The sums are a table of their own, not a column of the
 -- counter row: a writer that ends a hold (a release, the mirror counting a transfer under another day's lock)
 -- must not take a day's counter lock after the hold's row, the reverse of what placements and the mirror do.
--- The triggers run once a statement has changed its rows, and add their changes in (destination, day) order:
--- a held row is always the last lock a statement takes.
+-- Row-level AFTER triggers run at the end of the statement that changed the rows: a held row is the last lock
+-- a statement takes.
 -- The table is locked as DROP INDEX below would lock it, from the start: no writer runs between the backfill and
 -- the triggers, and no lock is raised halfway (a previous-version worker's reader could deadlock with that).
 LOCK TABLE guard_hold IN ACCESS EXCLUSIVE MODE;
@@ -20,43 +20,26 @@ INSERT INTO guard_day_held (destination_id, bank_day, held_cents)
     SELECT destination_id, bank_day, SUM(amount_cents) FROM guard_hold WHERE ended_at IS NULL
     GROUP BY destination_id, bank_day;
 
-CREATE FUNCTION guard_day_held_inserted() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE FUNCTION guard_day_held_moved() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    INSERT INTO guard_day_held (destination_id, bank_day, held_cents)
-        SELECT n.destination_id, n.bank_day, SUM(n.amount_cents) FROM new_rows n WHERE n.ended_at IS NULL
-        GROUP BY n.destination_id, n.bank_day ORDER BY n.destination_id, n.bank_day
-        ON CONFLICT (destination_id, bank_day) DO UPDATE SET held_cents = guard_day_held.held_cents + excluded.held_cents;
+    IF TG_OP IN ('UPDATE', 'DELETE') AND OLD.ended_at IS NULL THEN
+        UPDATE guard_day_held SET held_cents = held_cents - OLD.amount_cents
+            WHERE destination_id = OLD.destination_id AND bank_day = OLD.bank_day;
+    END IF;
+    IF TG_OP IN ('INSERT', 'UPDATE') AND NEW.ended_at IS NULL THEN
+        INSERT INTO guard_day_held (destination_id, bank_day, held_cents)
+            VALUES (NEW.destination_id, NEW.bank_day, NEW.amount_cents)
+            ON CONFLICT (destination_id, bank_day) DO UPDATE SET held_cents = guard_day_held.held_cents + excluded.held_cents;
+    END IF;
     RETURN NULL;
 END
 $$;
-CREATE FUNCTION guard_day_held_updated() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    INSERT INTO guard_day_held (destination_id, bank_day, held_cents)
-        SELECT c.destination_id, c.bank_day, SUM(c.delta) FROM (
-            SELECT n.destination_id, n.bank_day, n.amount_cents AS delta FROM new_rows n WHERE n.ended_at IS NULL
-            UNION ALL
-            SELECT o.destination_id, o.bank_day, -o.amount_cents FROM old_rows o WHERE o.ended_at IS NULL
-        ) c
-        GROUP BY c.destination_id, c.bank_day HAVING SUM(c.delta) <> 0 ORDER BY c.destination_id, c.bank_day
-        ON CONFLICT (destination_id, bank_day) DO UPDATE SET held_cents = guard_day_held.held_cents + excluded.held_cents;
-    RETURN NULL;
-END
-$$;
-CREATE FUNCTION guard_day_held_deleted() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    INSERT INTO guard_day_held (destination_id, bank_day, held_cents)
-        SELECT o.destination_id, o.bank_day, -SUM(o.amount_cents) FROM old_rows o WHERE o.ended_at IS NULL
-        GROUP BY o.destination_id, o.bank_day ORDER BY o.destination_id, o.bank_day
-        ON CONFLICT (destination_id, bank_day) DO UPDATE SET held_cents = guard_day_held.held_cents + excluded.held_cents;
-    RETURN NULL;
-END
-$$;
-CREATE TRIGGER guard_day_held_inserted AFTER INSERT ON guard_hold REFERENCING NEW TABLE AS new_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION guard_day_held_inserted();
-CREATE TRIGGER guard_day_held_updated AFTER UPDATE ON guard_hold REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION guard_day_held_updated();
-CREATE TRIGGER guard_day_held_deleted AFTER DELETE ON guard_hold REFERENCING OLD TABLE AS old_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION guard_day_held_deleted();
+CREATE TRIGGER guard_day_held_inserted_or_deleted AFTER INSERT OR DELETE ON guard_hold
+    FOR EACH ROW EXECUTE FUNCTION guard_day_held_moved();
+CREATE TRIGGER guard_day_held_updated AFTER UPDATE OF ended_at, amount_cents, destination_id, bank_day ON guard_hold
+    FOR EACH ROW WHEN (OLD.ended_at IS DISTINCT FROM NEW.ended_at OR OLD.amount_cents <> NEW.amount_cents
+                       OR OLD.destination_id <> NEW.destination_id OR OLD.bank_day <> NEW.bank_day)
+    EXECUTE FUNCTION guard_day_held_moved();
 
 DROP INDEX guard_hold_open;
 CREATE INDEX guard_hold_open ON guard_hold (destination_id, bank_day, expires_at) INCLUDE (amount_cents)

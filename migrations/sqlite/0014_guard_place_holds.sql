@@ -1,8 +1,7 @@
 -- A day's held sum, kept: every guard and every placement read it, and summing a contended day's open holds
 -- each time read every one of them. `guard_day_held.held_cents` is the sum of the day's holds not ended, kept
 -- by triggers on guard_hold (so every writer of holds keeps it). What is held at a moment is that sum less the
--- holds that expired and are not ended yet, which the index below finds without reading the open ones. (On
--- PostgreSQL the same table is kept by statement-level triggers, for the order of its row locks.)
+-- holds that expired and are not ended yet, which the index below finds without reading the open ones.
 CREATE TABLE guard_day_held (
     destination_id TEXT NOT NULL,
     bank_day       TEXT NOT NULL,
