@@ -195,20 +195,6 @@ pub async fn users_to_sync(store: &Store, now: DateTime<Utc>) -> sqlx::Result<Ve
     })
 }
 
-/// SQL for the amount held on a destination-day at a moment, on both stores: the sum of the day's holds not
-/// ended, kept in `guard_day_held` (by triggers on `guard_hold`: migration 0014), less the holds that expired
-/// and are not ended yet (found through the index by day and expiry, without reading the open ones).
-/// `destination`, `day` and `now` are SQL expressions.
-pub fn held_sql(destination: &str, day: &str, now: &str) -> String {
-    format!(
-        "(COALESCE((SELECT k.held_cents FROM guard_day_held k
-                    WHERE k.destination_id = {destination} AND k.bank_day = {day}), 0)
-          - (SELECT CAST(COALESCE(SUM(h.amount_cents), 0) AS BIGINT) FROM guard_hold h
-             WHERE h.destination_id = {destination} AND h.bank_day = {day} AND h.ended_at IS NULL
-               AND h.expires_at <= {now}))"
-    )
-}
-
 /// What became of one hold of a placement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Placement {
@@ -276,7 +262,7 @@ pub async fn place_if_unchanged(
 /// Places `holds` (all on the destination-day `day`) in one transaction that holds the day's lock: reads the
 /// day's counted total and held sum and, in order, `decide(i, total, held)`s each on them (the answer's JSON
 /// to store, or `None`: denied; `held` includes the holds placed before it), and inserts it. A key already
-/// stored is `KeyTaken` and is not decided.
+/// stored is `KeyTaken`.
 pub async fn place_locked(
     store: &Store,
     day: (&str, &str),
@@ -287,24 +273,17 @@ pub async fn place_locked(
     with_pool!(store, |p| async {
         let mut tx = p.begin().await?;
         let (total, _) = crate::reconcile::counters::day_lock!(&mut *tx, day.0, day.1)?;
-        let mut held: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT {}", held_sql("$1", "$2", "$3"))))
-            .bind(day.0)
-            .bind(day.1)
-            .bind(now)
-            .fetch_one(&mut *tx)
-            .await?;
+        let mut held: i64 = sqlx::query_scalar(
+            "SELECT CAST(COALESCE(SUM(amount_cents), 0) AS BIGINT) FROM guard_hold
+             WHERE destination_id = $1 AND bank_day = $2 AND ended_at IS NULL AND expires_at > $3",
+        )
+        .bind(day.0)
+        .bind(day.1)
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await?;
         let mut out = Vec::with_capacity(holds.len());
         for (i, h) in holds.iter().enumerate() {
-            // A key already stored is found by a read, which waits for no row lock, before any insert could wait
-            // for that row while this transaction holds the day's held sum (its trigger's lock, on PostgreSQL).
-            let stored: Option<String> = sqlx::query_scalar("SELECT hold_key FROM guard_hold WHERE hold_key = $1")
-                .bind(&h.hold_key)
-                .fetch_optional(&mut *tx)
-                .await?;
-            if stored.is_some() {
-                out.push(Placement::KeyTaken);
-                continue;
-            }
             let Some(answer) = decide(i, total, held)? else {
                 out.push(Placement::Declined);
                 continue;

@@ -180,8 +180,7 @@ impl Store {
     }
 
     /// Which pool this is: the same for every clone of one store, different for two stores open at once (the
-    /// address of the pool's shared connect options, which a pool keeps for its life: the worker never calls
-    /// `set_connect_options`).
+    /// address of the pool's shared connect options, which a pool keeps for its life).
     pub fn identity(&self) -> usize {
         match self {
             Store::Sqlite(p) => std::sync::Arc::as_ptr(&p.connect_options()) as usize,

@@ -213,12 +213,10 @@ async fn place_together(
         Ok(json)
     })
     .await?;
-    // A key found stored is not decided: the guard gives the answer stored with it.
-    let out = asks
-        .iter()
-        .zip(placed)
+    let out = placed
+        .into_iter()
         .zip(answers)
-        .map(|((a, p), answer)| (p, answer.unwrap_or_else(|| (a.decide)(seen.0, seen.1))))
-        .collect();
+        .map(|(p, a)| a.map(|a| (p, a)).ok_or_else(|| anyhow::anyhow!("a hold was not decided")))
+        .collect::<anyhow::Result<_>>()?;
     Ok((out, None))
 }

@@ -7,10 +7,7 @@ use super::{DenyReason, GuardAnswer, GuardRequest};
 use crate::{
     astra::UserStatus,
     domain::BankDay,
-    reconcile::{
-        holds,
-        registry::{Destination, DestinationRow},
-    },
+    reconcile::registry::{Destination, DestinationRow},
     store::{Store, with_pool},
     tokens::GrantStatus,
 };
@@ -55,7 +52,9 @@ async fn facts(
                 d.push_enabled, d.pull_enabled, days.day AS bank_day,
                 (SELECT i.total_cents FROM inbound_day i
                   WHERE i.destination_id = d.destination_id AND i.bank_day = days.day) AS total_cents,
-                {held} AS held_cents,
+                (SELECT CAST(COALESCE(SUM(h.amount_cents), 0) AS BIGINT) FROM guard_hold h
+                  WHERE h.destination_id = d.destination_id AND h.bank_day = days.day AND h.ended_at IS NULL
+                    AND h.expires_at > $6) AS held_cents,
                 (SELECT MIN(u.detail) FROM uncertain_day u
                   WHERE u.destination_id = d.destination_id AND u.bank_day = days.day) AS uncertain
          FROM (SELECT CAST($1 AS TEXT) AS user_id) u0
@@ -64,8 +63,7 @@ async fn facts(
          LEFT JOIN transfer_sync s ON s.user_id = u0.user_id
          LEFT JOIN destination d ON {which}
          LEFT JOIN (SELECT CAST($3 AS TEXT) AS day UNION ALL SELECT CAST($4 AS TEXT) UNION ALL SELECT CAST($5 AS TEXT)) days
-           ON d.destination_id IS NOT NULL",
-        held = holds::held_sql("d.destination_id", "days.day", "$6")
+           ON d.destination_id IS NOT NULL"
     );
     with_pool!(store, |p| {
         sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()))
