@@ -53,15 +53,18 @@ end
     )
     .unwrap();
     // Saturation (as fast as 8 and 32 connections go), then paced: each connection waits 15–33 ms (24 on
-    // average) after every answer before its next request, so 28 and 56 connections offer about 1,000 and 2,000
-    // requests/s at a few milliseconds' latency, and a slow answer delays only its own connection.
+    // average) after every answer before its next request, so it sends 1 ÷ (24 ms + its latency) requests/s:
+    // 28, 56 and 64 connections offer about 1,000, 2,000 and 2,300 at a few milliseconds' latency (56 reach
+    // 2,000 only at under 4 ms), and a slow answer delays only its own connection.
     let paced = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(
         paced.path(),
         std::fs::read_to_string(script.path()).unwrap() + "delay = function()\n  return math.random(15, 33)\nend\n",
     )
     .unwrap();
-    for (connections, pacing) in [(8, None), (32, None), (28, Some(paced.path())), (56, Some(paced.path()))] {
+    for (connections, pacing) in
+        [(8, None), (32, None), (28, Some(paced.path())), (56, Some(paced.path())), (64, Some(paced.path()))]
+    {
         let out = std::process::Command::new("wrk")
             .args(["-t2", &format!("-c{connections}"), "-d10s", "--latency", "-s"])
             .arg(pacing.unwrap_or(script.path()))

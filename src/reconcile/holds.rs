@@ -259,6 +259,23 @@ pub async fn place_if_unchanged(
     })
 }
 
+/// The open held sum of the destination-day `$1`, `$2` at `$3`.
+const HELD: &str = "(SELECT CAST(COALESCE(SUM(amount_cents), 0) AS BIGINT) FROM guard_hold
+                     WHERE destination_id = $1 AND bank_day = $2 AND ended_at IS NULL AND expires_at > $3)";
+
+/// The destination-day's figures at `now`, read without its lock: (counted total, open held sum).
+pub async fn figures(store: &Store, day: (&str, &str), now: DateTime<Utc>) -> sqlx::Result<(i64, i64)> {
+    let sql = format!(
+        "SELECT COALESCE((SELECT total_cents FROM inbound_day WHERE destination_id = $1 AND bank_day = $2), 0), {HELD}"
+    );
+    with_pool!(store, |p| sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()))
+        .bind(day.0)
+        .bind(day.1)
+        .bind(now)
+        .fetch_one(p)
+        .await)
+}
+
 /// Places `holds` (all on the destination-day `day`) in one transaction that holds the day's lock: reads the
 /// day's counted total and held sum and, in order, `decide(i, total, held)`s each on them (the answer's JSON
 /// to store, or `None`: denied; `held` includes the holds placed before it), and inserts it. A key already
@@ -273,15 +290,12 @@ pub async fn place_locked(
     with_pool!(store, |p| async {
         let mut tx = p.begin().await?;
         let (total, _) = crate::reconcile::counters::day_lock!(&mut *tx, day.0, day.1)?;
-        let mut held: i64 = sqlx::query_scalar(
-            "SELECT CAST(COALESCE(SUM(amount_cents), 0) AS BIGINT) FROM guard_hold
-             WHERE destination_id = $1 AND bank_day = $2 AND ended_at IS NULL AND expires_at > $3",
-        )
-        .bind(day.0)
-        .bind(day.1)
-        .bind(now)
-        .fetch_one(&mut *tx)
-        .await?;
+        let mut held: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT {HELD}")))
+            .bind(day.0)
+            .bind(day.1)
+            .bind(now)
+            .fetch_one(&mut *tx)
+            .await?;
         let mut out = Vec::with_capacity(holds.len());
         for (i, h) in holds.iter().enumerate() {
             let Some(answer) = decide(i, total, held)? else {

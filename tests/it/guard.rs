@@ -248,14 +248,12 @@ both_backends!(callers_gone_from_a_lane_leave_it_whole, super::callers_gone_from
 
 /// A placer cancelled while its placement waits for the day's lock (its caller went away) closes its lane:
 /// the holds waiting behind it are each placed alone once the lock is free, and answered.
-async fn a_lane_whose_placer_is_cancelled_hands_its_waiters_on(b: Backend) {
-    let (db, store) = one_user(b, 100_000).await;
-    let now = Utc::now();
-    let day = BankDay::of(NY.parse().unwrap(), now).key();
-    // Another connection holds the day's lock (the counter row, as every writer of the day takes it).
+/// Another connection takes the day's lock (the counter row, as every writer of the day takes it) on "dst" and
+/// keeps it until told: `Some(cents)` stores a hold of that amount (key "other") and commits, `None` rolls back.
+async fn lock_day(db: &TestDb, day: &str) -> (tokio::task::JoinHandle<()>, tokio::sync::oneshot::Sender<Option<i64>>) {
     let (locked, is_locked) = tokio::sync::oneshot::channel();
-    let (release, released) = tokio::sync::oneshot::channel::<()>();
-    let (url, d) = (db.url.clone(), day.clone());
+    let (release, released) = tokio::sync::oneshot::channel::<Option<i64>>();
+    let (url, d) = (db.url.clone(), day.to_string());
     let blocker = tokio::spawn(async move {
         let other = Store::open(&url).await.unwrap();
         with_pool!(&other, |p| async {
@@ -269,35 +267,63 @@ async fn a_lane_whose_placer_is_cancelled_hands_its_waiters_on(b: Backend) {
             .await
             .unwrap();
             locked.send(()).unwrap();
-            released.await.unwrap();
-            tx.rollback().await.unwrap();
+            let Some(cents) = released.await.unwrap() else { return tx.rollback().await.unwrap() };
+            sqlx::query(
+                "INSERT INTO guard_hold (hold_key, user_id, destination_id, bank_day, amount_cents, answer, created_at,
+                     expires_at)
+                 VALUES ('other', 'u1', 'dst', $1, $2, '{}', $3, $4)",
+            )
+            .bind(&d)
+            .bind(cents)
+            .bind(Utc::now())
+            .bind(Utc::now() + TimeDelta::hours(1))
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+            tx.commit().await.unwrap();
         }
         .await);
     });
     is_locked.await.unwrap();
-    let call = |key: &'static str| {
-        let store = store.clone();
-        tokio::spawn(async move {
-            guard::check_and_hold(&store, &GuardSettings::default(), &ask(10_000), &hold(key), now).await
-        })
-    };
-    let until = async |want: Option<usize>| {
-        for _ in 0..1_000 {
-            if guard::lane_waiting(&store, "dst", &day) == want {
-                return;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    (blocker, release)
+}
+
+/// Waits (bounded) until the lane of "dst"'s `day` has `want` holds waiting.
+async fn lane_reaches(store: &Store, day: &str, want: Option<usize>) {
+    for _ in 0..1_000 {
+        if guard::lane_waiting(store, "dst", day) == want {
+            return;
         }
-        panic!("the lane never reached {want:?}");
-    };
-    let placer = call("placer");
-    until(Some(0)).await; // its placement is under way, waiting for the lock
-    let waiters: Vec<_> = ["w1", "w2", "w3", "w4"].into_iter().map(call).collect();
-    until(Some(4)).await;
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("the lane never reached {want:?}");
+}
+
+fn call(
+    store: &Store,
+    settings: GuardSettings,
+    cents: i64,
+    key: &'static str,
+    now: DateTime<Utc>,
+) -> tokio::task::JoinHandle<anyhow::Result<guard::GuardAnswer>> {
+    let store = store.clone();
+    tokio::spawn(async move { guard::check_and_hold(&store, &settings, &ask(cents), &hold(key), now).await })
+}
+
+async fn a_lane_whose_placer_is_cancelled_hands_its_waiters_on(b: Backend) {
+    let (db, store) = one_user(b, 100_000).await;
+    let now = Utc::now();
+    let day = BankDay::of(NY.parse().unwrap(), now).key();
+    let (blocker, release) = lock_day(&db, &day).await;
+    let placer = call(&store, GuardSettings::default(), 10_000, "placer", now);
+    lane_reaches(&store, &day, Some(0)).await; // its placement is under way, waiting for the lock
+    let waiters: Vec<_> =
+        ["w1", "w2", "w3", "w4"].into_iter().map(|k| call(&store, GuardSettings::default(), 10_000, k, now)).collect();
+    lane_reaches(&store, &day, Some(4)).await;
     placer.abort();
     assert!(placer.await.unwrap_err().is_cancelled());
     assert_eq!(guard::lane_waiting(&store, "dst", &day), None, "the cancelled placer's lane is closed");
-    release.send(()).unwrap();
+    release.send(None).unwrap();
     blocker.await.unwrap();
     for w in waiters {
         let a = tokio::time::timeout(std::time::Duration::from_secs(30), w)
@@ -315,6 +341,41 @@ async fn a_lane_whose_placer_is_cancelled_hands_its_waiters_on(b: Backend) {
 both_backends!(
     a_lane_whose_placer_is_cancelled_hands_its_waiters_on,
     super::a_lane_whose_placer_is_cancelled_hands_its_waiters_on
+);
+
+/// A caller whose destination-day is busy (a lane open on it) reads the day without its held sum, and is
+/// decided in the lane on the figures found there: here another process holds 85,000 of the 100,000 while
+/// the lane waits for the day's lock, so the placer (10,000) still fits and the waiter (10,000) does not, and
+/// its denial carries the day's real figures. A waiter denied for another reason (its transfers never read,
+/// past `guard.max_staleness`) is answered with the day's figures too.
+async fn a_caller_on_a_busy_day_is_decided_on_the_figures_under_the_lock(b: Backend) {
+    let (db, store) = one_user(b, 100_000).await;
+    let now = Utc::now();
+    let day = BankDay::of(NY.parse().unwrap(), now).key();
+    let (blocker, release) = lock_day(&db, &day).await;
+    let placer = call(&store, GuardSettings::default(), 10_000, "placer", now);
+    lane_reaches(&store, &day, Some(0)).await;
+    let waiter = call(&store, GuardSettings::default(), 10_000, "waiter", now);
+    lane_reaches(&store, &day, Some(1)).await;
+    let strict = GuardSettings { max_staleness: Some(TimeDelta::seconds(1)), ..GuardSettings::default() };
+    let stale = call(&store, strict, 10_000, "stale", now).await.unwrap().unwrap();
+    assert_eq!(stale.reason, Some(guard::DenyReason::CounterStale));
+    assert_eq!((stale.day_total_cents, stale.held_cents), (Some(0), Some(0)), "a denial shows the day's figures");
+    release.send(Some(85_000)).unwrap();
+    blocker.await.unwrap();
+    let placer = placer.await.unwrap().unwrap();
+    assert!(placer.allowed, "85,000 + 10,000 fit in 100,000");
+    assert_eq!(placer.held_cents, Some(85_000));
+    let waiter = waiter.await.unwrap().unwrap();
+    assert!(!waiter.allowed, "85,000 + 10,000 + 10,000 do not");
+    assert_eq!(waiter.reason, Some(guard::DenyReason::DailyLimit));
+    assert_eq!((waiter.held_cents, waiter.headroom_cents), (Some(95_000), Some(5_000)));
+    assert!(holds::get(&store, "waiter").await.unwrap().is_none(), "no hold left behind");
+    assert_eq!(holds::figures(&store, ("dst", &day), now).await.unwrap(), (0, 95_000));
+}
+both_backends!(
+    a_caller_on_a_busy_day_is_decided_on_the_figures_under_the_lock,
+    super::a_caller_on_a_busy_day_is_decided_on_the_figures_under_the_lock
 );
 
 /// A hold is decided on the figures found under the day's lock: the locked path hands each decision the day's
@@ -360,6 +421,9 @@ async fn a_hold_is_decided_on_the_figures_found_under_the_lock(b: Backend) {
         vec![(0, 0), (0, 100), (0, 100), (0, 100), (0, 200), (0, 300)],
         "each decision saw the holds stored before it, in the same transaction too"
     );
+    assert_eq!(holds::figures(&store, ("dst", &day), now).await.unwrap(), (0, 400), "the day's figures, unlocked");
+    let later = now + TimeDelta::hours(2);
+    assert_eq!(holds::figures(&store, ("dst", &day), later).await.unwrap(), (0, 0), "expired holds hold nothing");
 
     if let Store::Postgres(_) = &store {
         let fast = |keys: &'static [&'static str], seen: (i64, i64)| {

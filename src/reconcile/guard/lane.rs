@@ -23,12 +23,12 @@ const MAX_TOGETHER: usize = 64;
 /// figures that move every time mean another process is placing holds on the same day).
 const FAST_TRIES: usize = 3;
 
-/// One hold to place: its row, the figures (counted total, held sum) its answer was decided on, and how to
-/// decide it on other figures.
+/// One hold to place: its row, the figures (counted total, held sum) its answer was decided on (if it was),
+/// and how to decide it on other figures.
 #[derive(Clone)]
 pub(super) struct Ask {
     pub(super) hold: Hold,
-    pub(super) seen: (i64, i64),
+    pub(super) seen: Option<(i64, i64)>,
     pub(super) decide: Arc<dyn Fn(i64, i64) -> GuardAnswer + Send + Sync>,
 }
 
@@ -53,6 +53,12 @@ fn lanes() -> MutexGuard<'static, HashMap<LaneKey, Vec<Waiting>>> {
 /// is under way and nothing waits behind it).
 pub fn waiting(store: &Store, destination_id: &str, bank_day: &str) -> Option<usize> {
     lanes().get(&(store.identity(), destination_id.to_string(), bank_day.to_string())).map(Vec::len)
+}
+
+/// Whether a lane is open on one of the bank days of `store`'s destination `destination_id`.
+pub(super) fn busy(store: &Store, destination_id: &str) -> bool {
+    let id = store.identity();
+    lanes().keys().any(|(s, d, _)| *s == id && d == destination_id)
 }
 
 /// Places `ask`'s hold, with the others waiting on its destination-day. The caller that opens the lane places
@@ -146,7 +152,7 @@ async fn drain(store: &Store, mut close: Close, mut figures: Option<(i64, i64)>,
 }
 
 /// Places `asks` (all on one destination-day), deciding each in order on the day's figures: first in one
-/// round trip on the figures last known (`figures`, else the first ask's), again on the figures found when
+/// round trip on the figures last known (`figures`, else the first ask's, else read), again on the figures found when
 /// they moved, and at last in a transaction holding the day's lock. A key asked again after it was placed
 /// hears `KeyTaken` (the guard then gives the answer stored with it). Gives each ask's placement and answer,
 /// and the day's figures after, when known.
@@ -158,7 +164,10 @@ async fn place_together(
     let Some(first) = asks.first() else { return Ok((Vec::new(), figures)) };
     let day = (first.hold.destination_id.as_str(), first.hold.bank_day.as_str());
     let now = asks.iter().map(|a| a.hold.created_at).max().unwrap_or(first.hold.created_at);
-    let mut seen = figures.unwrap_or(first.seen);
+    let mut seen = match figures.or(first.seen) {
+        Some(seen) => seen,
+        None => holds::figures(store, day, now).await?,
+    };
     let (mut taken, mut checked): (HashSet<&str>, bool) = (HashSet::new(), false);
     for _ in 0..FAST_TRIES {
         let (mut out, mut rows, mut held) = (Vec::with_capacity(asks.len()), Vec::new(), seen.1);

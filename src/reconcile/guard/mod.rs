@@ -51,20 +51,22 @@ pub async fn check(
     req: &GuardRequest<'_>,
     now: DateTime<Utc>,
 ) -> anyhow::Result<GuardAnswer> {
-    Ok(decide(store, settings, req, now).await?.0)
+    Ok(decide(store, settings, req, now, true).await?.0)
 }
 
-/// The answer, and the destinations it weighed (none when the user as a whole was denied).
+/// The answer, and the destinations it weighed (none when the user as a whole was denied). Without `sum_held`
+/// an allowed answer is not yet weighed against the daily limit (see [`weigh`]).
 async fn decide(
     store: &Store,
     settings: &GuardSettings,
     req: &GuardRequest<'_>,
     now: DateTime<Utc>,
+    sum_held: bool,
 ) -> anyhow::Result<(GuardAnswer, Vec<DestinationDay>)> {
     if req.amount.0 <= 0 {
         return Err(Failure::config("the amount must be more than zero"));
     }
-    let (answer, destinations) = match read(store, req, now).await? {
+    let (answer, destinations) = match read(store, req, now, sum_held).await? {
         Read::Decided(a) => return Ok((a, Vec::new())),
         Read::Destinations(a, d) => (a, d),
     };
@@ -111,9 +113,17 @@ pub async fn check_and_hold(
     if hold.hold_for <= TimeDelta::zero() || hold.hold_for > TimeDelta::days(7) {
         return Err(Failure::config("--hold-for: a hold lasts longer than zero and at most 7 days"));
     }
+    // A destination whose day has a lane open in this process is read without the day's held sum: the lane
+    // carries the day's figures and its placement checks them under the day's lock, while summing a busy
+    // day's open holds for every caller was most of what each of them waited for.
+    let sum_held = !req.destination_id.is_some_and(|d| lane::busy(store, d));
+    let (mut answer, mut destinations) = decide(store, settings, req, now, sum_held).await?;
+    if !answer.allowed && !sum_held {
+        // Denied for the user or the destination, not for the limit: answered with the day's figures.
+        (answer, destinations) = decide(store, settings, req, now, true).await?;
+    }
     // A key seen before is looked up only where it can matter (a denial, which may be this key's own hold
     // counting, or a key taken at the insert): one round trip less for every new hold.
-    let (answer, destinations) = decide(store, settings, req, now).await?;
     if !answer.allowed {
         return Ok(replay(store, req, hold.key).await?.unwrap_or(answer));
     }
@@ -186,18 +196,22 @@ async fn place(
     let placed = PlacedHold { key: hold.key.to_string(), amount_cents: req.amount.0, expires_at };
     let (settings, target_day, amount) = (settings.clone(), target.clone(), req.amount);
     let decide = move |total: i64, held: i64| {
-        let day = DestinationDay { total, held, ..target_day.clone() };
+        let day = DestinationDay { total, held: Some(held), ..target_day.clone() };
         let mut a = weigh(answer.clone(), &settings, &day, amount, now);
         if a.allowed {
             a.hold = Some(placed.clone());
         }
         a
     };
-    let a = decide(target.total, target.held);
-    if !a.allowed {
-        return Ok(replay(store, req, hold.key).await?.unwrap_or(a));
+    // Without the day's held sum (a busy day) the lane decides it on the figures it carries or reads.
+    let seen = target.held.map(|held| (target.total, held));
+    if let Some((total, held)) = seen {
+        let a = decide(total, held);
+        if !a.allowed {
+            return Ok(replay(store, req, hold.key).await?.unwrap_or(a));
+        }
     }
-    let ask = lane::Ask { hold: row, seen: (target.total, target.held), decide: std::sync::Arc::new(decide) };
+    let ask = lane::Ask { hold: row, seen, decide: std::sync::Arc::new(decide) };
     match lane::place(store, ask).await? {
         (Placement::Placed, a) => Ok(a),
         // Denied on the figures found: the hold counted may be this key's own, placed a moment ago.
@@ -208,7 +222,8 @@ async fn place(
     }
 }
 
-/// The answer for one destination on its bank day.
+/// The answer for one destination on its bank day. A day read without its held sum is weighed on all but
+/// the limit: such an answer is never given as it is, its hold's placement decides it again on the figures.
 fn weigh(
     mut a: GuardAnswer,
     settings: &GuardSettings,
@@ -227,7 +242,7 @@ fn weigh(
     let limit = dest.limit().0;
     a.bank_day = Some(d.day.key());
     a.day_total_cents = Some(d.total);
-    a.held_cents = Some(d.held);
+    a.held_cents = d.held;
     a.daily_limit_cents = Some(limit);
     if let Some(max) = settings.max_staleness
         && a.as_of.is_none_or(|t| now - t > max)
@@ -242,14 +257,15 @@ fn weigh(
             return a.deny(DenyReason::CounterUncertain, Some(format!("the day's counter is uncertain: {why}")));
         }
     }
-    let room = limit - d.total - d.held;
+    let Some(held) = d.held else { return a };
+    let room = limit - d.total - held;
     if amount.0 > room {
         a.headroom_cents = Some(room.max(0));
         a.block_lifts_at = Some(d.day.end());
         let detail = format!(
             "{} counted + {} held today + {} would pass the daily limit of {}",
             Cents(d.total),
-            Cents(d.held),
+            Cents(held),
             amount,
             Cents(limit)
         );

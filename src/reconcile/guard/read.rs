@@ -1,5 +1,6 @@
 //! The guard's one read: the user's block, grant and freshness, and for each destination considered its
-//! bank day's counter, the amount held open against it, and whether the day is uncertain.
+//! bank day's counter, the amount held open against it (unless the caller has it from elsewhere: summing a
+//! busy day's open holds is most of the read's cost), and whether the day is uncertain.
 
 use chrono::{DateTime, Utc};
 
@@ -39,6 +40,7 @@ async fn facts(
     destination: Option<&str>,
     days: [String; 3],
     now: DateTime<Utc>,
+    sum_held: bool,
 ) -> sqlx::Result<Vec<Facts>> {
     // Two statements, not one with `($2 IS NULL AND …) OR …`: PostgreSQL's generic plan for that OR scans every
     // destination.
@@ -52,9 +54,9 @@ async fn facts(
                 d.push_enabled, d.pull_enabled, days.day AS bank_day,
                 (SELECT i.total_cents FROM inbound_day i
                   WHERE i.destination_id = d.destination_id AND i.bank_day = days.day) AS total_cents,
-                (SELECT CAST(COALESCE(SUM(h.amount_cents), 0) AS BIGINT) FROM guard_hold h
+                CASE WHEN $7 THEN (SELECT CAST(COALESCE(SUM(h.amount_cents), 0) AS BIGINT) FROM guard_hold h
                   WHERE h.destination_id = d.destination_id AND h.bank_day = days.day AND h.ended_at IS NULL
-                    AND h.expires_at > $6) AS held_cents,
+                    AND h.expires_at > $6) END AS held_cents,
                 (SELECT MIN(u.detail) FROM uncertain_day u
                   WHERE u.destination_id = d.destination_id AND u.bank_day = days.day) AS uncertain
          FROM (SELECT CAST($1 AS TEXT) AS user_id) u0
@@ -73,6 +75,7 @@ async fn facts(
             .bind(&days[1])
             .bind(&days[2])
             .bind(now)
+            .bind(sum_held)
             .fetch_all(p)
             .await
     })
@@ -84,7 +87,8 @@ pub(super) struct DestinationDay {
     pub(super) destination: Destination,
     pub(super) day: BankDay,
     pub(super) total: i64,
-    pub(super) held: i64,
+    /// `None`: not read (the caller asked for the day without it).
+    pub(super) held: Option<i64>,
     pub(super) uncertain: Option<String>,
 }
 
@@ -94,13 +98,19 @@ pub(super) enum Read {
     Destinations(GuardAnswer, Vec<DestinationDay>),
 }
 
-pub(super) async fn read(store: &Store, req: &GuardRequest<'_>, now: DateTime<Utc>) -> anyhow::Result<Read> {
+/// The read, with each day's held sum when `sum_held`.
+pub(super) async fn read(
+    store: &Store,
+    req: &GuardRequest<'_>,
+    now: DateTime<Utc>,
+    sum_held: bool,
+) -> anyhow::Result<Read> {
     let answer = GuardAnswer::new(req);
     // The bank's day is the UTC date, the day before, or the day after, whatever its zone.
     let today = now.date_naive();
     let days = [today.pred_opt().unwrap_or(today), today, today.succ_opt().unwrap_or(today)]
         .map(|d| d.format("%Y-%m-%d").to_string());
-    let rows = facts(store, req.user_id, req.destination_id, days, now).await?;
+    let rows = facts(store, req.user_id, req.destination_id, days, now, sum_held).await?;
     let Some(first) = rows.first() else {
         return Ok(Read::Decided(
             answer.deny(DenyReason::ReauthorizationRequired, Some("no grant for this user".into())),
@@ -154,7 +164,7 @@ pub(super) async fn read(store: &Store, req: &GuardRequest<'_>, now: DateTime<Ut
             destination,
             day,
             total: row.total_cents.unwrap_or(0),
-            held: row.held_cents.unwrap_or(0),
+            held: if sum_held { Some(row.held_cents.unwrap_or(0)) } else { None },
             uncertain: row.uncertain.clone(),
         });
     }
