@@ -225,7 +225,8 @@ pub enum Attempt {
 /// destination-day `day`, decided in order on `seen` = (counted total, held sum)) if under the day's lock the
 /// figures are still `seen` and no key is stored yet, in one round trip and one commit (the function
 /// `guard_place_holds`, migration 0014). The lock is the counter row every writer of the day takes, so no
-/// other hold or counted transfer can slip between the check and the insert.
+/// other hold or counted transfer can slip between the check and the insert. `seen` is never unknown: the
+/// function's `<>` would pass a NULL.
 pub async fn place_if_unchanged(
     store: &Store,
     day: (&str, &str),

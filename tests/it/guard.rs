@@ -443,6 +443,7 @@ async fn a_hold_is_decided_on_the_figures_found_under_the_lock(b: Backend) {
         assert_eq!(fast(&["k3", "k7", "k1"], (5000, 400)).await, Attempt::Taken(vec!["k1".into()]));
         assert_eq!(fast(&["k3", "k7"], (5000, 400)).await, Attempt::Placed { taken: vec![] });
         assert_eq!(fast(&["k8"], (5000, 400)).await, Attempt::Changed { total: 5000, held: 600 });
+        assert_eq!(holds::figures(&store, ("dst", &day), now).await.unwrap(), (5000, 600), "counted and held");
     }
     let held: i64 = with_pool!(&store, |p| sqlx::query_scalar(
         "SELECT CAST(SUM(amount_cents) AS BIGINT) FROM guard_hold WHERE destination_id = 'dst'"
@@ -451,6 +452,12 @@ async fn a_hold_is_decided_on_the_figures_found_under_the_lock(b: Backend) {
     .await
     .unwrap());
     assert_eq!(held, if store.is_postgres() { 600 } else { 400 }, "each key once");
+    assert!(holds::release(&store, "k1", now).await.unwrap());
+    assert_eq!(
+        holds::figures(&store, ("dst", &day), now).await.unwrap().1,
+        held - 100,
+        "a released hold holds nothing"
+    );
 }
 both_backends!(
     a_hold_is_decided_on_the_figures_found_under_the_lock,

@@ -166,7 +166,9 @@ async fn place_together(
     let now = asks.iter().map(|a| a.hold.created_at).max().unwrap_or(first.hold.created_at);
     let mut seen = match figures.or(first.seen) {
         Some(seen) => seen,
-        None => holds::figures(store, day, now).await?,
+        None if store.is_postgres() => holds::figures(store, day, now).await?,
+        // The locked path, SQLite's only one, reads the figures itself.
+        None => return place_all_locked(store, day, now, asks).await,
     };
     let (mut taken, mut checked): (HashSet<&str>, bool) = (HashSet::new(), false);
     for _ in 0..FAST_TRIES {
@@ -213,6 +215,16 @@ async fn place_together(
             Attempt::Unsupported => break,
         }
     }
+    place_all_locked(store, day, now, asks).await
+}
+
+/// Places `asks` in one transaction holding the day's lock, each decided on the figures found there.
+async fn place_all_locked(
+    store: &Store,
+    day: (&str, &str),
+    now: chrono::DateTime<chrono::Utc>,
+    asks: &[Ask],
+) -> anyhow::Result<(Vec<(Placement, GuardAnswer)>, Option<(i64, i64)>)> {
     let rows: Vec<Hold> = asks.iter().map(|a| a.hold.clone()).collect();
     let mut answers: Vec<Option<GuardAnswer>> = asks.iter().map(|_| None).collect();
     let placed = holds::place_locked(store, day, now, &rows, |i, total, held| {

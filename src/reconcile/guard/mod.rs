@@ -1,6 +1,7 @@
 //! The guard: before the fintech sends a routine request, may it? One query reads the user's block, the
 //! grant, the destinations with their limits and card flags, and for each the day's counter, the amount held
-//! open against it, whether the day is uncertain, and when the user's transfers were last read. With a hold
+//! open against it (unless a hold is being placed on that day in this process: see [`check_and_hold`]),
+//! whether the day is uncertain, and when the user's transfers were last read. With a hold
 //! key, an allowed amount is reserved against the destination's bank day only if, under that day's lock, the
 //! day's figures are still the ones it was decided on (else it is decided again on the figures found), so
 //! concurrent guards never together pass the limit; holds contending for one day in one process are placed
@@ -113,13 +114,14 @@ pub async fn check_and_hold(
     if hold.hold_for <= TimeDelta::zero() || hold.hold_for > TimeDelta::days(7) {
         return Err(Failure::config("--hold-for: a hold lasts longer than zero and at most 7 days"));
     }
-    // A destination whose day has a lane open in this process is read without the day's held sum: the lane
-    // carries the day's figures and its placement checks them under the day's lock, while summing a busy
-    // day's open holds for every caller was most of what each of them waited for.
+    // A named destination whose day has a lane open in this process is read without the day's held sum:
+    // the lane decides the limit on the figures it carries from its last placement, or reads them once, and
+    // checks them under the day's lock, while summing a busy day's open holds for every caller was most of
+    // what each of them waited for.
     let sum_held = !req.destination_id.is_some_and(|d| lane::busy(store, d));
     let (mut answer, mut destinations) = decide(store, settings, req, now, sum_held).await?;
-    if !answer.allowed && !sum_held {
-        // Denied for the user or the destination, not for the limit: answered with the day's figures.
+    if !answer.allowed && answer.bank_day.is_some() && answer.held_cents.is_none() {
+        // Denied on the day but not for its limit (stale, uncertain): answered with the day's figures.
         (answer, destinations) = decide(store, settings, req, now, true).await?;
     }
     // A key seen before is looked up only where it can matter (a denial, which may be this key's own hold
@@ -223,7 +225,8 @@ async fn place(
 }
 
 /// The answer for one destination on its bank day. A day read without its held sum is weighed on all but
-/// the limit: such an answer is never given as it is, its hold's placement decides it again on the figures.
+/// the limit (`held_cents` stays `None`): [`check_and_hold`] never gives such an answer as it is, but decides
+/// it again on the day's figures, in the hold's placement or (a denial) by reading the day again.
 fn weigh(
     mut a: GuardAnswer,
     settings: &GuardSettings,

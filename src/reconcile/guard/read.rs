@@ -48,15 +48,22 @@ async fn facts(
         Some(_) => "d.destination_id = $2",
         None => "d.user_id = u0.user_id AND CAST($2 AS TEXT) IS NULL",
     };
+    // Two statement texts, not a parameter: a generic plan serves each (the held sum's subquery is most of the
+    // read's cost on a busy day).
+    let held = if sum_held {
+        "(SELECT CAST(COALESCE(SUM(h.amount_cents), 0) AS BIGINT) FROM guard_hold h
+          WHERE h.destination_id = d.destination_id AND h.bank_day = days.day AND h.ended_at IS NULL
+            AND h.expires_at > $6)"
+    } else {
+        "CAST(NULL AS BIGINT)"
+    };
     let sql = format!(
         "SELECT g.status AS grant_status, g.user_status, b.reason AS block_reason, s.read_at AS as_of,
                 d.destination_id, d.user_id AS dest_user_id, d.kind, d.bank_time_zone, d.daily_limit_cents, d.frozen,
                 d.push_enabled, d.pull_enabled, days.day AS bank_day,
                 (SELECT i.total_cents FROM inbound_day i
                   WHERE i.destination_id = d.destination_id AND i.bank_day = days.day) AS total_cents,
-                CASE WHEN $7 THEN (SELECT CAST(COALESCE(SUM(h.amount_cents), 0) AS BIGINT) FROM guard_hold h
-                  WHERE h.destination_id = d.destination_id AND h.bank_day = days.day AND h.ended_at IS NULL
-                    AND h.expires_at > $6) END AS held_cents,
+                {held} AS held_cents,
                 (SELECT MIN(u.detail) FROM uncertain_day u
                   WHERE u.destination_id = d.destination_id AND u.bank_day = days.day) AS uncertain
          FROM (SELECT CAST($1 AS TEXT) AS user_id) u0
@@ -68,16 +75,14 @@ async fn facts(
            ON d.destination_id IS NOT NULL"
     );
     with_pool!(store, |p| {
-        sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()))
+        let q = sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()))
             .bind(user_id)
             .bind(destination)
             .bind(&days[0])
             .bind(&days[1])
-            .bind(&days[2])
-            .bind(now)
-            .bind(sum_held)
-            .fetch_all(p)
-            .await
+            .bind(&days[2]);
+        // `$6` is the held sum's alone.
+        if sum_held { q.bind(now) } else { q }.fetch_all(p).await
     })
 }
 
