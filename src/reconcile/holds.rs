@@ -260,7 +260,8 @@ pub async fn place_if_unchanged(
     })
 }
 
-/// The open held sum of the destination-day `$1`, `$2` at `$3`.
+/// The open held sum of the destination-day `$1`, `$2` at `$3` (as the guard's read and `guard_place_holds`
+/// count it).
 const HELD: &str = "(SELECT CAST(COALESCE(SUM(amount_cents), 0) AS BIGINT) FROM guard_hold
                      WHERE destination_id = $1 AND bank_day = $2 AND ended_at IS NULL AND expires_at > $3)";
 

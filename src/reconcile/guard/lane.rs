@@ -152,8 +152,8 @@ async fn drain(store: &Store, mut close: Close, mut figures: Option<(i64, i64)>,
 }
 
 /// Places `asks` (all on one destination-day), deciding each in order on the day's figures: first in one
-/// round trip on the figures last known (`figures`, else the first ask's, else read), again on the figures found when
-/// they moved, and at last in a transaction holding the day's lock. A key asked again after it was placed
+/// round trip on the figures last known (`figures`, else the first ask's, else read), again on the figures
+/// found when they moved, and at last in a transaction holding the day's lock. A key asked again after it was placed
 /// hears `KeyTaken` (the guard then gives the answer stored with it). Gives each ask's placement and answer,
 /// and the day's figures after, when known.
 async fn place_together(
