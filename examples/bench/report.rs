@@ -149,7 +149,11 @@ pub(super) async fn machine(pg: Option<&str>) -> Vec<String> {
         let p = sqlx::PgPool::connect(url).await.unwrap();
         let v: String = sqlx::query_scalar("SHOW server_version").fetch_one(&p).await.unwrap();
         let sc: String = sqlx::query_scalar("SHOW synchronous_commit").fetch_one(&p).await.unwrap();
-        m.push(format!("PostgreSQL {v} on loopback (synchronous_commit = {sc})"));
+        // The URL's `sslmode` decides it (sqlx's default, `prefer`, takes TLS when the server offers it).
+        let tls: bool =
+            sqlx::query_scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()").fetch_one(&p).await.unwrap();
+        let tls = if tls { "TLS" } else { "no TLS" };
+        m.push(format!("PostgreSQL {v} on loopback (synchronous_commit = {sc}, {tls})"));
     }
     m.push("release build".into());
     m
