@@ -36,6 +36,8 @@ pub(crate) enum Backend {
 pub(crate) struct TestDb {
     pub(crate) url: String,
     _dir: Option<tempfile::TempDir>,
+    /// The PostgreSQL database made for the test, dropped with it.
+    pg_name: Option<String>,
 }
 
 impl TestDb {
@@ -44,7 +46,7 @@ impl TestDb {
             Backend::Sqlite => {
                 let dir = tempfile::tempdir().unwrap();
                 let url = format!("sqlite://{}", dir.path().join("test.db").display());
-                TestDb { url, _dir: Some(dir) }
+                TestDb { url, _dir: Some(dir), pg_name: None }
             }
             Backend::Postgres => {
                 let admin = pg_admin_url();
@@ -56,13 +58,39 @@ impl TestDb {
                 pool.close().await;
                 let mut url = reqwest::Url::parse(&admin).unwrap();
                 url.set_path(&name);
-                TestDb { url: url.to_string(), _dir: None }
+                TestDb { url: url.to_string(), _dir: None, pg_name: Some(name) }
             }
         }
     }
 
     pub(crate) async fn store(&self) -> Store {
         Store::open(&self.url).await.unwrap()
+    }
+}
+
+impl Drop for TestDb {
+    /// Drops the test's PostgreSQL database (its connections too), so runs do not pile databases up on the
+    /// shared server. On a thread of its own: this runs inside the test's runtime, which must not block on
+    /// itself. A failure only leaves the database behind, and says so.
+    fn drop(&mut self) {
+        let Some(name) = self.pg_name.take() else { return };
+        let admin = pg_admin_url();
+        let dropped = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+            rt.block_on(async {
+                let pool = sqlx::PgPool::connect(&admin).await?;
+                sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
+                    .execute(&pool)
+                    .await?;
+                pool.close().await;
+                Ok::<_, sqlx::Error>(())
+            })
+            .map_err(|e| format!("{name}: {e}"))
+        })
+        .join();
+        if let Ok(Err(e)) = dropped {
+            eprintln!("the test database was left behind: {e}");
+        }
     }
 }
 
