@@ -39,3 +39,7 @@ pub(super) async fn insert(store: &Store, c: &ApiCall<'_>) -> sqlx::Result<()> {
     .await
     .map(|_| ()))
 }
+
+/// Calls older than the cutoff (the `retention` job's `api_calls`).
+pub(crate) const FORGET: crate::store::forget::Forget =
+    crate::store::forget::Forget { table: "api_call", key: "id", done_before: "at < $1" };

@@ -67,18 +67,20 @@ pub enum JobName {
     TransferSync,
     ReprocessingCheck,
     StaleAuthorizationSweep,
+    Retention,
     /// A job that only holds work in flight, for tests of the runner; accepted only with
     /// `ASTRA_WORKER_TEST_HOOKS=1`.
     TestHold,
 }
 
 impl JobName {
-    pub const ALL: [JobName; 5] = [
+    pub const ALL: [JobName; 6] = [
         JobName::TokenRotation,
         JobName::InboundVolume,
         JobName::TransferSync,
         JobName::ReprocessingCheck,
         JobName::StaleAuthorizationSweep,
+        JobName::Retention,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -88,6 +90,7 @@ impl JobName {
             JobName::TransferSync => "transfer-sync",
             JobName::ReprocessingCheck => "reprocessing-check",
             JobName::StaleAuthorizationSweep => "stale-authorization-sweep",
+            JobName::Retention => "retention",
             JobName::TestHold => "test-hold",
         }
     }
@@ -130,12 +133,13 @@ pub enum JobParams {
     TransferSync(params::TransferSyncParams),
     ReprocessingCheck(params::ReprocessingCheckParams),
     StaleAuthorizationSweep(params::StaleAuthorizationSweepParams),
+    Retention(params::RetentionParams),
     TestHold { items: u32, hold: Duration },
 }
 
 pub use params::{
-    GuardSettings, InboundVolumeParams, OnUncertain, ReprocessingCheckParams, StaleAuthorizationSweepParams,
-    TokenRotationParams, TransferSyncParams,
+    GuardSettings, InboundVolumeParams, OnUncertain, ReprocessingCheckParams, RetentionParams,
+    StaleAuthorizationSweepParams, TokenRotationParams, TransferSyncParams,
 };
 
 impl Settings {

@@ -156,6 +156,45 @@ impl Default for StaleAuthorizationSweepParams {
     }
 }
 
+/// `retention`: how long rows whose work is over are kept before the job forgets them. Money records (the
+/// transfer mirror, its events, the day counters and decisions) and the outbox (its keys keep each follow-up
+/// to one) are never forgotten.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionParams {
+    /// Astra calls in the call log (`api_call`).
+    #[serde(deserialize_with = "delta")]
+    pub api_calls: TimeDelta,
+    /// Processed webhooks (`webhook_inbox`): a redelivery of one forgotten is processed again, idempotently.
+    #[serde(deserialize_with = "delta")]
+    pub webhooks: TimeDelta,
+    /// Ended holds (`guard_hold`): a hold key used again after this places a new hold.
+    #[serde(deserialize_with = "delta")]
+    pub holds: TimeDelta,
+    /// Finished job runs and their slot claims (longer than every job's `max_lateness`, so no slot it could
+    /// still catch up is forgotten).
+    #[serde(deserialize_with = "delta")]
+    pub job_runs: TimeDelta,
+    /// Closed refresh intents (`refresh_intent`).
+    #[serde(deserialize_with = "delta")]
+    pub refresh_intents: TimeDelta,
+    /// Rows deleted per statement (and commit), so no lock is held long.
+    pub batch_size: u32,
+}
+
+impl Default for RetentionParams {
+    fn default() -> Self {
+        RetentionParams {
+            api_calls: TimeDelta::days(30),
+            webhooks: TimeDelta::days(14),
+            holds: TimeDelta::days(30),
+            job_runs: TimeDelta::days(90),
+            refresh_intents: TimeDelta::days(90),
+            batch_size: 5000,
+        }
+    }
+}
+
 pub(super) fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
     duration(d).map(Some)
 }

@@ -10,7 +10,7 @@ use toml::Spanned;
 use super::{
     AstraSettings, JobName, JobParams, JobSettings, OutboxSettings, RunnerSettings, Settings, check_url, default_burst,
     params::{
-        GuardSettings, InboundVolumeParams, ReprocessingCheckParams, StaleAuthorizationSweepParams,
+        GuardSettings, InboundVolumeParams, ReprocessingCheckParams, RetentionParams, StaleAuthorizationSweepParams,
         TokenRotationParams, TransferSyncParams, delta, duration, opt_duration,
     },
 };
@@ -117,6 +117,7 @@ struct Jobs {
     transfer_sync: Option<Job<TransferSyncParams>>,
     reprocessing_check: Option<Job<ReprocessingCheckParams>>,
     stale_authorization_sweep: Option<Job<StaleAuthorizationSweepParams>>,
+    retention: Option<Job<RetentionParams>>,
 }
 
 #[derive(Deserialize)]
@@ -258,6 +259,33 @@ pub(super) fn parse(text: &str, base_url_override: Option<&str>) -> Result<Setti
         }
         Ok(JobParams::StaleAuthorizationSweep(p))
     })?;
+    push(&mut jobs, &loc, JobName::Retention, j.retention, |p| {
+        for (key, keep) in [
+            ("api_calls", p.api_calls),
+            ("webhooks", p.webhooks),
+            ("holds", p.holds),
+            ("job_runs", p.job_runs),
+            ("refresh_intents", p.refresh_intents),
+        ] {
+            if keep < TimeDelta::days(1) {
+                return Err(format!("settings.{key} must be at least 1d (got {}s)", keep.num_seconds()));
+            }
+        }
+        if p.batch_size == 0 {
+            return Err("settings.batch_size must be at least 1".into());
+        }
+        Ok(JobParams::Retention(p))
+    })?;
+    // A slot claim is kept longer than any job could still catch its slot up.
+    let latest_catch_up = jobs.iter().map(|j| j.max_lateness).max().unwrap_or_default();
+    if let Some(JobParams::Retention(p)) = jobs.iter().map(|j| &j.params).find(|p| matches!(p, JobParams::Retention(_)))
+        && p.job_runs <= latest_catch_up
+    {
+        return Err(format!(
+            "jobs.retention.settings.job_runs must be longer than every job's max_lateness (the longest is {}s)",
+            latest_catch_up.num_seconds()
+        ));
+    }
 
     if file.guard.hold_for <= TimeDelta::zero() {
         return Err("guard.hold_for: must be longer than zero".into());

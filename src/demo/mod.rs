@@ -13,7 +13,7 @@ use std::{
 
 use anyhow::Context as _;
 use base64::Engine as _;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use secrecy::SecretString;
 
 use crate::{
@@ -174,8 +174,14 @@ pub(crate) async fn run(settings: Settings, opts: &DemoOptions) -> anyhow::Resul
 
     // The daily sweep first (it catches what a late rotation would miss), then the weekly rotation.
     let now = Utc::now();
-    let order =
-        [JobName::StaleAuthorizationSweep, JobName::TokenRotation, JobName::InboundVolume, JobName::ReprocessingCheck];
+    // Retention last: everything here is minutes old, so nothing is past its keeping yet.
+    let order = [
+        JobName::StaleAuthorizationSweep,
+        JobName::TokenRotation,
+        JobName::InboundVolume,
+        JobName::ReprocessingCheck,
+        JobName::Retention,
+    ];
     // transfer-sync runs in the same-day part below, once a hold exists.
     for job in order {
         if job == JobName::ReprocessingCheck {
@@ -185,28 +191,8 @@ pub(crate) async fn run(settings: Settings, opts: &DemoOptions) -> anyhow::Resul
                 format!("{:<26} (meanwhile: some frozen cards unfrozen, some landed transfers failed at Astra)", ""),
             );
         }
-        let t = Instant::now();
-        // The latest slot only (a catch-up policy of `all` would also run the days before).
-        let latest = worker.settings.job(job).and_then(|j| j.schedule.latest_at_or_before(now));
-        let summary = run_job(&worker, job, &RunOptions { slot: latest, ..Default::default() }, now).await?;
-        for r in &summary.reports {
-            if let SlotResult::Ran { outcome, counts, details, .. } = &r.result {
-                let secs = t.elapsed().as_secs_f64();
-                let rate = if secs > 0.0 { counts.requests as f64 / secs } else { 0.0 };
-                w(
-                    &mut out,
-                    format!(
-                        "{job:<26} slot {}  {}: {} processed, {} failed, {} requests in {secs:.1}s ({rate:.0}/s of {}/s allowed)",
-                        r.slot.format("%Y-%m-%d %H:%M UTC"),
-                        outcome.as_str(),
-                        counts.processed,
-                        counts.failed,
-                        counts.requests,
-                        opts.requests_per_second
-                    ),
-                );
-                w(&mut out, format!("{:<26} {}", "", figures(details)));
-            }
+        for line in run_latest(&worker, job, opts.requests_per_second, now).await? {
+            w(&mut out, line);
         }
     }
 
@@ -266,6 +252,31 @@ pub(crate) async fn run(settings: Settings, opts: &DemoOptions) -> anyhow::Resul
     worker.store.close().await;
     sandbox.stop();
     Ok(out)
+}
+
+/// Runs the latest slot of `job` (only: a catch-up policy of `all` would also run the days before) and
+/// reports it in two lines.
+async fn run_latest(worker: &Worker, job: JobName, allowed: u32, now: DateTime<Utc>) -> anyhow::Result<Vec<String>> {
+    let t = Instant::now();
+    let latest = worker.settings.job(job).and_then(|j| j.schedule.latest_at_or_before(now));
+    let summary = run_job(worker, job, &RunOptions { slot: latest, ..Default::default() }, now).await?;
+    let mut lines = Vec::new();
+    for r in &summary.reports {
+        if let SlotResult::Ran { outcome, counts, details, .. } = &r.result {
+            let secs = t.elapsed().as_secs_f64();
+            let rate = if secs > 0.0 { counts.requests as f64 / secs } else { 0.0 };
+            lines.push(format!(
+                "{job:<26} slot {}  {}: {} processed, {} failed, {} requests in {secs:.1}s ({rate:.0}/s of {allowed}/s allowed)",
+                r.slot.format("%Y-%m-%d %H:%M UTC"),
+                outcome.as_str(),
+                counts.processed,
+                counts.failed,
+                counts.requests,
+            ));
+            lines.push(format!("{:<26} {}", "", figures(details)));
+        }
+    }
+    Ok(lines)
 }
 
 fn remove_sqlite(path: &Path) -> anyhow::Result<()> {

@@ -144,3 +144,10 @@ pub async fn list(store: &Store, limit: i64) -> sqlx::Result<Vec<InboxRow>> {
     .fetch_all(p)
     .await)
 }
+
+/// Webhooks processed before the cutoff (the `retention` job's `webhooks`); one still waiting is kept.
+pub const FORGET: crate::store::forget::Forget = crate::store::forget::Forget {
+    table: "webhook_inbox",
+    key: "webhook_id",
+    done_before: "processed_at IS NOT NULL AND processed_at < $1",
+};

@@ -6,6 +6,7 @@ mod grant_work;
 mod inbound_volume;
 mod paced;
 pub(crate) mod reprocessing_check;
+mod retention;
 mod stale_sweep;
 mod test_hold;
 mod token_rotation;
@@ -22,7 +23,7 @@ use crate::{
 
 /// Jobs that call Astra or read tokens (they need the secrets).
 pub(crate) fn needs_services(job: JobName) -> bool {
-    !matches!(job, JobName::TestHold)
+    !matches!(job, JobName::TestHold | JobName::Retention)
 }
 
 /// Jobs whose items are claimed one by one, so several processes can share one slot.
@@ -39,6 +40,7 @@ pub(crate) async fn execute(ctx: &RunContext<'_>) -> anyhow::Result<()> {
         JobParams::InboundVolume(p) => inbound_volume::run(ctx, p).await?,
         JobParams::TransferSync(p) => transfer_sync::run(ctx, p).await?,
         JobParams::ReprocessingCheck(p) => reprocessing_check::run(ctx, p).await?,
+        JobParams::Retention(p) => return retention::run(ctx, p).await,
     }
     if !ctx.dry_run && !ctx.worker.outbox_in_background.load(std::sync::atomic::Ordering::Relaxed) {
         let svc = ctx.worker.services()?;

@@ -68,6 +68,13 @@ pub async fn get(store: &Store, key: &str) -> sqlx::Result<Option<(Hold, String)
     Ok(row.map(|r| (r.hold, r.answer)))
 }
 
+/// Holds ended before the cutoff (the `retention` job's `holds`); an open one is kept, however old.
+pub const FORGET: crate::store::forget::Forget = crate::store::forget::Forget {
+    table: "guard_hold",
+    key: "hold_key",
+    done_before: "ended_at IS NOT NULL AND ended_at < $1",
+};
+
 /// Holds, newest first; only the open ones (not ended, not expired at `now`) with `open_only`.
 pub async fn list(store: &Store, open_only: bool, now: DateTime<Utc>, limit: i64) -> sqlx::Result<Vec<Hold>> {
     let sql = format!(

@@ -292,3 +292,15 @@ pub async fn presence(store: &Store, instance: &str, until: DateTime<Utc>, now: 
         sqlx::query_scalar("SELECT COUNT(*) FROM astra_presence").fetch_one(p).await
     })
 }
+
+/// Runs finished before the cutoff (the `retention` job's `job_runs`).
+pub const FORGET_RUNS: super::forget::Forget = super::forget::Forget {
+    table: "job_run",
+    key: "run_id",
+    done_before: "finished_at IS NOT NULL AND finished_at < $1",
+};
+
+/// Claims of slots before the cutoff that no run holds (the `retention` job's `job_runs`: longer than any
+/// job's `max_lateness`, so no slot a job could still catch up is claimable again).
+pub const FORGET_CLAIMS: super::forget::Forget =
+    super::forget::Forget { table: "slot_claim", key: "job, slot", done_before: "state <> 'running' AND slot < $1" };

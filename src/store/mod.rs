@@ -3,6 +3,7 @@
 //! portable statement on whichever pool is open, with `$1` placeholders (SQLite accepts them too).
 
 pub mod faults;
+pub mod forget;
 pub mod ledger;
 
 use std::{

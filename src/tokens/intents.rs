@@ -62,3 +62,10 @@ pub(crate) async fn orphaned_intents(store: &Store, now: DateTime<Utc>) -> sqlx:
     .fetch_all(p)
     .await)
 }
+
+/// Intents closed before the cutoff (the `retention` job's `refresh_intents`); an open one is kept.
+pub(crate) const FORGET: crate::store::forget::Forget = crate::store::forget::Forget {
+    table: "refresh_intent",
+    key: "id",
+    done_before: "closed_at IS NOT NULL AND closed_at < $1",
+};

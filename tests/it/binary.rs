@@ -33,11 +33,17 @@ fn the_shipped_config_passes_check_config_and_shows_three_slots_per_job() {
     let o = cmd("sqlite::memory:").arg("check-config").output().unwrap();
     assert_eq!(code(&o), 0, "{}", text(&o.stderr));
     let out = text(&o.stdout);
-    for job in ["token-rotation", "inbound-volume", "transfer-sync", "reprocessing-check", "stale-authorization-sweep"]
-    {
+    for job in [
+        "token-rotation",
+        "inbound-volume",
+        "transfer-sync",
+        "reprocessing-check",
+        "stale-authorization-sweep",
+        "retention",
+    ] {
         assert!(out.contains(job), "{out}");
     }
-    assert_eq!(out.matches("Z\n").count(), 15, "three slots for each of five jobs, in UTC too:\n{out}");
+    assert_eq!(out.matches("Z\n").count(), 18, "three slots for each of six jobs, in UTC too:\n{out}");
 }
 
 #[test]
@@ -49,6 +55,9 @@ fn each_kind_of_bad_config_exits_78_naming_the_key() {
         ("time_zone = \"America/New_York\"", "time_zone = \"Nowhere/Land\"", "jobs.token-rotation.time_zone"),
         ("requests_per_second = 20", "requests_per_second = -1", "requests_per_second"),
         ("claim_lease = \"2m\"", "claim_lease = \"soon\"", "soon"),
+        // Claims kept no longer than inbound-volume's 3-day catch-up would let it run a slot again.
+        ("job_runs = \"90d\"", "job_runs = \"2d\"", "jobs.retention.settings.job_runs"),
+        ("webhooks = \"14d\"", "webhooks = \"2h\"", "jobs.retention.settings.webhooks"),
     ];
     let dir = tempfile::tempdir().unwrap();
     for (from, to, named) in cases {
@@ -203,7 +212,7 @@ fn the_demo_runs_to_completion_and_reports_every_job() {
         .unwrap();
     assert_eq!(code(&o), 0, "{}", text(&o.stderr));
     let out = text(&o.stdout);
-    for job in ["token-rotation", "stale-authorization-sweep", "inbound-volume", "reprocessing-check"] {
+    for job in ["token-rotation", "stale-authorization-sweep", "inbound-volume", "reprocessing-check", "retention"] {
         assert!(out.contains(job), "{job} missing from the report:\n{out}");
     }
     assert!(out.contains("rotated"), "{out}");

@@ -18,6 +18,7 @@ mod money;
 mod ops;
 mod outbox;
 mod plans;
+mod retention;
 mod secrets_sweep;
 mod serve;
 mod serve_processes;

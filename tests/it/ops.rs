@@ -89,7 +89,7 @@ fn the_kubernetes_manifests_validate_against_the_schemas() {
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
         .collect();
-    assert_eq!(manifests.len(), 8, "a ConfigMap, five CronJobs, the service's Deployment and Service");
+    assert_eq!(manifests.len(), 9, "a ConfigMap, six CronJobs, the service's Deployment and Service");
     let o = Command::new("kubernetes-validate")
         .args(["-k", "1.30.0", "--strict"])
         .args(&manifests)
