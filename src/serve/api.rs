@@ -107,9 +107,21 @@ pub(super) async fn release(State(st): State<AppState>, Path(key): Path<String>)
     }
 }
 
+/// Runs `work` to its end even when the caller goes away: hyper drops a request's handler when its connection
+/// closes, and a refresh or a code exchange cut between Astra's answer and its commit loses the grant (Astra
+/// has rotated or spent the code; the store never learns the new pair).
+/// Shutdown waits for it within the grace period ([`AppState::to_the_end`]).
+async fn to_the_end<T: Send + 'static>(
+    st: &AppState,
+    work: impl Future<Output = anyhow::Result<T>> + Send + 'static,
+) -> anyhow::Result<T> {
+    st.to_the_end.spawn(work).await.map_err(|e| anyhow::anyhow!("the request's work stopped: {e}"))?
+}
+
 pub(super) async fn access_token(State(st): State<AppState>, Path(user_id): Path<String>) -> Response {
-    let svc = &st.services;
-    match tokens::access_token_until(&st.worker.store, &svc.tokens, &user_id).await {
+    let (store, svc) = (st.worker.store.clone(), st.services.clone());
+    let work = async move { tokens::access_token_until(&store, &svc.tokens, &user_id).await };
+    match to_the_end(&st, work).await {
         Ok(a) => Json(json!({"access_token": a.token.expose_secret(), "expires_at": a.expires_at})).into_response(),
         Err(e) => match e.downcast_ref::<NoToken>() {
             Some(NoToken::NoGrant { .. }) => error(StatusCode::NOT_FOUND, format!("{e:#}")),
@@ -131,8 +143,9 @@ pub(super) async fn exchange(State(st): State<AppState>, body: Bytes) -> Respons
         Ok(b) => b,
         Err(r) => return r.into_response(),
     };
-    let svc = &st.services;
-    match tokens::exchange(&st.worker.store, &svc.tokens, &b.user_id, &b.code, Utc::now()).await {
+    let (store, svc) = (st.worker.store.clone(), st.services.clone());
+    let work = async move { tokens::exchange(&store, &svc.tokens, &b.user_id, &b.code, Utc::now()).await };
+    match to_the_end(&st, work).await {
         Ok(done) => Json(done).into_response(),
         Err(e) if crate::exit::classify(&e) == crate::failure::Status::No => {
             error(StatusCode::BAD_REQUEST, format!("{e:#}"))

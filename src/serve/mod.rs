@@ -33,6 +33,9 @@ pub(crate) struct AppState {
     pub(crate) metrics: Arc<RouteMetrics>,
     /// Wakes the inbox processor when a webhook was accepted here.
     pub(crate) wake: Arc<Notify>,
+    /// Work that runs to its end though its caller went away (a refresh, a code exchange), waited for at
+    /// shutdown within the grace period.
+    pub(crate) to_the_end: tokio_util::task::TaskTracker,
 }
 
 /// How often the inbox is looked at without a wake-up (retries, webhooks another process accepted).
@@ -61,7 +64,9 @@ pub async fn serve_on(
         api_key: Arc::new(api_key),
         metrics: Arc::new(RouteMetrics::default()),
         wake: Arc::new(Notify::new()),
+        to_the_end: tokio_util::task::TaskTracker::new(),
     };
+    let to_the_end = state.to_the_end.clone();
     let inbox = tokio::spawn(inbox::process::run(worker.clone(), state.wake.clone(), INBOX_EVERY));
     crate::jobs::deliver_outbox_in_background(worker.clone());
     let addr = listener.local_addr()?;
@@ -77,7 +82,13 @@ pub async fn serve_on(
             warn!(grace_secs = grace.as_secs(), "requests still in flight after the grace period; stopping anyway");
         }
     }
-    if tokio::time::timeout(grace, inbox).await.is_err() {
+    // One grace period for what still runs once the requests are answered.
+    let deadline = tokio::time::Instant::now() + grace;
+    to_the_end.close();
+    if tokio::time::timeout_at(deadline, to_the_end.wait()).await.is_err() {
+        warn!("a refresh or code exchange whose caller went away did not finish within the grace period");
+    }
+    if tokio::time::timeout_at(deadline, inbox).await.is_err() {
         warn!("the webhook inbox pass did not finish within the grace period; its webhooks are taken again later");
     }
     info!("stopped serving");

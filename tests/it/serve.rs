@@ -353,6 +353,42 @@ async fn requests_in_flight_at_shutdown_finish(b: Backend) {
 }
 both_backends!(requests_in_flight_at_shutdown_finish, super::requests_in_flight_at_shutdown_finish);
 
+async fn a_caller_that_gives_up_during_a_refresh_leaves_the_grant_live(b: Backend) {
+    let rig = TestApp::new(b, SandboxSettings::default(), |s| s.astra.request_timeout = Duration::from_secs(5)).await;
+    let svc = start(&rig).await;
+    // The stored access token is about to expire: the request refreshes it against an Astra answering in 1 s.
+    let u = rig.seed(&svc.worker.store, 1, |_| TimeDelta::days(1)).await.remove(0);
+    with_pool!(&svc.worker.store, |p| sqlx::query("UPDATE grant_token SET access_expires_at = $1")
+        .bind(Utc::now())
+        .execute(p)
+        .await
+        .map(|_| ())
+        .unwrap());
+    rig.sandbox.set_faults(Faults { latency_ms: 1_000, ..Default::default() });
+    let url = format!("{}/v1/users/{u}/access-token", svc.base);
+    let request = tokio::spawn(async move { http().get(url).bearer_auth(KEY).send().await });
+    eventually("the refresh is in flight", async || {
+        count(&svc.worker, "SELECT COUNT(*) FROM refresh_intent WHERE closed_at IS NULL").await == 1
+    })
+    .await;
+    // The backend's own timeout: it closes the connection while Astra has not answered.
+    request.abort();
+    assert!(request.await.unwrap_err().is_cancelled());
+    eventually("the refresh is committed", async || {
+        count(&svc.worker, "SELECT COUNT(*) FROM refresh_intent WHERE closed_at IS NULL").await == 0
+    })
+    .await;
+    assert_eq!(rig.refreshes(&u), 1);
+    assert!(rig.stored_is_live(&svc.worker.store, &u).await, "the pair Astra issued is the one stored");
+    assert_eq!(count(&svc.worker, "SELECT COUNT(*) FROM reauth_episode").await, 0, "no episode: the grant lives");
+    svc.worker.shutdown.trigger("test");
+    svc.task.await.unwrap().unwrap();
+}
+both_backends!(
+    a_caller_that_gives_up_during_a_refresh_leaves_the_grant_live,
+    super::a_caller_that_gives_up_during_a_refresh_leaves_the_grant_live
+);
+
 async fn webhooks_the_sandbox_sends_late_repeated_and_out_of_order_count_each_transfer_once(b: Backend) {
     let rig = TestApp::new(b, SandboxSettings::default(), |_| {}).await;
     let svc = start(&rig).await;
