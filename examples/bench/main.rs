@@ -59,6 +59,23 @@ fn keyring() -> Keyring {
     Keyring::from_base64("BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=", &[]).unwrap()
 }
 
+/// The PostgreSQL databases this process made (admin URL, name), dropped by [`drop_made`] as it ends.
+static MADE: std::sync::Mutex<Vec<(String, String)>> = std::sync::Mutex::new(Vec::new());
+
+/// Drops the databases [`fresh`] made, with whatever connections are still open to them, so runs do not pile
+/// databases up on the server (a run that panics leaves its own behind).
+async fn drop_made() {
+    let made = std::mem::take(&mut *MADE.lock().unwrap());
+    for (admin, name) in made {
+        let p = sqlx::PgPool::connect(&admin).await.unwrap();
+        let sql = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+        if let Err(e) = sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&p).await {
+            eprintln!("bench: could not drop {name}: {e}");
+        }
+        p.close().await;
+    }
+}
+
 async fn fresh(pg: Option<&str>) -> (String, Option<tempfile::TempDir>) {
     match pg {
         None => {
@@ -69,6 +86,8 @@ async fn fresh(pg: Option<&str>) -> (String, Option<tempfile::TempDir>) {
             let name = format!("aw_bench_{}", uuid::Uuid::new_v4().simple());
             let p = sqlx::PgPool::connect(admin).await.unwrap();
             sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&p).await.unwrap();
+            p.close().await;
+            MADE.lock().unwrap().push((admin.to_string(), name.clone()));
             let mut u = reqwest::Url::parse(admin).unwrap();
             u.set_path(&name);
             (u.to_string(), None)
@@ -383,6 +402,7 @@ async fn main() {
     if let Some(i) = args.iter().position(|a| a == "--rotation-case") {
         let n = |k: usize| args[i + k].parse::<u64>().unwrap();
         rotation::case(pg.as_deref(), n(1) as usize, n(2) as u32, n(3)).await;
+        drop_made().await;
         return;
     }
     let only = std::env::var("BENCH_ONLY").unwrap_or_default();
@@ -430,4 +450,5 @@ async fn main() {
         rotation::large(&mut report, pg.as_deref(), n).await;
     }
     report.write();
+    drop_made().await;
 }

@@ -19,7 +19,7 @@ pub use client::AstraClient;
 pub use error::AstraError;
 pub use limiter::RequestLimiter;
 pub use model::{Card, TokenPair, Transfer, TransferStatus, User, UserStatus};
-pub(crate) use record::FORGET as FORGET_CALLS;
+pub use record::FORGET as FORGET_CALLS;
 
 use crate::secrets;
 

@@ -41,5 +41,5 @@ pub(super) async fn insert(store: &Store, c: &ApiCall<'_>) -> sqlx::Result<()> {
 }
 
 /// Calls older than the cutoff (the `retention` job's `api_calls`).
-pub(crate) const FORGET: crate::store::forget::Forget =
+pub const FORGET: crate::store::forget::Forget =
     crate::store::forget::Forget { table: "api_call", key: "id", done_before: "at < $1" };

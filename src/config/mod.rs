@@ -138,7 +138,7 @@ pub enum JobParams {
 }
 
 pub use params::{
-    GuardSettings, InboundVolumeParams, OnUncertain, ReprocessingCheckParams, RetentionParams,
+    GuardSettings, InboundVolumeParams, MAX_HOLD_FOR, OnUncertain, ReprocessingCheckParams, RetentionParams,
     StaleAuthorizationSweepParams, TokenRotationParams, TransferSyncParams,
 };
 

@@ -36,6 +36,9 @@ impl Default for TokenRotationParams {
     }
 }
 
+/// The longest a hold may last (`--hold-for`, `hold_for`).
+pub const MAX_HOLD_FOR: TimeDelta = TimeDelta::days(7);
+
 /// `[guard]`: how the guard answers.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]

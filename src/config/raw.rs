@@ -10,8 +10,8 @@ use toml::Spanned;
 use super::{
     AstraSettings, JobName, JobParams, JobSettings, OutboxSettings, RunnerSettings, Settings, check_url, default_burst,
     params::{
-        GuardSettings, InboundVolumeParams, ReprocessingCheckParams, RetentionParams, StaleAuthorizationSweepParams,
-        TokenRotationParams, TransferSyncParams, delta, duration, opt_duration,
+        GuardSettings, InboundVolumeParams, MAX_HOLD_FOR, ReprocessingCheckParams, RetentionParams,
+        StaleAuthorizationSweepParams, TokenRotationParams, TransferSyncParams, delta, duration, opt_duration,
     },
 };
 use crate::domain::{Schedule, time::parse_zone};
@@ -270,6 +270,16 @@ pub(super) fn parse(text: &str, base_url_override: Option<&str>) -> Result<Setti
             if keep < TimeDelta::days(1) {
                 return Err(format!("settings.{key} must be at least 1d (got {}s)", keep.num_seconds()));
             }
+        }
+        // A transfer ends at most one hold because the hold it ended names it: forgotten sooner than the
+        // longest hold lasts, that hold would let the transfer end a second one still open.
+        let holds_min = MAX_HOLD_FOR + TimeDelta::days(1);
+        if p.holds < holds_min {
+            return Err(format!(
+                "settings.holds must be at least {}d, longer than the longest hold (got {}s)",
+                holds_min.num_days(),
+                p.holds.num_seconds()
+            ));
         }
         if p.batch_size == 0 {
             return Err("settings.batch_size must be at least 1".into());

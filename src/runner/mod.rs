@@ -116,7 +116,12 @@ pub async fn run_slot(
 
     let heartbeat =
         owns_claim.then(|| heartbeat::spawn(worker.store.clone(), name, slot, &run_id, lease, stop.clone()));
-    let presence = if opts.dry_run { None } else { Some(heartbeat::spawn_presence(worker).await) };
+    // Present (dividing the Astra budget) only while calling Astra.
+    let presence = if opts.dry_run || !jobs::needs_services(job.name) {
+        None
+    } else {
+        Some(heartbeat::spawn_presence(worker).await)
+    };
     let result = heartbeat::run_with_grace(&ctx).instrument(span.clone()).await;
     for h in heartbeat.into_iter().chain(presence) {
         h.abort();

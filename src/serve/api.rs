@@ -12,6 +12,7 @@ use chrono::Utc;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::json;
+use tracing::Instrument as _;
 
 use super::{
     AppState,
@@ -89,7 +90,9 @@ pub(super) async fn attach(State(st): State<AppState>, Path(key): Path<String>, 
         Err(e) => return failure(e.into()),
         Ok(Some(_)) => {}
     }
-    match holds::attach(&st.worker.store, &key, &b.routine_id).await {
+    // To the end: the attach commits, then ends the hold if its routine's transfer is already counted.
+    let (store, k, routine) = (st.worker.store.clone(), key.clone(), b.routine_id.clone());
+    match to_the_end(&st, async move { holds::attach(&store, &k, &routine).await }).await {
         Ok(()) => Json(json!({"hold_key": key, "routine_id": b.routine_id, "attached": true})).into_response(),
         // The hold ended, or the routine is another hold's: a conflict with what is stored.
         Err(e) if e.downcast_ref::<crate::failure::Failure>().is_some() => {
@@ -109,13 +112,15 @@ pub(super) async fn release(State(st): State<AppState>, Path(key): Path<String>)
 
 /// Runs `work` to its end even when the caller goes away: hyper drops a request's handler when its connection
 /// closes, and a refresh or a code exchange cut between Astra's answer and its commit loses the grant (Astra
-/// has rotated or spent the code; the store never learns the new pair).
+/// has rotated or spent the code; the store never learns the new pair); an attach cut between its two steps
+/// leaves a counted hold open.
 /// Shutdown waits for it within the grace period ([`AppState::to_the_end`]).
 async fn to_the_end<T: Send + 'static>(
     st: &AppState,
     work: impl Future<Output = anyhow::Result<T>> + Send + 'static,
 ) -> anyhow::Result<T> {
-    st.to_the_end.spawn(work).await.map_err(|e| anyhow::anyhow!("the request's work stopped: {e}"))?
+    // In the request's span: its log lines carry the request id.
+    st.to_the_end.spawn(work.in_current_span()).await.map_err(|e| anyhow::anyhow!("the request's work stopped: {e}"))?
 }
 
 pub(super) async fn access_token(State(st): State<AppState>, Path(user_id): Path<String>) -> Response {

@@ -21,11 +21,23 @@ impl Forget {
         with_pool!(store, |p| sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).bind(cutoff).fetch_one(p).await)
     }
 
-    /// Forgets at most `limit` of them (any: the owner's index on when they ended finds them); how many it
-    /// forgot.
+    /// The keys of at most `$2` rows that may be forgotten at `$1` (any: the owner's index on when they
+    /// ended finds them).
+    pub fn candidates(&self) -> String {
+        format!("SELECT {} FROM {} WHERE {} LIMIT $2", self.key, self.table, self.done_before)
+    }
+
+    /// Forgets at most `limit` of the [`candidates`](Self::candidates); how many it forgot.
     pub async fn some(&self, store: &Store, cutoff: DateTime<Utc>, limit: u32) -> sqlx::Result<u64> {
-        let (table, key, done) = (self.table, self.key, self.done_before);
-        let sql = format!("DELETE FROM {table} WHERE ({key}) IN (SELECT {key} FROM {table} WHERE {done} LIMIT $2)");
+        // The condition again on the rows deleted: PostgreSQL rechecks only the outer one against a row another
+        // transaction changed meanwhile (a slot claim taken over is running again).
+        let sql = format!(
+            "DELETE FROM {} WHERE ({}) IN ({}) AND {}",
+            self.table,
+            self.key,
+            self.candidates(),
+            self.done_before
+        );
         with_pool!(store, |p| sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(cutoff)
             .bind(i64::from(limit))

@@ -293,14 +293,22 @@ pub async fn presence(store: &Store, instance: &str, until: DateTime<Utc>, now: 
     })
 }
 
-/// Runs finished before the cutoff (the `retention` job's `job_runs`).
+/// Runs finished before the cutoff (the `retention` job's `job_runs`), but never a job's latest success (the
+/// metrics' last success).
 pub const FORGET_RUNS: super::forget::Forget = super::forget::Forget {
     table: "job_run",
     key: "run_id",
-    done_before: "finished_at IS NOT NULL AND finished_at < $1",
+    done_before: "finished_at IS NOT NULL AND finished_at < $1
+                  AND finished_at < (SELECT MAX(r.finished_at) FROM job_run r
+                                     WHERE r.job = job_run.job AND r.outcome = 'succeeded')",
 };
 
 /// Claims of slots before the cutoff that no run holds (the `retention` job's `job_runs`: longer than any
-/// job's `max_lateness`, so no slot a job could still catch up is claimable again).
-pub const FORGET_CLAIMS: super::forget::Forget =
-    super::forget::Forget { table: "slot_claim", key: "job, slot", done_before: "state <> 'running' AND slot < $1" };
+/// job's `max_lateness`, so no slot a job could still catch up is claimable again), but never a job's latest
+/// succeeded slot (what `health` reads).
+pub const FORGET_CLAIMS: super::forget::Forget = super::forget::Forget {
+    table: "slot_claim",
+    key: "job, slot",
+    done_before: "state <> 'running' AND slot < $1
+                  AND slot < (SELECT MAX(c.slot) FROM slot_claim c WHERE c.job = slot_claim.job AND c.state = 'succeeded')",
+};

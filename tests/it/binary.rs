@@ -55,8 +55,10 @@ fn each_kind_of_bad_config_exits_78_naming_the_key() {
         ("time_zone = \"America/New_York\"", "time_zone = \"Nowhere/Land\"", "jobs.token-rotation.time_zone"),
         ("requests_per_second = 20", "requests_per_second = -1", "requests_per_second"),
         ("claim_lease = \"2m\"", "claim_lease = \"soon\"", "soon"),
-        // Claims kept no longer than inbound-volume's 3-day catch-up would let it run a slot again.
-        ("job_runs = \"90d\"", "job_runs = \"2d\"", "jobs.retention.settings.job_runs"),
+        // Claims kept no longer than token-rotation's 7-day catch-up would let it run a slot again.
+        ("job_runs = \"90d\"", "job_runs = \"7d\"", "jobs.retention.settings.job_runs"),
+        // Holds forgotten while one of 7 days could still be open.
+        ("holds = \"30d\"", "holds = \"7d\"", "jobs.retention.settings.holds"),
         ("webhooks = \"14d\"", "webhooks = \"2h\"", "jobs.retention.settings.webhooks"),
     ];
     let dir = tempfile::tempdir().unwrap();

@@ -1,6 +1,6 @@
 //! The `retention` job: it forgets the rows whose work is over once their keeping has passed, a batch at a
-//! time, and nothing else (an open hold, a webhook still waiting, a running claim, an open intent stay
-//! however old); a dry run only counts.
+//! time, and nothing else (an open hold, a webhook still waiting, a running claim, an open intent, a job's
+//! latest success stay however old); a dry run only counts.
 
 use astra_worker::{
     app::Worker,
@@ -71,6 +71,22 @@ async fn seed(store: &Store) {
         "INSERT INTO job_run (run_id, job, slot, owner, forced, started_at, outcome)
          VALUES ($1, 'inbound-volume', $2, 'h:1', FALSE, $2, 'running')",
         "running",
+        days_ago(100),
+    )
+    .await;
+    // A job's latest success stays however old (what `health` and the metrics read).
+    exec(
+        store,
+        "INSERT INTO job_run (run_id, job, slot, owner, forced, started_at, finished_at, outcome)
+         VALUES ($1, 'token-rotation', $2, 'h:1', FALSE, $2, $2, 'succeeded')",
+        "only",
+        days_ago(100),
+    )
+    .await;
+    exec(
+        store,
+        "INSERT INTO slot_claim (job, slot, run_id, owner, state) VALUES ('token-rotation', $2, $1, 'h:1', 'succeeded')",
+        "only",
         days_ago(100),
     )
     .await;
@@ -159,8 +175,8 @@ async fn retention_forgets_only_what_is_done_and_past_its_keeping(b: Backend) {
             ("api_call", &["new"]),
             ("webhook_inbox", &["new", "waiting"]),
             ("guard_hold", &["new", "open"]),
-            ("job_run", &["new", "running"]),
-            ("slot_claim", &["new", "running"]),
+            ("job_run", &["new", "only", "running"]),
+            ("slot_claim", &["new", "only", "running"]),
             ("refresh_intent", &["new", "open"]),
         ])
     );

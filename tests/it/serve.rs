@@ -353,10 +353,12 @@ async fn requests_in_flight_at_shutdown_finish(b: Backend) {
 }
 both_backends!(requests_in_flight_at_shutdown_finish, super::requests_in_flight_at_shutdown_finish);
 
-async fn a_caller_that_gives_up_during_a_refresh_leaves_the_grant_live(b: Backend) {
-    let rig = TestApp::new(b, SandboxSettings::default(), |s| s.astra.request_timeout = Duration::from_secs(5)).await;
+/// A service whose caller closes the connection while the refresh it asked for waits on Astra (answering in
+/// 2 s); then `shutdown` at once, or not.
+async fn abandon_a_refresh(b: Backend, shutdown: bool) {
+    let rig = TestApp::new(b, SandboxSettings::default(), |s| s.astra.request_timeout = Duration::from_secs(10)).await;
     let svc = start(&rig).await;
-    // The stored access token is about to expire: the request refreshes it against an Astra answering in 1 s.
+    // The stored access token is about to expire: the request refreshes it.
     let u = rig.seed(&svc.worker.store, 1, |_| TimeDelta::days(1)).await.remove(0);
     with_pool!(&svc.worker.store, |p| sqlx::query("UPDATE grant_token SET access_expires_at = $1")
         .bind(Utc::now())
@@ -364,7 +366,7 @@ async fn a_caller_that_gives_up_during_a_refresh_leaves_the_grant_live(b: Backen
         .await
         .map(|_| ())
         .unwrap());
-    rig.sandbox.set_faults(Faults { latency_ms: 1_000, ..Default::default() });
+    rig.sandbox.set_faults(Faults { latency_ms: 2_000, ..Default::default() });
     let url = format!("{}/v1/users/{u}/access-token", svc.base);
     let request = tokio::spawn(async move { http().get(url).bearer_auth(KEY).send().await });
     eventually("the refresh is in flight", async || {
@@ -374,19 +376,35 @@ async fn a_caller_that_gives_up_during_a_refresh_leaves_the_grant_live(b: Backen
     // The backend's own timeout: it closes the connection while Astra has not answered.
     request.abort();
     assert!(request.await.unwrap_err().is_cancelled());
-    eventually("the refresh is committed", async || {
-        count(&svc.worker, "SELECT COUNT(*) FROM refresh_intent WHERE closed_at IS NULL").await == 0
-    })
-    .await;
+    if !shutdown {
+        eventually("the refresh is committed", async || {
+            count(&svc.worker, "SELECT COUNT(*) FROM refresh_intent WHERE closed_at IS NULL").await == 0
+        })
+        .await;
+    }
+    svc.worker.shutdown.trigger("SIGTERM");
+    svc.task.await.unwrap().unwrap();
+    assert_eq!(count(&svc.worker, "SELECT COUNT(*) FROM refresh_intent WHERE closed_at IS NULL").await, 0);
     assert_eq!(rig.refreshes(&u), 1);
     assert!(rig.stored_is_live(&svc.worker.store, &u).await, "the pair Astra issued is the one stored");
     assert_eq!(count(&svc.worker, "SELECT COUNT(*) FROM reauth_episode").await, 0, "no episode: the grant lives");
-    svc.worker.shutdown.trigger("test");
-    svc.task.await.unwrap().unwrap();
+}
+
+async fn a_caller_that_gives_up_during_a_refresh_leaves_the_grant_live(b: Backend) {
+    abandon_a_refresh(b, false).await;
 }
 both_backends!(
     a_caller_that_gives_up_during_a_refresh_leaves_the_grant_live,
     super::a_caller_that_gives_up_during_a_refresh_leaves_the_grant_live
+);
+
+/// Shutdown waits for the refresh whose caller left, within the grace period.
+async fn shutdown_finishes_a_refresh_whose_caller_gave_up(b: Backend) {
+    abandon_a_refresh(b, true).await;
+}
+both_backends!(
+    shutdown_finishes_a_refresh_whose_caller_gave_up,
+    super::shutdown_finishes_a_refresh_whose_caller_gave_up
 );
 
 async fn webhooks_the_sandbox_sends_late_repeated_and_out_of_order_count_each_transfer_once(b: Backend) {

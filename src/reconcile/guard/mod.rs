@@ -24,7 +24,7 @@ use super::{
     registry::DestinationKind,
 };
 use crate::{
-    config::{GuardSettings, OnUncertain},
+    config::{GuardSettings, MAX_HOLD_FOR, OnUncertain},
     domain::Cents,
     failure::Failure,
     store::Store,
@@ -111,7 +111,7 @@ pub async fn check_and_hold(
     now: DateTime<Utc>,
 ) -> anyhow::Result<GuardAnswer> {
     holds::check_key(hold.key).map_err(|e| Failure::Config(format!("--hold: {e}")))?;
-    if hold.hold_for <= TimeDelta::zero() || hold.hold_for > TimeDelta::days(7) {
+    if hold.hold_for <= TimeDelta::zero() || hold.hold_for > MAX_HOLD_FOR {
         return Err(Failure::config("--hold-for: a hold lasts longer than zero and at most 7 days"));
     }
     // A named destination whose day has a lane open in this process is read without the day's held sum:

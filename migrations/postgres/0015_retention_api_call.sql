@@ -1,0 +1,5 @@
+-- no-transaction
+-- The retention job finds the call log (a row per Astra request) by when the work ended. Built concurrently, alone in its migration
+-- (outside a transaction): a plain build holds every write to the table while it reads all of it, and the
+-- call log's writers include a refresh between Astra's answer and the commit of its pair.
+CREATE INDEX CONCURRENTLY IF NOT EXISTS api_call_at ON api_call (at);

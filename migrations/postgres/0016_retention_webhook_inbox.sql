@@ -1,0 +1,5 @@
+-- no-transaction
+-- The retention job finds processed webhooks by when the work ended. Built concurrently, alone in its migration
+-- (outside a transaction): a plain build holds every write to the table while it reads all of it, and the
+-- call log's writers include a refresh between Astra's answer and the commit of its pair.
+CREATE INDEX CONCURRENTLY IF NOT EXISTS webhook_inbox_processed ON webhook_inbox (processed_at) WHERE processed_at IS NOT NULL;
