@@ -72,18 +72,24 @@ pub async fn serve_on(
     let addr = listener.local_addr()?;
     info!(listen = %addr, "serving");
     let app = routes::router(state);
-    let stop = worker.clone();
-    let server = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(async move { stop.shutdown.triggered().await });
+    // One grace period from the signal for everything still running: the requests in flight, the work their
+    // callers left (see `api::to_the_end`) and the inbox pass (a unit's stop timeout is the grace plus 10 s).
     let grace = worker.settings.runner.grace_period;
+    let signalled = Arc::new(std::sync::OnceLock::new());
+    let (stop, at) = (worker.clone(), signalled.clone());
+    let server = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).with_graceful_shutdown(
+        async move {
+            stop.shutdown.triggered().await;
+            let _ = at.set(tokio::time::Instant::now());
+        },
+    );
     tokio::select! {
         r = server => r.context("serving HTTP")?,
         _ = async { worker.shutdown.triggered().await; tokio::time::sleep(grace).await } => {
             warn!(grace_secs = grace.as_secs(), "requests still in flight after the grace period; stopping anyway");
         }
     }
-    // One grace period for what still runs once the requests are answered.
-    let deadline = tokio::time::Instant::now() + grace;
+    let deadline = signalled.get().copied().unwrap_or_else(tokio::time::Instant::now) + grace;
     to_the_end.close();
     if tokio::time::timeout_at(deadline, to_the_end.wait()).await.is_err() {
         warn!("a refresh or code exchange whose caller went away did not finish within the grace period");
