@@ -326,10 +326,14 @@ async fn the_code_exchange_and_tokens_over_http(b: Backend) {
 }
 both_backends!(the_code_exchange_and_tokens_over_http, super::the_code_exchange_and_tokens_over_http);
 
-async fn requests_in_flight_at_shutdown_finish(b: Backend) {
-    let rig = TestApp::new(b, SandboxSettings::default(), |s| s.astra.request_timeout = Duration::from_secs(5)).await;
+/// A service, and a request for the access token of a user whose stored one is about to expire, in flight: its
+/// refresh intent is written and Astra (answering in `latency_ms`) has not answered. Gives the request and the user.
+async fn refresh_in_flight(
+    b: Backend,
+    latency_ms: u64,
+) -> (TestApp, Service, tokio::task::JoinHandle<reqwest::Result<reqwest::Response>>, String) {
+    let rig = TestApp::new(b, SandboxSettings::default(), |s| s.astra.request_timeout = Duration::from_secs(10)).await;
     let svc = start(&rig).await;
-    // The stored access token is about to expire: the request refreshes it against an Astra answering in 1 s.
     let u = rig.seed(&svc.worker.store, 1, |_| TimeDelta::days(1)).await.remove(0);
     with_pool!(&svc.worker.store, |p| sqlx::query("UPDATE grant_token SET access_expires_at = $1")
         .bind(Utc::now())
@@ -337,14 +341,18 @@ async fn requests_in_flight_at_shutdown_finish(b: Backend) {
         .await
         .map(|_| ())
         .unwrap());
-    rig.sandbox.set_faults(Faults { latency_ms: 1_000, ..Default::default() });
+    rig.sandbox.set_faults(Faults { latency_ms, ..Default::default() });
     let url = format!("{}/v1/users/{u}/access-token", svc.base);
     let request = tokio::spawn(async move { http().get(url).bearer_auth(KEY).send().await });
-    // In flight: its refresh intent is written, Astra has not answered.
     eventually("the refresh is in flight", async || {
         count(&svc.worker, "SELECT COUNT(*) FROM refresh_intent WHERE closed_at IS NULL").await == 1
     })
     .await;
+    (rig, svc, request, u)
+}
+
+async fn requests_in_flight_at_shutdown_finish(b: Backend) {
+    let (_rig, svc, request, _) = refresh_in_flight(b, 1_000).await;
     svc.worker.shutdown.trigger("SIGTERM");
     let answer = request.await.unwrap().unwrap();
     assert_eq!(answer.status(), 200, "the request in flight finished");
@@ -353,26 +361,10 @@ async fn requests_in_flight_at_shutdown_finish(b: Backend) {
 }
 both_backends!(requests_in_flight_at_shutdown_finish, super::requests_in_flight_at_shutdown_finish);
 
-/// A service whose caller closes the connection while the refresh it asked for waits on Astra (answering in
-/// 2 s); then `shutdown` at once, or not.
+/// A caller closes the connection while the refresh it asked for waits on Astra (answering in 2 s); then
+/// `shutdown` at once, or not.
 async fn abandon_a_refresh(b: Backend, shutdown: bool) {
-    let rig = TestApp::new(b, SandboxSettings::default(), |s| s.astra.request_timeout = Duration::from_secs(10)).await;
-    let svc = start(&rig).await;
-    // The stored access token is about to expire: the request refreshes it.
-    let u = rig.seed(&svc.worker.store, 1, |_| TimeDelta::days(1)).await.remove(0);
-    with_pool!(&svc.worker.store, |p| sqlx::query("UPDATE grant_token SET access_expires_at = $1")
-        .bind(Utc::now())
-        .execute(p)
-        .await
-        .map(|_| ())
-        .unwrap());
-    rig.sandbox.set_faults(Faults { latency_ms: 2_000, ..Default::default() });
-    let url = format!("{}/v1/users/{u}/access-token", svc.base);
-    let request = tokio::spawn(async move { http().get(url).bearer_auth(KEY).send().await });
-    eventually("the refresh is in flight", async || {
-        count(&svc.worker, "SELECT COUNT(*) FROM refresh_intent WHERE closed_at IS NULL").await == 1
-    })
-    .await;
+    let (rig, svc, request, u) = refresh_in_flight(b, 2_000).await;
     // The backend's own timeout: it closes the connection while Astra has not answered.
     request.abort();
     assert!(request.await.unwrap_err().is_cancelled());
