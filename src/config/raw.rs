@@ -297,8 +297,8 @@ pub(super) fn parse(text: &str, base_url_override: Option<&str>) -> Result<Setti
         ));
     }
 
-    if file.guard.hold_for <= TimeDelta::zero() {
-        return Err("guard.hold_for: must be longer than zero".into());
+    if file.guard.hold_for <= TimeDelta::zero() || file.guard.hold_for > MAX_HOLD_FOR {
+        return Err(format!("guard.hold_for: must be longer than zero and at most {}d", MAX_HOLD_FOR.num_days()));
     }
     Ok(Settings {
         guard: file.guard,

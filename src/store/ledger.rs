@@ -294,13 +294,13 @@ pub async fn presence(store: &Store, instance: &str, until: DateTime<Utc>, now: 
 }
 
 /// Runs finished before the cutoff (the `retention` job's `job_runs`), but never a job's latest success (the
-/// metrics' last success).
+/// metrics' last success; found through `job_run_last_success`).
 pub const FORGET_RUNS: super::forget::Forget = super::forget::Forget {
     table: "job_run",
     key: "run_id",
     done_before: "finished_at IS NOT NULL AND finished_at < $1
-                  AND finished_at < (SELECT MAX(r.finished_at) FROM job_run r
-                                     WHERE r.job = job_run.job AND r.outcome = 'succeeded')",
+                  AND finished_at < COALESCE((SELECT MAX(r.finished_at) FROM job_run r
+                                              WHERE r.job = job_run.job AND r.outcome = 'succeeded'), $1)",
 };
 
 /// Claims of slots before the cutoff that no run holds (the `retention` job's `job_runs`: longer than any
@@ -310,5 +310,6 @@ pub const FORGET_CLAIMS: super::forget::Forget = super::forget::Forget {
     table: "slot_claim",
     key: "job, slot",
     done_before: "state <> 'running' AND slot < $1
-                  AND slot < (SELECT MAX(c.slot) FROM slot_claim c WHERE c.job = slot_claim.job AND c.state = 'succeeded')",
+                  AND slot < COALESCE((SELECT MAX(c.slot) FROM slot_claim c
+                                       WHERE c.job = slot_claim.job AND c.state = 'succeeded'), $1)",
 };

@@ -57,6 +57,7 @@ fn each_kind_of_bad_config_exits_78_naming_the_key() {
         ("claim_lease = \"2m\"", "claim_lease = \"soon\"", "soon"),
         // Claims kept no longer than token-rotation's 7-day catch-up would let it run a slot again.
         ("job_runs = \"90d\"", "job_runs = \"7d\"", "jobs.retention.settings.job_runs"),
+        ("hold_for = \"1h\"", "hold_for = \"8d\"", "guard.hold_for"),
         // Holds forgotten while one of 7 days could still be open.
         ("holds = \"30d\"", "holds = \"7d\"", "jobs.retention.settings.holds"),
         ("webhooks = \"14d\"", "webhooks = \"2h\"", "jobs.retention.settings.webhooks"),

@@ -74,6 +74,22 @@ async fn seed(store: &Store) {
         days_ago(100),
     )
     .await;
+    // A job that never succeeded keeps none of its old runs.
+    exec(
+        store,
+        "INSERT INTO job_run (run_id, job, slot, owner, forced, started_at, finished_at, outcome)
+         VALUES ($1, 'reprocessing-check', $2, 'h:1', FALSE, $2, $2, 'failed')",
+        "failed",
+        days_ago(100),
+    )
+    .await;
+    exec(
+        store,
+        "INSERT INTO slot_claim (job, slot, run_id, owner, state) VALUES ('reprocessing-check', $2, $1, 'h:1', 'failed')",
+        "failed",
+        days_ago(100),
+    )
+    .await;
     // A job's latest success stays however old (what `health` and the metrics read).
     exec(
         store,
@@ -158,17 +174,19 @@ async fn retention_forgets_only_what_is_done_and_past_its_keeping(b: Backend) {
     let dry = RunOptions { dry_run: true, ..Default::default() };
     let r = run_job(&w, JobName::Retention, &dry, Utc::now()).await.unwrap();
     let SlotResult::DryRun { details, .. } = &r.reports[0].result else { panic!("{r:?}") };
+    // Two runs and claims: an old success before a newer one, and a failure of a job that never succeeded.
+    let expected = |table: &str| if table == "job_runs" || table == "slot_claims" { 2 } else { 1 };
     for table in ["api_calls", "webhooks", "holds", "job_runs", "slot_claims", "refresh_intents"] {
-        assert_eq!(details[format!("would_forget_{table}")], 1, "{table}: {details}");
+        assert_eq!(details[format!("would_forget_{table}")], expected(table), "{table}: {details}");
     }
     assert_eq!(left(&w.store).await, everything, "a dry run forgets nothing");
 
     let r = run_job(&w, JobName::Retention, &RunOptions::default(), Utc::now()).await.unwrap();
     let SlotResult::Ran { details, counts, .. } = &r.reports[0].result else { panic!("{r:?}") };
     for table in ["api_calls", "webhooks", "holds", "job_runs", "slot_claims", "refresh_intents"] {
-        assert_eq!(details[format!("forgot_{table}")], 1, "{table}: {details}");
+        assert_eq!(details[format!("forgot_{table}")], expected(table), "{table}: {details}");
     }
-    assert_eq!(counts.processed, 6, "{counts:?}");
+    assert_eq!(counts.processed, 8, "{counts:?}");
     assert_eq!(
         left(&w.store).await,
         expect(&[
