@@ -28,19 +28,21 @@ pub(super) async fn run(ctx: &RunContext<'_>, p: &RetentionParams) -> anyhow::Re
             continue;
         }
         let mut forgotten = 0;
-        loop {
+        let stopped = loop {
             if ctx.stopping() {
-                ctx.tally(&format!("forgot_{name}"), forgotten as i64);
-                return Ok(());
+                break true;
             }
             let n = forget.some(db, cutoff, p.batch_size).await?;
             forgotten += n;
             ctx.processed(n as i64);
             if n < u64::from(p.batch_size) {
-                break;
+                break false;
             }
-        }
+        };
         ctx.tally(&format!("forgot_{name}"), forgotten as i64);
+        if stopped {
+            break;
+        }
     }
     Ok(())
 }

@@ -24,6 +24,32 @@ async fn exec(store: &Store, sql: &'static str, id: &str, t: DateTime<Utc>) {
     with_pool!(store, |p| sqlx::query(sql).bind(id).bind(t).execute(p).await.map(|_| ()).unwrap());
 }
 
+/// A run of `job` that finished at `at` with `outcome`, and its slot's claim in the same state.
+async fn finished(store: &Store, run_id: &str, job: &str, outcome: &str, at: DateTime<Utc>) {
+    with_pool!(store, |p| {
+        sqlx::query(
+            "INSERT INTO job_run (run_id, job, slot, owner, forced, started_at, finished_at, outcome)
+             VALUES ($1, $2, $3, 'h:1', FALSE, $3, $3, $4)",
+        )
+        .bind(run_id)
+        .bind(job)
+        .bind(at)
+        .bind(outcome)
+        .execute(p)
+        .await
+        .unwrap();
+        sqlx::query("INSERT INTO slot_claim (job, slot, run_id, owner, state) VALUES ($1, $2, $3, 'h:1', $4)")
+            .bind(job)
+            .bind(at)
+            .bind(run_id)
+            .bind(outcome)
+            .execute(p)
+            .await
+            .map(|_| ())
+            .unwrap()
+    });
+}
+
 /// For each table, one row past its keeping and done (forgotten), one done but recent, and (where a row can
 /// be undone) one old but not done: the last two are kept.
 async fn seed(store: &Store) {
@@ -62,10 +88,12 @@ async fn seed(store: &Store) {
         days_ago(40),
     )
     .await;
-    let run = "INSERT INTO job_run (run_id, job, slot, owner, forced, started_at, finished_at, outcome)
-               VALUES ($1, 'inbound-volume', $2, 'h:1', FALSE, $2, $2, 'succeeded')";
-    exec(store, run, "old", days_ago(100)).await;
-    exec(store, run, "new", days_ago(1)).await;
+    // For runs and claims: an old success before a newer one (forgotten), a failure of a job that never
+    // succeeded (forgotten), and a job's only success, however old (kept: what `health` and the metrics read).
+    finished(store, "old", "inbound-volume", "succeeded", days_ago(100)).await;
+    finished(store, "new", "inbound-volume", "succeeded", days_ago(1)).await;
+    finished(store, "failed", "reprocessing-check", "failed", days_ago(100)).await;
+    finished(store, "only", "token-rotation", "succeeded", days_ago(100)).await;
     exec(
         store,
         "INSERT INTO job_run (run_id, job, slot, owner, forced, started_at, outcome)
@@ -74,41 +102,6 @@ async fn seed(store: &Store) {
         days_ago(100),
     )
     .await;
-    // A job that never succeeded keeps none of its old runs.
-    exec(
-        store,
-        "INSERT INTO job_run (run_id, job, slot, owner, forced, started_at, finished_at, outcome)
-         VALUES ($1, 'reprocessing-check', $2, 'h:1', FALSE, $2, $2, 'failed')",
-        "failed",
-        days_ago(100),
-    )
-    .await;
-    exec(
-        store,
-        "INSERT INTO slot_claim (job, slot, run_id, owner, state) VALUES ('reprocessing-check', $2, $1, 'h:1', 'failed')",
-        "failed",
-        days_ago(100),
-    )
-    .await;
-    // A job's latest success stays however old (what `health` and the metrics read).
-    exec(
-        store,
-        "INSERT INTO job_run (run_id, job, slot, owner, forced, started_at, finished_at, outcome)
-         VALUES ($1, 'token-rotation', $2, 'h:1', FALSE, $2, $2, 'succeeded')",
-        "only",
-        days_ago(100),
-    )
-    .await;
-    exec(
-        store,
-        "INSERT INTO slot_claim (job, slot, run_id, owner, state) VALUES ('token-rotation', $2, $1, 'h:1', 'succeeded')",
-        "only",
-        days_ago(100),
-    )
-    .await;
-    let claim = "INSERT INTO slot_claim (job, slot, run_id, owner, state) VALUES ('inbound-volume', $2, $1, 'h:1', 'succeeded')";
-    exec(store, claim, "old", days_ago(100)).await;
-    exec(store, claim, "new", days_ago(1)).await;
     exec(
         store,
         "INSERT INTO slot_claim (job, slot, run_id, owner, state, lease_until)
