@@ -43,7 +43,7 @@ use astra_worker::{
     reconcile::registry::{self, DestinationLine, ImportLine as RegistryLine},
     runner::{RunOptions, run_job},
     sandbox::SandboxSettings,
-    store::Store,
+    store::{Lives, Store},
     tokens::Keyring,
     tokens::{self, ImportLine},
 };
@@ -97,7 +97,7 @@ async fn fresh(pg: Option<&str>) -> (String, Option<tempfile::TempDir>) {
 
 /// 10,000 users with grants, one destination each (limit $2,500) and today's counters.
 async fn seed_guard_store(url: &str) -> Store {
-    let store = Store::open(url).await.unwrap();
+    let store = Store::open_for(url, Lives::Long).await.unwrap();
     let k = keyring();
     let now = Utc::now();
     let users = 10_000;

@@ -5,7 +5,13 @@
 
 use std::{sync::Arc, time::Duration};
 
-use astra_worker::{app::Services, app::Worker, astra::Credentials, sandbox::SandboxSettings, store::Store};
+use astra_worker::{
+    app::Services,
+    app::Worker,
+    astra::Credentials,
+    sandbox::SandboxSettings,
+    store::{Lives, Store},
+};
 use chrono::{TimeDelta, Utc};
 use secrecy::SecretString;
 
@@ -106,7 +112,7 @@ end
 
 /// Webhooks at `rate` per second for `secs` seconds, each a new transfer at the sandbox.
 async fn webhook_intake(report: &mut Report, label: &str, url: &str, sandbox: &str, rate: u32, secs: u32) {
-    let store = Store::open(url).await.unwrap();
+    let store = Store::open_for(url, Lives::Long).await.unwrap();
     let http = reqwest::Client::new();
     let users = 200;
     for i in 0..users {

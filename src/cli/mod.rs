@@ -25,7 +25,7 @@ use crate::{
     exit::classify,
     failure::{Failure, Status},
     runner::{RunOptions, run_job},
-    store::{self, Store},
+    store::{self, Lives, Store},
     telemetry::{self, LogTo},
 };
 
@@ -196,7 +196,7 @@ async fn run(cli: Cli) -> anyhow::Result<Status> {
             if let Some(p) = &cli.metrics_file {
                 crate::ops::metrics::check_writable(p)?;
             }
-            let worker = std::sync::Arc::new(Worker::new(Settings::load(&cli.config())?, open_store(&cli).await?));
+            let worker = std::sync::Arc::new(Worker::new(Settings::load(&cli.config())?, open_long_lived(&cli).await?));
             worker.shutdown.listen_for_signals().context("installing signal handlers")?;
             let Some(listen) = args.listen else { return ops::run(worker, args, cli.metrics_file.clone()).await };
             // The daemon and the service live and stop together: whichever ends first stops the other.
@@ -218,7 +218,7 @@ async fn run(cli: Cli) -> anyhow::Result<Status> {
             }
         }
         Some(Command::Serve(args)) => {
-            let worker = std::sync::Arc::new(Worker::new(Settings::load(&cli.config())?, open_store(&cli).await?));
+            let worker = std::sync::Arc::new(Worker::new(Settings::load(&cli.config())?, open_long_lived(&cli).await?));
             worker.shutdown.listen_for_signals().context("installing signal handlers")?;
             crate::serve::serve(worker, args.listen).await?;
             Ok(Status::Ok)
@@ -255,6 +255,11 @@ impl Cli {
 
 async fn open_store(cli: &Cli) -> anyhow::Result<Store> {
     Store::open(&cli.database_url).await
+}
+
+/// The store of `serve` and the daemon, which keep their connections open (see [`Lives::Long`]).
+async fn open_long_lived(cli: &Cli) -> anyhow::Result<Store> {
+    Store::open_for(&cli.database_url, Lives::Long).await
 }
 
 /// The jobs a `--run-once` argument names.

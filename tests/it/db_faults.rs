@@ -3,7 +3,7 @@
 //! never a grant declared dead without proof), the next run completes, and every grant is healthy or has a
 //! `lost_rotation` episode; none is refreshed twice. SQLite on a full filesystem (an 8 MiB tmpfs, so the test
 //! runs as root): a storage error naming the full disk, exit 75, the database intact, and the same import
-//! finishing once there is room.
+//! finishing once there is room. A long-lived process opens all its PostgreSQL connections at the start.
 
 use std::time::Duration;
 
@@ -11,12 +11,12 @@ use astra_worker::{
     config::JobName,
     runner::{RunOptions, run_job},
     sandbox::{Faults, SandboxSettings},
-    store::Store,
+    store::{Lives, PG_CONNECTIONS, Store},
 };
 use chrono::{TimeDelta, Utc};
 
 use crate::{
-    helpers::{Backend, KEY_A, TestApp, b64, bin, text},
+    helpers::{Backend, KEY_A, TestApp, TestDb, b64, bin, text},
     with_pool,
 };
 
@@ -67,6 +67,31 @@ async fn postgres_connections_terminated_mid_rotation_lose_no_grant() {
         assert!(rig.refreshes(u) <= 2, "{u}: refreshed {} times", rig.refreshes(u));
     }
     admin.close().await;
+}
+
+fn pg_pool(store: &Store) -> &sqlx::PgPool {
+    match store {
+        Store::Postgres(p) => p,
+        Store::Sqlite(_) => unreachable!("a PostgreSQL store"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_lived_process_opens_its_postgres_connections_at_the_start() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let brief = Store::open(&db.url).await.unwrap();
+    assert_eq!(pg_pool(&brief).size(), 1, "a brief command opens what it needs");
+    let long = Store::open_for(&db.url, Lives::Long).await.unwrap();
+    assert_eq!(pg_pool(&long).size(), PG_CONNECTIONS, "serve and the daemon open every connection before they answer");
+    let backends: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database() AND backend_type = 'client backend'",
+    )
+    .fetch_one(pg_pool(&brief))
+    .await
+    .unwrap();
+    assert_eq!(backends, i64::from(PG_CONNECTIONS) + 1, "the server sees them all");
+    long.close().await;
+    brief.close().await;
 }
 
 /// A tmpfs of `size` mounted on a fresh folder, unmounted when dropped.
