@@ -99,6 +99,7 @@ impl DayFix {
 /// the day's lock: a mirror write racing it either lands before (and is in the sum) or waits (and adds to the
 /// fixed counter). Nothing is erased.
 pub async fn fix_day(store: &Store, destination_id: &str, day: &str) -> sqlx::Result<DayFix> {
+    let _turn = store.write_turn().await?;
     with_pool!(store, |p| {
         let mut tx = p.begin().await?;
         let (counter, _) = day_lock!(&mut *tx, destination_id, day)?;

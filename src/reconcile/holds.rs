@@ -296,6 +296,7 @@ pub async fn place_locked(
     holds: &[Hold],
     mut decide: impl FnMut(usize, i64, i64) -> anyhow::Result<Option<String>>,
 ) -> anyhow::Result<Vec<Placement>> {
+    let _turn = store.write_turn().await?;
     with_pool!(store, |p| async {
         let mut tx = p.begin().await?;
         let (total, _) = crate::reconcile::counters::day_lock!(&mut *tx, day.0, day.1)?;

@@ -217,6 +217,7 @@ async fn write(
         (Some(landed), None) if live => next_recheck(landed, now),
         _ => None,
     };
+    let _turn = store.write_turn().await?;
     with_pool!(store, |p| {
         let mut tx = p.begin().await?;
         let wrote = match old {

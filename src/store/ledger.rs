@@ -182,6 +182,7 @@ pub async fn finish_run(
     error: Option<&str>,
 ) -> sqlx::Result<()> {
     let details = details.to_string();
+    let _turn = store.write_turn().await?;
     with_pool!(store, |p| {
         let mut tx = p.begin().await?;
         sqlx::query(

@@ -5,6 +5,9 @@
 pub mod faults;
 pub mod forget;
 pub mod ledger;
+mod turns;
+
+pub use turns::Turn;
 
 use std::{
     path::{Path, PathBuf},
@@ -35,6 +38,9 @@ pub enum Lives {
     /// `TCP_NODELAY`, so two handshake flights each wait out a delayed ACK; transact-rs/sqlx#4335).
     Long,
 }
+
+/// How long a SQLite writer waits for the database's lock (and for its turn, see [`Store::write_turn`]).
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The most connections a PostgreSQL pool opens.
 pub const PG_CONNECTIONS: u32 = 16;
@@ -139,7 +145,7 @@ impl Store {
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(Duration::from_secs(10))
+            .busy_timeout(BUSY_TIMEOUT)
             .foreign_keys(true);
         let pool =
             pool_options(if memory { 1 } else { 8 }).connect_with(opts).await.map_err(|e| err("cannot open", e))?;

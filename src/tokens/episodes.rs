@@ -116,6 +116,7 @@ pub(crate) async fn open(
             now,
         )
     };
+    let _turn = store.write_turn().await?;
     with_pool!(store, |p| {
         let mut tx = p.begin().await?;
         if grant_mark_dead!(&mut *tx, g.user_id, g.version, g.owner, now)? == 0 {
@@ -208,6 +209,7 @@ pub(crate) async fn reprompt_unanswered(
             }),
             now,
         );
+        let _turn = store.write_turn().await?;
         let wrote = with_pool!(store, |p| {
             let mut tx = p.begin().await?;
             let n_upd = sqlx::query(

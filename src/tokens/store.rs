@@ -117,6 +117,7 @@ pub async fn put_imported(
     w: &GrantWrite<'_>,
     expected: Option<i64>,
 ) -> sqlx::Result<Option<Option<chrono::TimeDelta>>> {
+    let _turn = store.write_turn().await?;
     with_pool!(store, |p| {
         let mut tx = p.begin().await?;
         let n = sqlx::query(
@@ -176,6 +177,7 @@ pub async fn put_rotated(
     intent_id: &str,
 ) -> sqlx::Result<bool> {
     faults::injected(store, faults::PUT_ROTATED)?;
+    let _turn = store.write_turn().await?;
     with_pool!(store, |p| {
         let mut tx = p.begin().await?;
         let n = sqlx::query(

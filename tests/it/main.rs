@@ -25,3 +25,4 @@ mod serve_processes;
 mod spec;
 mod storm;
 mod tokens;
+mod turns;
