@@ -33,9 +33,12 @@ pub const DEFAULT_URL: &str = "sqlite://astra-worker.db";
 pub enum Lives {
     /// A command or a `--run-once` job: connections are opened as they are needed.
     Briefly,
-    /// `serve` and the daemon: every connection is opened at the start and kept, so no request waits for one.
-    /// Opening one is not cheap: with TLS, sqlx 0.9 takes about 90 ms on loopback (its sockets lack
-    /// `TCP_NODELAY`, so two handshake flights each wait out a delayed ACK; transact-rs/sqlx#4335).
+    /// `serve` and the daemon: the connections are opened at the start, in the background, and kept for the
+    /// life of the process (a connection that dies is replaced in the background when it is found at its
+    /// release, inline when found at its acquisition), so no request waits for one to be opened. Opening one
+    /// is not cheap: with TLS, sqlx 0.9 takes about 90 ms on loopback (its sockets lack `TCP_NODELAY`, so two
+    /// handshake flights each wait out a delayed ACK; transact-rs/sqlx#4335). A server that gives fewer than
+    /// [`PG_CONNECTIONS`] does not stop the start; the pool opens more when they are needed, as a brief one does.
     Long,
 }
 
@@ -123,13 +126,19 @@ impl Store {
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let options = PgConnectOptions::from_str(url).map_err(|e| err("invalid URL", e))?;
             let pool = match lives {
-                Lives::Briefly => pool_options(PG_CONNECTIONS),
-                // Opened now, all of them, and kept: `connect_with` opens `min_connections` before it returns,
-                // and the pool replaces a connection past its lifetime in the background.
-                Lives::Long => pool_options(PG_CONNECTIONS).min_connections(PG_CONNECTIONS).idle_timeout(None),
+                Lives::Briefly => pool_options(PG_CONNECTIONS).connect_with(options).await,
+                Lives::Long => {
+                    // sqlx opens the `min_connections` in a task of its own (a pool with neither a lifetime nor
+                    // an idle timeout), and again whenever one is closed; one is asked for here, so that a
+                    // store that cannot be reached or refuses the credentials fails the start.
+                    let pool = pool_options(PG_CONNECTIONS)
+                        .min_connections(PG_CONNECTIONS)
+                        .idle_timeout(None)
+                        .max_lifetime(None)
+                        .connect_lazy_with(options);
+                    pool.acquire().await.map(|_| pool)
+                }
             }
-            .connect_with(options)
-            .await
             .map_err(|e| err("cannot connect", e))?;
             return Ok(Store::Postgres(pool));
         }

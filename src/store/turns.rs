@@ -1,10 +1,11 @@
 //! Writers' turns on a SQLite database, within one process. SQLite lets one writer in at a time; the others
 //! wait in its busy handler, which sleeps in steps that grow to 100 ms and so misses the moment the lock is
-//! free. Under concurrent holds that was the service's p99 on SQLite (`POST /v1/guard`, 8 connections: 209–366
-//! ms; with turns 7.9 ms, at the same 2,300 req/s). A write transaction takes its turn here first, so the
-//! writers of one process queue in order and each starts when the one before it ends. Writers of other
-//! processes still meet this one in the busy handler (busy timeout 10 s). PostgreSQL has no turns: its
-//! writers lock only the rows they write.
+//! free. Under concurrent holds that was the service's p99 on SQLite (`POST /v1/guard`, 8 connections: 174–366
+//! ms; with turns 7.6–8.5 ms, at the same 2,200–2,300 req/s). A write transaction takes its turn here before
+//! it begins, so the write transactions of one process queue in order and each starts when the one before it
+//! ends. Single-statement writes (the call log, leases, the inbox) take no turn: they, and writers of other
+//! processes, still meet the transactions in the busy handler (busy timeout 10 s). PostgreSQL has no turns:
+//! its writers lock only the rows they write.
 
 use std::{
     collections::HashMap,

@@ -76,13 +76,28 @@ fn pg_pool(store: &Store) -> &sqlx::PgPool {
     }
 }
 
+/// Waits (20 s at most) until `store`'s pool holds `want` open connections, all idle.
+async fn pool_reaches(store: &Store, want: u32) -> bool {
+    for _ in 0..2_000 {
+        if pg_pool(store).num_idle() == want as usize {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    false
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_lived_process_opens_its_postgres_connections_at_the_start() {
     let db = TestDb::new(Backend::Postgres).await;
     let brief = Store::open(&db.url).await.unwrap();
-    assert_eq!(pg_pool(&brief).size(), 1, "a brief command opens what it needs");
     let long = Store::open_for(&db.url, Lives::Long).await.unwrap();
-    assert_eq!(pg_pool(&long).size(), PG_CONNECTIONS, "serve and the daemon open every connection before they answer");
+    assert!(
+        pool_reaches(&long, PG_CONNECTIONS).await,
+        "serve and the daemon open every connection: {}",
+        pg_pool(&long).size()
+    );
+    assert_eq!(pg_pool(&brief).size(), 1, "a brief command opens what it needs");
     let backends: i64 = sqlx::query_scalar(
         "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database() AND backend_type = 'client backend'",
     )
@@ -92,6 +107,25 @@ async fn a_long_lived_process_opens_its_postgres_connections_at_the_start() {
     assert_eq!(backends, i64::from(PG_CONNECTIONS) + 1, "the server sees them all");
     long.close().await;
     brief.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_lived_process_starts_on_a_server_that_gives_it_fewer_connections() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let admin = db.store().await;
+    // A role the server lets have 3 connections (a superuser has no limit).
+    let role = format!("aw_few_{}", uuid::Uuid::new_v4().simple());
+    let p = pg_pool(&admin);
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE ROLE {role} LOGIN CONNECTION LIMIT 3"))).execute(p).await.unwrap();
+    let mut url = reqwest::Url::parse(&db.url).unwrap();
+    url.set_username(&role).unwrap();
+    let long = Store::connect_for(url.as_str(), Lives::Long).await.expect("the start needs one connection, not 16");
+    assert!(pool_reaches(&long, 3).await, "it opens what the server gives: {}", pg_pool(&long).size());
+    let one: i32 = sqlx::query_scalar("SELECT 1").fetch_one(pg_pool(&long)).await.unwrap();
+    assert_eq!(one, 1, "and works on them");
+    long.close().await;
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP ROLE {role}"))).execute(p).await.unwrap();
+    admin.close().await;
 }
 
 /// A tmpfs of `size` mounted on a fresh folder, unmounted when dropped.
