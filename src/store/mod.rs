@@ -33,9 +33,9 @@ pub const DEFAULT_URL: &str = "sqlite://astra-worker.db";
 pub enum Lives {
     /// A command or a `--run-once` job: connections are opened as they are needed.
     Briefly,
-    /// `serve` and the daemon: the connections are opened at the start, in the background, and kept for the
-    /// life of the process (a connection that dies is replaced in the background when it is found at its
-    /// release, inline when found at its acquisition), so no request waits for one to be opened. Opening one
+    /// `serve` and the daemon: the connections are opened together at the start and kept for the life of the
+    /// process (a connection that dies is replaced in the background when it is found at its release, inline
+    /// when found at its acquisition), so no request waits for one to be opened. Opening one
     /// is not cheap: with TLS, sqlx 0.9 takes about 90 ms on loopback (its sockets lack `TCP_NODELAY`, so two
     /// handshake flights each wait out a delayed ACK; transact-rs/sqlx#4335). A server that gives fewer than
     /// [`PG_CONNECTIONS`] does not stop the start; the pool opens more when they are needed, as a brief one does.
@@ -54,6 +54,23 @@ pub const PG_CONNECTIONS: u32 = 16;
 /// p50 280 to 210 µs on PostgreSQL, but every connection cut in that second then failed a run.
 fn pool_options<DB: sqlx::Database>(max_connections: u32) -> PoolOptions<DB> {
     PoolOptions::new().max_connections(max_connections).acquire_timeout(Duration::from_secs(10))
+}
+
+/// How long a long-lived store's start waits for the server to give all of its connections.
+const WARM_UP: Duration = Duration::from_secs(3);
+
+/// Opens `pool`'s connections together before the process answers anything: one must open (a store that
+/// cannot be reached or refuses the credentials fails the start); the rest are waited for [`WARM_UP`] at most,
+/// and a server that gives fewer is said in a warning, not a failure.
+async fn warm_up(pool: PgPool) -> sqlx::Result<PgPool> {
+    let first = pool.acquire().await?;
+    let rest = (1..PG_CONNECTIONS).map(|_| tokio::time::timeout(WARM_UP, pool.acquire()));
+    let opened = futures::future::join_all(rest).await.into_iter().filter(|c| matches!(c, Ok(Ok(_)))).count() + 1;
+    drop(first);
+    if opened < PG_CONNECTIONS as usize {
+        tracing::warn!(opened, wanted = PG_CONNECTIONS, "PostgreSQL gave fewer connections than the pool keeps");
+    }
+    Ok(pool)
 }
 
 #[derive(Clone, Debug)]
@@ -128,15 +145,14 @@ impl Store {
             let pool = match lives {
                 Lives::Briefly => pool_options(PG_CONNECTIONS).connect_with(options).await,
                 Lives::Long => {
-                    // sqlx opens the `min_connections` in a task of its own (a pool with neither a lifetime nor
-                    // an idle timeout), and again whenever one is closed; one is asked for here, so that a
-                    // store that cannot be reached or refuses the credentials fails the start.
+                    // Kept: no lifetime, no idle timeout, and sqlx opens again what is closed, up to
+                    // `min_connections`, in a task of its own.
                     let pool = pool_options(PG_CONNECTIONS)
                         .min_connections(PG_CONNECTIONS)
                         .idle_timeout(None)
                         .max_lifetime(None)
                         .connect_lazy_with(options);
-                    pool.acquire().await.map(|_| pool)
+                    warm_up(pool).await
                 }
             }
             .map_err(|e| err("cannot connect", e))?;

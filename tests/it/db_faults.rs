@@ -92,6 +92,7 @@ async fn a_long_lived_process_opens_its_postgres_connections_at_the_start() {
     let db = TestDb::new(Backend::Postgres).await;
     let brief = Store::open(&db.url).await.unwrap();
     let long = Store::open_for(&db.url, Lives::Long).await.unwrap();
+    assert_eq!(pg_pool(&long).size(), PG_CONNECTIONS, "opened before the start ends");
     assert!(
         pool_reaches(&long, PG_CONNECTIONS).await,
         "serve and the daemon open every connection: {}",
