@@ -64,13 +64,13 @@ pub async fn recompute(store: &Store, destination_id: &str, day: &str) -> sqlx::
 
 /// Takes the lock of a destination's bank day and reads its counter, on a transaction: the first statement
 /// writes (SQLite takes its write lock at once; PostgreSQL locks the row), creating the row if needed.
-/// Evaluates to `sqlx::Result<(i64, i64)>`: (cents, transfers).
+/// Evaluates to `sqlx::Result<(i64, i64)>`: (cents, holds placed on the day: see [`crate::reconcile::holds::Figures`]).
 macro_rules! day_lock {
     ($conn:expr, $destination:expr, $day:expr) => {
         sqlx::query_as::<_, (i64, i64)>(
             "INSERT INTO inbound_day (destination_id, bank_day, total_cents, transfers) VALUES ($1, $2, 0, 0)
              ON CONFLICT (destination_id, bank_day) DO UPDATE SET total_cents = inbound_day.total_cents
-             RETURNING total_cents, transfers",
+             RETURNING total_cents, holds_placed",
         )
         .bind($destination)
         .bind($day)

@@ -214,14 +214,26 @@ pub enum Placement {
     KeyTaken,
 }
 
+/// A destination-day's figures as the guard decides on them: the counted total, the open held sum, and the
+/// count of holds ever placed on the day (`inbound_day.holds_placed`, kept by a trigger on every insert). Figures
+/// whose total and count are still the day's may hold more than its open holds (a hold ended since; an ended
+/// hold is not counted), never less: an allowed hold decided on them stays right, a denial is checked on the
+/// day's sum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Figures {
+    pub total: i64,
+    pub held: i64,
+    pub placed: i64,
+}
+
 /// What [`place_if_unchanged`] found under the destination-day's lock.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Attempt {
-    /// Stored, but for these keys, which a hold on another destination took meanwhile.
-    Placed { taken: Vec<String> },
-    /// Nothing stored: the day's counted total or held sum differ from the ones the holds were decided on;
-    /// these are the figures found.
-    Changed { total: i64, held: i64 },
+    /// Stored, but for these keys, which a hold on another destination took meanwhile; the day's figures after.
+    Placed { taken: Vec<String>, after: Figures },
+    /// Nothing stored: the day's figures differ from the ones the holds were decided on; these are the figures
+    /// found, summed under the lock.
+    Changed(Figures),
     /// Nothing stored: holds under these keys exist.
     Taken(Vec<String>),
     /// Nothing stored: the store has no one-round-trip path (SQLite); take [`place_locked`].
@@ -229,28 +241,32 @@ pub enum Attempt {
 }
 
 /// PostgreSQL only, the guard's fast path: stores `holds` (each with the guard's answer, all on the
-/// destination-day `day`, decided in order on `seen` = (counted total, held sum)) if under the day's lock the
-/// figures are still `seen` and no key is stored yet, in one round trip and one commit (the function
-/// `guard_place_holds`, migration 0014). The lock is the counter row every writer of the day takes, so no
-/// other hold or counted transfer can slip between the check and the insert. `seen` is never unknown: the
-/// function's `<>` would pass a NULL.
+/// destination-day `day`, decided in order on `seen`) if under the day's lock the day's counted total and
+/// count of holds placed are still `seen`'s (with `exact`, a denial among the decisions: if its held sum is
+/// `seen`'s too) and no key is stored yet, in one round trip and one commit (the function
+/// `guard_place_holds_counted`, migration 0020). The lock is the counter row every writer of the day takes, so
+/// no other hold or counted transfer can slip between the check and the insert.
 pub async fn place_if_unchanged(
     store: &Store,
     day: (&str, &str),
     now: DateTime<Utc>,
-    seen: (i64, i64),
+    seen: Figures,
+    exact: bool,
     holds: &[(&Hold, &str)],
 ) -> sqlx::Result<Attempt> {
     let Store::Postgres(p) = store else { return Ok(Attempt::Unsupported) };
     let column = |f: fn(&Hold) -> String| holds.iter().map(|(h, _)| f(h)).collect::<Vec<_>>();
-    let (outcome, total, held, keys): (String, i64, i64, Option<Vec<String>>) = sqlx::query_as(
-        "SELECT outcome, total, held, keys FROM guard_place_holds($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+    let (outcome, total, held, placed, keys): (String, i64, i64, i64, Option<Vec<String>>) = sqlx::query_as(
+        "SELECT outcome, total, held, placed, keys
+         FROM guard_place_holds_counted($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
     )
     .bind(day.0)
     .bind(day.1)
     .bind(now)
-    .bind(seen.0)
-    .bind(seen.1)
+    .bind(seen.total)
+    .bind(seen.held)
+    .bind(seen.placed)
+    .bind(exact)
     .bind(column(|h| h.hold_key.clone()))
     .bind(column(|h| h.user_id.clone()))
     .bind(holds.iter().map(|(h, _)| h.amount_cents).collect::<Vec<_>>())
@@ -260,55 +276,77 @@ pub async fn place_if_unchanged(
     .fetch_one(p)
     .await?;
     let keys = keys.unwrap_or_default();
+    let found = Figures { total, held, placed };
     Ok(match outcome.as_str() {
-        "placed" => Attempt::Placed { taken: keys },
+        "placed" => {
+            let stored: i64 = holds.iter().filter(|(h, _)| !keys.contains(&h.hold_key)).map(|(h, _)| h.amount_cents).sum();
+            Attempt::Placed { taken: keys, after: Figures { held: held + stored, ..found } }
+        }
         "taken" => Attempt::Taken(keys),
-        _ => Attempt::Changed { total, held },
+        _ => Attempt::Changed(found),
     })
 }
 
-/// The open held sum of the destination-day `$1`, `$2` at `$3` (as the guard's read and `guard_place_holds`
-/// count it).
+/// The open held sum of the destination-day `$1`, `$2` at `$3` (as the guard's read and
+/// `guard_place_holds_counted` count it).
 const HELD: &str = "(SELECT CAST(COALESCE(SUM(amount_cents), 0) AS BIGINT) FROM guard_hold
                      WHERE destination_id = $1 AND bank_day = $2 AND ended_at IS NULL AND expires_at > $3)";
 
-/// The destination-day's figures at `now`, read without its lock: (counted total, open held sum).
-pub async fn figures(store: &Store, day: (&str, &str), now: DateTime<Utc>) -> sqlx::Result<(i64, i64)> {
+/// The destination-day's figures at `now`, read without its lock.
+pub async fn figures(store: &Store, day: (&str, &str), now: DateTime<Utc>) -> sqlx::Result<Figures> {
     let sql = format!(
-        "SELECT COALESCE((SELECT total_cents FROM inbound_day WHERE destination_id = $1 AND bank_day = $2), 0), {HELD}"
+        "SELECT COALESCE(i.total_cents, 0), {HELD}, COALESCE(i.holds_placed, 0)
+         FROM (SELECT 1) one LEFT JOIN inbound_day i ON i.destination_id = $1 AND i.bank_day = $2"
     );
-    with_pool!(store, |p| sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()))
+    let (total, held, placed) = with_pool!(store, |p| sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()))
         .bind(day.0)
         .bind(day.1)
         .bind(now)
         .fetch_one(p)
-        .await)
+        .await)?;
+    Ok(Figures { total, held, placed })
 }
 
-/// Places `holds` (all on the destination-day `day`) in one transaction that holds the day's lock: reads the
-/// day's counted total and held sum and, in order, `decide(i, total, held)`s each on them (the answer's JSON
-/// to store, or `None`: denied; `held` includes the holds placed before it), and inserts it. A key already
-/// stored is `KeyTaken`.
+/// Places `holds` (all on the destination-day `day`) in one transaction that holds the day's lock and, in
+/// order, `decide(i, total, held)`s each (the answer's JSON to store, or `None`: denied; `held` includes the
+/// holds placed before it) and inserts it. The figures decided on are `carried` when the day's counted total
+/// and count of holds placed are still theirs under the lock, else the day's, read there; a denial on carried
+/// figures is decided again on the day's held sum (an ended hold is still in carried figures). A key already
+/// stored is `KeyTaken`. Gives the placements and the day's figures after.
 pub async fn place_locked(
     store: &Store,
     day: (&str, &str),
     now: DateTime<Utc>,
+    carried: Option<Figures>,
     holds: &[Hold],
     mut decide: impl FnMut(usize, i64, i64) -> anyhow::Result<Option<String>>,
-) -> anyhow::Result<Vec<Placement>> {
+) -> anyhow::Result<(Vec<Placement>, Figures)> {
     let _turn = store.write_turn().await?;
     with_pool!(store, |p| async {
         let mut tx = p.begin().await?;
-        let (total, _) = crate::reconcile::counters::day_lock!(&mut *tx, day.0, day.1)?;
-        let mut held: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT {HELD}")))
-            .bind(day.0)
-            .bind(day.1)
-            .bind(now)
-            .fetch_one(&mut *tx)
-            .await?;
+        let (total, placed) = crate::reconcile::counters::day_lock!(&mut *tx, day.0, day.1)?;
+        let held_sql = format!("SELECT {HELD}");
+        let sum = async |tx: &mut sqlx::Transaction<'_, _>| -> sqlx::Result<i64> {
+            sqlx::query_scalar(sqlx::AssertSqlSafe(held_sql.clone()))
+                .bind(day.0)
+                .bind(day.1)
+                .bind(now)
+                .fetch_one(&mut **tx)
+                .await
+        };
+        let (mut held, mut exact) = match carried {
+            Some(f) if f.total == total && f.placed == placed => (f.held, false),
+            _ => (sum(&mut tx).await?, true),
+        };
         let mut out = Vec::with_capacity(holds.len());
         for (i, h) in holds.iter().enumerate() {
-            let Some(answer) = decide(i, total, held)? else {
+            let mut answer = decide(i, total, held)?;
+            if answer.is_none() && !exact {
+                // The day's own sum, this transaction's holds in it.
+                (held, exact) = (sum(&mut tx).await?, true);
+                answer = decide(i, total, held)?;
+            }
+            let Some(answer) = answer else {
                 out.push(Placement::Declined);
                 continue;
             };
@@ -335,12 +373,14 @@ pub async fn place_locked(
                 out.push(Placement::Placed);
             }
         }
-        if out.contains(&Placement::Placed) {
+        let stored = out.iter().filter(|p| **p == Placement::Placed).count();
+        let after = Figures { total, held, placed: placed + i64::try_from(stored).unwrap_or(i64::MAX) };
+        if stored > 0 {
             tx.commit().await?;
         } else {
             tx.rollback().await?;
         }
-        Ok(out)
+        Ok((out, after))
     }
     .await)
 }

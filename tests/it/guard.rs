@@ -12,7 +12,7 @@ use astra_worker::{
     reconcile::{
         counters, guard,
         guard::{GuardRequest, HoldRequest},
-        holds::{self, Attempt, Placement},
+        holds::{self, Attempt, Figures, Placement},
         mirror,
         registry::{self, DestinationKind, DestinationLine, ImportLine},
     },
@@ -371,12 +371,99 @@ async fn a_caller_on_a_busy_day_is_decided_on_the_figures_under_the_lock(b: Back
     assert_eq!(waiter.reason, Some(guard::DenyReason::DailyLimit));
     assert_eq!((waiter.held_cents, waiter.headroom_cents), (Some(95_000), Some(5_000)));
     assert!(holds::get(&store, "waiter").await.unwrap().is_none(), "no hold left behind");
-    assert_eq!(holds::figures(&store, ("dst", &day), now).await.unwrap(), (0, 95_000));
+    assert_eq!(counted_and_held(&store, &day, now).await, (0, 95_000));
 }
+
 both_backends!(
     a_caller_on_a_busy_day_is_decided_on_the_figures_under_the_lock,
     super::a_caller_on_a_busy_day_is_decided_on_the_figures_under_the_lock
 );
+
+/// The day's (counted total, open held sum) at `now`, read without the lock.
+async fn counted_and_held(store: &Store, day: &str, now: DateTime<Utc>) -> (i64, i64) {
+    let f = holds::figures(store, ("dst", day), now).await.unwrap();
+    (f.total, f.held)
+}
+
+/// Figures a lane carries from one placement to the next may hold more than the day does (a hold expired or
+/// released since moves no count), so a denial on them is decided again on the day's sum under the lock. Here
+/// the placer holds 60,000 of the 100,000 for a minute, and by the time the waiter asks (two minutes later)
+/// that hold has expired: the waiter's 50,000 fits, though the figures the lane carried say it does not.
+async fn a_denial_on_carried_figures_is_decided_again_on_the_days_sum(b: Backend) {
+    let (db, store) = one_user(b, 100_000).await;
+    let now = midday();
+    let day = BankDay::of(NY.parse().unwrap(), now).key();
+    let (blocker, release) = lock_day(&db, &day).await;
+    let placer = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let short = HoldRequest { key: "placer", hold_for: TimeDelta::minutes(1) };
+            guard::check_and_hold(&store, &GuardSettings::default(), &ask(60_000), &short, now).await
+        })
+    };
+    lane_reaches(&store, &day, Some(0)).await;
+    let later = now + TimeDelta::minutes(2);
+    let waiter = call(&store, GuardSettings::default(), 50_000, "waiter", later);
+    lane_reaches(&store, &day, Some(1)).await;
+    release.send(None).unwrap();
+    blocker.await.unwrap();
+    let placer = placer.await.unwrap().unwrap();
+    assert!(placer.allowed && placer.hold.is_some(), "60,000 fit an empty day");
+    let waiter = waiter.await.unwrap().unwrap();
+    assert!(waiter.allowed, "the placer's hold expired before the waiter asked: {waiter:?}");
+    assert_eq!(waiter.held_cents, Some(0), "decided on the day's sum, not on the carried 60,000");
+    assert_eq!(counted_and_held(&store, &day, later).await, (0, 50_000));
+}
+both_backends!(
+    a_denial_on_carried_figures_is_decided_again_on_the_days_sum,
+    super::a_denial_on_carried_figures_is_decided_again_on_the_days_sum
+);
+
+/// Every hold stored counts on its day's row, whoever stores it: the locked path, the one-round-trip path, a
+/// plain insert, and (PostgreSQL) the placement function of the previous version, which a worker not yet
+/// upgraded still calls. Figures that carry the count from before such a hold are found changed.
+async fn every_hold_stored_moves_its_days_count(b: Backend) {
+    let (_db, store) = one_user(b, 250_000).await;
+    let now = midday();
+    let day = BankDay::of(NY.parse().unwrap(), now).key();
+    let placed = async || holds::figures(&store, ("dst", &day), now).await.unwrap().placed;
+    assert_eq!(placed().await, 0);
+    with_pool!(&store, |p| sqlx::query(
+        "INSERT INTO guard_hold (hold_key, user_id, destination_id, bank_day, amount_cents, answer, created_at,
+             expires_at)
+         VALUES ('plain', 'u1', 'dst', $1, 100, '{}', $2, $3)"
+    )
+    .bind(&day)
+    .bind(now)
+    .bind(now + TimeDelta::hours(1))
+    .execute(p)
+    .await
+    .map(|_| ())
+    .unwrap());
+    assert_eq!(placed().await, 1, "a plain insert, the day's row made for it");
+    let a = guard::check_and_hold(&store, &GuardSettings::default(), &ask(100), &hold("guarded"), now).await.unwrap();
+    assert!(a.allowed);
+    assert_eq!(placed().await, 2, "the guard's placement");
+    let Store::Postgres(p) = &store else { return };
+    let before = holds::figures(&store, ("dst", &day), now).await.unwrap();
+    let (outcome,): (String,) = sqlx::query_as(
+        "SELECT outcome FROM guard_place_holds('dst', $1, $2, 0, $3, ARRAY['old'], ARRAY['u1'], ARRAY[100::BIGINT],
+             ARRAY['{}'], ARRAY[$2::TIMESTAMPTZ], ARRAY[$4::TIMESTAMPTZ])",
+    )
+    .bind(&day)
+    .bind(now)
+    .bind(before.held)
+    .bind(now + TimeDelta::hours(1))
+    .fetch_one(p)
+    .await
+    .unwrap();
+    assert_eq!(outcome, "placed");
+    assert_eq!(placed().await, 3, "the previous version's function");
+    let row = holds::Hold { hold_key: "new".into(), amount_cents: 100, ..holds::get(&store, "old").await.unwrap().unwrap().0 };
+    let attempt = holds::place_if_unchanged(&store, ("dst", &day), now, before, false, &[(&row, "{}")]).await.unwrap();
+    assert_eq!(attempt, Attempt::Changed(Figures { total: 0, held: before.held + 100, placed: 3 }));
+}
+both_backends!(every_hold_stored_moves_its_days_count, super::every_hold_stored_moves_its_days_count);
 
 /// A hold is decided on the figures found under the day's lock: the locked path hands each decision the day's
 /// counted total and held sum as they are (a hold placed a moment ago, or earlier in the same placement,
@@ -403,12 +490,13 @@ async fn a_hold_is_decided_on_the_figures_found_under_the_lock(b: Backend) {
     let mut seen = Vec::new();
     let mut locked = async |keys: &[&str], store_it: &[bool]| {
         let rows: Vec<_> = keys.iter().map(|k| mk(k)).collect();
-        holds::place_locked(&store, ("dst", &day), now, &rows, |i, total, held| {
+        holds::place_locked(&store, ("dst", &day), now, None, &rows, |i, total, held| {
             seen.push((total, held));
             Ok(store_it[i].then(|| "{}".to_string()))
         })
         .await
         .unwrap()
+        .0
     };
     assert_eq!(locked(&["k1"], &[true]).await, [Placement::Placed]);
     assert_eq!(
@@ -421,29 +509,52 @@ async fn a_hold_is_decided_on_the_figures_found_under_the_lock(b: Backend) {
         vec![(0, 0), (0, 100), (0, 100), (0, 100), (0, 200), (0, 300)],
         "each decision saw the holds stored before it, in the same transaction too"
     );
-    assert_eq!(holds::figures(&store, ("dst", &day), now).await.unwrap(), (0, 400), "the day's figures, unlocked");
+    assert_eq!(
+        holds::figures(&store, ("dst", &day), now).await.unwrap(),
+        Figures { total: 0, held: 400, placed: 4 },
+        "the day's figures, unlocked, with the four holds placed counted"
+    );
     let later = now + TimeDelta::hours(2);
-    assert_eq!(holds::figures(&store, ("dst", &day), later).await.unwrap(), (0, 0), "expired holds hold nothing");
+    assert_eq!(counted_and_held(&store, &day, later).await, (0, 0), "expired holds hold nothing");
 
     if let Store::Postgres(_) = &store {
-        let fast = |keys: &'static [&'static str], seen: (i64, i64)| {
+        let fast = |keys: &'static [&'static str], seen: (i64, i64, i64), exact: bool| {
             let (store, rows, day) = (store.clone(), keys.iter().map(|k| mk(k)).collect::<Vec<_>>(), day.clone());
             async move {
                 let refs: Vec<_> = rows.iter().map(|h| (h, "{}")).collect();
-                holds::place_if_unchanged(&store, ("dst", &day), now, seen, &refs).await.unwrap()
+                let seen = Figures { total: seen.0, held: seen.1, placed: seen.2 };
+                holds::place_if_unchanged(&store, ("dst", &day), now, seen, exact, &refs).await.unwrap()
             }
         };
-        assert_eq!(fast(&["k3"], (0, 0)).await, Attempt::Changed { total: 0, held: 400 }, "four holds are held");
+        let figures = |total, held, placed| Figures { total, held, placed };
+        assert_eq!(fast(&["k3"], (0, 0, 0), false).await, Attempt::Changed(figures(0, 400, 4)), "four holds are held");
         with_pool!(&store, |p| sqlx::query("UPDATE inbound_day SET total_cents = 5000 WHERE destination_id = 'dst'")
             .execute(p)
             .await
             .map(|_| ())
             .unwrap());
-        assert_eq!(fast(&["k3"], (0, 400)).await, Attempt::Changed { total: 5000, held: 400 }, "a transfer counted");
-        assert_eq!(fast(&["k3", "k7", "k1"], (5000, 400)).await, Attempt::Taken(vec!["k1".into()]));
-        assert_eq!(fast(&["k3", "k7"], (5000, 400)).await, Attempt::Placed { taken: vec![] });
-        assert_eq!(fast(&["k8"], (5000, 400)).await, Attempt::Changed { total: 5000, held: 600 });
-        assert_eq!(holds::figures(&store, ("dst", &day), now).await.unwrap(), (5000, 600), "counted and held");
+        assert_eq!(
+            fast(&["k3"], (0, 400, 4), false).await,
+            Attempt::Changed(figures(5000, 400, 4)),
+            "a transfer counted"
+        );
+        assert_eq!(fast(&["k3", "k7", "k1"], (5000, 400, 4), false).await, Attempt::Taken(vec!["k1".into()]));
+        assert_eq!(
+            fast(&["k3", "k7"], (5000, 400, 4), false).await,
+            Attempt::Placed { taken: vec![], after: figures(5000, 600, 6) }
+        );
+        assert_eq!(fast(&["k8"], (5000, 400, 4), false).await, Attempt::Changed(figures(5000, 600, 6)));
+        assert_eq!(counted_and_held(&store, &day, now).await, (5000, 600), "counted and held");
+        // A hold released: the held sum falls, the count of holds placed does not. Figures that still count it
+        // place a hold without summing the day; asked to be exact (a denial among the decisions), the day is
+        // summed and the figures found handed back.
+        assert!(holds::release(&store, "k7", now).await.unwrap());
+        assert_eq!(
+            fast(&["k8"], (5000, 600, 6), false).await,
+            Attempt::Placed { taken: vec![], after: figures(5000, 700, 7) },
+            "the carried sum, 100 more than is held"
+        );
+        assert_eq!(fast(&["k9"], (5000, 700, 7), true).await, Attempt::Changed(figures(5000, 600, 7)));
     }
     let held: i64 = with_pool!(&store, |p| sqlx::query_scalar(
         "SELECT CAST(SUM(amount_cents) AS BIGINT) FROM guard_hold WHERE destination_id = 'dst'"
@@ -451,13 +562,10 @@ async fn a_hold_is_decided_on_the_figures_found_under_the_lock(b: Backend) {
     .fetch_one(p)
     .await
     .unwrap());
-    assert_eq!(held, if store.is_postgres() { 600 } else { 400 }, "each key once");
+    assert_eq!(held, if store.is_postgres() { 700 } else { 400 }, "each key once");
+    let open = counted_and_held(&store, &day, now).await.1;
     assert!(holds::release(&store, "k1", now).await.unwrap());
-    assert_eq!(
-        holds::figures(&store, ("dst", &day), now).await.unwrap().1,
-        held - 100,
-        "a released hold holds nothing"
-    );
+    assert_eq!(counted_and_held(&store, &day, now).await.1, open - 100, "a released hold holds nothing");
 }
 both_backends!(
     a_hold_is_decided_on_the_figures_found_under_the_lock,

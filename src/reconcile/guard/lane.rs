@@ -13,7 +13,7 @@ use tokio::sync::oneshot;
 
 use super::GuardAnswer;
 use crate::{
-    reconcile::holds::{self, Attempt, Hold, Placement},
+    reconcile::holds::{self, Attempt, Figures, Hold, Placement},
     store::Store,
 };
 
@@ -23,12 +23,12 @@ const MAX_TOGETHER: usize = 64;
 /// figures that move every time mean another process is placing holds on the same day).
 const FAST_TRIES: usize = 3;
 
-/// One hold to place: its row, the figures (counted total, held sum) its answer was decided on (if it was),
-/// and how to decide it on other figures.
+/// One hold to place: its row, the figures its answer was decided on (if it was), and how to decide it on
+/// other figures (counted total, held sum).
 #[derive(Clone)]
 pub(super) struct Ask {
     pub(super) hold: Hold,
-    pub(super) seen: Option<(i64, i64)>,
+    pub(super) seen: Option<Figures>,
     pub(super) decide: Arc<dyn Fn(i64, i64) -> GuardAnswer + Send + Sync>,
 }
 
@@ -108,12 +108,12 @@ impl Drop for Close {
 /// known.
 enum Left {
     Empty,
-    Waiting(Close, Option<(i64, i64)>),
+    Waiting(Close, Option<Figures>),
 }
 
 /// Places what waits in the lane, a placement at a time, until nothing does (and removes the lane) or after
 /// `rounds` placements. A waiter whose caller went away is dropped unplaced.
-async fn drain(store: &Store, mut close: Close, mut figures: Option<(i64, i64)>, rounds: Option<usize>) -> Left {
+async fn drain(store: &Store, mut close: Close, mut figures: Option<Figures>, rounds: Option<usize>) -> Left {
     let Some(key) = close.0.clone() else { return Left::Empty };
     let mut round = 0;
     loop {
@@ -153,14 +153,14 @@ async fn drain(store: &Store, mut close: Close, mut figures: Option<(i64, i64)>,
 
 /// Places `asks` (all on one destination-day), deciding each in order on the day's figures: first in one
 /// round trip on the figures last known (`figures`, else the first ask's, else read), again on the figures
-/// found when they moved, and at last in a transaction holding the day's lock. A key asked again after it was placed
-/// hears `KeyTaken` (the guard then gives the answer stored with it). Gives each ask's placement and answer,
-/// and the day's figures after, when known.
+/// found when they moved, and at last in a transaction holding the day's lock. A key asked again after it was
+/// placed hears `KeyTaken` (the guard then gives the answer stored with it). Gives each ask's placement and
+/// answer, and the day's figures after, when known.
 async fn place_together(
     store: &Store,
     asks: &[Ask],
-    figures: Option<(i64, i64)>,
-) -> anyhow::Result<(Vec<(Placement, GuardAnswer)>, Option<(i64, i64)>)> {
+    figures: Option<Figures>,
+) -> anyhow::Result<(Vec<(Placement, GuardAnswer)>, Option<Figures>)> {
     let Some(first) = asks.first() else { return Ok((Vec::new(), figures)) };
     let day = (first.hold.destination_id.as_str(), first.hold.bank_day.as_str());
     let now = asks.iter().map(|a| a.hold.created_at).max().unwrap_or(first.hold.created_at);
@@ -168,14 +168,15 @@ async fn place_together(
         Some(seen) => seen,
         None if store.is_postgres() => holds::figures(store, day, now).await?,
         // The locked path, SQLite's only one, reads the figures itself.
-        None => return place_all_locked(store, day, now, asks).await,
+        None => return place_all_locked(store, day, now, None, asks).await,
     };
+    // `checked`: `seen` was summed under the day's lock in this placement.
     let (mut taken, mut checked): (HashSet<&str>, bool) = (HashSet::new(), false);
     for _ in 0..FAST_TRIES {
-        let (mut out, mut rows, mut held) = (Vec::with_capacity(asks.len()), Vec::new(), seen.1);
+        let (mut out, mut rows, mut held) = (Vec::with_capacity(asks.len()), Vec::new(), seen.held);
         let mut placing: HashSet<&str> = HashSet::new();
         for a in asks {
-            let answer = (a.decide)(seen.0, held);
+            let answer = (a.decide)(seen.total, held);
             let key = a.hold.hold_key.as_str();
             let placement = if placing.contains(key) || taken.contains(key) {
                 Placement::KeyTaken
@@ -189,45 +190,49 @@ async fn place_together(
             };
             out.push((placement, answer));
         }
-        // A denial stands on figures read under the day's lock in this placement: others are checked first
-        // (the figures carried from the last placement may have moved since: a hold released, a fix).
+        // A denial stands on figures summed under the day's lock in this placement: others are checked first
+        // (figures carried from the last placement may hold more than is held now: a hold released or expired
+        // since).
         if rows.is_empty() && checked {
             return Ok((out, Some(seen)));
         }
+        let exact = !checked && out.iter().any(|(p, _)| *p == Placement::Declined);
         let refs: Vec<(&Hold, &str)> = rows.iter().map(|(h, a)| (*h, a.as_str())).collect();
-        match holds::place_if_unchanged(store, day, now, seen, &refs).await? {
-            Attempt::Placed { taken } if taken.is_empty() => return Ok((out, Some((seen.0, held)))),
-            Attempt::Placed { taken } => {
+        match holds::place_if_unchanged(store, day, now, seen, exact, &refs).await? {
+            Attempt::Placed { taken, after } if taken.is_empty() => return Ok((out, Some(after))),
+            Attempt::Placed { taken, .. } => {
                 for (p, _) in out.iter_mut().zip(asks).filter(|(_, a)| taken.contains(&a.hold.hold_key)) {
                     p.0 = Placement::KeyTaken;
                 }
                 return Ok((out, None));
             }
-            Attempt::Changed { total, held } => {
-                seen = (total, held);
+            Attempt::Changed(found) => {
+                seen = found;
                 checked = true;
             }
             Attempt::Taken(keys) => {
-                checked = true;
+                checked |= exact;
                 let keys: HashSet<String> = keys.into_iter().collect();
                 taken.extend(asks.iter().map(|a| a.hold.hold_key.as_str()).filter(|k| keys.contains(*k)));
             }
-            Attempt::Unsupported => break,
+            Attempt::Unsupported => return place_all_locked(store, day, now, Some(seen), asks).await,
         }
     }
-    place_all_locked(store, day, now, asks).await
+    place_all_locked(store, day, now, None, asks).await
 }
 
-/// Places `asks` in one transaction holding the day's lock, each decided on the figures found there.
+/// Places `asks` in one transaction holding the day's lock, each decided on the figures `carried` if the day's
+/// are still theirs, else on the figures found there.
 async fn place_all_locked(
     store: &Store,
     day: (&str, &str),
     now: chrono::DateTime<chrono::Utc>,
+    carried: Option<Figures>,
     asks: &[Ask],
-) -> anyhow::Result<(Vec<(Placement, GuardAnswer)>, Option<(i64, i64)>)> {
+) -> anyhow::Result<(Vec<(Placement, GuardAnswer)>, Option<Figures>)> {
     let rows: Vec<Hold> = asks.iter().map(|a| a.hold.clone()).collect();
     let mut answers: Vec<Option<GuardAnswer>> = asks.iter().map(|_| None).collect();
-    let placed = holds::place_locked(store, day, now, &rows, |i, total, held| {
+    let (placed, after) = holds::place_locked(store, day, now, carried, &rows, |i, total, held| {
         let answer = (asks[i].decide)(total, held);
         let json = if answer.allowed { Some(serde_json::to_string(&answer)?) } else { None };
         answers[i] = Some(answer);
@@ -239,5 +244,5 @@ async fn place_all_locked(
         .zip(answers)
         .map(|(p, a)| a.map(|a| (p, a)).ok_or_else(|| anyhow::anyhow!("a hold was not decided")))
         .collect::<anyhow::Result<_>>()?;
-    Ok((out, None))
+    Ok((out, Some(after)))
 }

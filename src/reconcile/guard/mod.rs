@@ -206,9 +206,9 @@ async fn place(
         a
     };
     // Without the day's held sum (a busy day) the lane decides it on the figures it carries or reads.
-    let seen = target.held.map(|held| (target.total, held));
-    if let Some((total, held)) = seen {
-        let a = decide(total, held);
+    let seen = target.held.map(|held| holds::Figures { total: target.total, held, placed: target.placed });
+    if let Some(seen) = seen {
+        let a = decide(seen.total, seen.held);
         if !a.allowed {
             return Ok(replay(store, req, hold.key).await?.unwrap_or(a));
         }

@@ -30,6 +30,7 @@ struct Facts {
     pull_enabled: Option<bool>,
     bank_day: Option<String>,
     total_cents: Option<i64>,
+    holds_placed: Option<i64>,
     held_cents: Option<i64>,
     uncertain: Option<String>,
 }
@@ -61,8 +62,7 @@ async fn facts(
         "SELECT g.status AS grant_status, g.user_status, b.reason AS block_reason, s.read_at AS as_of,
                 d.destination_id, d.user_id AS dest_user_id, d.kind, d.bank_time_zone, d.daily_limit_cents, d.frozen,
                 d.push_enabled, d.pull_enabled, days.day AS bank_day,
-                (SELECT i.total_cents FROM inbound_day i
-                  WHERE i.destination_id = d.destination_id AND i.bank_day = days.day) AS total_cents,
+                i.total_cents, i.holds_placed,
                 {held} AS held_cents,
                 (SELECT MIN(u.detail) FROM uncertain_day u
                   WHERE u.destination_id = d.destination_id AND u.bank_day = days.day) AS uncertain
@@ -72,7 +72,8 @@ async fn facts(
          LEFT JOIN transfer_sync s ON s.user_id = u0.user_id
          LEFT JOIN destination d ON {which}
          LEFT JOIN (SELECT CAST($3 AS TEXT) AS day UNION ALL SELECT CAST($4 AS TEXT) UNION ALL SELECT CAST($5 AS TEXT)) days
-           ON d.destination_id IS NOT NULL"
+           ON d.destination_id IS NOT NULL
+         LEFT JOIN inbound_day i ON i.destination_id = d.destination_id AND i.bank_day = days.day"
     );
     with_pool!(store, |p| {
         let q = sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()))
@@ -94,6 +95,8 @@ pub(super) struct DestinationDay {
     pub(super) total: i64,
     /// `None`: not read (the caller asked for the day without it).
     pub(super) held: Option<i64>,
+    /// The count of holds placed on the day when `held` was summed (see [`crate::reconcile::holds::Figures`]).
+    pub(super) placed: i64,
     pub(super) uncertain: Option<String>,
 }
 
@@ -170,6 +173,7 @@ pub(super) async fn read(
             day,
             total: row.total_cents.unwrap_or(0),
             held: if sum_held { Some(row.held_cents.unwrap_or(0)) } else { None },
+            placed: row.holds_placed.unwrap_or(0),
             uncertain: row.uncertain.clone(),
         });
     }
