@@ -279,7 +279,8 @@ pub async fn place_if_unchanged(
     let found = Figures { total, held, placed };
     Ok(match outcome.as_str() {
         "placed" => {
-            let stored: i64 = holds.iter().filter(|(h, _)| !keys.contains(&h.hold_key)).map(|(h, _)| h.amount_cents).sum();
+            let stored: i64 =
+                holds.iter().filter(|(h, _)| !keys.contains(&h.hold_key)).map(|(h, _)| h.amount_cents).sum();
             Attempt::Placed { taken: keys, after: Figures { held: held + stored, ..found } }
         }
         "taken" => Attempt::Taken(keys),

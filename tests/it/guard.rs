@@ -459,7 +459,11 @@ async fn every_hold_stored_moves_its_days_count(b: Backend) {
     .unwrap();
     assert_eq!(outcome, "placed");
     assert_eq!(placed().await, 3, "the previous version's function");
-    let row = holds::Hold { hold_key: "new".into(), amount_cents: 100, ..holds::get(&store, "old").await.unwrap().unwrap().0 };
+    let row = holds::Hold {
+        hold_key: "new".into(),
+        amount_cents: 100,
+        ..holds::get(&store, "old").await.unwrap().unwrap().0
+    };
     let attempt = holds::place_if_unchanged(&store, ("dst", &day), now, before, false, &[(&row, "{}")]).await.unwrap();
     assert_eq!(attempt, Attempt::Changed(Figures { total: 0, held: before.held + 100, placed: 3 }));
 }
