@@ -24,6 +24,7 @@ pub struct Settings {
     pub astra: AstraSettings,
     pub outbox: OutboxSettings,
     pub guard: GuardSettings,
+    pub service: ServiceSettings,
     pub jobs: Vec<JobSettings>,
 }
 
@@ -139,7 +140,7 @@ pub enum JobParams {
 
 pub use params::{
     GuardSettings, InboundVolumeParams, MAX_HOLD_FOR, OnUncertain, ReprocessingCheckParams, RetentionParams,
-    StaleAuthorizationSweepParams, TokenRotationParams, TransferSyncParams,
+    ServiceSettings, StaleAuthorizationSweepParams, TokenRotationParams, TransferSyncParams,
 };
 
 impl Settings {

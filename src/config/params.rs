@@ -61,6 +61,29 @@ impl Default for GuardSettings {
     }
 }
 
+/// `[service]`: how long the HTTP service (`serve`, `run --listen`) waits for a client. A connection is closed
+/// when a request's head (its line and headers) has not arrived within `header_timeout` of the first wait for it,
+/// an idle kept-alive connection included; a request whose body has not arrived within `body_timeout` of its
+/// head is answered 408. So a client that opens connections and sends slowly, or not at all, holds none of
+/// them for long.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServiceSettings {
+    #[serde(deserialize_with = "duration")]
+    pub header_timeout: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub body_timeout: Duration,
+}
+
+impl Default for ServiceSettings {
+    fn default() -> Self {
+        ServiceSettings { header_timeout: Duration::from_secs(30), body_timeout: Duration::from_secs(30) }
+    }
+}
+
+/// The longest a `[service]` timeout may be.
+pub(super) const MAX_SERVICE_TIMEOUT: Duration = Duration::from_secs(600);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OnUncertain {

@@ -10,8 +10,9 @@ use toml::Spanned;
 use super::{
     AstraSettings, JobName, JobParams, JobSettings, OutboxSettings, RunnerSettings, Settings, check_url, default_burst,
     params::{
-        GuardSettings, InboundVolumeParams, MAX_HOLD_FOR, ReprocessingCheckParams, RetentionParams,
-        StaleAuthorizationSweepParams, TokenRotationParams, TransferSyncParams, delta, duration, opt_duration,
+        GuardSettings, InboundVolumeParams, MAX_HOLD_FOR, MAX_SERVICE_TIMEOUT, ReprocessingCheckParams,
+        RetentionParams, ServiceSettings, StaleAuthorizationSweepParams, TokenRotationParams, TransferSyncParams,
+        delta, duration, opt_duration,
     },
 };
 use crate::domain::{Schedule, time::parse_zone};
@@ -29,6 +30,8 @@ struct File {
     outbox: Outbox,
     #[serde(default)]
     guard: GuardSettings,
+    #[serde(default)]
+    service: ServiceSettings,
     jobs: Jobs,
 }
 
@@ -300,8 +303,17 @@ pub(super) fn parse(text: &str, base_url_override: Option<&str>) -> Result<Setti
     if file.guard.hold_for <= TimeDelta::zero() || file.guard.hold_for > MAX_HOLD_FOR {
         return Err(format!("guard.hold_for: must be longer than zero and at most {}d", MAX_HOLD_FOR.num_days()));
     }
+    for (key, t) in [("header_timeout", file.service.header_timeout), ("body_timeout", file.service.body_timeout)] {
+        if t.is_zero() || t > MAX_SERVICE_TIMEOUT {
+            return Err(format!(
+                "service.{key}: must be longer than zero and at most {}s",
+                MAX_SERVICE_TIMEOUT.as_secs()
+            ));
+        }
+    }
     Ok(Settings {
         guard: file.guard,
+        service: file.service,
         runner: RunnerSettings { grace_period: file.runner.grace_period, claim_lease: file.runner.claim_lease },
         astra,
         outbox,

@@ -5,17 +5,22 @@
 use std::{
     collections::BTreeMap,
     fmt::Write as _,
-    sync::Mutex,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
 use axum::{
     Json,
+    body::Body,
     extract::{MatchedPath, Request, State},
     http::{HeaderValue, StatusCode, header},
     middleware::Next,
     response::{IntoResponse, Response},
 };
+use futures::StreamExt as _;
 use secrecy::ExposeSecret;
 use serde::de::DeserializeOwned;
 use serde_json::json;
@@ -28,7 +33,8 @@ use crate::{
 };
 
 /// Gives every request an id (the caller's `x-request-id` when it is a short printable one), logs under it,
-/// answers with it, and counts the request per route.
+/// answers with it, and counts the request per route. A body that has not all arrived within
+/// `[service].body_timeout` is answered 408.
 pub(crate) async fn around(State(st): State<AppState>, req: Request, next: Next) -> Response {
     let id = req
         .headers()
@@ -45,7 +51,19 @@ pub(crate) async fn around(State(st): State<AppState>, req: Request, next: Next)
     };
     let span = tracing::info_span!("request", request_id = %id, method = %method, route = %route);
     let started = Instant::now();
+    let late = Arc::new(AtomicBool::new(false));
+    let body_timeout = st.worker.settings.service.body_timeout;
+    let req = req.map(|body| within(body, body_timeout, late.clone()));
     let mut resp = next.run(req).instrument(span.clone()).await;
+    if late.load(Ordering::Relaxed) {
+        resp = error(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "the request's body did not arrive within {} s ([service].body_timeout)",
+                body_timeout.as_secs_f64()
+            ),
+        );
+    }
     let elapsed = started.elapsed();
     let status = resp.status().as_u16();
     span.in_scope(|| tracing::info!(status, latency_ms = elapsed.as_secs_f64() * 1000.0, "answered"));
@@ -54,6 +72,26 @@ pub(crate) async fn around(State(st): State<AppState>, req: Request, next: Next)
         resp.headers_mut().insert("x-request-id", v);
     }
     resp
+}
+
+/// `body`, which fails (and sets `late`) when it has not all arrived within `limit`: a client that sends its body
+/// slowly, or stops, does not hold its handler for longer.
+fn within(body: Body, limit: Duration, late: Arc<AtomicBool>) -> Body {
+    let deadline = tokio::time::Instant::now() + limit;
+    Body::from_stream(futures::stream::unfold(Some(body.into_data_stream()), move |frames| {
+        let late = late.clone();
+        async move {
+            let mut frames = frames?;
+            match tokio::time::timeout_at(deadline, frames.next()).await {
+                Ok(Some(frame)) => Some((frame, Some(frames))),
+                Ok(None) => None,
+                Err(_) => {
+                    late.store(true, Ordering::Relaxed);
+                    Some((Err(axum::Error::new("the request's body did not arrive in time")), None))
+                }
+            }
+        }
+    }))
 }
 
 /// `/v1` requires `Authorization: Bearer <ASTRA_WORKER_API_KEY>`.

@@ -9,12 +9,17 @@ mod http;
 mod openapi;
 mod routes;
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{io::ErrorKind, net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
+use hyper_util::{
+    rt::{TokioIo, TokioTimer},
+    server::graceful::GracefulShutdown,
+    service::TowerToHyperService,
+};
 use secrecy::SecretString;
 use tokio::sync::Notify;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 pub use http::RouteMetrics;
 
@@ -75,21 +80,11 @@ pub async fn serve_on(
     // One grace period from the signal for everything still running: the requests in flight, the work their
     // callers left (see `api::to_the_end`) and the inbox pass (a unit's stop timeout is the grace plus 10 s).
     let grace = worker.settings.runner.grace_period;
-    let signalled = Arc::new(std::sync::OnceLock::new());
-    let (stop, at) = (worker.clone(), signalled.clone());
-    let server = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).with_graceful_shutdown(
-        async move {
-            stop.shutdown.triggered().await;
-            let _ = at.set(tokio::time::Instant::now());
-        },
-    );
-    tokio::select! {
-        r = server => r.context("serving HTTP")?,
-        _ = async { worker.shutdown.triggered().await; tokio::time::sleep(grace).await } => {
-            warn!(grace_secs = grace.as_secs(), "requests still in flight after the grace period; stopping anyway");
-        }
+    let connections = accept(&worker, listener, app).await;
+    let deadline = tokio::time::Instant::now() + grace;
+    if tokio::time::timeout_at(deadline, connections.shutdown()).await.is_err() {
+        warn!(grace_secs = grace.as_secs(), "requests still in flight after the grace period; stopping anyway");
     }
-    let deadline = signalled.get().copied().unwrap_or_else(tokio::time::Instant::now) + grace;
     to_the_end.close();
     if tokio::time::timeout_at(deadline, to_the_end.wait()).await.is_err() {
         warn!("a refresh or code exchange whose caller went away did not finish within the grace period");
@@ -99,4 +94,41 @@ pub async fn serve_on(
     }
     info!("stopped serving");
     Ok(())
+}
+
+/// Serves `app` on each connection `listener` accepts (HTTP/1.1, as axum's own server does), until the worker's
+/// shutdown; then stops accepting and returns the open connections, whose `shutdown` tells each to close after
+/// the request it is answering and waits for them. A request's head must arrive within `[service].header_timeout` (an idle kept-alive connection is
+/// closed then too), which axum's own server cannot be told.
+async fn accept(worker: &Worker, listener: tokio::net::TcpListener, app: axum::Router) -> GracefulShutdown {
+    let connections = GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new()).header_read_timeout(worker.settings.service.header_timeout);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                // The peer gave up between its connect and our accept: nothing to do.
+                Err(e) if matches!(
+                    e.kind(),
+                    ErrorKind::ConnectionRefused | ErrorKind::ConnectionAborted | ErrorKind::ConnectionReset
+                ) => continue,
+                // Out of file descriptors, say: wait rather than spin.
+                Err(e) => {
+                    warn!(error = %e, "accepting a connection failed; trying again in a second");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            },
+            () = worker.shutdown.triggered() => break,
+        };
+        let conn =
+            connections.watch(http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone())));
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                debug!(error = %e, "a connection ended with an error");
+            }
+        });
+    }
+    connections
 }

@@ -3,7 +3,7 @@
 //! bad, missing, Python's separators, too large); a webhook ten times and out of order has one effect; a
 //! `transfer_created` over the day's headroom makes the HTTP guard deny within seconds; `user_updated` to
 //! suspended makes the guard say so and no prompt is ever sent; two services on one store process each webhook
-//! once; the code exchange over HTTP; requests in flight at shutdown finish.
+//! once; the code exchange over HTTP; requests in flight at shutdown finish; a slow client holds no connection.
 
 use std::{sync::Arc, time::Duration};
 
@@ -452,4 +452,58 @@ async fn webhooks_the_sandbox_sends_late_repeated_and_out_of_order_count_each_tr
 both_backends!(
     webhooks_the_sandbox_sends_late_repeated_and_out_of_order_count_each_transfer_once,
     super::webhooks_the_sandbox_sends_late_repeated_and_out_of_order_count_each_transfer_once
+);
+
+/// Reads what the service sends on `conn` until it closes it (bounded: 15 s, far past the 1 s timeouts).
+async fn until_closed(conn: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt as _;
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(15), conn.read_to_end(&mut got))
+        .await
+        .expect("the service closed the connection within 15 s")
+        .ok();
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+/// A client that sends a request's head slowly, or its body, holds neither its connection nor a handler past
+/// `[service]`'s timeouts (1 s here): the connection is closed, the body answered 408; others are served.
+async fn a_slow_client_holds_no_connection_past_the_timeouts(b: Backend) {
+    use tokio::io::AsyncWriteExt as _;
+    let rig = TestApp::new(b, SandboxSettings::default(), |s| {
+        s.service.header_timeout = Duration::from_secs(1);
+        s.service.body_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let svc = start(&rig).await;
+    let addr = svc.base.trim_start_matches("http://").to_string();
+
+    // Half a head, then nothing: closed without an answer.
+    let mut head = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    head.write_all(b"POST /v1/guard HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    // An idle connection that never sends a request: closed too.
+    let mut idle = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    // The whole head, a tenth of the body, then nothing: 408, with its request id.
+    let mut body = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let req = format!(
+        "POST /v1/guard HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\nContent-Type: application/json\r\n\
+         Content-Length: 100\r\nx-request-id: slow-body-1\r\n\r\n{{\"user_id\":"
+    );
+    body.write_all(req.as_bytes()).await.unwrap();
+
+    assert_eq!(until_closed(&mut head).await, "", "a head that never completes gets no answer");
+    assert_eq!(until_closed(&mut idle).await, "", "an idle connection is closed");
+    let answer = until_closed(&mut body).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("body_timeout"), "the answer names the setting: {answer}");
+    assert!(answer.to_ascii_lowercase().contains("x-request-id: slow-body-1"), "{answer}");
+
+    // Meanwhile and after, others are served as before.
+    let ok = http().get(format!("{}/healthz", svc.base)).send().await.unwrap();
+    assert_eq!(ok.status(), 200);
+    svc.worker.shutdown.trigger("SIGTERM");
+    svc.task.await.unwrap().unwrap();
+}
+both_backends!(
+    a_slow_client_holds_no_connection_past_the_timeouts,
+    super::a_slow_client_holds_no_connection_past_the_timeouts
 );

@@ -9,6 +9,7 @@ use std::{
     sync::{Arc, LazyLock, Mutex, MutexGuard, PoisonError},
 };
 
+use chrono::{DateTime, Utc};
 use tokio::sync::oneshot;
 
 use super::GuardAnswer;
@@ -104,16 +105,20 @@ impl Drop for Close {
     }
 }
 
+/// The day's figures after a placement, and the time they were taken at (the placement's `now`; see
+/// [`place_together`]).
+type Known = (Figures, DateTime<Utc>);
+
 /// What a placer leaves: an empty lane (removed), or holds still waiting, the lane, and the day's figures if
 /// known.
 enum Left {
     Empty,
-    Waiting(Close, Option<Figures>),
+    Waiting(Close, Option<Known>),
 }
 
 /// Places what waits in the lane, a placement at a time, until nothing does (and removes the lane) or after
 /// `rounds` placements. A waiter whose caller went away is dropped unplaced.
-async fn drain(store: &Store, mut close: Close, mut figures: Option<Figures>, rounds: Option<usize>) -> Left {
+async fn drain(store: &Store, mut close: Close, mut figures: Option<Known>, rounds: Option<usize>) -> Left {
     let Some(key) = close.0.clone() else { return Left::Empty };
     let mut round = 0;
     loop {
@@ -152,19 +157,37 @@ async fn drain(store: &Store, mut close: Close, mut figures: Option<Figures>, ro
 }
 
 /// Places `asks` (all on one destination-day), deciding each in order on the day's figures: first in one
-/// round trip on the figures last known (`figures`, else the first ask's, else read), again on the figures
+/// round trip on the figures last known (`known`, else the first ask's, else read), again on the figures
 /// found when they moved, and at last in a transaction holding the day's lock. A key asked again after it was
 /// placed hears `KeyTaken` (the guard then gives the answer stored with it). Gives each ask's placement and
 /// answer, and the day's figures after, when known.
+///
+/// The placement's `now` (which holds count as not yet expired) is the latest of its asks' times and of the
+/// time `known` was taken at: a caller whose read was slow can join a later placement than a caller who
+/// asked after it, and figures carried from a later `now` miss the holds that expired in between.
 async fn place_together(
     store: &Store,
     asks: &[Ask],
-    figures: Option<Figures>,
-) -> anyhow::Result<(Vec<(Placement, GuardAnswer)>, Option<Figures>)> {
-    let Some(first) = asks.first() else { return Ok((Vec::new(), figures)) };
+    known: Option<Known>,
+) -> anyhow::Result<(Vec<(Placement, GuardAnswer)>, Option<Known>)> {
+    let Some(first) = asks.first() else { return Ok((Vec::new(), known)) };
     let day = (first.hold.destination_id.as_str(), first.hold.bank_day.as_str());
-    let now = asks.iter().map(|a| a.hold.created_at).max().unwrap_or(first.hold.created_at);
-    let mut seen = match figures.or(first.seen) {
+    let latest = asks.iter().map(|a| a.hold.created_at).max().unwrap_or(first.hold.created_at);
+    let now = known.map_or(latest, |(_, at)| latest.max(at));
+    let (placed, after) = place_at(store, day, now, known.map(|(f, _)| f), asks).await?;
+    Ok((placed, after.map(|f| (f, now))))
+}
+
+/// [`place_together`] at `now`, on the figures carried from the last placement (if any).
+async fn place_at(
+    store: &Store,
+    day: (&str, &str),
+    now: DateTime<Utc>,
+    carried: Option<Figures>,
+    asks: &[Ask],
+) -> anyhow::Result<(Vec<(Placement, GuardAnswer)>, Option<Figures>)> {
+    let Some(first) = asks.first() else { return Ok((Vec::new(), carried)) };
+    let mut seen = match carried.or(first.seen) {
         Some(seen) => seen,
         None if store.is_postgres() => holds::figures(store, day, now).await?,
         // The locked path, SQLite's only one, reads the figures itself.
@@ -226,7 +249,7 @@ async fn place_together(
 async fn place_all_locked(
     store: &Store,
     day: (&str, &str),
-    now: chrono::DateTime<chrono::Utc>,
+    now: DateTime<Utc>,
     carried: Option<Figures>,
     asks: &[Ask],
 ) -> anyhow::Result<(Vec<(Placement, GuardAnswer)>, Option<Figures>)> {
