@@ -63,9 +63,11 @@ impl Default for GuardSettings {
 
 /// `[service]`: how long the HTTP service (`serve`, `run --listen`) waits for a client. A connection is closed
 /// when a request's head (its line and headers) has not arrived within `header_timeout` of the first wait for it,
-/// an idle kept-alive connection included; a request whose body has not arrived within `body_timeout` of its
-/// head is answered 408. So a client that opens connections and sends slowly, or not at all, holds none of
-/// them for long.
+/// an idle kept-alive connection included (so the default, 75 s, is longer than the idle timeout of the proxies
+/// usually in front, 60 s for nginx's upstream keep-alive and AWS's load balancers: a proxy must never send a
+/// request on a connection the service is closing); a request whose body has not arrived within `body_timeout`
+/// of its head is answered 408. So a client that opens connections and sends slowly, or not at all, holds none
+/// of them for long.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServiceSettings {
@@ -77,7 +79,7 @@ pub struct ServiceSettings {
 
 impl Default for ServiceSettings {
     fn default() -> Self {
-        ServiceSettings { header_timeout: Duration::from_secs(30), body_timeout: Duration::from_secs(30) }
+        ServiceSettings { header_timeout: Duration::from_secs(75), body_timeout: Duration::from_secs(30) }
     }
 }
 

@@ -63,6 +63,8 @@ pub(crate) async fn around(State(st): State<AppState>, req: Request, next: Next)
                 body_timeout.as_secs_f64()
             ),
         );
+        // The rest of the body is not read: the connection cannot carry another request.
+        resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     let elapsed = started.elapsed();
     let status = resp.status().as_u16();
@@ -78,20 +80,23 @@ pub(crate) async fn around(State(st): State<AppState>, req: Request, next: Next)
 /// slowly, or stops, does not hold its handler for longer.
 fn within(body: Body, limit: Duration, late: Arc<AtomicBool>) -> Body {
     let deadline = tokio::time::Instant::now() + limit;
-    Body::from_stream(futures::stream::unfold(Some(body.into_data_stream()), move |frames| {
-        let late = late.clone();
-        async move {
-            let mut frames = frames?;
-            match tokio::time::timeout_at(deadline, frames.next()).await {
-                Ok(Some(frame)) => Some((frame, Some(frames))),
-                Ok(None) => None,
-                Err(_) => {
-                    late.store(true, Ordering::Relaxed);
-                    Some((Err(axum::Error::new("the request's body did not arrive in time")), None))
+    Body::from_stream(
+        futures::stream::unfold(Some(body.into_data_stream()), move |frames| {
+            let late = late.clone();
+            async move {
+                let mut frames = frames?;
+                match tokio::time::timeout_at(deadline, frames.next()).await {
+                    Ok(Some(frame)) => Some((frame, Some(frames))),
+                    Ok(None) => None,
+                    Err(_) => {
+                        late.store(true, Ordering::Relaxed);
+                        Some((Err(axum::Error::new("the request's body did not arrive in time")), None))
+                    }
                 }
             }
-        }
-    }))
+        })
+        .fuse(),
+    )
 }
 
 /// `/v1` requires `Authorization: Bearer <ASTRA_WORKER_API_KEY>`.

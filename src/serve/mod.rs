@@ -80,11 +80,17 @@ pub async fn serve_on(
     // One grace period from the signal for everything still running: the requests in flight, the work their
     // callers left (see `api::to_the_end`) and the inbox pass (a unit's stop timeout is the grace plus 10 s).
     let grace = worker.settings.runner.grace_period;
-    let connections = accept(&worker, listener, app).await;
+    let cut = tokio_util::sync::CancellationToken::new();
+    let connections = accept(&worker, listener, app, &cut).await;
     let deadline = tokio::time::Instant::now() + grace;
     if tokio::time::timeout_at(deadline, connections.shutdown()).await.is_err() {
-        warn!(grace_secs = grace.as_secs(), "requests still in flight after the grace period; stopping anyway");
+        warn!(
+            grace_secs = grace.as_secs(),
+            "connections still open after the grace period (requests in flight, or clients that have not sent a \
+             whole request); closing them"
+        );
     }
+    cut.cancel();
     to_the_end.close();
     if tokio::time::timeout_at(deadline, to_the_end.wait()).await.is_err() {
         warn!("a refresh or code exchange whose caller went away did not finish within the grace period");
@@ -96,11 +102,17 @@ pub async fn serve_on(
     Ok(())
 }
 
-/// Serves `app` on each connection `listener` accepts (HTTP/1.1, as axum's own server does), until the worker's
-/// shutdown; then stops accepting and returns the open connections, whose `shutdown` tells each to close after
-/// the request it is answering and waits for them. A request's head must arrive within `[service].header_timeout` (an idle kept-alive connection is
-/// closed then too), which axum's own server cannot be told.
-async fn accept(worker: &Worker, listener: tokio::net::TcpListener, app: axum::Router) -> GracefulShutdown {
+/// Serves `app` on each connection `listener` accepts, in HTTP/1.1 only, until the worker's shutdown; then stops
+/// accepting and returns the open connections, whose `shutdown` tells each to close after the request it is
+/// answering and waits for them; `cut` closes those still open. A request's head must arrive within
+/// `[service].header_timeout`, and an idle kept-alive connection is closed then too (axum's own server cannot be
+/// given a timer, so it waited for ever).
+async fn accept(
+    worker: &Worker,
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    cut: &tokio_util::sync::CancellationToken,
+) -> GracefulShutdown {
     let connections = GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new()).header_read_timeout(worker.settings.service.header_timeout);
@@ -124,9 +136,13 @@ async fn accept(worker: &Worker, listener: tokio::net::TcpListener, app: axum::R
         };
         let conn =
             connections.watch(http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone())));
+        let cut = cut.clone();
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                debug!(error = %e, "a connection ended with an error");
+            tokio::select! {
+                ended = conn => if let Err(e) = ended {
+                    debug!(error = %e, "a connection ended with an error");
+                },
+                () = cut.cancelled() => {}
             }
         });
     }

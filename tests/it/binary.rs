@@ -61,7 +61,7 @@ fn each_kind_of_bad_config_exits_78_naming_the_key() {
         // Holds forgotten while one of 7 days could still be open.
         ("holds = \"30d\"", "holds = \"7d\"", "jobs.retention.settings.holds"),
         ("webhooks = \"14d\"", "webhooks = \"2h\"", "jobs.retention.settings.webhooks"),
-        ("header_timeout = \"30s\"", "header_timeout = \"0s\"", "service.header_timeout"),
+        ("header_timeout = \"75s\"", "header_timeout = \"0s\"", "service.header_timeout"),
         ("body_timeout = \"30s\"", "body_timeout = \"11m\"", "service.body_timeout"),
     ];
     let dir = tempfile::tempdir().unwrap();

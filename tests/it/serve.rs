@@ -482,6 +482,9 @@ async fn a_slow_client_holds_no_connection_past_the_timeouts(b: Backend) {
     head.write_all(b"POST /v1/guard HTTP/1.1\r\nHost: x\r\n").await.unwrap();
     // An idle connection that never sends a request: closed too.
     let mut idle = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    // A kept-alive connection, idle after its answer: closed too.
+    let mut kept = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    kept.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
     // The whole head, a tenth of the body, then nothing: 408, with its request id.
     let mut body = tokio::net::TcpStream::connect(&addr).await.unwrap();
     let req = format!(
@@ -492,10 +495,13 @@ async fn a_slow_client_holds_no_connection_past_the_timeouts(b: Backend) {
 
     assert_eq!(until_closed(&mut head).await, "", "a head that never completes gets no answer");
     assert_eq!(until_closed(&mut idle).await, "", "an idle connection is closed");
+    let answered = until_closed(&mut kept).await;
+    assert!(answered.starts_with("HTTP/1.1 200") && !answered.contains("connection: close"), "{answered}");
     let answer = until_closed(&mut body).await;
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(answer.contains("body_timeout"), "the answer names the setting: {answer}");
     assert!(answer.to_ascii_lowercase().contains("x-request-id: slow-body-1"), "{answer}");
+    assert!(answer.to_ascii_lowercase().contains("connection: close"), "{answer}");
 
     // Meanwhile and after, others are served as before.
     let ok = http().get(format!("{}/healthz", svc.base)).send().await.unwrap();
