@@ -49,9 +49,49 @@ fn non_empty(name: &str, v: String, source: &str) -> anyhow::Result<Option<Secre
     Ok(Some(SecretString::from(v)))
 }
 
-/// Input JSON parsed as `T`, with an error that names the field (its path) and echoes no value.
+/// Input JSON parsed as `T`, with an error that names the field (its path) and echoes no value. The input is one
+/// JSON object and nothing after it (serde would read a struct from an array, by position, and stop after the
+/// first value, so a second object on a line would be lost unsaid), and no string in it holds a NUL, which
+/// PostgreSQL refuses to store.
 pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(input: &[u8]) -> Result<T, String> {
-    serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(input)).map_err(described)
+    if input.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err("malformed JSON: expected one object, {…}".into());
+    }
+    let mut de = serde_json::Deserializer::from_slice(input);
+    let parsed = serde_path_to_error::deserialize(&mut de).map_err(described)?;
+    de.end().map_err(|e| format!("malformed JSON: more than one object ({})", redact_quoted(&e.to_string())))?;
+    if holds_nul(input) {
+        let at = serde_json::from_slice(input).ok().and_then(|v| nul_at(&v, "")).unwrap_or_default();
+        return Err(match at {
+            p if plain_path(&p) => format!("{p} contains a control character (NUL, which no store keeps)"),
+            _ => "a field contains a control character (NUL, which no store keeps)".into(),
+        });
+    }
+    Ok(parsed)
+}
+
+/// Whether JSON text holds the escape of a NUL character (a backslash that is not itself escaped, then `u0000`).
+fn holds_nul(input: &[u8]) -> bool {
+    input
+        .windows(6)
+        .enumerate()
+        .any(|(i, w)| w == b"\\u0000" && input[..i].iter().rev().take_while(|&&b| b == b'\\').count() % 2 == 0)
+}
+
+/// The path (as serde_path_to_error writes it) of the first key or string holding a NUL.
+fn nul_at(v: &serde_json::Value, path: &str) -> Option<String> {
+    let here = || if path.is_empty() { ".".to_string() } else { path.to_string() };
+    match v {
+        serde_json::Value::String(s) if s.contains('\0') => Some(here()),
+        serde_json::Value::Array(items) => {
+            items.iter().enumerate().find_map(|(i, x)| nul_at(x, &format!("{path}[{i}]")))
+        }
+        serde_json::Value::Object(m) => m.iter().find_map(|(k, x)| {
+            let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+            if k.contains('\0') { Some(here()) } else { nul_at(x, &p) }
+        }),
+        _ => None,
+    }
 }
 
 /// [`parse_json`] of JSON already read (an item of a page Astra sent).
@@ -59,16 +99,20 @@ pub(crate) fn from_json_value<T: serde::de::DeserializeOwned>(v: serde_json::Val
     serde_path_to_error::deserialize(v).map_err(described)
 }
 
+/// Whether a path of the input's keys reads as field names, and so may be shown (an unknown key may be anything,
+/// a pasted token included).
+fn plain_path(path: &str) -> bool {
+    path != "."
+        && path.len() <= 80
+        && path.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "_.[]".contains(c))
+}
+
 fn described(e: serde_path_to_error::Error<serde_json::Error>) -> String {
     let path = e.path().to_string();
     let inner = redact_quoted(&e.into_inner().to_string());
-    // The path is the input's own keys: shown only when it reads as field names (an unknown key may be
-    // anything, a pasted token included).
-    let plain =
-        path.len() <= 80 && path.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "_.[]".contains(c));
     match path.as_str() {
         "." => format!("malformed JSON: {inner}"),
-        _ if plain => format!("field `{path}`: {inner}"),
+        _ if plain_path(&path) => format!("field `{path}`: {inner}"),
         _ => format!("a field: {inner}"),
     }
 }
@@ -191,6 +235,34 @@ fn redact_marks(msg: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(serde::Deserialize, Debug)]
+    #[allow(dead_code)]
+    struct Line {
+        user_id: String,
+        #[serde(default)]
+        addenda: Vec<String>,
+    }
+
+    #[test]
+    fn an_input_is_one_object_and_nothing_after_it() {
+        assert!(parse_json::<Line>(br#" {"user_id":"a"}  "#).is_ok());
+        let e = parse_json::<Line>(br#"{"user_id":"a"}{"user_id":"b"}"#).unwrap_err();
+        assert!(e.contains("more than one object"), "{e}");
+        assert!(parse_json::<Line>(br#"{"user_id":"a"} garbage"#).unwrap_err().contains("more than one object"));
+        let e = parse_json::<Line>(br#"["a"]"#).unwrap_err();
+        assert!(e.contains("expected one object"), "an array is not read by position: {e}");
+    }
+
+    #[test]
+    fn a_nul_anywhere_is_refused_naming_its_field_and_an_escaped_backslash_is_not_one() {
+        let e = parse_json::<Line>(br#"{"user_id":"a","addenda":["ok","x\u0000"]}"#).unwrap_err();
+        assert_eq!(e, "addenda[1] contains a control character (NUL, which no store keeps)");
+        let e = parse_json::<Line>(br#"{"user_id":"\u0000"}"#).unwrap_err();
+        assert!(e.starts_with("user_id contains a control character"), "{e}");
+        let ok = parse_json::<Line>(br#"{"user_id":"a\\u0000"}"#).unwrap();
+        assert_eq!(ok.user_id, "a\\u0000", "a backslash, then the text u0000");
+    }
 
     #[test]
     fn a_url_loses_its_password_wherever_it_is_written() {

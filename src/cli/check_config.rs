@@ -12,7 +12,7 @@ pub(super) fn run(path: &Path) -> anyhow::Result<Status> {
     outln!("{}: valid", path.display());
     outln!(
         "astra: {} (rate {}/s, burst {}, timeouts {}s connect / {}s request, {} retries)",
-        a.base_url,
+        crate::secrets::redact_url(a.base_url.as_str()),
         a.requests_per_second,
         a.burst,
         a.connect_timeout.as_secs(),

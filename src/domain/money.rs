@@ -50,16 +50,17 @@ impl Cents {
         // digits * 10^(exp - frac.len()) dollars = digits * 10^(exp - frac.len() + 2) cents
         let digits = format!("{int}{frac}");
         let digits = digits.trim_start_matches('0');
-        let shift = exp - frac.len() as i32 + 2;
+        // In i64: an exponent near i32's bounds, or a long fraction, must not overflow.
+        let shift = i64::from(exp) - i64::try_from(frac.len()).map_err(|_| bad())? + 2;
         let cents: i128 = if digits.is_empty() {
             0
         } else if shift >= 0 {
-            if digits.len() as i32 + shift > 15 {
+            if i64::try_from(digits.len()).map_err(|_| bad())? + shift > 15 {
                 return Err(MoneyError::Absurd(text.to_string()));
             }
             digits.parse::<i128>().map_err(|_| bad())? * 10i128.pow(shift as u32)
         } else {
-            let cut = (-shift) as usize;
+            let cut = usize::try_from(-shift).map_err(|_| bad())?;
             let (keep, drop) = digits.split_at(digits.len().saturating_sub(cut));
             let dropped_zeros = drop.bytes().all(|b| b == b'0') && digits.len() >= cut;
             if !dropped_zeros {
@@ -133,6 +134,15 @@ mod tests {
         assert_eq!(Cents::parse_dollars(""), Err(MoneyError::NotANumber("".into())));
         assert!(matches!(Cents::parse_dollars("1e30"), Err(MoneyError::Absurd(_))));
         assert!(matches!(Cents::parse_dollars("99999999999999"), Err(MoneyError::Absurd(_))));
+    }
+
+    #[test]
+    fn exponents_at_the_bounds_of_i32_are_refused_without_overflow() {
+        assert!(matches!(Cents::parse_dollars("1e2147483647"), Err(MoneyError::Absurd(_))));
+        assert!(matches!(Cents::parse_dollars("1.5e-2147483648"), Err(MoneyError::SubCent(_))));
+        assert!(matches!(Cents::parse_dollars("-1e2147483647"), Err(MoneyError::Absurd(_))));
+        assert_eq!(Cents::parse_dollars("0e2147483647"), Ok(Cents(0)));
+        assert_eq!(Cents::parse_dollars("100e-2147483648"), Err(MoneyError::SubCent("100e-2147483648".into())));
     }
 
     #[test]

@@ -35,6 +35,15 @@ pub(super) async fn to_run(
                 s.zone().name()
             )));
         }
+        // A slot run before its time would stand as its success: the real run would find it done, and `health`
+        // would call the job fresh until then.
+        if slot > now {
+            return Err(Failure::config(format!(
+                "--slot {}: in the future (now is {}); a slot can run once its time has come",
+                slot.to_rfc3339(),
+                now.to_rfc3339()
+            )));
+        }
         return Ok(vec![slot]);
     }
     let window_start = now.checked_sub_signed(job.max_lateness).unwrap_or(DateTime::<Utc>::MIN_UTC);

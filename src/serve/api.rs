@@ -80,11 +80,23 @@ pub(super) struct AttachBody {
     routine_id: String,
 }
 
+/// A path's id that no store could hold or no command would take (empty, over-long, a control character such
+/// as the NUL PostgreSQL refuses): a 400 naming it.
+fn bad_id(checked: Result<(), String>) -> Option<Response> {
+    checked.err().map(|e| error(StatusCode::BAD_REQUEST, e))
+}
+
 pub(super) async fn attach(State(st): State<AppState>, Path(key): Path<String>, body: Bytes) -> Response {
+    if let Some(r) = bad_id(holds::check_key(&key)) {
+        return r;
+    }
     let b: AttachBody = match parse(&body) {
         Ok(b) => b,
         Err(r) => return r.into_response(),
     };
+    if let Some(r) = bad_id(crate::secrets::check_id("routine_id", &b.routine_id)) {
+        return r;
+    }
     match holds::get(&st.worker.store, &key).await {
         Ok(None) => return error(StatusCode::NOT_FOUND, format!("no hold under key {}", crate::secrets::shown(&key))),
         Err(e) => return failure(e.into()),
@@ -103,6 +115,9 @@ pub(super) async fn attach(State(st): State<AppState>, Path(key): Path<String>, 
 }
 
 pub(super) async fn release(State(st): State<AppState>, Path(key): Path<String>) -> Response {
+    if let Some(r) = bad_id(holds::check_key(&key)) {
+        return r;
+    }
     match holds::release(&st.worker.store, &key, Utc::now()).await {
         Ok(true) => Json(json!({"hold_key": key, "released": true})).into_response(),
         Ok(false) => error(StatusCode::NOT_FOUND, format!("no open hold under key {}", crate::secrets::shown(&key))),
@@ -124,6 +139,9 @@ async fn to_the_end<T: Send + 'static>(
 }
 
 pub(super) async fn access_token(State(st): State<AppState>, Path(user_id): Path<String>) -> Response {
+    if let Some(r) = bad_id(crate::secrets::check_id("user_id", &user_id)) {
+        return r;
+    }
     let (store, svc) = (st.worker.store.clone(), st.services.clone());
     let work = async move { tokens::access_token_until(&store, &svc.tokens, &user_id).await };
     match to_the_end(&st, work).await {

@@ -11,7 +11,6 @@ mod routes;
 
 use std::{io::ErrorKind, net::SocketAddr, sync::Arc, time::Duration};
 
-use anyhow::Context as _;
 use hyper_util::{
     rt::{TokioIo, TokioTimer},
     server::graceful::GracefulShutdown,
@@ -25,6 +24,7 @@ pub use http::RouteMetrics;
 
 use crate::{
     app::{Services, Worker},
+    failure::Failure,
     inbox, secrets,
 };
 
@@ -50,7 +50,15 @@ const INBOX_EVERY: Duration = Duration::from_secs(1);
 /// and the inbox pass finish within `runner.grace_period`, and returns.
 pub async fn serve(worker: Arc<Worker>, listen: SocketAddr) -> anyhow::Result<()> {
     let api_key = secrets::require("ASTRA_WORKER_API_KEY")?;
-    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listening on {listen}"))?;
+    let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| match e.kind() {
+        // Another process holds the port (often the instance being replaced): try again later (75).
+        ErrorKind::AddrInUse => Failure::Unavailable(format!("listening on {listen}: {e}")).into(),
+        // An address not of this host, or a port this user may not open: the configuration (78).
+        ErrorKind::AddrNotAvailable | ErrorKind::PermissionDenied => {
+            Failure::config(format!("listening on {listen}: {e}"))
+        }
+        _ => anyhow::Error::from(e).context(format!("listening on {listen}")),
+    })?;
     serve_on(worker, listener, api_key).await
 }
 

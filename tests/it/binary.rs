@@ -47,6 +47,19 @@ fn the_shipped_config_passes_check_config_and_shows_three_slots_per_job() {
 }
 
 #[test]
+fn check_config_shows_astras_url_without_its_password() {
+    let o = cmd("sqlite::memory:")
+        .env("ASTRA_BASE_URL", "http://user:pw1234secret@127.0.0.1:9/")
+        .arg("check-config")
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 0, "{}", text(&o.stderr));
+    let out = text(&o.stdout) + &text(&o.stderr);
+    assert!(out.contains("astra: http://user:***@127.0.0.1:9/"), "{out}");
+    assert!(!out.contains("pw1234secret"), "{out}");
+}
+
+#[test]
 fn each_kind_of_bad_config_exits_78_naming_the_key() {
     let shipped = std::fs::read_to_string(shipped_config()).unwrap();
     let cases = [
@@ -242,4 +255,17 @@ fn a_missing_secret_exits_78_naming_it_before_any_claim() {
     assert!(text(&o.stderr).contains("missing secret ASTRA_CLIENT_ID"), "{}", text(&o.stderr));
     let o = cmd(&url).args(["runs", "--format", "json"]).output().unwrap();
     assert_eq!(text(&o.stdout).trim(), "[]", "nothing claimed, nothing recorded");
+}
+
+#[test]
+fn serve_on_a_port_another_process_holds_exits_75_naming_it() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let o = cmd("sqlite::memory:")
+        .env("ASTRA_WORKER_API_KEY", "test-api-key-0123456789")
+        .args(["serve", "--listen", &addr])
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 75, "try again later, not a bug: {}", text(&o.stderr));
+    assert!(text(&o.stderr).contains(&format!("listening on {addr}")), "{}", text(&o.stderr));
 }

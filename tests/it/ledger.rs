@@ -12,6 +12,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use crate::{
     both_backends,
     helpers::{Backend, TestDb, worker},
+    with_pool,
 };
 
 fn at(s: &str) -> DateTime<Utc> {
@@ -94,6 +95,18 @@ async fn slot_backfills_an_old_slot_and_refuses_a_time_that_is_not_a_slot(b: Bac
     let e = run_job(&w, JobName::TestHold, &opts, at(NOW)).await.unwrap_err();
     assert_eq!(classify(&e), Status::Config);
     assert!(format!("{e:#}").contains("not a slot of test-hold"), "{e:#}");
+
+    // A slot whose time has not come is refused and leaves no success behind.
+    let future = at(NOW) + TimeDelta::days(1);
+    let future = RunOptions { slot: Some(future - TimeDelta::seconds(future.timestamp() % 60)), ..Default::default() };
+    let e = run_job(&w, JobName::TestHold, &future, at(NOW)).await.unwrap_err();
+    assert_eq!(classify(&e), Status::Config);
+    assert!(format!("{e:#}").contains("in the future"), "{e:#}");
+    let runs = with_pool!(&w.store, |p| sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM job_run")
+        .fetch_one(p)
+        .await
+        .unwrap());
+    assert_eq!(runs, 1, "only the backfill ran");
 }
 both_backends!(
     slot_backfills_an_old_slot_and_refuses_a_time_that_is_not_a_slot,

@@ -513,3 +513,48 @@ both_backends!(
     a_slow_client_holds_no_connection_past_the_timeouts,
     super::a_slow_client_holds_no_connection_past_the_timeouts
 );
+
+/// A body that is not one JSON object (an array read by position, a second object after the first) and an id
+/// holding a NUL (which PostgreSQL refuses) are 400s naming the problem, and nothing is stored.
+async fn bodies_not_one_object_and_ids_holding_a_nul_are_refused(b: Backend) {
+    let rig = TestApp::new(b, SandboxSettings::default(), |_| {}).await;
+    let svc = start(&rig).await;
+    let post = |path: &str, body: &str| {
+        http().post(format!("{}{path}", svc.base)).bearer_auth(KEY).body(body.to_string()).send()
+    };
+    let cases = [
+        ("/v1/guard", r#"["u1",100,"acct-1","arrkey","2h"]"#, "expected one object"),
+        (
+            "/v1/guard",
+            r#"{"user_id":"u1","amount_cents":100}{"user_id":"u2","amount_cents":100}"#,
+            "more than one object",
+        ),
+        (
+            "/v1/guard",
+            r#"{"user_id":"u\u0000","amount_cents":100,"hold_key":"k1"}"#,
+            "user_id contains a control character",
+        ),
+        ("/v1/holds/k1/attach", r#"["rt_1"]"#, "expected one object"),
+        ("/v1/holds/a%00b/attach", r#"{"routine_id":"rt_1"}"#, "control character"),
+        ("/v1/holds/k1/attach", r#"{"routine_id":""}"#, "routine_id is empty"),
+    ];
+    for (path, body, says) in cases {
+        let r = post(path, body).await.unwrap();
+        assert_eq!(r.status(), 400, "{path} {body}");
+        let text = r.text().await.unwrap();
+        assert!(text.contains(says), "{path} {body}: {text}");
+    }
+    for r in [
+        http().get(format!("{}/v1/users/a%00b/access-token", svc.base)).bearer_auth(KEY).send().await.unwrap(),
+        http().delete(format!("{}/v1/holds/a%00b", svc.base)).bearer_auth(KEY).send().await.unwrap(),
+    ] {
+        assert_eq!(r.status(), 400);
+    }
+    assert_eq!(count(&svc.worker, "SELECT COUNT(*) FROM guard_hold").await, 0, "no hold was placed");
+    svc.worker.shutdown.trigger("SIGTERM");
+    svc.task.await.unwrap().unwrap();
+}
+both_backends!(
+    bodies_not_one_object_and_ids_holding_a_nul_are_refused,
+    super::bodies_not_one_object_and_ids_holding_a_nul_are_refused
+);
