@@ -58,11 +58,18 @@ pub(crate) async fn write_file(worker: &Worker, path: &Path) -> anyhow::Result<(
 fn write_atomically(path: &Path, text: &str) -> anyhow::Result<()> {
     let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
     std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
+    std::fs::rename(&tmp, path).map_err(|e| {
+        // Not left behind, one more on every run.
+        let _ = std::fs::remove_file(&tmp);
+        anyhow::Error::from(e).context(format!("renaming {} to {}", tmp.display(), path.display()))
+    })
 }
 
 /// Refuses, at start, a metrics path that cannot be written.
 pub(crate) fn check_writable(path: &Path) -> anyhow::Result<()> {
+    if path.is_dir() {
+        return Err(Failure::Config(format!("--metrics-file {}: is a directory; name a file", path.display())).into());
+    }
     let probe = path.with_extension(format!("probe.{}", std::process::id()));
     std::fs::write(&probe, b"")
         .map_err(|e| Failure::Config(format!("--metrics-file {}: cannot write there: {e}", path.display())))?;

@@ -180,6 +180,17 @@ fn health_names_stale_jobs_and_the_metrics_file_is_written_or_refused() {
     let o = cmd(&db).args(["--run-once", "test-hold", "--metrics-file", "/nonexistent/dir/m.prom"]).output().unwrap();
     assert_eq!(o.status.code(), Some(78));
     assert!(text(&o.stderr).contains("/nonexistent/dir/m.prom"));
+    // A directory: refused at the start, and nothing is left beside it.
+    let o = cmd(&db).args(["--run-once", "test-hold", "--metrics-file"]).arg(dir.path()).output().unwrap();
+    assert_eq!(o.status.code(), Some(78), "{}", text(&o.stderr));
+    assert!(text(&o.stderr).contains("is a directory"), "{}", text(&o.stderr));
+    let parent = dir.path().parent().unwrap();
+    let stem = dir.path().file_name().unwrap().to_string_lossy().into_owned();
+    let left = std::fs::read_dir(parent).unwrap().filter_map(Result::ok).filter(|e| {
+        let n = e.file_name().to_string_lossy().into_owned();
+        n.starts_with(&stem) && n != stem
+    });
+    assert_eq!(left.count(), 0, "no probe or temporary file beside the directory");
 }
 
 /// The shipped jobs.toml with fast schedules: rotation every 2 s (catch-up all), the sweep every 3 s.
