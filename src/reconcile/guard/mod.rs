@@ -110,9 +110,11 @@ pub async fn check_and_hold(
     hold: &HoldRequest<'_>,
     now: DateTime<Utc>,
 ) -> anyhow::Result<GuardAnswer> {
-    holds::check_key(hold.key).map_err(|e| Failure::Config(format!("--hold: {e}")))?;
+    holds::check_key(hold.key).map_err(|e| Failure::Config(format!("{e} (--hold, hold_key)")))?;
     if hold.hold_for <= TimeDelta::zero() || hold.hold_for > MAX_HOLD_FOR {
-        return Err(Failure::config("--hold-for: a hold lasts longer than zero and at most 7 days"));
+        return Err(Failure::config(
+            "the hold time (--hold-for, hold_for): a hold lasts longer than zero and at most 7 days",
+        ));
     }
     // A named destination whose day has a lane open in this process is read without the day's held sum:
     // the lane decides the limit on the figures it carries from its last placement, or reads them once, and
