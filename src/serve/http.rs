@@ -101,8 +101,14 @@ fn within(body: Body, limit: Duration, late: Arc<AtomicBool>) -> Body {
 
 /// `/v1` requires `Authorization: Bearer <ASTRA_WORKER_API_KEY>`.
 pub(crate) async fn require_key(State(st): State<AppState>, req: Request, next: Next) -> Response {
-    let given =
-        req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    // The scheme's name is case-insensitive (RFC 9110 §11.1).
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, key)| key);
     let ok = given.is_some_and(|g| constant_time_eq(g.as_bytes(), st.api_key.expose_secret().as_bytes()));
     if !ok {
         return error(

@@ -537,6 +537,7 @@ async fn bodies_not_one_object_and_ids_holding_a_nul_are_refused(b: Backend) {
         ("/v1/holds/k1/attach", r#"["rt_1"]"#, "expected one object"),
         ("/v1/holds/a%00b/attach", r#"{"routine_id":"rt_1"}"#, "control character"),
         ("/v1/holds/k1/attach", r#"{"routine_id":""}"#, "routine_id is empty"),
+        ("/v1/guard", r#"{"user_id":"u1","amount_cents":100,"destination_id":""}"#, "destination_id is empty"),
     ];
     for (path, body, says) in cases {
         let r = post(path, body).await.unwrap();
@@ -551,6 +552,14 @@ async fn bodies_not_one_object_and_ids_holding_a_nul_are_refused(b: Backend) {
         assert_eq!(r.status(), 400);
     }
     assert_eq!(count(&svc.worker, "SELECT COUNT(*) FROM guard_hold").await, 0, "no hold was placed");
+    // The scheme's name is case-insensitive: a lower-case `bearer` is let in (404: no such user).
+    let r = http()
+        .get(format!("{}/v1/users/nobody/access-token", svc.base))
+        .header("Authorization", format!("bearer {KEY}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
     svc.worker.shutdown.trigger("SIGTERM");
     svc.task.await.unwrap().unwrap();
 }

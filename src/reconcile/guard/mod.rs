@@ -67,6 +67,11 @@ async fn decide(
     if req.amount.0 <= 0 {
         return Err(Failure::config("the amount must be more than zero"));
     }
+    // An id no store holds (empty, a NUL PostgreSQL refuses) would be read as "not registered: no limit".
+    crate::secrets::check_id("user_id", req.user_id).map_err(Failure::Config)?;
+    if let Some(d) = req.destination_id {
+        crate::secrets::check_id("destination_id", d).map_err(Failure::Config)?;
+    }
     let (answer, destinations) = match read(store, req, now, sum_held).await? {
         Read::Decided(a) => return Ok((a, Vec::new())),
         Read::Destinations(a, d) => (a, d),
