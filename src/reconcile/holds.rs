@@ -104,11 +104,8 @@ pub async fn release(store: &Store, key: &str, now: DateTime<Utc>) -> sqlx::Resu
 /// Ties an open hold to the routine Astra created for it, so the routine's transfer ends it. `Err` when no
 /// open hold has the key or the routine is tied to another hold.
 pub async fn attach(store: &Store, key: &str, routine_id: &str) -> anyhow::Result<()> {
-    if routine_id.trim().is_empty() || routine_id.len() > 256 || routine_id.chars().any(char::is_control) {
-        return Err(Failure::config(
-            "the routine id (--routine-id, routine_id) must be a non-empty id of printable characters",
-        ));
-    }
+    crate::secrets::check_id("routine_id", routine_id)
+        .map_err(|e| Failure::Config(format!("{e} (--routine-id, routine_id)")))?;
     // Open holds only: a recurring routine is attached to one hold at a time (a unique index keeps two
     // concurrent attaches from both succeeding).
     let attached = with_pool!(store, |p| sqlx::query(
