@@ -1,8 +1,8 @@
 //! The benchmark harness: `cargo run --release --example bench [-- --pg postgres://…]`.
 //!
-//! 1. Guard latency: 10,000 users with grants, destinations and today's counters; 20,000 sequential
+//! 1. Guard latency: 100,000 users with grants, destinations and today's counters; 20,000 sequential
 //!    `guard::check` calls; then 5,000 `check_and_hold` calls from one caller, and 16 concurrent callers
-//!    placing 300 holds each on one destination; mean, p50, p99 wall time per call.
+//!    placing 300 holds each on one destination, as fast as answered and paced; p50, p99 wall time per call.
 //! 2. Sync cost: the requests one `transfer-sync` run makes for 10,000 users when 1 % have an open hold and a
 //!    new transfer (the sandbox in its own process).
 //! 3. Rotation: N due grants rotated against the sandbox, run as its own process (`astra-worker sandbox`, so
@@ -16,7 +16,8 @@
 //!
 //! `BENCH_ONLY=guard|guard-pg|sync|rotation|aggregation|serve|no-op` runs one part (`rotation` includes the
 //! by-hand loop); `BENCH_GRANTS` sets the rotation's grants (20,000). `BENCH_ONLY=rotation-large` (not part of
-//! the full run) rotates 200,000 grants at 1,000/s on both stores.
+//! the full run) rotates 200,000 grants on both stores at 1,000/s; `rotation-large-slow` runs the four 100/s cases
+//! at that size at once.
 //!
 //! Build the binary first: `cargo build --release --bins --examples && ./target/release/examples/bench`. The
 //! figures are written to `BENCHMARKS.md` (see `report`). Nothing here is a test.
@@ -95,39 +96,46 @@ async fn fresh(pg: Option<&str>) -> (String, Option<tempfile::TempDir>) {
     }
 }
 
-/// 10,000 users with grants, one destination each (limit $2,500) and today's counters.
-async fn seed_guard_store(url: &str) -> Store {
+/// `GUARD_USERS` users with grants, one destination each (daily limit `limit` cents) and today's counters,
+/// written by eight callers at once.
+async fn seed_guard_store(url: &str, limit: i64) -> Store {
+    use futures::StreamExt;
     let store = Store::open_for(url, Lives::Long).await.unwrap();
-    let k = keyring();
     let now = Utc::now();
-    let users = 10_000;
-    for i in 0..users {
-        let id = format!("u{i:05}");
-        let line = ImportLine {
-            user_id: id.clone(),
-            access_token: SecretString::from(format!("at_{i}")),
-            refresh_token: SecretString::from(format!("rt_{i}")),
-            refresh_token_issued_at: Some(now.fixed_offset()),
-            refresh_token_expires_at: None,
-            access_token_expires_at: None,
-            phone: None,
-        };
-        tokens::import(&store, &k, &line, now).await.unwrap();
-        register_account(&store, &format!("acct-{i:05}"), &id, 250_000).await;
-        let day = astra_worker::domain::BankDay::of(chrono_tz::America::New_York, now).key();
-        counters::set_counter(&store, &format!("acct-{i:05}"), &day, (i as i64 * 37) % 300_000, 1).await.unwrap();
-    }
+    let day = astra_worker::domain::BankDay::of(chrono_tz::America::New_York, now).key();
+    futures::stream::iter(0..GUARD_USERS)
+        .for_each_concurrent(8, |i| {
+            let (store, day) = (&store, &day);
+            async move {
+                let id = format!("u{i:05}");
+                let line = ImportLine {
+                    user_id: id.clone(),
+                    access_token: SecretString::from(format!("at_{i}")),
+                    refresh_token: SecretString::from(format!("rt_{i}")),
+                    refresh_token_issued_at: Some(now.fixed_offset()),
+                    refresh_token_expires_at: None,
+                    access_token_expires_at: None,
+                    phone: None,
+                };
+                tokens::import(store, &keyring(), &line, now).await.unwrap();
+                register_account(store, &format!("acct-{i:05}"), &id, limit).await;
+                let held = (i as i64 * 37) % 300_000;
+                counters::set_counter(store, &format!("acct-{i:05}"), day, held, 1).await.unwrap();
+            }
+        })
+        .await;
     // A store that has been live a while: holds of earlier days, ended, and the planner's statistics taken (what
     // autovacuum does within a minute of the first writes; a plan made while `guard_hold` was empty scans it).
     if let Store::Postgres(p) = &store {
         sqlx::query(
             "INSERT INTO guard_hold (hold_key, user_id, destination_id, bank_day, amount_cents, answer, created_at,
                  expires_at, ended_at, end_reason)
-             SELECT 'old-' || g, 'u' || lpad((g % 10000)::text, 5, '0'), 'acct-' || lpad((g % 10000)::text, 5, '0'),
+             SELECT 'old-' || g, 'u' || lpad((g % $1)::text, 5, '0'), 'acct-' || lpad((g % $1)::text, 5, '0'),
                     '2026-01-01', 100, '{}', now() - interval '30 days', now() - interval '29 days',
                     now() - interval '29 days', 'expired'
              FROM generate_series(1, 50000) g",
         )
+        .bind(GUARD_USERS as i32)
         .execute(p)
         .await
         .unwrap();
@@ -136,6 +144,10 @@ async fn seed_guard_store(url: &str) -> Store {
     store
 }
 
+/// The users the guard's benches (the library call and the service) choose from.
+const GUARD_USERS: usize = 100_000;
+
+/// The users of the sync bench.
 const USERS: usize = 10_000;
 
 /// Registers an account in New York with a daily limit.
@@ -188,10 +200,11 @@ fn human(d: Duration) -> String {
 const RUNS: usize = 3;
 
 async fn bench_guard(report: &mut Report, label: &str, url: &str) {
-    let store = seed_guard_store(url).await;
-    let users = USERS;
+    let store = seed_guard_store(url, 250_000).await;
+    let users = GUARD_USERS;
     let now = Utc::now();
-    let (mut free, mut one, mut sixteen, mut rates) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut free, mut one, mut sixteen, mut paced, mut rates) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for run in 0..RUNS {
         let mut lat = Vec::with_capacity(20_000);
         for n in 0..20_000 {
@@ -217,40 +230,19 @@ async fn bench_guard(report: &mut Report, label: &str, url: &str) {
         }
         one.push(percentiles(lat));
 
-        // With a hold: 16 concurrent callers on one destination (its limit raised so every call holds); a new
-        // destination each run, so no run sums the holds an earlier one left open.
-        let (user, dest) = (format!("u{run:05}"), format!("acct-{run:05}"));
-        register_account(&store, &dest, &user, 1_000_000_000_000).await;
-        let started = Instant::now();
-        let tasks: Vec<_> = (0..16)
-            .map(|c| {
-                let (store, user, dest) = (store.clone(), user.clone(), dest.clone());
-                tokio::spawn(async move {
-                    let mut lat = Vec::new();
-                    for n in 0..300 {
-                        let req = GuardRequest { user_id: &user, amount: Cents(100), destination_id: Some(&dest) };
-                        let key = format!("b16-{run}-{c}-{n}");
-                        let hold = HoldRequest { key: &key, hold_for };
-                        let t = Instant::now();
-                        let a = guard::check_and_hold(&store, &GuardSettings::default(), &req, &hold, Utc::now())
-                            .await
-                            .unwrap();
-                        assert!(a.allowed);
-                        lat.push(t.elapsed());
-                    }
-                    lat
-                })
-            })
-            .collect();
-        let mut lat = Vec::new();
-        for t in tasks {
-            lat.extend(t.await.unwrap());
-        }
-        rates.push(lat.len() as f64 / started.elapsed().as_secs_f64());
+        // With a hold: 16 concurrent callers on one destination (its limit raised so every call holds), each
+        // asking again as soon as it is answered; a new destination each run, so no run sums the holds an
+        // earlier one left open.
+        let (lat, rate) = sixteen_callers(&store, run, "b16", None).await;
+        rates.push(rate);
         sixteen.push(percentiles(lat));
+        // The same, paced: together PACED_HOLDS_PER_SECOND.
+        let period = Duration::from_secs_f64(16.0 / PACED_HOLDS_PER_SECOND);
+        let (lat, _) = sixteen_callers(&store, run, "p16", Some(period)).await;
+        paced.push(percentiles(lat));
     }
     rates.sort_by(f64::total_cmp);
-    let method = format!("{USERS} users with grants, destinations and counters; median of {RUNS} runs");
+    let method = format!("{GUARD_USERS} users with grants, destinations and counters; median of {RUNS} runs");
     report.row(
         "guard",
         format!("no hold [{label}]"),
@@ -269,7 +261,67 @@ async fn bench_guard(report: &mut Report, label: &str, url: &str) {
         format!("{method}; 16 tasks × 300 holds on one store (the holds waiting on the day are placed together, in its lane)"),
         format!("{}, {:.0} holds/s", median_of(sixteen), rates[RUNS / 2]),
     );
+    report.row(
+        "guard",
+        format!("with a hold, 16 callers on one destination, paced [{label}]"),
+        format!(
+            "{method}; 16 tasks × 300 holds on one store, each due every {:.0} ms ({PACED_HOLDS_PER_SECOND:.0} \
+             holds/s together), each time counted from when its call was due",
+            16_000.0 / PACED_HOLDS_PER_SECOND
+        ),
+        median_of(paced),
+    );
     store.close().await;
+}
+
+/// What the 16 paced callers ask together, in holds per second: far above what one destination sees (a few
+/// transfers a day), below what the 16 reach unpaced.
+const PACED_HOLDS_PER_SECOND: f64 = 1_000.0;
+
+/// 16 tasks placing 300 holds each on one new destination (run `run`, keys tagged `tag`): one after another as
+/// each is answered, or, with `period`, each call due `period` after the task's previous one was due, its time
+/// counted from then (a late answer delays the next call, and that wait is counted too). The latencies and the
+/// holds placed per second.
+async fn sixteen_callers(store: &Store, run: usize, tag: &str, period: Option<Duration>) -> (Vec<Duration>, f64) {
+    let (user, dest) = (format!("u{run:05}"), format!("acct-{tag}-{run:05}"));
+    register_account(store, &dest, &user, 1_000_000_000_000).await;
+    let hold_for = TimeDelta::hours(1);
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..16u32)
+        .map(|c| {
+            let (store, user, dest, tag) = (store.clone(), user.clone(), dest.clone(), tag.to_string());
+            tokio::spawn(async move {
+                // Paced callers start spread over one period, so they do not all ask at once.
+                let mut due = period.map(|p| {
+                    let mut i = tokio::time::interval_at(tokio::time::Instant::now() + p * c / 16, p);
+                    i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+                    i
+                });
+                let mut lat = Vec::new();
+                for n in 0..300 {
+                    let t = match due.as_mut() {
+                        Some(i) => i.tick().await.into_std(),
+                        None => Instant::now(),
+                    };
+                    let req = GuardRequest { user_id: &user, amount: Cents(100), destination_id: Some(&dest) };
+                    let key = format!("{tag}-{run}-{c}-{n}");
+                    let hold = HoldRequest { key: &key, hold_for };
+                    let a = guard::check_and_hold(&store, &GuardSettings::default(), &req, &hold, Utc::now())
+                        .await
+                        .unwrap();
+                    assert!(a.allowed);
+                    lat.push(t.elapsed());
+                }
+                lat
+            })
+        })
+        .collect();
+    let mut lat = Vec::new();
+    for t in tasks {
+        lat.extend(t.await.unwrap());
+    }
+    let rate = lat.len() as f64 / started.elapsed().as_secs_f64();
+    (lat, rate)
 }
 
 fn peak_rss_kib() -> u64 {
@@ -297,7 +349,31 @@ fn spawn_sandbox() -> (std::process::Child, String) {
         .unwrap();
     let mut line = String::new();
     std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    favour_sandbox(child.id());
     (child, line.trim().to_string())
+}
+
+/// The niceness the sandbox runs at: it stands for Astra, whose servers do not share the worker's two cores, so
+/// the arrivals it counts should not wait for a core the worker or the database holds.
+const SANDBOX_NICE: &str = "-10";
+
+/// Gives the sandbox process the scheduler's preference (`renice`); says so on stderr when it cannot (not
+/// root), and the report's machine line says which.
+fn favour_sandbox(pid: u32) {
+    let ok = std::process::Command::new("renice")
+        .args(["-n", SANDBOX_NICE, "-p", &pid.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        eprintln!("could not renice the sandbox to {SANDBOX_NICE}: it shares the cores on equal terms");
+    }
+}
+
+/// Whether this harness may favour the sandbox (it runs as root), for the report's method line.
+fn sandbox_favoured() -> bool {
+    std::process::Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.trim_ascii() == b"0")
 }
 
 /// An approved user at the sandbox with a grant issued at `issued`: the grant's tokens as the sandbox gives them.
@@ -444,10 +520,13 @@ async fn main() {
         let worker = rotation::bench(&mut report, pg.as_deref(), n).await;
         rotation::by_hand(&mut report, &worker).await;
     }
-    // Not in the full run (about 20 minutes on its own): `BENCH_ONLY=rotation-large`.
+    // Not in the full run: `BENCH_ONLY=rotation-large` (about 40 minutes), `rotation-large-slow` (70 minutes).
+    let large_grants = || std::env::var("BENCH_GRANTS").ok().and_then(|v| v.parse().ok()).unwrap_or(200_000);
     if only == "rotation-large" {
-        let n = std::env::var("BENCH_GRANTS").ok().and_then(|v| v.parse().ok()).unwrap_or(200_000);
-        rotation::large(&mut report, pg.as_deref(), n).await;
+        rotation::large(&mut report, pg.as_deref(), large_grants()).await;
+    }
+    if only == "rotation-large-slow" {
+        rotation::large_slow(&mut report, pg.as_deref(), large_grants()).await;
     }
     report.write();
     drop_made().await;

@@ -23,11 +23,12 @@ struct Section {
 }
 
 /// The order sections appear in, and their titles.
-const SECTIONS: [(&str, &str); 8] = [
+const SECTIONS: [(&str, &str); 9] = [
     ("guard", "Guard: the library call"),
     ("sync", "Sync cost: transfer-sync"),
     ("rotation", "Rotation: rate, bunching, memory, store time"),
     ("rotation-large", "Rotation at ten times the grants"),
+    ("rotation-large-slow", "Rotation at ten times the grants, 100 requests/s"),
     ("by-hand", "Rotation beside the loop a fintech writes by hand"),
     ("aggregation", "Aggregation: the daily recompute against a bare GROUP BY"),
     ("service", "The service: HTTP guard and webhook intake"),
@@ -83,8 +84,9 @@ impl Report {
             "# Benchmarks\n\nWritten by the harness (`examples/bench`), never by hand: `cargo build --release --bins \
              --examples && ./target/release/examples/bench --pg postgres://postgres@127.0.0.1:5432/postgres`; \
              `BENCH_ONLY=guard|guard-pg|sync|rotation|aggregation|serve|no-op` runs one part and keeps the \
-             other sections as they were. The sandbox runs as its own process on loopback with the latency given. \
-             Tests never assert on time.\n\n",
+             other sections as they were; `BENCH_ONLY=rotation-large|rotation-large-slow`, not in the full run, \
+             rotate 200,000 grants. The sandbox runs as its own process on loopback with the latency given. Tests \
+             never assert on time.\n\n",
         );
         for (name, _) in SECTIONS {
             let (open, close) = (format!("<!-- bench:{name} -->"), format!("<!-- /bench:{name} -->"));
@@ -155,6 +157,11 @@ pub(super) async fn machine(pg: Option<&str>) -> Vec<String> {
         let tls = if tls { "TLS" } else { "no TLS" };
         m.push(format!("PostgreSQL {v} on loopback (synchronous_commit = {sc}, {tls})"));
     }
+    m.push(if super::sandbox_favoured() {
+        format!("the sandbox at nice {} (it stands for Astra's own servers)", super::SANDBOX_NICE)
+    } else {
+        "the sandbox at the harness's priority (not root: renice refused)".into()
+    });
     m.push("release build".into());
     m
 }

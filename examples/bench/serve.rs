@@ -15,7 +15,10 @@ use astra_worker::{
 use chrono::{TimeDelta, Utc};
 use secrecy::SecretString;
 
-use super::{Report, fresh, keyring, register_account, seed_guard_store, seed_sandbox_grant, settings, spawn_sandbox};
+use super::{
+    GUARD_USERS, Report, fresh, keyring, register_account, seed_guard_store, seed_sandbox_grant, settings,
+    spawn_sandbox,
+};
 
 const KEY: &str = "bench-api-key-0123456789";
 
@@ -35,12 +38,10 @@ async fn start(store: Store, base: &str) -> (Arc<Worker>, String) {
     (w, url)
 }
 
-/// `wrk` against `POST /v1/guard` with a new hold key per request, over 10,000 users.
+/// `wrk` against `POST /v1/guard` with a new hold key per request, over `GUARD_USERS` users (limits raised so
+/// every request holds).
 async fn guard_under_wrk(report: &mut Report, label: &str, url: &str, sandbox: &str) {
-    let store = seed_guard_store(url).await;
-    for i in 0..10_000 {
-        register_account(&store, &format!("acct-{i:05}"), &format!("u{i:05}"), 1_000_000_000).await;
-    }
+    let store = seed_guard_store(url, 1_000_000_000).await;
     let (w, base) = start(store, sandbox).await;
     let script = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(
@@ -50,11 +51,12 @@ async fn guard_under_wrk(report: &mut Report, label: &str, url: &str, sandbox: &
 n = 0
 request = function()
   n = n + 1
-  local u = math.random(0, 9999)
+  local u = math.random(0, {last})
   local body = string.format('{{"user_id":"u%05d","amount_cents":100,"destination_id":"acct-%05d","hold_key":"w%d-%d"}}', u, u, n, math.random(1, 1000000000))
   return wrk.format("POST", "/v1/guard", {{["Content-Type"] = "application/json", ["Authorization"] = "Bearer {KEY}"}}, body)
 end
-"#
+"#,
+            last = GUARD_USERS - 1
         ),
     )
     .unwrap();
@@ -94,7 +96,7 @@ end
                     "service",
                     format!("`POST /v1/guard` with a hold, {how} [{label}]"),
                     "`serve` in the harness's process, `wrk -t2 -d10s` on loopback, a new hold key per request over \
-                     10,000 users",
+                     100,000 users",
                     format!(
                         "{}, p50 {}, p99 {} {non2xx}",
                         rps.replace("Requests/sec:", "").trim().to_string() + " req/s",
