@@ -16,7 +16,7 @@ use chrono::{TimeDelta, Utc};
 use secrecy::SecretString;
 
 use super::{
-    GUARD_USERS, Report, fresh, keyring, register_account, seed_guard_store, seed_sandbox_grant, settings,
+    Report, fresh, guard_users, keyring, register_account, seed_guard_store, seed_sandbox_grant, settings,
     spawn_sandbox,
 };
 
@@ -38,7 +38,7 @@ async fn start(store: Store, base: &str) -> (Arc<Worker>, String) {
     (w, url)
 }
 
-/// `wrk` against `POST /v1/guard` with a new hold key per request, over `GUARD_USERS` users (limits raised so
+/// `wrk` against `POST /v1/guard` with a new hold key per request, over [`guard_users`] users (limits raised so
 /// every request holds).
 async fn guard_under_wrk(report: &mut Report, label: &str, url: &str, sandbox: &str) {
     let store = seed_guard_store(url, 1_000_000_000).await;
@@ -56,7 +56,7 @@ request = function()
   return wrk.format("POST", "/v1/guard", {{["Content-Type"] = "application/json", ["Authorization"] = "Bearer {KEY}"}}, body)
 end
 "#,
-            last = GUARD_USERS - 1
+            last = guard_users() - 1
         ),
     )
     .unwrap();
@@ -95,8 +95,11 @@ end
                 report.row(
                     "service",
                     format!("`POST /v1/guard` with a hold, {how} [{label}]"),
-                    "`serve` in the harness's process, `wrk -t2 -d10s` on loopback, a new hold key per request over \
-                     100,000 users",
+                    format!(
+                        "`serve` in the harness's process, `wrk -t2 -d10s` on loopback, a new hold key per request \
+                         over {} users",
+                        guard_users()
+                    ),
                     format!(
                         "{}, p50 {}, p99 {} {non2xx}",
                         rps.replace("Requests/sec:", "").trim().to_string() + " req/s",
