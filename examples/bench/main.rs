@@ -281,10 +281,10 @@ async fn bench_guard(report: &mut Report, label: &str, url: &str) {
 /// transfers a day), below what the 16 reach unpaced.
 const PACED_HOLDS_PER_SECOND: f64 = 1_000.0;
 
-/// 16 tasks placing 300 holds each on one destination, a different one each run (`run`, keys tagged `tag`): one after another as
-/// each is answered, or, with `period`, each call due `period` after the task's previous one was due, its time
-/// counted from then (a late answer delays the next call, and that wait is counted too). The latencies and the
-/// holds placed per second.
+/// 16 tasks placing 300 holds each on one destination, a different one each run (`run`, keys tagged `tag`):
+/// one after another as each is answered, or, with `period`, each call due `period` after the task's previous
+/// one was due, its time counted from then (a late answer delays the next call, and that wait is counted too).
+/// The latencies and the holds placed per second.
 async fn sixteen_callers(store: &Store, run: usize, tag: &str, period: Option<Duration>) -> (Vec<Duration>, f64) {
     // The user's own destination, its limit raised: a second one would make the one-caller loop's guards,
     // which name none, ambiguous. Paced callers take users after the unpaced ones'.
@@ -377,7 +377,7 @@ fn favour_sandbox(pid: u32) {
     }
 }
 
-/// Whether this harness may favour the sandbox (it runs as root), for the report's method line.
+/// Whether this harness may favour the sandbox (it runs as root), for the report's machine line.
 fn sandbox_favoured() -> bool {
     std::process::Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.trim_ascii() == b"0")
 }
@@ -526,7 +526,7 @@ async fn main() {
         let worker = rotation::bench(&mut report, pg.as_deref(), n).await;
         rotation::by_hand(&mut report, &worker).await;
     }
-    // Not in the full run: `BENCH_ONLY=rotation-large` (about 40 minutes), `rotation-large-slow` (70 minutes).
+    // Not in the full run: `BENCH_ONLY=rotation-large` (about 40 minutes), `rotation-large-slow` (85 minutes).
     let large_grants = || std::env::var("BENCH_GRANTS").ok().and_then(|v| v.parse().ok()).unwrap_or(200_000);
     if only == "rotation-large" {
         rotation::large(&mut report, pg.as_deref(), large_grants()).await;
