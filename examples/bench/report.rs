@@ -158,9 +158,9 @@ pub(super) async fn machine(pg: Option<&str>) -> Vec<String> {
         m.push(format!("PostgreSQL {v} on loopback (synchronous_commit = {sc}, {tls})"));
     }
     m.push(if super::sandbox_favoured() {
-        format!("the sandbox at nice {} (it stands for Astra's own servers)", super::SANDBOX_NICE)
+        format!("the sandbox started at nice {} (it stands for Astra's own servers)", super::SANDBOX_NICE)
     } else {
-        "the sandbox at the harness's priority (not root: renice refused)".into()
+        "the sandbox at the harness's priority (`nice` refused)".into()
     });
     m.push("release build".into());
     m

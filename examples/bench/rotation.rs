@@ -42,6 +42,11 @@ pub(super) async fn case(pg: Option<&str>, n: usize, rate: u32, latency_ms: u64)
     let sb = SandboxSettings::default();
     let credentials = Credentials { client_id: sb.client_id.into(), client_secret: sb.client_secret.into() };
     let w = Worker::with_services(s, store, |s, l, st| Services::new(s, credentials, keyring(), None, l, st)).unwrap();
+    if std::env::var_os(GATE).is_some() {
+        // Seeded: wait for the harness's word, given once every case running beside this one has seeded too.
+        println!("{SEEDED}");
+        std::io::stdin().read_line(&mut String::new()).unwrap();
+    }
     http.post(format!("{base}/_sandbox/faults")).json(&json!({"latency_ms": latency_ms})).send().await.unwrap();
     let before = peak_rss_kib();
     let t = Instant::now();
@@ -59,15 +64,59 @@ pub(super) async fn case(pg: Option<&str>, n: usize, rate: u32, latency_ms: u64)
     let _ = sandbox.kill();
 }
 
-fn run_case(pg: Option<&str>, n: usize, rate: u32, latency_ms: u64) -> Value {
+/// Set in a case's environment: it says [`SEEDED`] on stdout once seeded and waits for a line on stdin.
+const GATE: &str = "BENCH_CASE_GATE";
+const SEEDED: &str = "seeded";
+
+/// A case's child process, its stdout read line by line.
+struct CaseChild {
+    child: std::process::Child,
+    out: std::io::BufReader<std::process::ChildStdout>,
+}
+
+fn spawn_case(pg: Option<&str>, n: usize, rate: u32, latency_ms: u64, gated: bool) -> CaseChild {
     let mut c = std::process::Command::new(std::env::current_exe().unwrap());
     c.args(["--rotation-case", &n.to_string(), &rate.to_string(), &latency_ms.to_string()]);
     if let Some(pg) = pg {
         c.args(["--pg", pg]);
     }
-    let out = c.stderr(std::process::Stdio::inherit()).output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(text.lines().last().unwrap_or("{}")).unwrap_or_else(|_| panic!("case output: {text}"))
+    if gated {
+        c.env(GATE, "1").stdin(std::process::Stdio::piped());
+    }
+    let mut child = c.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::inherit()).spawn().unwrap();
+    let out = std::io::BufReader::new(child.stdout.take().unwrap());
+    CaseChild { child, out }
+}
+
+impl CaseChild {
+    /// Reads until the gated case says it has seeded.
+    fn seeded(&mut self) {
+        use std::io::BufRead;
+        let mut line = String::new();
+        while line.trim() != SEEDED {
+            line.clear();
+            assert!(self.out.read_line(&mut line).unwrap() > 0, "a case ended before it had seeded");
+        }
+    }
+
+    /// Lets a gated case start measuring.
+    fn go(&mut self) {
+        use std::io::Write;
+        writeln!(self.child.stdin.as_mut().unwrap()).unwrap();
+    }
+
+    /// The figures the case printed last.
+    fn figures(mut self) -> Value {
+        use std::io::Read;
+        let mut text = String::new();
+        self.out.read_to_string(&mut text).unwrap();
+        self.child.wait().unwrap();
+        serde_json::from_str(text.lines().last().unwrap_or("{}")).unwrap_or_else(|_| panic!("case output: {text}"))
+    }
+}
+
+fn run_case(pg: Option<&str>, n: usize, rate: u32, latency_ms: u64) -> Value {
+    spawn_case(pg, n, rate, latency_ms, false).figures()
 }
 
 /// The cases, both stores at both rates and latencies (and on SQLite 200/s at 100 ms, the grants issue's own
@@ -197,24 +246,25 @@ pub(super) async fn large(report: &mut Report, pg: Option<&str>, n: usize) {
 }
 
 /// The four cases of `n` (200,000) due grants at 100 requests/s (67 minutes each at this size), SQLite and
-/// PostgreSQL at 20 and 200 ms, run at once, each with its own sandbox, worker and database: together they ask
-/// less of the cores than one case at 1,000/s.
+/// PostgreSQL at 20 and 200 ms, run at once, each with its own sandbox, worker and database (together they ask
+/// less of the cores than one case at 1,000/s), measuring from when all four have seeded.
 pub(super) async fn large_slow(report: &mut Report, pg: Option<&str>, n: usize) {
     let cases: Vec<(&str, Option<String>, u64)> = stores(pg)
         .into_iter()
         .flat_map(|(label, url)| [20, 200].map(|l| (label, url.map(str::to_string), l)))
         .collect();
     let together = cases.len();
-    let children: Vec<_> = cases
+    // Each seeds, then all start measuring together: no case is measured beside another's seeding.
+    let mut children: Vec<_> = cases
         .into_iter()
-        .map(|(label, url, latency_ms)| {
-            (label, latency_ms, std::thread::spawn(move || run_case(url.as_deref(), n, 100, latency_ms)))
-        })
+        .map(|(label, url, latency_ms)| (label, latency_ms, spawn_case(url.as_deref(), n, 100, latency_ms, true)))
         .collect();
+    children.iter_mut().for_each(|(_, _, c)| c.seeded());
+    children.iter_mut().for_each(|(_, _, c)| c.go());
     let mut figures = Vec::new();
     for (label, latency_ms, child) in children {
-        let v = child.join().unwrap();
-        let alongside = format!("; the {together} cases ran at once");
+        let v = child.figures();
+        let alongside = format!("; the {together} cases seeded, then measured at once");
         figures.push(record_case(report, "rotation-large-slow", label, n, 100, latency_ms, &alongside, &v));
     }
     report.note("rotation-large-slow", targets(&figures));
