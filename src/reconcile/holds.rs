@@ -27,6 +27,12 @@ pub fn check_key(key: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// A routine id an attach would take: [`crate::secrets::check_id`]'s rules, the error naming both spellings of
+/// the field (`--routine-id` on the command line, `routine_id` in a body).
+pub fn check_routine_id(routine_id: &str) -> Result<(), String> {
+    crate::secrets::check_id("routine_id", routine_id).map_err(|e| format!("{e} (--routine-id, routine_id)"))
+}
+
 /// A hold as stored.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct Hold {
@@ -101,11 +107,11 @@ pub async fn release(store: &Store, key: &str, now: DateTime<Utc>) -> sqlx::Resu
     .map(|r| r.rows_affected() == 1))
 }
 
-/// Ties an open hold to the routine Astra created for it, so the routine's transfer ends it. `Err` when no
-/// open hold has the key or the routine is tied to another hold.
+/// Ties an open hold to the routine Astra created for it, so the routine's transfer ends it. `Err`: bad input
+/// (a routine id no store could hold, no hold under the key) as configuration; the answer "no" (the hold has
+/// ended, or is tied to another routine, or the routine to another hold) as [`Failure::Rejected`].
 pub async fn attach(store: &Store, key: &str, routine_id: &str) -> anyhow::Result<()> {
-    crate::secrets::check_id("routine_id", routine_id)
-        .map_err(|e| Failure::Config(format!("{e} (--routine-id, routine_id)")))?;
+    check_routine_id(routine_id).map_err(Failure::Config)?;
     // Open holds only: a recurring routine is attached to one hold at a time (a unique index keeps two
     // concurrent attaches from both succeeding).
     let attached = with_pool!(store, |p| sqlx::query(
@@ -131,12 +137,12 @@ pub async fn attach(store: &Store, key: &str, routine_id: &str) -> anyhow::Resul
     }
     match get(store, key).await? {
         None => Err(Failure::config(format!("no hold under key {}", crate::secrets::shown(key)))),
-        Some((h, _)) if h.ended_at.is_some() => Err(Failure::config(format!(
+        Some((h, _)) if h.ended_at.is_some() => Err(Failure::rejected(format!(
             "the hold {} has ended ({})",
             crate::secrets::shown(key),
             h.end_reason.unwrap_or_default()
         ))),
-        Some(_) => Err(Failure::config(format!(
+        Some(_) => Err(Failure::rejected(format!(
             "the hold {} is attached to another routine, or routine {routine_id} to another hold",
             crate::secrets::shown(key)
         ))),

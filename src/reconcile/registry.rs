@@ -299,8 +299,15 @@ pub async fn ach_credit(store: &Store, routine_id: &str) -> sqlx::Result<Option<
         .await)
 }
 
-pub async fn block_user(store: &Store, user_id: &str, reason: &str, now: DateTime<Utc>) -> sqlx::Result<()> {
-    with_pool!(store, |p| sqlx::query(
+/// Blocks the user's routine requests. `Err` (configuration) for an id no import would take (empty, a control
+/// character, over-long) or an empty reason: such a block would stand for no user, and the user meant would
+/// stay unblocked.
+pub async fn block_user(store: &Store, user_id: &str, reason: &str, now: DateTime<Utc>) -> anyhow::Result<()> {
+    crate::secrets::check_id("user_id", user_id).map_err(Failure::Config)?;
+    if reason.trim().is_empty() {
+        return Err(Failure::config("the reason is empty"));
+    }
+    Ok(with_pool!(store, |p| sqlx::query(
         "INSERT INTO user_block (user_id, reason, blocked_at) VALUES ($1, $2, $3)
          ON CONFLICT (user_id) DO UPDATE SET reason = excluded.reason"
     )
@@ -309,7 +316,18 @@ pub async fn block_user(store: &Store, user_id: &str, reason: &str, now: DateTim
     .bind(now)
     .execute(p)
     .await
-    .map(|_| ()))
+    .map(|_| ()))?)
+}
+
+/// Whether the store knows the user: a grant or a destination of theirs.
+pub async fn user_known(store: &Store, user_id: &str) -> sqlx::Result<bool> {
+    with_pool!(store, |p| sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM grant_token WHERE user_id = $1)
+             OR EXISTS (SELECT 1 FROM destination WHERE user_id = $1)"
+    )
+    .bind(user_id)
+    .fetch_one(p)
+    .await)
 }
 
 /// `false` when the user was not blocked.

@@ -94,7 +94,7 @@ pub(super) async fn attach(State(st): State<AppState>, Path(key): Path<String>, 
         Ok(b) => b,
         Err(r) => return r.into_response(),
     };
-    if let Some(r) = bad_id(crate::secrets::check_id("routine_id", &b.routine_id)) {
+    if let Some(r) = bad_id(holds::check_routine_id(&b.routine_id)) {
         return r;
     }
     match holds::get(&st.worker.store, &key).await {
@@ -106,10 +106,7 @@ pub(super) async fn attach(State(st): State<AppState>, Path(key): Path<String>, 
     let (store, k, routine) = (st.worker.store.clone(), key.clone(), b.routine_id.clone());
     match to_the_end(&st, async move { holds::attach(&store, &k, &routine).await }).await {
         Ok(()) => Json(json!({"hold_key": key, "routine_id": b.routine_id, "attached": true})).into_response(),
-        // The hold ended, or the routine is another hold's: a conflict with what is stored.
-        Err(e) if e.downcast_ref::<crate::failure::Failure>().is_some() => {
-            error(StatusCode::CONFLICT, format!("{e:#}"))
-        }
+        // A bad routine id 400; the hold ended, or the routine is another hold's: 409.
         Err(e) => failure(e),
     }
 }

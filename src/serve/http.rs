@@ -54,7 +54,7 @@ pub(crate) async fn around(State(st): State<AppState>, req: Request, next: Next)
     let late = Arc::new(AtomicBool::new(false));
     let body_timeout = st.worker.settings.service.body_timeout;
     let req = req.map(|body| within(body, body_timeout, late.clone()));
-    let mut resp = next.run(req).instrument(span.clone()).await;
+    let mut resp = as_json(next.run(req).instrument(span.clone()).await).await;
     if late.load(Ordering::Relaxed) {
         resp = error(
             StatusCode::REQUEST_TIMEOUT,
@@ -127,6 +127,22 @@ pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// axum's own refusals (a body over the limit, a path that is not UTF-8, a missing `Content-Length`) are plain
+/// text; every error this API answers is JSON (`{"error": …}`), so a caller reads one shape. Their text is
+/// axum's, at most a line.
+async fn as_json(resp: Response) -> Response {
+    let plain = resp.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"text/plain"));
+    if !(resp.status().is_client_error() && plain) {
+        return resp;
+    }
+    let (mut parts, body) = resp.into_parts();
+    let text = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
+    let json = error(parts.status, String::from_utf8_lossy(&text).trim());
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    Response::from_parts(parts, json.into_body())
+}
+
 /// A JSON error answer.
 pub(crate) fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(json!({"error": message.into()}))).into_response()
@@ -196,5 +212,30 @@ impl RouteMetrics {
             let _ = writeln!(secs, "astra_worker_http_request_seconds_sum{{{labels}}} {:.6}", took.as_secs_f64());
         }
         out + &secs
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::extract::FromRequest as _;
+
+    use super::*;
+
+    /// axum's refusal of a body over its limit, as the extractor makes it, becomes `{"error": …}` with its
+    /// status; an answer that is not a client error keeps its plain text (`/readyz`).
+    #[tokio::test]
+    async fn axums_plain_text_refusals_become_json_errors() {
+        let too_big = Request::new(Body::from(vec![b'a'; 3 << 20]));
+        let refusal = axum::body::Bytes::from_request(too_big, &()).await.unwrap_err().into_response();
+        assert_eq!(refusal.headers()[header::CONTENT_TYPE], "text/plain; charset=utf-8", "axum's own shape");
+        let answer = as_json(refusal).await;
+        assert_eq!(answer.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(answer.headers()[header::CONTENT_TYPE], "application/json");
+        let body = axum::body::to_bytes(answer.into_body(), 4096).await.unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert!(v["error"].as_str().is_some_and(|e| e.contains("length limit exceeded")), "{v}");
+
+        let ready = as_json((StatusCode::SERVICE_UNAVAILABLE, "the store does not answer\n").into_response()).await;
+        assert_eq!(ready.headers()[header::CONTENT_TYPE], "text/plain; charset=utf-8");
     }
 }

@@ -164,7 +164,7 @@ impl Store {
                 sqlx::Error::Configuration("DATABASE_URL must start with sqlite: or postgres://".into()),
             ));
         }
-        let memory = url.contains(":memory:") || url.contains("mode=memory");
+        let memory = in_memory(url);
         let opts = SqliteConnectOptions::from_str(url)
             .map_err(|e| err("invalid URL", e))?
             .create_if_missing(true)
@@ -189,6 +189,7 @@ impl Store {
         // processes starting on a fresh file would both apply them. A lock file beside the database serializes
         // them.
         let _guard = match &store {
+            Store::Sqlite(_) if in_memory(url) => None,
             Store::Sqlite(p) => migration_lock(p).await.map_err(|e| StoreError {
                 url: crate::secrets::redact_url(url),
                 what: "cannot take the migration lock",
@@ -258,10 +259,10 @@ impl Store {
     }
 }
 
-/// An exclusive lock on `<database file>.migrate-lock`, held until dropped; `None` for an in-memory database.
+/// An exclusive lock on `<database file>.migrate-lock`, held until dropped; `None` when the pool has no file.
 async fn migration_lock(pool: &SqlitePool) -> std::io::Result<Option<std::fs::File>> {
     let file = pool.connect_options().get_filename().to_path_buf();
-    if file.as_os_str().is_empty() || file.to_string_lossy().contains(":memory:") {
+    if file.as_os_str().is_empty() {
         return Ok(None);
     }
     let lock_path = PathBuf::from(format!("{}.migrate-lock", file.display()));
@@ -272,6 +273,12 @@ async fn migration_lock(pool: &SqlitePool) -> std::io::Result<Option<std::fs::Fi
     })
     .await
     .map_err(std::io::Error::other)?
+}
+
+/// Whether a SQLite URL names an in-memory database (`sqlite::memory:`, `mode=memory`, `file::memory:`). Its
+/// options cannot tell: sqlx names such a database `file:sqlx-in-memory-N`, which looks like a file's name.
+fn in_memory(url: &str) -> bool {
+    url.contains(":memory:") || url.contains("mode=memory")
 }
 
 /// Database errors: unreachable, busy or out of space is temporary; refused credentials, a missing

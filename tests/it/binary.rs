@@ -269,3 +269,15 @@ fn serve_on_a_port_another_process_holds_exits_75_naming_it() {
     assert_eq!(code(&o), 75, "try again later, not a bug: {}", text(&o.stderr));
     assert!(text(&o.stderr).contains(&format!("listening on {addr}")), "{}", text(&o.stderr));
 }
+
+#[test]
+fn an_in_memory_database_leaves_no_file_in_the_working_directory() {
+    // sqlx names an in-memory database `file:sqlx-in-memory-N`; the migration lock once took that for a file
+    // and left `file:sqlx-in-memory-0.migrate-lock` wherever the process ran.
+    let dir = tempfile::tempdir().unwrap();
+    let o = cmd("sqlite::memory:").current_dir(dir.path()).args(["runs", "--format", "json"]).output().unwrap();
+    assert_eq!(code(&o), 0, "{}", text(&o.stderr));
+    assert_eq!(text(&o.stdout).trim(), "[]", "the store was opened and migrated");
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}

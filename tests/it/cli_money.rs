@@ -77,3 +77,45 @@ fn guard_answers_json_with_exit_0_allowed_1_denied_and_refuses_bad_input_with_78
     let o = cmd("postgres://postgres@127.0.0.1:1/x").args(["guard", "--user", "u1", "--amount", "1"]).output().unwrap();
     assert_eq!(o.status.code(), Some(75));
 }
+
+#[test]
+fn users_block_refuses_an_id_or_reason_that_would_block_nobody_and_warns_of_an_unknown_user() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("w.db").display());
+    let block =
+        |user: &str, reason: &str| cmd(&db).args(["users", "block", user, "--reason", reason]).output().unwrap();
+    for (user, reason, named) in
+        [("", "fraud", "user_id is empty"), ("a\u{1}b", "fraud", "control character"), ("u1", " ", "reason")]
+    {
+        let o = block(user, reason);
+        assert_eq!(o.status.code(), Some(78), "{user:?}/{reason:?}: {}", text(&o.stderr));
+        assert!(text(&o.stderr).contains(named), "{}", text(&o.stderr));
+    }
+    let accounts = dir.path().join("a.jsonl");
+    let line =
+        r#"{"destination_id":"acct-1","user_id":"u1","kind":"account","bank_time_zone":"UTC","daily_limit_cents":100}"#;
+    std::fs::write(&accounts, line).unwrap();
+    assert_eq!(cmd(&db).args(["accounts", "import"]).arg(&accounts).status().unwrap().code(), Some(0));
+    let grants = dir.path().join("g.jsonl");
+    let issued = chrono::Utc::now().to_rfc3339();
+    let line = format!(
+        r#"{{"user_id":"u1","access_token":"at_1","refresh_token":"rt_1","refresh_token_issued_at":"{issued}"}}"#
+    );
+    std::fs::write(&grants, line).unwrap();
+    assert_eq!(cmd(&db).args(["grants", "import"]).arg(&grants).status().unwrap().code(), Some(0));
+    let guard = || {
+        let o = cmd(&db).args(["guard", "--user", "u1", "--amount", "0.01"]).output().unwrap();
+        (o.status.code(), serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap())
+    };
+    assert_eq!(guard().0, Some(0), "the refused block with an empty reason stored nothing");
+
+    let o = block("u1", "fraud review");
+    assert_eq!(o.status.code(), Some(0));
+    assert!(!text(&o.stderr).contains("check the id"), "u1 is known: {}", text(&o.stderr));
+    // A mistyped id is blocked all the same (a block may precede the grant), and said to be unknown.
+    let o = block("u1 ", "fraud review");
+    assert_eq!(o.status.code(), Some(0));
+    assert!(text(&o.stderr).contains("no grant or destination of this user is stored"), "{}", text(&o.stderr));
+    let (code, v) = guard();
+    assert_eq!((code, v["reason"].as_str()), (Some(1), Some("user_blocked")), "{v}");
+}

@@ -9,6 +9,7 @@ use astra_worker::{
     astra::{TransferStatus, model::Clearing},
     config::{GuardSettings, JobName, OnUncertain},
     domain::{BankDay, Cents},
+    failure::Status,
     reconcile::{
         counters, guard,
         guard::{GuardRequest, HoldRequest},
@@ -1039,6 +1040,21 @@ async fn a_hold_ends_only_for_its_own_transfer(b: Backend) {
     holds::attach(&store, "late-attach", "rtn-2").await.unwrap();
     let h = holds::get(&store, "late-attach").await.unwrap().unwrap().0;
     assert_eq!((h.end_reason.as_deref(), h.transfer_id.as_deref()), (Some("counted"), Some("t-early")));
+
+    // An attach that cannot be is the answer "no" (exit 1, 409), not bad input: the hold has ended, or the
+    // routine is another open hold's.
+    let refused = |e: anyhow::Error| (astra_worker::exit::classify(&e), format!("{e:#}"));
+    let (status, msg) = refused(holds::attach(&store, "late-attach", "rtn-3").await.unwrap_err());
+    assert!(status == Status::No && msg.contains("has ended (counted)"), "{status:?}: {msg}");
+    for key in ["first", "second"] {
+        assert!(guard::check_and_hold(&store, &s, &ask(1_000), &hold(key), now).await.unwrap().allowed);
+    }
+    holds::attach(&store, "first", "rtn-9").await.unwrap();
+    let (status, msg) = refused(holds::attach(&store, "second", "rtn-9").await.unwrap_err());
+    assert!(status == Status::No && msg.contains("to another hold"), "{status:?}: {msg}");
+    assert_eq!(holds::get(&store, "second").await.unwrap().unwrap().0.routine_id, None);
+    let (status, msg) = refused(holds::attach(&store, "second", "").await.unwrap_err());
+    assert!(status == Status::Config && msg.contains("routine_id is empty"), "{status:?}: {msg}");
 
     // A hold that expired before its transfer showed keeps its user read by the sync for a day.
     let short = HoldRequest { key: "lapsed", hold_for: TimeDelta::minutes(10) };

@@ -514,6 +514,57 @@ both_backends!(
     super::a_slow_client_holds_no_connection_past_the_timeouts
 );
 
+/// A hold over HTTP: placed by `POST /v1/guard` with a key, attached to its routine (again: the same answer),
+/// refused 409 where the answer is no (the routine is another open hold's; the hold released), 404 for a key
+/// that holds nothing; a released hold reserves nothing.
+async fn a_hold_is_placed_attached_and_released_over_http(b: Backend) {
+    let rig = TestApp::new(b, SandboxSettings::default(), |_| {}).await;
+    let svc = start(&rig).await;
+    let u = rig.seed(&svc.worker.store, 1, |_| TimeDelta::days(1)).await.remove(0);
+    register(&svc.worker, "dst", &u, 250_000).await;
+    let ask = |amount: i64, key: &str| json!({"user_id": u, "amount_cents": amount, "destination_id": "dst", "hold_key": key});
+    assert_eq!(guard(&svc.base, ask(200_000, "h-1")).await["allowed"], true);
+    assert_eq!(guard(&svc.base, ask(40_000, "h-2")).await["allowed"], true);
+    let v = guard(&svc.base, ask(20_000, "h-3")).await;
+    assert_eq!((v["allowed"].as_bool(), v["headroom_cents"].as_i64()), (Some(false), Some(10_000)), "{v}");
+
+    let call = |method: reqwest::Method, path: String, body: Option<Value>| {
+        let r = http().request(method, format!("{}{path}", svc.base)).bearer_auth(KEY);
+        let r = match body {
+            Some(b) => r.json(&b),
+            None => r,
+        };
+        async move {
+            let r = r.send().await.unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        }
+    };
+    let attach = |key: &str, routine: &str| {
+        call(reqwest::Method::POST, format!("/v1/holds/{key}/attach"), Some(json!({"routine_id": routine})))
+    };
+    let (status, v) = attach("h-1", "rt-1").await;
+    assert_eq!((status, v["attached"].as_bool()), (200, Some(true)), "{v}");
+    assert_eq!(attach("h-1", "rt-1").await.0, 200, "the same attach again");
+    let (status, v) = attach("h-2", "rt-1").await;
+    assert!(status == 409 && v["error"].as_str().is_some_and(|e| e.contains("another hold")), "{status} {v}");
+    assert_eq!(attach("nothing-here", "rt-2").await.0, 404);
+
+    let (status, v) = call(reqwest::Method::DELETE, "/v1/holds/h-1".into(), None).await;
+    assert_eq!((status, v["released"].as_bool()), (200, Some(true)), "{v}");
+    assert_eq!(call(reqwest::Method::DELETE, "/v1/holds/h-1".into(), None).await.0, 404, "released already");
+    let (status, v) = attach("h-1", "rt-1").await;
+    assert!(status == 409 && v["error"].as_str().is_some_and(|e| e.contains("has ended (released)")), "{status} {v}");
+    // What h-1 reserved is free again: 250,000 − 40,000 held by h-2.
+    let v = guard(&svc.base, ask(20_000, "h-3")).await;
+    assert_eq!((v["allowed"].as_bool(), v["headroom_cents"].as_i64()), (Some(true), Some(190_000)), "{v}");
+    svc.worker.shutdown.trigger("SIGTERM");
+    svc.task.await.unwrap().unwrap();
+}
+both_backends!(
+    a_hold_is_placed_attached_and_released_over_http,
+    super::a_hold_is_placed_attached_and_released_over_http
+);
+
 /// A body that is not one JSON object (an array read by position, a second object after the first) and an id
 /// holding a NUL (which PostgreSQL refuses) are 400s naming the problem, and nothing is stored.
 async fn bodies_not_one_object_and_ids_holding_a_nul_are_refused(b: Backend) {
@@ -545,6 +596,11 @@ async fn bodies_not_one_object_and_ids_holding_a_nul_are_refused(b: Backend) {
         let text = r.text().await.unwrap();
         assert!(text.contains(says), "{path} {body}: {text}");
     }
+    // axum's own refusals are JSON too: a path that is not UTF-8 (a body over the limit: `serve::http`'s test).
+    let r = post("/v1/holds/%FF/attach", r#"{"routine_id":"rt_1"}"#).await.unwrap();
+    assert_eq!(r.status(), 400);
+    let v: Value = r.json().await.expect("a JSON answer");
+    assert!(v["error"].as_str().is_some_and(|e| e.contains("UTF-8")), "{v}");
     for r in [
         http().get(format!("{}/v1/users/a%00b/access-token", svc.base)).bearer_auth(KEY).send().await.unwrap(),
         http().delete(format!("{}/v1/holds/a%00b", svc.base)).bearer_auth(KEY).send().await.unwrap(),
