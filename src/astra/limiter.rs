@@ -112,13 +112,24 @@ impl RequestLimiter {
     pub async fn acquire(&self) {
         loop {
             let paused = *self.paused_until.lock().unwrap_or_else(|p| p.into_inner());
-            match paused {
-                Some(until) if until > Instant::now() => tokio::time::sleep_until(until).await,
-                _ => break,
+            if let Some(until) = paused.filter(|u| *u > Instant::now()) {
+                tokio::time::sleep_until(until).await;
+                continue;
+            }
+            let limiter = self.current();
+            limiter.until_ready().await;
+            // A share that changed while this request waited rebuilt the limiter: a permit of the old one is
+            // the old share's. Waiting again in the new one keeps the old one's waiters from going out at the
+            // old rate beside the new one's (a second process arriving would otherwise see this one's
+            // hundreds of waiters leave at its whole rate).
+            if Arc::ptr_eq(&limiter, &self.current()) {
+                return;
             }
         }
-        let limiter = self.limiter.read().unwrap_or_else(|p| p.into_inner()).clone();
-        limiter.until_ready().await;
+    }
+
+    fn current(&self) -> Arc<DefaultDirectRateLimiter> {
+        self.limiter.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Holds every caller back for `d` (Astra answered 429 with `Retry-After`).
@@ -166,9 +177,30 @@ mod tests {
     fn at_once_the_limiter_releases_half_the_burst() {
         // One request a second: the quota does not refill while the test runs.
         let l = RequestLimiter::new(1, 20);
-        let limiter = l.limiter.read().unwrap().clone();
+        let limiter = l.current();
         let released = (0..20).take_while(|_| limiter.check().is_ok()).count();
         assert_eq!(released, 10);
+    }
+
+    /// A request waiting in the limiter when the share changes waits again in the new one: it leaves at the
+    /// new share's pace, not the old limiter's.
+    #[tokio::test]
+    async fn a_waiter_goes_out_at_the_new_share_when_the_share_changes() {
+        let l = Arc::new(RequestLimiter::new(2, 2));
+        let t = std::time::Instant::now();
+        l.acquire().await;
+        l.acquire().await;
+        // The old limiter (2/s) would let the next one out half a second from now.
+        let waiter = tokio::spawn({
+            let l = l.clone();
+            async move { l.acquire().await }
+        });
+        tokio::task::yield_now().await;
+        l.set_share(2);
+        // The new limiter (1/s, burst 1): its one permit taken, its next comes a second after it was built.
+        assert!(l.current().check().is_ok());
+        waiter.await.unwrap();
+        assert!(t.elapsed() >= Duration::from_millis(900), "left after {:?}, at the old share's pace", t.elapsed());
     }
 
     #[test]
