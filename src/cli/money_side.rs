@@ -141,9 +141,12 @@ pub(super) async fn users(store: &Store, cmd: &UsersCommand) -> anyhow::Result<S
         UsersCommand::Block { user_id, reason } => {
             registry::block_user(store, user_id, reason, Utc::now()).await?;
             outln!("user {user_id}: blocked");
-            if !registry::user_known(store, user_id).await? {
-                // Blocked all the same (a block may come before the user's grant), but a mistyped id blocks nobody.
-                eprintln!("user {user_id}: no grant or destination of this user is stored; check the id");
+            // Blocked all the same (a block may come before the user's grant), but a mistyped id blocks nobody.
+            // The block is stored: a failed look-up is said, not made the command's failure.
+            match registry::user_known(store, user_id).await {
+                Ok(true) => {}
+                Ok(false) => eprintln!("user {user_id}: no grant or destination of this user is stored; check the id"),
+                Err(e) => eprintln!("user {user_id}: could not check that the user is known: {e}"),
             }
         }
         UsersCommand::Unblock { user_id } => {

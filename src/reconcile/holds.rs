@@ -137,6 +137,8 @@ pub async fn attach(store: &Store, key: &str, routine_id: &str) -> anyhow::Resul
     }
     match get(store, key).await? {
         None => Err(Failure::config(format!("no hold under key {}", crate::secrets::shown(key)))),
+        // The same attach again (a retry whose first answer was lost) after the hold ended: done already.
+        Some((h, _)) if h.routine_id.as_deref() == Some(routine_id) => Ok(()),
         Some((h, _)) if h.ended_at.is_some() => Err(Failure::rejected(format!(
             "the hold {} has ended ({})",
             crate::secrets::shown(key),

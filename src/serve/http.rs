@@ -137,7 +137,9 @@ async fn as_json(resp: Response) -> Response {
     }
     let (mut parts, body) = resp.into_parts();
     let text = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
-    let json = error(parts.status, String::from_utf8_lossy(&text).trim());
+    let text = String::from_utf8_lossy(&text);
+    let text = Some(text.trim()).filter(|t| !t.is_empty()).or(parts.status.canonical_reason()).unwrap_or("refused");
+    let json = error(parts.status, text);
     parts.headers.remove(header::CONTENT_LENGTH);
     parts.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     Response::from_parts(parts, json.into_body())

@@ -1044,6 +1044,7 @@ async fn a_hold_ends_only_for_its_own_transfer(b: Backend) {
     // An attach that cannot be is the answer "no" (exit 1, 409), not bad input: the hold has ended, or the
     // routine is another open hold's.
     let refused = |e: anyhow::Error| (astra_worker::exit::classify(&e), format!("{e:#}"));
+    holds::attach(&store, "late-attach", "rtn-2").await.expect("the same attach again, after the hold ended: done");
     let (status, msg) = refused(holds::attach(&store, "late-attach", "rtn-3").await.unwrap_err());
     assert!(status == Status::No && msg.contains("has ended (counted)"), "{status:?}: {msg}");
     for key in ["first", "second"] {

@@ -514,9 +514,9 @@ both_backends!(
     super::a_slow_client_holds_no_connection_past_the_timeouts
 );
 
-/// A hold over HTTP: placed by `POST /v1/guard` with a key, attached to its routine (again: the same answer),
-/// refused 409 where the answer is no (the routine is another open hold's; the hold released), 404 for a key
-/// that holds nothing; a released hold reserves nothing.
+/// A hold over HTTP: placed by `POST /v1/guard` with a key, attached to its routine (again, even after the
+/// hold ended: the same answer), refused 409 where the answer is no (the routine is another open hold's;
+/// another routine for a released hold), 404 for a key that holds nothing; a released hold reserves nothing.
 async fn a_hold_is_placed_attached_and_released_over_http(b: Backend) {
     let rig = TestApp::new(b, SandboxSettings::default(), |_| {}).await;
     let svc = start(&rig).await;
@@ -552,8 +552,9 @@ async fn a_hold_is_placed_attached_and_released_over_http(b: Backend) {
     let (status, v) = call(reqwest::Method::DELETE, "/v1/holds/h-1".into(), None).await;
     assert_eq!((status, v["released"].as_bool()), (200, Some(true)), "{v}");
     assert_eq!(call(reqwest::Method::DELETE, "/v1/holds/h-1".into(), None).await.0, 404, "released already");
-    let (status, v) = attach("h-1", "rt-1").await;
+    let (status, v) = attach("h-1", "rt-5").await;
     assert!(status == 409 && v["error"].as_str().is_some_and(|e| e.contains("has ended (released)")), "{status} {v}");
+    assert_eq!(attach("h-1", "rt-1").await.0, 200, "its own attach again (a retry): done already");
     // What h-1 reserved is free again: 250,000 − 40,000 held by h-2.
     let v = guard(&svc.base, ask(20_000, "h-3")).await;
     assert_eq!((v["allowed"].as_bool(), v["headroom_cents"].as_i64()), (Some(true), Some(190_000)), "{v}");
