@@ -127,8 +127,8 @@ pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// axum's own refusals (a body over the limit, a path that is not UTF-8, a missing `Content-Length`) are plain
-/// text; every error this API answers is JSON (`{"error": …}`), so a caller reads one shape. Their text is
+/// axum's own refusals (a body over the limit, a path that is not UTF-8, a body that is not all there) are plain
+/// text; the API's own errors are JSON (`{"error": …}`), so a caller reads one shape for both. Their text is
 /// axum's, at most a line.
 async fn as_json(resp: Response) -> Response {
     let plain = resp.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"text/plain"));
