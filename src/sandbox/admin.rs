@@ -290,6 +290,7 @@ async fn admin_stats(AxState(st): AxState<Shared>) -> Response {
         "now": s.now(),
         "requests": s.calls.len(),
         "max_requests_in_one_second": s.max_in_one_second,
+        "longest_lock_hold_ms": s.longest_hold.as_secs_f64() * 1e3,
         "refreshes": s.total_refreshes(),
     }))
     .into_response()

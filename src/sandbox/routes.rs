@@ -1,7 +1,7 @@
 //! The sandbox's HTTP surface: Astra's `/v1` endpoints (`api`) behind fault injection (`faults`), and the
 //! loopback-only admin routes under `/_sandbox` (`admin`).
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use axum::{
     Json, Router,
@@ -15,8 +15,38 @@ use super::{State, admin, api, faults::faults};
 
 pub(super) type Shared = Arc<Mutex<State>>;
 
-pub(super) fn lock(s: &Shared) -> std::sync::MutexGuard<'_, State> {
-    s.lock().unwrap_or_else(|p| p.into_inner())
+/// The state, locked by one request; how long it stays locked is measured (see [`State::longest_hold`]).
+pub(super) fn lock(s: &Shared) -> Locked<'_> {
+    Locked { guard: s.lock().unwrap_or_else(|p| p.into_inner()), since: std::time::Instant::now() }
+}
+
+/// The state's lock guard, which records its hold time when it is let go: every request waits on this lock,
+/// so a long hold is a stall of the whole sandbox, and arrivals counted after it come in a bunch.
+pub(super) struct Locked<'a> {
+    guard: MutexGuard<'a, State>,
+    since: std::time::Instant,
+}
+
+impl std::ops::Deref for Locked<'_> {
+    type Target = State;
+    fn deref(&self) -> &State {
+        &self.guard
+    }
+}
+
+impl std::ops::DerefMut for Locked<'_> {
+    fn deref_mut(&mut self) -> &mut State {
+        &mut self.guard
+    }
+}
+
+impl Drop for Locked<'_> {
+    fn drop(&mut self) {
+        let held = self.since.elapsed();
+        if held > self.guard.longest_hold {
+            self.guard.longest_hold = held;
+        }
+    }
 }
 
 pub(super) fn router(state: Shared) -> Router {

@@ -1,7 +1,7 @@
 //! The sandbox's world: users, grants with strict rotation, transfers with reprocessing, cards, its clock,
 //! and the log of every call. All behaviour lives here; the HTTP layer only translates.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 
 use chrono::{DateTime, NaiveDate, TimeDelta, TimeZone, Utc};
 use chrono_tz::Tz;
@@ -106,25 +106,30 @@ mod oauth;
 mod webhooks;
 pub use oauth::{CODE_LIFETIME, TokenAnswer};
 
+/// The maps are `BTreeMap`s: a `HashMap` grows by rehashing every entry at once (at 229,376 refresh tokens,
+/// 100 ms and more here), and with the state locked that stalls every request, so arrivals are counted in a
+/// bunch afterwards; a B-tree grows a node at a time.
 pub struct State {
     pub settings: SandboxSettings,
     clock_offset: TimeDelta,
-    users: HashMap<String, UserRec>,
-    grants: HashMap<String, GrantRec>,
-    refresh_index: HashMap<String, RefreshRec>,
-    access_index: HashMap<String, String>,
+    users: BTreeMap<String, UserRec>,
+    grants: BTreeMap<String, GrantRec>,
+    refresh_index: BTreeMap<String, RefreshRec>,
+    access_index: BTreeMap<String, String>,
     transfers: Vec<TransferRec>,
-    transfer_index: HashMap<String, usize>,
-    cards: HashMap<String, CardRec>,
+    transfer_index: BTreeMap<String, usize>,
+    cards: BTreeMap<String, CardRec>,
     /// Token answers by `Idempotency-Key` (with the refresh token they answered), with `honor_idempotency_key`.
-    idempotent_answers: HashMap<String, (String, Value)>,
+    idempotent_answers: BTreeMap<String, (String, Value)>,
     /// Authorization codes minted by the admin: the user, and when the code stops working (once used, gone).
-    codes: HashMap<String, (String, DateTime<Utc>)>,
+    codes: BTreeMap<String, (String, DateTime<Utc>)>,
     /// Webhooks waiting to be sent (with `webhook_url`).
     outgoing: Vec<Value>,
     pub calls: Vec<CallRec>,
     window: VecDeque<std::time::Instant>,
     pub max_in_one_second: usize,
+    /// The longest this state was held locked by one request of the HTTP surface (every other request waits).
+    pub longest_hold: std::time::Duration,
     /// The users of refreshes applied whose answer never reached the caller whole (lost, or its body spoiled):
     /// the only grants a caller may have lost.
     pub spoiled_token_answers: Vec<String>,
@@ -140,19 +145,20 @@ impl State {
         State {
             settings,
             clock_offset: TimeDelta::zero(),
-            users: HashMap::new(),
-            grants: HashMap::new(),
-            refresh_index: HashMap::new(),
-            idempotent_answers: HashMap::new(),
-            codes: HashMap::new(),
+            users: BTreeMap::new(),
+            grants: BTreeMap::new(),
+            refresh_index: BTreeMap::new(),
+            idempotent_answers: BTreeMap::new(),
+            codes: BTreeMap::new(),
             outgoing: Vec::new(),
-            access_index: HashMap::new(),
+            access_index: BTreeMap::new(),
             transfers: Vec::new(),
-            transfer_index: HashMap::new(),
-            cards: HashMap::new(),
+            transfer_index: BTreeMap::new(),
+            cards: BTreeMap::new(),
             calls: Vec::new(),
             window: VecDeque::new(),
             max_in_one_second: 0,
+            longest_hold: std::time::Duration::ZERO,
             spoiled_token_answers: Vec::new(),
             issued_tokens: Vec::new(),
             rng,

@@ -362,6 +362,23 @@ async fn the_shared_limiter_keeps_32_callers_within_rate_plus_burst_in_every_sec
     assert!(max >= 150, "the limiter let the rate through: {max}");
 }
 
+/// What the benchmark reads from the sandbox: the requests it answered, the most in one second, and how long
+/// its state was held locked at most (a long hold stalls every request, and arrivals then come in a bunch).
+#[tokio::test]
+async fn the_sandbox_reports_its_requests_its_busiest_second_and_its_longest_lock_hold() {
+    let r = rig_with(SandboxSettings::default(), |_| {}).await;
+    let (at, _) = seed_user(&r.sandbox, "u1");
+    for _ in 0..3 {
+        r.client.user(Call::default(), &at).await.unwrap();
+    }
+    let stats: serde_json::Value =
+        reqwest::get(format!("{}/_sandbox/stats", r.sandbox.base_url())).await.unwrap().json().await.unwrap();
+    assert_eq!(stats["requests"], 3, "{stats}");
+    assert_eq!(stats["max_requests_in_one_second"], 3, "{stats}");
+    let hold = stats["longest_lock_hold_ms"].as_f64();
+    assert!(hold.is_some_and(|ms| ms >= 0.0), "{stats}");
+}
+
 #[tokio::test]
 async fn the_same_idempotency_key_and_body_replay_the_first_answer_where_astra_honours_it() {
     let r = rig_with(SandboxSettings { honor_idempotency_key: true, ..Default::default() }, |_| {}).await;
