@@ -1,7 +1,8 @@
 //! Rotation against the sandbox in its own process. Each case runs in a child process of the harness
 //! (`bench --rotation-case …`), so the peak memory (VmHWM) measured is that case's worker alone: achieved ÷
 //! configured request rate, the most requests the sandbox saw in any one second (a sliding window) against
-//! rate + burst, and the per-grant cost with Astra answering at once (the store, HTTP and CPU). Beside it, the
+//! rate + burst with the longest the sandbox held its state locked (a stall of its own bunches what it counts
+//! next), and the per-grant cost with Astra answering at once (the store, HTTP and CPU). Beside it, the
 //! loop a fintech writes by hand: one refresh at a time, the new pair stored after each.
 
 use std::time::Instant;
