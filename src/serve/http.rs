@@ -128,11 +128,11 @@ pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// axum's own refusals (a body over the limit, a path that is not UTF-8, a body that is not all there) are plain
-/// text; the API's own errors are JSON (`{"error": …}`), so a caller reads one shape for both. Their text is
-/// axum's, at most a line.
+/// text, or have no body at all (a method the route does not take); the API's own errors are JSON
+/// (`{"error": …}`), so a caller reads one shape for all. Their text is axum's, at most a line, or the status's.
 async fn as_json(resp: Response) -> Response {
-    let plain = resp.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"text/plain"));
-    if !(resp.status().is_client_error() && plain) {
+    let text_or_none = resp.headers().get(header::CONTENT_TYPE).is_none_or(|v| v.as_bytes().starts_with(b"text/plain"));
+    if !(resp.status().is_client_error() && text_or_none) {
         return resp;
     }
     let (mut parts, body) = resp.into_parts();

@@ -602,6 +602,12 @@ async fn bodies_not_one_object_and_ids_holding_a_nul_are_refused(b: Backend) {
     assert_eq!(r.status(), 400);
     let v: Value = r.json().await.expect("a JSON answer");
     assert!(v["error"].as_str().is_some_and(|e| e.contains("UTF-8")), "{v}");
+    // A method the route does not take: axum's 405 has no body at all; it says which methods it takes.
+    let r = http().get(format!("{}/v1/guard", svc.base)).bearer_auth(KEY).send().await.unwrap();
+    assert_eq!(r.status(), 405);
+    assert_eq!(r.headers()["allow"], "POST");
+    let v: Value = r.json().await.expect("a JSON answer");
+    assert_eq!(v["error"], "Method Not Allowed", "{v}");
     for r in [
         http().get(format!("{}/v1/users/a%00b/access-token", svc.base)).bearer_auth(KEY).send().await.unwrap(),
         http().delete(format!("{}/v1/holds/a%00b", svc.base)).bearer_auth(KEY).send().await.unwrap(),
