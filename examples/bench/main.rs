@@ -207,8 +207,8 @@ async fn bench_guard(report: &mut Report, label: &str, url: &str) {
     let store = seed_guard_store(url, 250_000).await;
     let users = guard_users();
     let now = Utc::now();
-    let (mut free, mut one, mut sixteen, mut paced, mut rates) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut free, mut one, mut again, mut sixteen, mut paced, mut rates) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for run in 0..RUNS {
         let mut lat = Vec::with_capacity(20_000);
         for n in 0..20_000 {
@@ -234,6 +234,21 @@ async fn bench_guard(report: &mut Report, label: &str, url: &str) {
         }
         one.push(percentiles(lat));
 
+        // The same requests again, keys and all: a client's retries (an answer lost), each answered with the
+        // hold placed the first time.
+        let mut lat = Vec::new();
+        for n in 0..5_000 {
+            let user = format!("u{:05}", (n * 7919) % users);
+            let req = GuardRequest { user_id: &user, amount: Cents(100), destination_id: None };
+            let key = format!("b1-{run}-{n}");
+            let t = Instant::now();
+            let hold = HoldRequest { key: &key, hold_for };
+            let a = guard::check_and_hold(&store, &GuardSettings::default(), &req, &hold, now).await.unwrap();
+            assert!(a.hold.is_some_and(|h| h.key == key), "a retry is answered with its hold");
+            lat.push(t.elapsed());
+        }
+        again.push(percentiles(lat));
+
         // With a hold: 16 concurrent callers on one destination (its limit raised so every call holds), each
         // asking again as soon as it is answered; a new destination each run, so no run sums the holds an
         // earlier one left open.
@@ -258,6 +273,12 @@ async fn bench_guard(report: &mut Report, label: &str, url: &str) {
         format!("with a hold, one caller [{label}]"),
         format!("{method}; 5,000 sequential `check_and_hold`, a different user each"),
         median_of(one),
+    );
+    report.row(
+        "guard",
+        format!("with a hold, the same request again [{label}]"),
+        format!("{method}; the one caller's 5,000 requests again, the same keys (a client's retries)"),
+        median_of(again),
     );
     report.row(
         "guard",

@@ -39,7 +39,8 @@ async fn start(store: Store, base: &str) -> (Arc<Worker>, String) {
 }
 
 /// `wrk` against `POST /v1/guard` with a new hold key per request, over [`guard_users`] users (limits raised so
-/// every request holds).
+/// every request holds). Each of wrk's threads seeds its own random users and tags its keys: seeded alike (by
+/// the second), the two threads sent the same requests, so half of them were retries of a hold just placed.
 async fn guard_under_wrk(report: &mut Report, label: &str, url: &str, sandbox: &str) {
     let store = seed_guard_store(url, 1_000_000_000).await;
     let (w, base) = start(store, sandbox).await;
@@ -47,12 +48,19 @@ async fn guard_under_wrk(report: &mut Report, label: &str, url: &str, sandbox: &
     std::fs::write(
         script.path(),
         format!(
-            r#"math.randomseed(os.time())
+            r#"threads = 0
+setup = function(thread)
+  threads = threads + 1
+  thread:set("id", threads)
+end
+init = function(args)
+  math.randomseed(os.time() * 1000 + id)
+end
 n = 0
 request = function()
   n = n + 1
   local u = math.random(0, {last})
-  local body = string.format('{{"user_id":"u%05d","amount_cents":100,"destination_id":"acct-%05d","hold_key":"w%d-%d"}}', u, u, n, math.random(1, 1000000000))
+  local body = string.format('{{"user_id":"u%05d","amount_cents":100,"destination_id":"acct-%05d","hold_key":"w%d-%d-%d"}}', u, u, id, n, math.random(1, 1000000000))
   return wrk.format("POST", "/v1/guard", {{["Content-Type"] = "application/json", ["Authorization"] = "Bearer {KEY}"}}, body)
 end
 "#,

@@ -215,11 +215,12 @@ async fn place_at(
         }
         // A denial stands on figures summed under the day's lock in this placement: others are checked first
         // (figures carried from the last placement may hold more than is held now: a hold released or expired
-        // since).
-        if rows.is_empty() && checked {
+        // since). With nothing to store and no denial to check (each key taken: retries of holds placed), the
+        // day is left as it was, and the figures it was decided on stand for the next placement to check.
+        let exact = !checked && out.iter().any(|(p, _)| *p == Placement::Declined);
+        if rows.is_empty() && !exact {
             return Ok((out, Some(seen)));
         }
-        let exact = !checked && out.iter().any(|(p, _)| *p == Placement::Declined);
         let refs: Vec<(&Hold, &str)> = rows.iter().map(|(h, a)| (*h, a.as_str())).collect();
         match holds::place_if_unchanged(store, day, now, seen, exact, &refs).await? {
             Attempt::Placed { taken, after } if taken.is_empty() => return Ok((out, Some(after))),
