@@ -1,6 +1,7 @@
 -- guard_place_holds_counted (0020) with nothing to place: it answers with the day's figures at once. It looked
 -- its keys up and inserted them whatever their number, and with none the look-up could scan every open hold
--- (see below); the guard now calls it with none only to have a denial's figures summed under the day's lock.
+-- (see below). The guard now calls it with none only to have a denial's figures summed under the day's lock;
+-- a worker of an earlier version also called it so when every key it placed was taken (a retried request).
 CREATE OR REPLACE FUNCTION guard_place_holds_counted(
     p_destination TEXT, p_day TEXT, p_now TIMESTAMPTZ, p_seen_total BIGINT, p_seen_held BIGINT,
     p_seen_placed BIGINT, p_exact BOOLEAN, p_keys TEXT[], p_users TEXT[], p_amounts BIGINT[], p_answers TEXT[],
@@ -36,7 +37,7 @@ BEGIN
     -- insert. `hold_key = ANY ('{}')` is false for every row, so the planner may read it through any partial
     -- index, guard_hold_open among them: with that index's statistics stale (taken while few holds were open)
     -- it chose a scan of every open hold, 100 ms at 68,000.
-    IF cardinality(p_keys) = 0 THEN
+    IF COALESCE(cardinality(p_keys), 0) = 0 THEN
         RETURN QUERY SELECT 'placed'::TEXT, t, h, c, NULL::TEXT[];
         RETURN;
     END IF;

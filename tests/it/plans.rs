@@ -151,11 +151,11 @@ async fn retention_finds_old_rows_through_their_index(b: Backend) {
 both_backends!(retention_finds_old_rows_through_their_index, super::retention_finds_old_rows_through_their_index);
 
 /// PostgreSQL's placing function with nothing to place (the guard asks it for a denial's figures, summed under
-/// the day's lock) reads none of the other days' holds. `hold_key = ANY ('{}')` is false for every row, so the
-/// planner may answer it from any partial index: with statistics taken while no hold was open, its key look-up
-/// read every open hold (100 ms a placement at 68,000, found under `POST /v1/guard`).
+/// the day's lock) reads no hold of another destination or day. `hold_key = ANY ('{}')` is false for every
+/// row, so the planner may answer it from any partial index: with statistics taken while no hold was open, its
+/// key look-up read every open hold (100 ms a placement at 68,000, found under `POST /v1/guard`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_placing_nothing_reads_no_other_days_holds() {
+async fn postgres_placing_nothing_reads_no_other_holds() {
     let db = TestDb::new(Backend::Postgres).await;
     let store = db.store().await;
     let Store::Postgres(p) = &store else { unreachable!("a PostgreSQL store") };
@@ -195,5 +195,5 @@ async fn postgres_placing_nothing_reads_no_other_days_holds() {
     .fetch_one(&mut *tx)
     .await
     .unwrap();
-    assert_eq!(read, 0, "placing nothing on an empty day must read no hold of another day");
+    assert_eq!(read, 0, "placing nothing on an empty day must read no other hold");
 }

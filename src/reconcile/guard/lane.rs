@@ -215,8 +215,9 @@ async fn place_at(
         }
         // A denial stands on figures summed under the day's lock in this placement: others are checked first
         // (figures carried from the last placement may hold more than is held now: a hold released or expired
-        // since). With nothing to store and no denial to check (each key taken: retries of holds placed), the
-        // day is left as it was, and the figures it was decided on stand for the next placement to check.
+        // since). With nothing to store and no denial to check (each key found taken: a retry of a hold placed,
+        // or a key already used elsewhere), the day is left as it was, and the figures it was decided on stand
+        // for the next placement to check.
         let exact = !checked && out.iter().any(|(p, _)| *p == Placement::Declined);
         if rows.is_empty() && !exact {
             return Ok((out, Some(seen)));
