@@ -197,3 +197,57 @@ async fn postgres_placing_nothing_reads_no_other_holds() {
     .unwrap();
     assert_eq!(read, 0, "placing nothing on an empty day must read no other hold");
 }
+
+/// The frequent sync finds the users with holds open or expired in the last day through the holds' indexes,
+/// not by reading every hold kept for the retention period (30 days by default): one `OR` over both kinds read
+/// the whole table, every five minutes.
+async fn the_syncs_users_are_found_through_the_holds_indexes(b: Backend) {
+    let db = TestDb::new(b).await;
+    let store = db.store().await;
+    let now = Utc::now();
+    let (old, recent, later) =
+        (at(now - TimeDelta::days(20)), at(now - TimeDelta::hours(2)), at(now + TimeDelta::hours(1)));
+    // Four holds of the last day, then 5,000 ended long ago (counted or expired).
+    let recent_holds = format!(
+        "INSERT INTO guard_hold (hold_key, user_id, destination_id, bank_day, amount_cents, answer, created_at,
+             expires_at, ended_at, end_reason)
+         VALUES ('open', 'u-open', 'd1', '2026-12-01', 100, '{{}}', {recent}, {later}, NULL, NULL),
+                ('lapsed', 'u-lapsed', 'd2', '2026-12-01', 100, '{{}}', {recent}, {recent}, {recent}, 'expired'),
+                ('unmarked', 'u-unmarked', 'd3', '2026-12-01', 100, '{{}}', {recent}, {recent}, NULL, NULL),
+                ('counted', 'u-counted', 'd4', '2026-12-01', 100, '{{}}', {recent}, {later}, {recent}, 'counted')"
+    );
+    with_pool!(&store, |p| sqlx::query(sqlx::AssertSqlSafe(recent_holds.clone()))
+        .execute(p)
+        .await
+        .map(|_| ())
+        .unwrap());
+    let arrange = format!(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 5000)
+         INSERT INTO guard_hold (hold_key, user_id, destination_id, bank_day, amount_cents, answer, created_at,
+             expires_at, ended_at, end_reason)
+         SELECT 'old-' || i, 'u' || (i % 500), 'd' || (i % 500), '2026-01-01', 100, '{{}}', {old}, {old}, {old},
+                CASE WHEN i % 2 = 0 THEN 'counted' ELSE 'expired' END
+         FROM n"
+    );
+    let since = at(now - TimeDelta::days(1));
+    let plan = plan(&store, &arrange, astra_worker::reconcile::holds::USERS_TO_SYNC, &["timestamptz"], &[&since]).await;
+    // Read whole: the table, or an index of every hold (by user, by key); the open holds' index may be read
+    // whole, it holds only the holds not ended.
+    let whole = match b {
+        Backend::Sqlite => {
+            plan.lines().any(|l| l.trim().starts_with("SCAN guard_hold") && !l.contains("INDEX guard_hold_open"))
+        }
+        Backend::Postgres => {
+            plan.contains("Seq Scan on guard_hold")
+                || plan.contains("guard_hold_user")
+                || plan.contains("guard_hold_pkey")
+        }
+    };
+    assert!(!whole, "the sync's users must be found through the holds' indexes:\n{plan}");
+    let users = astra_worker::reconcile::holds::users_to_sync(&store, now).await.unwrap();
+    assert_eq!(users, ["u-lapsed", "u-open", "u-unmarked"], "open, expired in the last day, expired unmarked");
+}
+both_backends!(
+    the_syncs_users_are_found_through_the_holds_indexes,
+    super::the_syncs_users_are_found_through_the_holds_indexes
+);
