@@ -1,5 +1,5 @@
 //! `transfer-sync` (every few minutes): reads the transfers of the users who need it now — those with a hold
-//! open, so each hold meets its transfer within minutes — newest first, back only to the newest transfer
+//! open, so each hold meets its transfer within minutes, or one that expired in the last day — newest first, back only to the newest transfer
 //! already seen (less an overlap). Its cost grows with activity, not with the number of users; expired holds
 //! are closed on the way. The daily `inbound-volume` stays the backstop for everyone.
 

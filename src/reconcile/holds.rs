@@ -196,7 +196,7 @@ pub async fn end_expired(store: &Store, now: DateTime<Utc>) -> sqlx::Result<u64>
 /// marked) that expire after `$1`, and holds marked expired after it. Two selections, each through its own
 /// index (the open holds', the ended holds' by when they ended: an expired hold ends at its expiry), so the
 /// sync, every few minutes, reads the holds of the last day, not every hold kept for the retention period (one
-/// `OR` over both read the whole table). Unordered: SQLite ordered it by reading the whole table in user order.
+/// `OR` over both read the whole table). Unordered: SQLite ordered it by reading the whole by-user index.
 pub const USERS_TO_SYNC: &str = "SELECT user_id FROM guard_hold WHERE ended_at IS NULL AND expires_at > $1
      UNION SELECT user_id FROM guard_hold WHERE ended_at > $1 AND end_reason = 'expired'";
 

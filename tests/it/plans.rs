@@ -244,6 +244,7 @@ async fn the_syncs_users_are_found_through_the_holds_indexes(b: Backend) {
         }
     };
     assert!(!whole, "the sync's users must be found through the holds' indexes:\n{plan}");
+    assert!(plan.contains("guard_hold_ended"), "the holds expired in the last day, by when they ended:\n{plan}");
     let users = astra_worker::reconcile::holds::users_to_sync(&store, now).await.unwrap();
     assert_eq!(users, ["u-lapsed", "u-open", "u-unmarked"], "open, expired in the last day, expired unmarked");
 }
