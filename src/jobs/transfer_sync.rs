@@ -1,7 +1,8 @@
 //! `transfer-sync` (every few minutes): reads the transfers of the users who need it now — those with a hold
-//! open, so each hold meets its transfer within minutes, or one that expired in the last day — newest first, back only to the newest transfer
-//! already seen (less an overlap). Its cost grows with activity, not with the number of users; expired holds
-//! are closed on the way. The daily `inbound-volume` stays the backstop for everyone.
+//! open, so each hold meets its transfer within minutes, or one that expired in the last day — newest first,
+//! back only to the newest transfer already seen (less an overlap). Its cost grows with activity, not with the
+//! number of users; expired holds are closed on the way. The daily `inbound-volume` stays the backstop for
+//! everyone.
 
 use chrono::Utc;
 
