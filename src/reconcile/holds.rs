@@ -253,7 +253,7 @@ pub enum Attempt {
 /// destination-day `day`, decided in order on `seen`) if under the day's lock the day's counted total and
 /// count of holds placed are still `seen`'s (with `exact`, a denial among the decisions: if its held sum is
 /// `seen`'s too) and no key is stored yet, in one round trip and one commit (the function
-/// `guard_place_holds_counted`, migrations 0020 and 0021). The lock is the counter row every writer of the day
+/// `guard_place_holds_counted`, migrations 0020 to 0022). The lock is the counter row every writer of the day
 /// takes, so no other hold or counted transfer can slip between the check and the insert.
 pub async fn place_if_unchanged(
     store: &Store,

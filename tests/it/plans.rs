@@ -198,6 +198,52 @@ async fn postgres_placing_nothing_reads_no_other_holds() {
     assert_eq!(read, 0, "placing nothing on an empty day must read no other hold");
 }
 
+/// The placing function plans its statements once per connection (migration 0022): its key look-up was planned
+/// again at every placement, its generic plan estimated costlier than a plan for the call's one key. The generic
+/// plan reads the keys through the primary key whatever the statistics say, even for no key at all (the
+/// statistics and the empty key list that once led a custom plan to read every open hold, see above).
+#[tokio::test]
+async fn postgres_the_placing_function_plans_once_per_connection() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let store = db.store().await;
+    let Store::Postgres(p) = &store else { unreachable!("a PostgreSQL store") };
+    let config: Vec<String> =
+        sqlx::query_scalar("SELECT COALESCE(proconfig, '{}') FROM pg_proc WHERE proname = 'guard_place_holds_counted'")
+            .fetch_one(p)
+            .await
+            .unwrap();
+    assert_eq!(config, vec!["plan_cache_mode=force_generic_plan".to_string()], "the function's own settings");
+    let (then, later) = (at(Utc::now() - TimeDelta::days(30)), at(Utc::now() + TimeDelta::hours(1)));
+    let arrange = format!(
+        "INSERT INTO guard_hold (hold_key, user_id, destination_id, bank_day, amount_cents, answer, created_at,
+             expires_at, ended_at, end_reason)
+         SELECT 'old-' || i, 'u' || i, 'other', '2026-01-01', 100, '{{}}', {then}, {then}, {then}, 'expired'
+         FROM generate_series(1, 5000) i;
+         ANALYZE guard_hold;
+         INSERT INTO guard_hold (hold_key, user_id, destination_id, bank_day, amount_cents, answer, created_at,
+             expires_at)
+         SELECT 'open-' || i, 'u' || i, 'other', '2026-12-01', 100, '{{}}', {then}, {later}
+         FROM generate_series(1, 3000) i"
+    );
+    let mut c = p.acquire().await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(arrange)).execute(&mut *c).await.unwrap();
+    sqlx::raw_sql(
+        "SET plan_cache_mode = force_generic_plan;
+         PREPARE look_up(TEXT[]) AS SELECT array_agg(g.hold_key) FROM guard_hold g WHERE g.hold_key = ANY ($1)",
+    )
+    .execute(&mut *c)
+    .await
+    .unwrap();
+    for keys in ["'{}'", "'{open-1,k}'"] {
+        let rows: Vec<(String,)> = sqlx::query_as(sqlx::AssertSqlSafe(format!("EXPLAIN EXECUTE look_up({keys})")))
+            .fetch_all(&mut *c)
+            .await
+            .unwrap();
+        let plan = rows.into_iter().map(|r| r.0).collect::<Vec<_>>().join("\n");
+        assert!(plan.contains("guard_hold_pkey"), "keys {keys}: the look-up reads the primary key:\n{plan}");
+    }
+}
+
 /// The frequent sync finds the users with holds open or expired in the last day through the holds' indexes,
 /// not by reading every hold kept for the retention period (30 days by default): one `OR` over both kinds read
 /// the whole table, every five minutes.
