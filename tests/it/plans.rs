@@ -150,18 +150,10 @@ async fn retention_finds_old_rows_through_their_index(b: Backend) {
 }
 both_backends!(retention_finds_old_rows_through_their_index, super::retention_finds_old_rows_through_their_index);
 
-/// PostgreSQL's placing function with nothing to place (the guard asks it for a denial's figures, summed under
-/// the day's lock) reads no hold of another destination or day. `hold_key = ANY ('{}')` is false for every
-/// row, so the planner may answer it from any partial index: with statistics taken while no hold was open, its
-/// key look-up read every open hold (100 ms a placement at 68,000, found under `POST /v1/guard`).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_placing_nothing_reads_no_other_holds() {
-    let db = TestDb::new(Backend::Postgres).await;
-    let store = db.store().await;
-    let Store::Postgres(p) = &store else { unreachable!("a PostgreSQL store") };
-    let mut c = p.acquire().await.unwrap();
-    // Statistics taken while every hold had ended (a quiet night), then 3,000 opened on another destination,
-    // the statistics kept from autovacuum so they stay what they were.
+/// Statistics taken while every hold had ended (a quiet night: 5,000 ended holds, analysed), then 3,000 holds
+/// opened on another destination, autovacuum kept off the table so the statistics stay what they were: what
+/// led the placing function's key look-up to read every open hold.
+async fn stale_hold_statistics(c: &mut sqlx::PgConnection) {
     let (then, later) = (at(Utc::now() - TimeDelta::days(30)), at(Utc::now() + TimeDelta::hours(1)));
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
         "ALTER TABLE guard_hold SET (autovacuum_enabled = false);
@@ -175,9 +167,22 @@ async fn postgres_placing_nothing_reads_no_other_holds() {
          SELECT 'open-' || i, 'u' || i, 'other', '2026-12-01', 100, '{{}}', {then}, {later}
          FROM generate_series(1, 3000) i"
     )))
-    .execute(&mut *c)
+    .execute(c)
     .await
     .unwrap();
+}
+
+/// PostgreSQL's placing function with nothing to place (the guard asks it for a denial's figures, summed under
+/// the day's lock) reads no hold of another destination or day. `hold_key = ANY ('{}')` is false for every
+/// row, so the planner may answer it from any partial index: with statistics taken while no hold was open, its
+/// key look-up read every open hold (100 ms a placement at 68,000, found under `POST /v1/guard`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_placing_nothing_reads_no_other_holds() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let store = db.store().await;
+    let Store::Postgres(p) = &store else { unreachable!("a PostgreSQL store") };
+    let mut c = p.acquire().await.unwrap();
+    stale_hold_statistics(&mut c).await;
     let mut tx = sqlx::Connection::begin(&mut *c).await.unwrap();
     let placed: (String, i64, i64, i64) = sqlx::query_as(
         "SELECT outcome, total, held, placed FROM guard_place_holds_counted('dst', '2026-12-02', now(), 0, 0, 0, TRUE,
@@ -213,20 +218,8 @@ async fn postgres_the_placing_function_plans_once_per_connection() {
             .await
             .unwrap();
     assert_eq!(config, vec!["plan_cache_mode=force_generic_plan".to_string()], "the function's own settings");
-    let (then, later) = (at(Utc::now() - TimeDelta::days(30)), at(Utc::now() + TimeDelta::hours(1)));
-    let arrange = format!(
-        "INSERT INTO guard_hold (hold_key, user_id, destination_id, bank_day, amount_cents, answer, created_at,
-             expires_at, ended_at, end_reason)
-         SELECT 'old-' || i, 'u' || i, 'other', '2026-01-01', 100, '{{}}', {then}, {then}, {then}, 'expired'
-         FROM generate_series(1, 5000) i;
-         ANALYZE guard_hold;
-         INSERT INTO guard_hold (hold_key, user_id, destination_id, bank_day, amount_cents, answer, created_at,
-             expires_at)
-         SELECT 'open-' || i, 'u' || i, 'other', '2026-12-01', 100, '{{}}', {then}, {later}
-         FROM generate_series(1, 3000) i"
-    );
     let mut c = p.acquire().await.unwrap();
-    sqlx::raw_sql(sqlx::AssertSqlSafe(arrange)).execute(&mut *c).await.unwrap();
+    stale_hold_statistics(&mut c).await;
     sqlx::raw_sql(
         "SET plan_cache_mode = force_generic_plan;
          PREPARE look_up(TEXT[]) AS SELECT array_agg(g.hold_key) FROM guard_hold g WHERE g.hold_key = ANY ($1)",
