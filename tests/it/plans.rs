@@ -30,16 +30,21 @@ async fn plan(store: &Store, arrange: &str, sql: &str, types: &[&str], args: &[&
             let mut c = p.acquire().await.unwrap();
             sqlx::query(sqlx::AssertSqlSafe(arrange)).execute(&mut *c).await.unwrap();
             sqlx::query("ANALYZE").execute(&mut *c).await.unwrap();
-            sqlx::query("SET plan_cache_mode = force_generic_plan").execute(&mut *c).await.unwrap();
-            let prepare = format!("PREPARE q({}) AS {sql}", types.join(", "));
-            sqlx::raw_sql(sqlx::AssertSqlSafe(prepare)).execute(&mut *c).await.unwrap();
-            let explain = format!("EXPLAIN EXECUTE q({})", args.join(", "));
-            let rows: Vec<(String,)> = sqlx::query_as(sqlx::AssertSqlSafe(explain)).fetch_all(&mut *c).await.unwrap();
-            // The connection goes back to the pool: the next plan prepares its own `q`.
-            sqlx::raw_sql("DEALLOCATE q").execute(&mut *c).await.unwrap();
-            rows.into_iter().map(|r| r.0).collect::<Vec<_>>().join("\n")
+            generic_plan(&mut c, sql, types, args).await
         }
     }
+}
+
+/// PostgreSQL's generic plan of `sql` on connection `c`, with the statistics as they are there.
+async fn generic_plan(c: &mut sqlx::PgConnection, sql: &str, types: &[&str], args: &[&str]) -> String {
+    sqlx::query("SET plan_cache_mode = force_generic_plan").execute(&mut *c).await.unwrap();
+    let prepare = format!("PREPARE q({}) AS {sql}", types.join(", "));
+    sqlx::raw_sql(sqlx::AssertSqlSafe(prepare)).execute(&mut *c).await.unwrap();
+    let explain = format!("EXPLAIN EXECUTE q({})", args.join(", "));
+    let rows: Vec<(String,)> = sqlx::query_as(sqlx::AssertSqlSafe(explain)).fetch_all(&mut *c).await.unwrap();
+    // The connection goes back to the pool: the next plan prepares its own `q`.
+    sqlx::raw_sql("DEALLOCATE q").execute(&mut *c).await.unwrap();
+    rows.into_iter().map(|r| r.0).collect::<Vec<_>>().join("\n")
 }
 
 /// A timestamp as a SQL literal in the store's own spelling.
@@ -220,19 +225,9 @@ async fn postgres_the_placing_function_plans_once_per_connection() {
     assert_eq!(config, vec!["plan_cache_mode=force_generic_plan".to_string()], "the function's own settings");
     let mut c = p.acquire().await.unwrap();
     stale_hold_statistics(&mut c).await;
-    sqlx::raw_sql(
-        "SET plan_cache_mode = force_generic_plan;
-         PREPARE look_up(TEXT[]) AS SELECT array_agg(g.hold_key) FROM guard_hold g WHERE g.hold_key = ANY ($1)",
-    )
-    .execute(&mut *c)
-    .await
-    .unwrap();
+    let look_up = "SELECT array_agg(g.hold_key) FROM guard_hold g WHERE g.hold_key = ANY ($1)";
     for keys in ["'{}'", "'{open-1,k}'"] {
-        let rows: Vec<(String,)> = sqlx::query_as(sqlx::AssertSqlSafe(format!("EXPLAIN EXECUTE look_up({keys})")))
-            .fetch_all(&mut *c)
-            .await
-            .unwrap();
-        let plan = rows.into_iter().map(|r| r.0).collect::<Vec<_>>().join("\n");
+        let plan = generic_plan(&mut c, look_up, &["TEXT[]"], &[keys]).await;
         assert!(plan.contains("guard_hold_pkey"), "keys {keys}: the look-up reads the primary key:\n{plan}");
     }
 }
