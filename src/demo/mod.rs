@@ -31,7 +31,7 @@ use crate::{
     },
     runner::{RunOptions, SlotResult, run_job},
     sandbox::{Faults, Sandbox, SandboxSettings},
-    store::Store,
+    store::{Session, Store},
     tokens::Keyring,
     tokens::episodes,
     tokens::store as grant_store,
@@ -105,7 +105,7 @@ async fn same_day(worker: &Worker, sandbox: &Sandbox) -> anyhow::Result<Vec<Stri
             ));
         }
     }
-    let ended = holds::get(&worker.store, "demo-r1").await?.and_then(|(h, _)| h.end_reason);
+    let ended = holds::get(&mut Session::pooled(&worker.store), "demo-r1").await?.and_then(|(h, _)| h.end_reason);
     let after = guard::check(&worker.store, settings, &ask(1), Utc::now()).await?;
     out.push(format!(
         "  hold demo-r1: {}; the day now counts {} with {} held (transfers read {})",

@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use crate::{
     failure::Failure,
-    store::{Store, with_pool},
+    store::{Session, Store, with_pool, with_session},
 };
 
 /// The longest key accepted (Astra's own `Idempotency-Key` limit).
@@ -61,7 +61,7 @@ const COLUMNS: &str = "hold_key, user_id, destination_id, bank_day, amount_cents
                        ended_at, end_reason, transfer_id";
 
 /// The hold under `key`, with the answer the guard gave when it placed it.
-pub async fn get(store: &Store, key: &str) -> sqlx::Result<Option<(Hold, String)>> {
+pub async fn get(session: &mut Session<'_>, key: &str) -> sqlx::Result<Option<(Hold, String)>> {
     #[derive(sqlx::FromRow)]
     struct Row {
         #[sqlx(flatten)]
@@ -70,7 +70,7 @@ pub async fn get(store: &Store, key: &str) -> sqlx::Result<Option<(Hold, String)
     }
     let sql = format!("SELECT {COLUMNS}, answer FROM guard_hold WHERE hold_key = $1");
     let row: Option<Row> =
-        with_pool!(store, |p| sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(key).fetch_optional(p).await)?;
+        with_session!(session, |e| sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(key).fetch_optional(e).await)?;
     Ok(row.map(|r| (r.hold, r.answer)))
 }
 
@@ -135,7 +135,7 @@ pub async fn attach(store: &Store, key: &str, routine_id: &str) -> anyhow::Resul
         end_if_mirrored(store, key, routine_id, Utc::now()).await?;
         return Ok(());
     }
-    match get(store, key).await? {
+    match get(&mut Session::pooled(store), key).await? {
         None => Err(Failure::config(format!("no hold under key {}", crate::secrets::shown(key)))),
         // The same attach again (a retry whose first answer was lost) after the hold ended: done already.
         Some((h, _)) if h.routine_id.as_deref() == Some(routine_id) => Ok(()),
@@ -154,7 +154,7 @@ pub async fn attach(store: &Store, key: &str, routine_id: &str) -> anyhow::Resul
 /// Ends the hold under `key` when a transfer of its routine, initiated after the hold was placed, is already in
 /// the mirror and ended no other hold.
 async fn end_if_mirrored(store: &Store, key: &str, routine_id: &str, now: DateTime<Utc>) -> sqlx::Result<u64> {
-    let Some((hold, _)) = get(store, key).await? else { return Ok(0) };
+    let Some((hold, _)) = get(&mut Session::pooled(store), key).await? else { return Ok(0) };
     let since = hold.created_at - CLOCK_SKEW;
     let transfer: Option<String> = with_pool!(store, |p| sqlx::query_scalar(
         "SELECT t.id FROM transfer t WHERE t.routine_id = $1 AND t.user_id = $2 AND t.initiated_at >= $3
@@ -256,16 +256,15 @@ pub enum Attempt {
 /// `guard_place_holds_counted`, migrations 0020 to 0022). The lock is the counter row every writer of the day
 /// takes, so no other hold or counted transfer can slip between the check and the insert.
 pub async fn place_if_unchanged(
-    store: &Store,
+    session: &mut Session<'_>,
     day: (&str, &str),
     now: DateTime<Utc>,
     seen: Figures,
     exact: bool,
     holds: &[(&Hold, &str)],
 ) -> sqlx::Result<Attempt> {
-    let Store::Postgres(p) = store else { return Ok(Attempt::Unsupported) };
     let column = |f: fn(&Hold) -> String| holds.iter().map(|(h, _)| f(h)).collect::<Vec<_>>();
-    let (outcome, total, held, placed, keys): (String, i64, i64, i64, Option<Vec<String>>) = sqlx::query_as(
+    let query = sqlx::query_as::<_, (String, i64, i64, i64, Option<Vec<String>>)>(
         "SELECT outcome, total, held, placed, keys
          FROM guard_place_holds_counted($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
     )
@@ -281,9 +280,12 @@ pub async fn place_if_unchanged(
     .bind(holds.iter().map(|(h, _)| h.amount_cents).collect::<Vec<_>>())
     .bind(holds.iter().map(|(_, a)| a.to_string()).collect::<Vec<_>>())
     .bind(holds.iter().map(|(h, _)| h.created_at).collect::<Vec<_>>())
-    .bind(holds.iter().map(|(h, _)| h.expires_at).collect::<Vec<_>>())
-    .fetch_one(p)
-    .await?;
+    .bind(holds.iter().map(|(h, _)| h.expires_at).collect::<Vec<_>>());
+    let (outcome, total, held, placed, keys) = match session.parts() {
+        (_, Some(c)) => query.fetch_one(c).await?,
+        (Store::Postgres(p), None) => query.fetch_one(p).await?,
+        (Store::Sqlite(_), None) => return Ok(Attempt::Unsupported),
+    };
     let keys = keys.unwrap_or_default();
     let found = Figures { total, held, placed };
     Ok(match outcome.as_str() {
@@ -303,16 +305,16 @@ const HELD: &str = "(SELECT CAST(COALESCE(SUM(amount_cents), 0) AS BIGINT) FROM 
                      WHERE destination_id = $1 AND bank_day = $2 AND ended_at IS NULL AND expires_at > $3)";
 
 /// The destination-day's figures at `now`, read without its lock.
-pub async fn figures(store: &Store, day: (&str, &str), now: DateTime<Utc>) -> sqlx::Result<Figures> {
+pub async fn figures(session: &mut Session<'_>, day: (&str, &str), now: DateTime<Utc>) -> sqlx::Result<Figures> {
     let sql = format!(
         "SELECT COALESCE(i.total_cents, 0), {HELD}, COALESCE(i.holds_placed, 0)
          FROM (SELECT 1) one LEFT JOIN inbound_day i ON i.destination_id = $1 AND i.bank_day = $2"
     );
-    let (total, held, placed) = with_pool!(store, |p| sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()))
+    let (total, held, placed) = with_session!(session, |e| sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()))
         .bind(day.0)
         .bind(day.1)
         .bind(now)
-        .fetch_one(p)
+        .fetch_one(e)
         .await)?;
     Ok(Figures { total, held, placed })
 }

@@ -25,6 +25,7 @@ use crate::{
         guard::{self, GuardRequest, HoldRequest},
         holds,
     },
+    store::Session,
     tokens::{self, ImportLine, Imported, NoToken},
 };
 
@@ -97,7 +98,7 @@ pub(super) async fn attach(State(st): State<AppState>, Path(key): Path<String>, 
     if let Some(r) = bad_id(holds::check_routine_id(&b.routine_id)) {
         return r;
     }
-    match holds::get(&st.worker.store, &key).await {
+    match holds::get(&mut Session::pooled(&st.worker.store), &key).await {
         Ok(None) => return error(StatusCode::NOT_FOUND, format!("no hold under key {}", crate::secrets::shown(&key))),
         Err(e) => return failure(e.into()),
         Ok(Some(_)) => {}

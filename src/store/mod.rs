@@ -16,9 +16,9 @@ use std::{
 };
 
 use sqlx::{
-    PgPool, SqlitePool,
+    PgPool, Postgres, SqlitePool,
     migrate::MigrateError,
-    pool::PoolOptions,
+    pool::{PoolConnection, PoolOptions},
     postgres::PgConnectOptions,
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous},
 };
@@ -51,7 +51,9 @@ pub const PG_CONNECTIONS: u32 = 16;
 /// What both stores' pools share. sqlx pings a connection before it hands it out (and after each use), so a
 /// connection that died while idle, as each one does in a failover, is replaced instead of failing a
 /// statement. The ping stays: skipping it for connections used in the last second took a guard's read from
-/// p50 280 to 210 µs on PostgreSQL, but every connection cut in that second then failed a run.
+/// p50 280 to 210 µs on PostgreSQL, but every connection cut in that second then failed a run. A [`Session`]
+/// skips it only between the statements of one call, a millisecond or two: a connection cut there fails the
+/// call, as one cut during a statement does.
 fn pool_options<DB: sqlx::Database>(max_connections: u32) -> PoolOptions<DB> {
     PoolOptions::new().max_connections(max_connections).acquire_timeout(Duration::from_secs(10))
 }
@@ -89,6 +91,64 @@ macro_rules! with_pool {
     };
 }
 pub(crate) use with_pool;
+
+/// The statements of one short call on one connection. sqlx pings a connection as it hands it out and again as
+/// it takes it back (see [`pool_options`]): a round trip each, about a tenth of the guard service's throughput
+/// on PostgreSQL. A call of a few statements (the guard's read, its hold's placement and any look-up of its key)
+/// holds one PostgreSQL connection for them, so it pays one pair for all. Never wait on anything but its own
+/// statements while one is held ([`Session::release`] it first, as a guard waiting in a destination-day's
+/// lane does): callers each holding one and waiting for another would empty the pool. Nothing that outlives a
+/// statement (a transaction, a `SET`) is begun on the held connection: it goes back to the pool as it came.
+/// On SQLite each statement takes the pool's connection, as with the store.
+pub struct Session<'a> {
+    store: &'a Store,
+    held: Option<PoolConnection<Postgres>>,
+}
+
+impl<'a> Session<'a> {
+    /// A session holding a PostgreSQL connection from the start (on SQLite, the pool's).
+    pub(crate) async fn hold(store: &'a Store) -> sqlx::Result<Session<'a>> {
+        let held = match store {
+            Store::Postgres(p) => Some(p.acquire().await?),
+            Store::Sqlite(_) => None,
+        };
+        Ok(Session { store, held })
+    }
+
+    /// A session whose statements each take the pool's connection.
+    pub fn pooled(store: &'a Store) -> Session<'a> {
+        Session { store, held: None }
+    }
+
+    /// The store the session's statements run on.
+    pub fn store(&self) -> &'a Store {
+        self.store
+    }
+
+    /// Gives the held connection back to the pool; the session's later statements take the pool's (a pinged
+    /// one: release after a failed statement before trying again).
+    pub(crate) fn release(&mut self) {
+        self.held = None;
+    }
+
+    /// The store, and the connection held if one is (see [`with_session`]).
+    pub(crate) fn parts(&mut self) -> (&'a Store, Option<&mut sqlx::PgConnection>) {
+        (self.store, self.held.as_deref_mut())
+    }
+}
+
+/// Runs the same body on a session's held connection, or else on its store's pool (`$e` is the executor). One
+/// statement per body: `$e` is moved into it (a `&mut PgConnection` in one arm), and on the pool two would take
+/// two connections.
+macro_rules! with_session {
+    ($session:expr, |$e:ident| $body:expr) => {
+        match $session.parts() {
+            (_, Some($e)) => $body,
+            (store, None) => $crate::store::with_pool!(store, |$e| $body),
+        }
+    };
+}
+pub(crate) use with_session;
 
 /// Opening or migrating the store failed; says which store (without its password) and why.
 #[derive(Debug, thiserror::Error)]

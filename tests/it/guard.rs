@@ -19,7 +19,7 @@ use astra_worker::{
     },
     runner::{RunOptions, SlotResult, run_job},
     sandbox::{ClearingFormat, CountSemantics, Faults, SandboxSettings},
-    store::Store,
+    store::{Session, Store},
 };
 use chrono::{DateTime, TimeDelta, Utc};
 
@@ -159,7 +159,9 @@ both_backends!(
 /// Holds contending for one destination in one process are placed together (one placement for all that
 /// wait), each decided in turn on the figures left by the ones before it: 40 concurrent calls of $100 against
 /// $1,000, ten of them a second call under a key already asked, hold exactly ten, each allowed answer saw
-/// the held sum of the ones before it, and a key asked twice gets one answer and one hold.
+/// the held sum of the ones before it, and a key asked twice gets one answer and one hold. More callers than
+/// the store has connections: one waiting in the lane holds none (on PostgreSQL each caller reads on a
+/// connection of its own; had the waiters kept theirs, the lane's placer would wait for the pool).
 async fn holds_contending_in_one_process_are_placed_together_and_never_pass_the_limit(b: Backend) {
     let (_db, store) = one_user(b, 100_000).await;
     let now = Utc::now();
@@ -240,7 +242,7 @@ async fn callers_gone_from_a_lane_leave_it_whole(b: Backend) {
     let open = holds::list(&store, true, now, 1_000).await.unwrap();
     assert!(open.iter().map(|h| h.amount_cents).sum::<i64>() <= 100_000);
     for h in &open {
-        let (_, answer) = holds::get(&store, &h.hold_key).await.unwrap().unwrap();
+        let (_, answer) = holds::get(&mut Session::pooled(&store), &h.hold_key).await.unwrap().unwrap();
         let answer: serde_json::Value = serde_json::from_str(&answer).unwrap();
         assert_eq!(answer["allowed"], true, "{}: stored with the answer that allowed it", h.hold_key);
     }
@@ -371,7 +373,7 @@ async fn a_caller_on_a_busy_day_is_decided_on_the_figures_under_the_lock(b: Back
     assert!(!waiter.allowed, "85,000 + 10,000 + 10,000 do not");
     assert_eq!(waiter.reason, Some(guard::DenyReason::DailyLimit));
     assert_eq!((waiter.held_cents, waiter.headroom_cents), (Some(95_000), Some(5_000)));
-    assert!(holds::get(&store, "waiter").await.unwrap().is_none(), "no hold left behind");
+    assert!(holds::get(&mut Session::pooled(&store), "waiter").await.unwrap().is_none(), "no hold left behind");
     assert_eq!(counted_and_held(&store, &day, now).await, (0, 95_000));
 }
 
@@ -382,7 +384,7 @@ both_backends!(
 
 /// The day's (counted total, open held sum) at `now`, read without the lock.
 async fn counted_and_held(store: &Store, day: &str, now: DateTime<Utc>) -> (i64, i64) {
-    let f = holds::figures(store, ("dst", day), now).await.unwrap();
+    let f = holds::figures(&mut Session::pooled(store), ("dst", day), now).await.unwrap();
     (f.total, f.held)
 }
 
@@ -427,7 +429,7 @@ async fn every_hold_stored_moves_its_days_count(b: Backend) {
     let (_db, store) = one_user(b, 250_000).await;
     let now = midday();
     let day = BankDay::of(NY.parse().unwrap(), now).key();
-    let placed = async || holds::figures(&store, ("dst", &day), now).await.unwrap().placed;
+    let placed = async || holds::figures(&mut Session::pooled(&store), ("dst", &day), now).await.unwrap().placed;
     assert_eq!(placed().await, 0);
     with_pool!(&store, |p| sqlx::query(
         "INSERT INTO guard_hold (hold_key, user_id, destination_id, bank_day, amount_cents, answer, created_at,
@@ -446,7 +448,7 @@ async fn every_hold_stored_moves_its_days_count(b: Backend) {
     assert!(a.allowed);
     assert_eq!(placed().await, 2, "the guard's placement");
     let Store::Postgres(p) = &store else { return };
-    let before = holds::figures(&store, ("dst", &day), now).await.unwrap();
+    let before = holds::figures(&mut Session::pooled(&store), ("dst", &day), now).await.unwrap();
     let (outcome,): (String,) = sqlx::query_as(
         "SELECT outcome FROM guard_place_holds('dst', $1, $2, 0, $3, ARRAY['old'], ARRAY['u1'], ARRAY[100::BIGINT],
              ARRAY['{}'], ARRAY[$2::TIMESTAMPTZ], ARRAY[$4::TIMESTAMPTZ])",
@@ -463,9 +465,12 @@ async fn every_hold_stored_moves_its_days_count(b: Backend) {
     let row = holds::Hold {
         hold_key: "new".into(),
         amount_cents: 100,
-        ..holds::get(&store, "old").await.unwrap().unwrap().0
+        ..holds::get(&mut Session::pooled(&store), "old").await.unwrap().unwrap().0
     };
-    let attempt = holds::place_if_unchanged(&store, ("dst", &day), now, before, false, &[(&row, "{}")]).await.unwrap();
+    let attempt =
+        holds::place_if_unchanged(&mut Session::pooled(&store), ("dst", &day), now, before, false, &[(&row, "{}")])
+            .await
+            .unwrap();
     assert_eq!(attempt, Attempt::Changed(Figures { total: 0, held: before.held + 100, placed: 3 }));
 }
 both_backends!(every_hold_stored_moves_its_days_count, super::every_hold_stored_moves_its_days_count);
@@ -515,7 +520,7 @@ async fn a_hold_is_decided_on_the_figures_found_under_the_lock(b: Backend) {
         "each decision saw the holds stored before it, in the same transaction too"
     );
     assert_eq!(
-        holds::figures(&store, ("dst", &day), now).await.unwrap(),
+        holds::figures(&mut Session::pooled(&store), ("dst", &day), now).await.unwrap(),
         Figures { total: 0, held: 400, placed: 4 },
         "the day's figures, unlocked, with the four holds placed counted"
     );
@@ -528,7 +533,9 @@ async fn a_hold_is_decided_on_the_figures_found_under_the_lock(b: Backend) {
             async move {
                 let refs: Vec<_> = rows.iter().map(|h| (h, "{}")).collect();
                 let seen = Figures { total: seen.0, held: seen.1, placed: seen.2 };
-                holds::place_if_unchanged(&store, ("dst", &day), now, seen, exact, &refs).await.unwrap()
+                holds::place_if_unchanged(&mut Session::pooled(&store), ("dst", &day), now, seen, exact, &refs)
+                    .await
+                    .unwrap()
             }
         };
         let figures = |total, held, placed| Figures { total, held, placed };
@@ -608,7 +615,7 @@ async fn a_hold_key_is_idempotent_and_a_hold_ends_when_released_or_expired(b: Ba
     assert!(!guard::check(&store, &s, &ask(60_000), now + TimeDelta::minutes(9)).await.unwrap().allowed);
     assert!(guard::check(&store, &s, &ask(60_000), now + TimeDelta::minutes(11)).await.unwrap().allowed);
     assert_eq!(holds::end_expired(&store, now + TimeDelta::minutes(11)).await.unwrap(), 1);
-    let k2 = holds::get(&store, "k2").await.unwrap().unwrap().0;
+    let k2 = holds::get(&mut Session::pooled(&store), "k2").await.unwrap().unwrap().0;
     assert_eq!(k2.end_reason.as_deref(), Some("expired"));
 }
 both_backends!(
@@ -654,7 +661,7 @@ async fn a_hold_that_becomes_its_transfer_is_counted_once(b: Backend) {
     assert_eq!((after.day_total_cents, after.held_cents), (Some(55_000), Some(0)), "{after:?}");
     assert_eq!(after.headroom_cents, Some(100_000 - 55_000 - 1));
     for key in ["c1", "c2"] {
-        let h = holds::get(&store, key).await.unwrap().unwrap().0;
+        let h = holds::get(&mut Session::pooled(&store), key).await.unwrap().unwrap().0;
         assert_eq!(h.end_reason.as_deref(), Some("counted"), "{key}");
     }
     // Read again: nothing moves.
@@ -1026,7 +1033,7 @@ async fn a_hold_ends_only_for_its_own_transfer(b: Backend) {
     let mut other = transfer_at("t-other", 10_000, now, Some("today"), None);
     other.destination_id = Some("dst-u2".into());
     mirror::upsert(&store, "u2", &other, now).await.unwrap();
-    assert_eq!(holds::get(&store, "today").await.unwrap().unwrap().0.end_reason, None);
+    assert_eq!(holds::get(&mut Session::pooled(&store), "today").await.unwrap().unwrap().0.end_reason, None);
     // Today's transfer of the routine ends it.
     mirror::upsert(
         &store,
@@ -1036,7 +1043,7 @@ async fn a_hold_ends_only_for_its_own_transfer(b: Backend) {
     )
     .await
     .unwrap();
-    let h = holds::get(&store, "today").await.unwrap().unwrap().0;
+    let h = holds::get(&mut Session::pooled(&store), "today").await.unwrap().unwrap().0;
     assert_eq!((h.end_reason.as_deref(), h.transfer_id.as_deref()), (Some("counted"), Some("t-today")));
 
     // The routine's transfer read before the hold was attached: attaching ends the hold at once.
@@ -1045,7 +1052,7 @@ async fn a_hold_ends_only_for_its_own_transfer(b: Backend) {
         .await
         .unwrap();
     holds::attach(&store, "late-attach", "rtn-2").await.unwrap();
-    let h = holds::get(&store, "late-attach").await.unwrap().unwrap().0;
+    let h = holds::get(&mut Session::pooled(&store), "late-attach").await.unwrap().unwrap().0;
     assert_eq!((h.end_reason.as_deref(), h.transfer_id.as_deref()), (Some("counted"), Some("t-early")));
 
     // An attach that cannot be is the answer "no" (exit 1, 409), not bad input: the hold has ended, or the
@@ -1060,7 +1067,7 @@ async fn a_hold_ends_only_for_its_own_transfer(b: Backend) {
     holds::attach(&store, "first", "rtn-9").await.unwrap();
     let (status, msg) = refused(holds::attach(&store, "second", "rtn-9").await.unwrap_err());
     assert!(status == Status::No && msg.contains("to another hold"), "{status:?}: {msg}");
-    assert_eq!(holds::get(&store, "second").await.unwrap().unwrap().0.routine_id, None);
+    assert_eq!(holds::get(&mut Session::pooled(&store), "second").await.unwrap().unwrap().0.routine_id, None);
     let (status, msg) = refused(holds::attach(&store, "second", "").await.unwrap_err());
     assert!(status == Status::Config && msg.contains("routine_id is empty"), "{status:?}: {msg}");
 

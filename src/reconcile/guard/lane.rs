@@ -15,7 +15,7 @@ use tokio::sync::oneshot;
 use super::GuardAnswer;
 use crate::{
     reconcile::holds::{self, Attempt, Figures, Hold, Placement},
-    store::Store,
+    store::{Session, Store},
 };
 
 /// The most holds one placement carries.
@@ -63,9 +63,12 @@ pub(super) fn busy(store: &Store, destination_id: &str) -> bool {
 }
 
 /// Places `ask`'s hold, with the others waiting on its destination-day. The caller that opens the lane places
-/// what waits in it then (its own hold, at least); what arrives meanwhile is placed by a task of the lane's
-/// own, so that no caller's answer waits for more than the placement before its own.
-pub(super) async fn place(store: &Store, ask: Ask) -> anyhow::Result<(Placement, GuardAnswer)> {
+/// what waits in it then (its own hold, at least), on its session (on PostgreSQL its connection, but for the
+/// locked path); what arrives meanwhile is placed by a task of the lane's own, so that no caller's answer
+/// waits for more than the placement before its own. A caller that waits gives its connection back first: the
+/// lane's placer may need one.
+pub(super) async fn place(session: &mut Session<'_>, ask: Ask) -> anyhow::Result<(Placement, GuardAnswer)> {
+    let store = session.store();
     let key = (store.identity(), ask.hold.destination_id.clone(), ask.hold.bank_day.clone());
     let mine = ask.clone();
     let (reply, answer) = oneshot::channel();
@@ -79,14 +82,19 @@ pub(super) async fn place(store: &Store, ask: Ask) -> anyhow::Result<(Placement,
             true
         }
     };
-    if opened && let Left::Waiting(close, figures) = drain(store, Close(Some(key)), None, Some(1)).await {
+    if !opened {
+        session.release();
+    }
+    if opened && let Left::Waiting(close, figures) = drain(session, Close(Some(key)), None, Some(1)).await {
         let store = store.clone();
-        tokio::spawn(async move { drain(&store, close, figures, None).await });
+        tokio::spawn(async move { drain(&mut Session::pooled(&store), close, figures, None).await });
     }
     match answer.await {
         Ok(done) => Ok(done),
         Err(_) => {
-            let (mut placed, _) = place_together(store, std::slice::from_ref(&mine), None).await?;
+            // The failed placement may have been this caller's own, on its connection: a pinged one now.
+            session.release();
+            let (mut placed, _) = place_together(session, std::slice::from_ref(&mine), None).await?;
             placed.pop().ok_or_else(|| anyhow::anyhow!("the hold was not decided"))
         }
     }
@@ -118,7 +126,7 @@ enum Left {
 
 /// Places what waits in the lane, a placement at a time, until nothing does (and removes the lane) or after
 /// `rounds` placements. A waiter whose caller went away is dropped unplaced.
-async fn drain(store: &Store, mut close: Close, mut figures: Option<Known>, rounds: Option<usize>) -> Left {
+async fn drain(session: &mut Session<'_>, mut close: Close, mut figures: Option<Known>, rounds: Option<usize>) -> Left {
     let Some(key) = close.0.clone() else { return Left::Empty };
     let mut round = 0;
     loop {
@@ -141,7 +149,7 @@ async fn drain(store: &Store, mut close: Close, mut figures: Option<Known>, roun
         };
         round += 1;
         let (asks, replies): (Vec<Ask>, Vec<_>) = batch.into_iter().map(|w| (w.ask, w.reply)).unzip();
-        match place_together(store, &asks, figures).await {
+        match place_together(session, &asks, figures).await {
             Ok((placed, after)) => {
                 figures = after;
                 for (reply, done) in replies.into_iter().zip(placed) {
@@ -166,7 +174,7 @@ async fn drain(store: &Store, mut close: Close, mut figures: Option<Known>, roun
 /// time `known` was taken at: a caller whose read was slow can join a later placement than a caller who
 /// asked after it, and figures carried from a later `now` miss the holds that expired in between.
 async fn place_together(
-    store: &Store,
+    session: &mut Session<'_>,
     asks: &[Ask],
     known: Option<Known>,
 ) -> anyhow::Result<(Vec<(Placement, GuardAnswer)>, Option<Known>)> {
@@ -174,13 +182,13 @@ async fn place_together(
     let day = (first.hold.destination_id.as_str(), first.hold.bank_day.as_str());
     let latest = asks.iter().map(|a| a.hold.created_at).max().unwrap_or(first.hold.created_at);
     let now = known.map_or(latest, |(_, at)| latest.max(at));
-    let (placed, after) = place_at(store, day, now, known.map(|(f, _)| f), asks).await?;
+    let (placed, after) = place_at(session, day, now, known.map(|(f, _)| f), asks).await?;
     Ok((placed, after.map(|f| (f, now))))
 }
 
 /// [`place_together`] at `now`, on the figures carried from the last placement (if any).
 async fn place_at(
-    store: &Store,
+    session: &mut Session<'_>,
     day: (&str, &str),
     now: DateTime<Utc>,
     carried: Option<Figures>,
@@ -189,9 +197,9 @@ async fn place_at(
     let Some(first) = asks.first() else { return Ok((Vec::new(), carried)) };
     let mut seen = match carried.or(first.seen) {
         Some(seen) => seen,
-        None if store.is_postgres() => holds::figures(store, day, now).await?,
+        None if session.store().is_postgres() => holds::figures(session, day, now).await?,
         // The locked path, SQLite's only one, reads the figures itself.
-        None => return place_all_locked(store, day, now, None, asks).await,
+        None => return place_all_locked(session, day, now, None, asks).await,
     };
     // `checked`: `seen` was summed under the day's lock in this placement.
     let (mut taken, mut checked): (HashSet<&str>, bool) = (HashSet::new(), false);
@@ -223,7 +231,7 @@ async fn place_at(
             return Ok((out, Some(seen)));
         }
         let refs: Vec<(&Hold, &str)> = rows.iter().map(|(h, a)| (*h, a.as_str())).collect();
-        match holds::place_if_unchanged(store, day, now, seen, exact, &refs).await? {
+        match holds::place_if_unchanged(session, day, now, seen, exact, &refs).await? {
             Attempt::Placed { taken, after } if taken.is_empty() => return Ok((out, Some(after))),
             Attempt::Placed { taken, .. } => {
                 for (p, _) in out.iter_mut().zip(asks).filter(|(_, a)| taken.contains(&a.hold.hold_key)) {
@@ -240,16 +248,17 @@ async fn place_at(
                 let keys: HashSet<String> = keys.into_iter().collect();
                 taken.extend(asks.iter().map(|a| a.hold.hold_key.as_str()).filter(|k| keys.contains(*k)));
             }
-            Attempt::Unsupported => return place_all_locked(store, day, now, Some(seen), asks).await,
+            Attempt::Unsupported => return place_all_locked(session, day, now, Some(seen), asks).await,
         }
     }
-    place_all_locked(store, day, now, None, asks).await
+    place_all_locked(session, day, now, None, asks).await
 }
 
 /// Places `asks` in one transaction holding the day's lock, each decided on the figures `carried` if the day's
-/// are still theirs, else on the figures found there.
+/// are still theirs, else on the figures found there. The transaction takes the pool's connection (and on
+/// SQLite waits for its write turn): the session's is given back first.
 async fn place_all_locked(
-    store: &Store,
+    session: &mut Session<'_>,
     day: (&str, &str),
     now: DateTime<Utc>,
     carried: Option<Figures>,
@@ -257,7 +266,8 @@ async fn place_all_locked(
 ) -> anyhow::Result<(Vec<(Placement, GuardAnswer)>, Option<Figures>)> {
     let rows: Vec<Hold> = asks.iter().map(|a| a.hold.clone()).collect();
     let mut answers: Vec<Option<GuardAnswer>> = asks.iter().map(|_| None).collect();
-    let (placed, after) = holds::place_locked(store, day, now, carried, &rows, |i, total, held| {
+    session.release();
+    let (placed, after) = holds::place_locked(session.store(), day, now, carried, &rows, |i, total, held| {
         let answer = (asks[i].decide)(total, held);
         let json = if answer.allowed { Some(serde_json::to_string(&answer)?) } else { None };
         answers[i] = Some(answer);

@@ -27,7 +27,7 @@ use crate::{
     config::{GuardSettings, MAX_HOLD_FOR, OnUncertain},
     domain::Cents,
     failure::Failure,
-    store::Store,
+    store::{Session, Store},
 };
 
 #[derive(Debug, Clone)]
@@ -52,18 +52,12 @@ pub async fn check(
     req: &GuardRequest<'_>,
     now: DateTime<Utc>,
 ) -> anyhow::Result<GuardAnswer> {
-    Ok(decide(store, settings, req, now, true).await?.0)
+    check_request(req)?;
+    Ok(decide(&mut Session::pooled(store), settings, req, now, true).await?.0)
 }
 
-/// The answer, and the destinations it weighed (none when the user as a whole was denied). Without `sum_held`
-/// an allowed answer is not yet weighed against the daily limit (see [`weigh`]).
-async fn decide(
-    store: &Store,
-    settings: &GuardSettings,
-    req: &GuardRequest<'_>,
-    now: DateTime<Utc>,
-    sum_held: bool,
-) -> anyhow::Result<(GuardAnswer, Vec<DestinationDay>)> {
+/// The request's own faults, found before the store is asked anything.
+fn check_request(req: &GuardRequest<'_>) -> anyhow::Result<()> {
     if req.amount.0 <= 0 {
         return Err(Failure::config("the amount must be more than zero"));
     }
@@ -72,7 +66,20 @@ async fn decide(
     if let Some(d) = req.destination_id {
         crate::secrets::check_id("destination_id", d).map_err(Failure::Config)?;
     }
-    let (answer, destinations) = match read(store, req, now, sum_held).await? {
+    Ok(())
+}
+
+/// The answer to a request [`check_request`] passed, and the destinations it weighed (none when the user as a
+/// whole was denied). Without `sum_held` an allowed answer is not yet weighed against the daily limit (see
+/// [`weigh`]).
+async fn decide(
+    session: &mut Session<'_>,
+    settings: &GuardSettings,
+    req: &GuardRequest<'_>,
+    now: DateTime<Utc>,
+    sum_held: bool,
+) -> anyhow::Result<(GuardAnswer, Vec<DestinationDay>)> {
+    let (answer, destinations) = match read(session, req, now, sum_held).await? {
         Read::Decided(a) => return Ok((a, Vec::new())),
         Read::Destinations(a, d) => (a, d),
     };
@@ -115,6 +122,7 @@ pub async fn check_and_hold(
     hold: &HoldRequest<'_>,
     now: DateTime<Utc>,
 ) -> anyhow::Result<GuardAnswer> {
+    check_request(req)?;
     holds::check_key(hold.key).map_err(|e| Failure::Config(format!("{e} (--hold, hold_key)")))?;
     if hold.hold_for <= TimeDelta::zero() || hold.hold_for > MAX_HOLD_FOR {
         return Err(Failure::config(
@@ -126,20 +134,22 @@ pub async fn check_and_hold(
     // checks them under the day's lock, while summing a busy day's open holds for every caller was most of
     // what each of them waited for.
     let sum_held = !req.destination_id.is_some_and(|d| lane::busy(store, d));
-    let (mut answer, mut destinations) = decide(store, settings, req, now, sum_held).await?;
+    // The read, the fast placement and any look-up of the key on one connection (see [`Session`]).
+    let session = &mut Session::hold(store).await?;
+    let (mut answer, mut destinations) = decide(session, settings, req, now, sum_held).await?;
     if !answer.allowed && answer.bank_day.is_some() && answer.held_cents.is_none() {
         // Denied on the day but not for its limit (stale, uncertain): answered with the day's figures.
-        (answer, destinations) = decide(store, settings, req, now, true).await?;
+        (answer, destinations) = decide(session, settings, req, now, true).await?;
     }
     // A key seen before is looked up only where it can matter (a denial, which may be this key's own hold
     // counting, or a key taken at the insert): one round trip less for every new hold.
     if !answer.allowed {
-        return Ok(replay(store, req, hold.key).await?.unwrap_or(answer));
+        return Ok(replay(session, req, hold.key).await?.unwrap_or(answer));
     }
     // The destination the amount goes to: the one named, or the user's only one. A request that can name none
     // may still be a retry of one that held (its registry changed since): its first answer stands.
     if matches!((req.destination_id, destinations.len()), (_, 0) | (None, 2..))
-        && let Some(previous) = replay(store, req, hold.key).await?
+        && let Some(previous) = replay(session, req, hold.key).await?
     {
         return Ok(previous);
     }
@@ -158,12 +168,12 @@ pub async fn check_and_hold(
         }
         (Some(id), many) => many.iter().find(|d| d.destination.destination_id == id).unwrap_or(&many[0]),
     };
-    place(store, settings, req, hold, target, answer, now).await
+    place(session, settings, req, hold, target, answer, now).await
 }
 
 /// The answer given earlier under `key`, when the key was used for this very request.
-async fn replay(store: &Store, req: &GuardRequest<'_>, key: &str) -> anyhow::Result<Option<GuardAnswer>> {
-    let Some((h, answer)) = holds::get(store, key).await? else { return Ok(None) };
+async fn replay(session: &mut Session<'_>, req: &GuardRequest<'_>, key: &str) -> anyhow::Result<Option<GuardAnswer>> {
+    let Some((h, answer)) = holds::get(session, key).await? else { return Ok(None) };
     let same = h.user_id == req.user_id
         && h.amount_cents == req.amount.0
         && req.destination_id.is_none_or(|d| d == h.destination_id);
@@ -180,7 +190,7 @@ async fn replay(store: &Store, req: &GuardRequest<'_>, key: &str) -> anyhow::Res
 /// day's figures as they are then (another hold or a counted transfer since the read), so concurrent guards
 /// never together pass the limit.
 async fn place(
-    store: &Store,
+    session: &mut Session<'_>,
     settings: &GuardSettings,
     req: &GuardRequest<'_>,
     hold: &HoldRequest<'_>,
@@ -217,16 +227,16 @@ async fn place(
     if let Some(seen) = seen {
         let a = decide(seen.total, seen.held);
         if !a.allowed {
-            return Ok(replay(store, req, hold.key).await?.unwrap_or(a));
+            return Ok(replay(session, req, hold.key).await?.unwrap_or(a));
         }
     }
     let ask = lane::Ask { hold: row, seen, decide: std::sync::Arc::new(decide) };
-    match lane::place(store, ask).await? {
+    match lane::place(session, ask).await? {
         (Placement::Placed, a) => Ok(a),
         // Denied on the figures found: the hold counted may be this key's own, placed a moment ago.
-        (Placement::Declined, a) => Ok(replay(store, req, hold.key).await?.unwrap_or(a)),
+        (Placement::Declined, a) => Ok(replay(session, req, hold.key).await?.unwrap_or(a)),
         (Placement::KeyTaken, _) => {
-            replay(store, req, hold.key).await?.ok_or_else(|| anyhow::anyhow!("the hold vanished"))
+            replay(session, req, hold.key).await?.ok_or_else(|| anyhow::anyhow!("the hold vanished"))
         }
     }
 }

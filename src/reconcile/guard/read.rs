@@ -9,7 +9,7 @@ use crate::{
     astra::UserStatus,
     domain::BankDay,
     reconcile::registry::{Destination, DestinationRow},
-    store::{Store, with_pool},
+    store::{Session, with_session},
     tokens::GrantStatus,
 };
 
@@ -36,7 +36,7 @@ struct Facts {
 }
 
 async fn facts(
-    store: &Store,
+    session: &mut Session<'_>,
     user_id: &str,
     destination: Option<&str>,
     days: [String; 3],
@@ -75,7 +75,7 @@ async fn facts(
            ON d.destination_id IS NOT NULL
          LEFT JOIN inbound_day i ON i.destination_id = d.destination_id AND i.bank_day = days.day"
     );
-    with_pool!(store, |p| {
+    with_session!(session, |e| {
         let q = sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()))
             .bind(user_id)
             .bind(destination)
@@ -83,7 +83,7 @@ async fn facts(
             .bind(&days[1])
             .bind(&days[2]);
         // `$6` is the held sum's alone.
-        if sum_held { q.bind(now) } else { q }.fetch_all(p).await
+        if sum_held { q.bind(now) } else { q }.fetch_all(e).await
     })
 }
 
@@ -108,7 +108,7 @@ pub(super) enum Read {
 
 /// The read, with each day's held sum when `sum_held`.
 pub(super) async fn read(
-    store: &Store,
+    session: &mut Session<'_>,
     req: &GuardRequest<'_>,
     now: DateTime<Utc>,
     sum_held: bool,
@@ -118,7 +118,7 @@ pub(super) async fn read(
     let today = now.date_naive();
     let days = [today.pred_opt().unwrap_or(today), today, today.succ_opt().unwrap_or(today)]
         .map(|d| d.format("%Y-%m-%d").to_string());
-    let rows = facts(store, req.user_id, req.destination_id, days, now, sum_held).await?;
+    let rows = facts(session, req.user_id, req.destination_id, days, now, sum_held).await?;
     let Some(first) = rows.first() else {
         return Ok(Read::Decided(
             answer.deny(DenyReason::ReauthorizationRequired, Some("no grant for this user".into())),
