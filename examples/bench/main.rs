@@ -11,6 +11,9 @@
 //! 4. The service (`serve`, in this process): `POST /v1/guard` with a hold under `wrk` (Debian's package), and
 //!    webhook intake at 200/s with the time from intake to the transfer counted.
 //!
+//! With `--pg` naming a server on this host whose Unix socket is in `/var/run/postgresql`, the one caller's
+//! holds and the service's guard rows are measured through the socket too.
+//!
 //! 5. Aggregation: the daily recompute over 1,000,000 transfers and 100,000 destinations against a bare
 //!    `GROUP BY`; and a no-op `--run-once` as a whole process.
 //!
@@ -94,6 +97,25 @@ async fn fresh(pg: Option<&str>) -> (String, Option<tempfile::TempDir>) {
             (u.to_string(), None)
         }
     }
+}
+
+/// What the rows marked `Unix socket` measured.
+const SOCKET_NOTE: &str = "[PostgreSQL, Unix socket]: the same server through its Unix socket \
+    (`?host=/var/run/postgresql` in the URL), as a service on the database's host would reach it: no TCP, and no \
+    TLS, which sqlx takes on loopback TCP by default (`sslmode=prefer`).";
+
+/// `url` through the server's Unix socket, when it names a server on this host whose socket is where Debian's
+/// packages put it: as a service on the database's host reaches it, without TCP, and without the TLS sqlx takes
+/// on loopback TCP by default (`sslmode=prefer`).
+fn over_socket(url: &str) -> Option<String> {
+    const DIR: &str = "/var/run/postgresql";
+    let mut u = reqwest::Url::parse(url).ok()?;
+    let local = matches!(u.host_str(), Some("127.0.0.1" | "localhost" | "[::1]"));
+    let socket = format!("{DIR}/.s.PGSQL.{}", u.port().unwrap_or(5432));
+    (local && std::path::Path::new(&socket).exists()).then(|| {
+        u.query_pairs_mut().append_pair("host", DIR);
+        u.to_string()
+    })
 }
 
 /// [`guard_users`] users with grants, one destination each (daily limit `limit` cents) and today's counters,
@@ -277,6 +299,22 @@ async fn bench_guard(report: &mut Report, label: &str, url: &str) {
         ),
         median_of(paced),
     );
+    // The one caller again on the same database through its Unix socket (see [`over_socket`]).
+    if let Some(socket) = over_socket(url) {
+        let near = Store::open(&socket).await.unwrap();
+        let mut lat = Vec::new();
+        for run in 0..RUNS {
+            lat.push(percentiles(one_caller(&near, users, 2 * RUNS + run, now).await.0));
+        }
+        report.row(
+            "guard",
+            format!("with a hold, one caller [{label}, Unix socket]"),
+            format!("{method}; the one caller's loop on the same database through its Unix socket, new keys"),
+            median_of(lat),
+        );
+        report.note("guard", SOCKET_NOTE.into());
+        near.close().await;
+    }
     store.close().await;
 }
 

@@ -14,7 +14,7 @@ pub(super) struct Report {
 #[derive(Default)]
 struct Section {
     title: &'static str,
-    /// When its first figure was taken.
+    /// When its first figure (or note) was taken.
     at: String,
     rows: Vec<[String; 3]>,
     notes: Vec<String>,
@@ -47,12 +47,7 @@ impl Report {
         method: impl Into<String>,
         result: String,
     ) {
-        let title = SECTIONS.iter().find(|s| s.0 == section).map(|s| s.1).expect("a known section");
-        let s = self.sections.entry(section).or_insert_with(|| Section {
-            title,
-            at: chrono::Utc::now().format("%Y-%m-%d %H:%M UTC").to_string(),
-            ..Default::default()
-        });
+        let s = self.section(section);
         s.rows.push([what.into(), method.into(), result]);
         println!("{section}: {} — {}", s.rows.last().unwrap()[0], s.rows.last().unwrap()[2]);
     }
@@ -65,12 +60,20 @@ impl Report {
         }
     }
 
-    /// A line under a section's table: a target met or missed, and why.
+    /// A line under a section's table: a target met or missed, and why (or how to read the rows).
     pub(super) fn note(&mut self, section: &'static str, text: String) {
-        if let Some(s) = self.sections.get_mut(section) {
-            println!("{section}: note: {text}");
-            s.notes.push(text);
-        }
+        println!("{section}: note: {text}");
+        self.section(section).notes.push(text);
+    }
+
+    /// This run's `section`, begun now if it has no figure or note yet.
+    fn section(&mut self, section: &'static str) -> &mut Section {
+        let title = SECTIONS.iter().find(|s| s.0 == section).map(|s| s.1).expect("a known section");
+        self.sections.entry(section).or_insert_with(|| Section {
+            title,
+            at: chrono::Utc::now().format("%Y-%m-%d %H:%M UTC").to_string(),
+            ..Default::default()
+        })
     }
 
     pub(super) fn path() -> PathBuf {

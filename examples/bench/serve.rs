@@ -16,8 +16,8 @@ use chrono::{TimeDelta, Utc};
 use secrecy::SecretString;
 
 use super::{
-    Report, fresh, guard_users, keyring, register_account, seed_guard_store, seed_sandbox_grant, settings,
-    spawn_sandbox,
+    Report, SOCKET_NOTE, fresh, guard_users, keyring, over_socket, register_account, seed_guard_store,
+    seed_sandbox_grant, settings, spawn_sandbox,
 };
 
 const KEY: &str = "bench-api-key-0123456789";
@@ -230,30 +230,11 @@ pub(super) async fn bench_serve(report: &mut Report, pg: Option<&str>) {
         guard_under_wrk(report, "PostgreSQL", &url, &base).await;
         let (url, _) = fresh(Some(admin)).await;
         if let Some(socket) = over_socket(&url) {
-            report.note(
-                "service",
-                "[PostgreSQL, Unix socket]: the same server through its Unix socket (`?host=/var/run/postgresql` in \
-                 the URL), as a service on the database's host would reach it: no TCP, and no TLS, which sqlx \
-                 takes on loopback TCP by default (`sslmode=prefer`)."
-                    .into(),
-            );
+            report.note("service", SOCKET_NOTE.into());
             guard_under_wrk(report, "PostgreSQL, Unix socket", &socket, &base).await;
         }
         let (url, _) = fresh(Some(admin)).await;
         webhook_intake(report, "PostgreSQL", &url, &base, 200, 15).await;
     }
     let _ = sandbox.kill();
-}
-
-/// `url` through the server's Unix socket, when it names a server on this host whose socket is where Debian's
-/// packages put it.
-fn over_socket(url: &str) -> Option<String> {
-    const DIR: &str = "/var/run/postgresql";
-    let mut u = reqwest::Url::parse(url).ok()?;
-    let local = matches!(u.host_str(), Some("127.0.0.1" | "localhost" | "[::1]"));
-    let socket = format!("{DIR}/.s.PGSQL.{}", u.port().unwrap_or(5432));
-    (local && std::path::Path::new(&socket).exists()).then(|| {
-        u.query_pairs_mut().append_pair("host", DIR);
-        u.to_string()
-    })
 }
