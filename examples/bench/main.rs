@@ -12,13 +12,15 @@
 //!    webhook intake at 200/s with the time from intake to the transfer counted.
 //!
 //! With `--pg` naming a server on this host whose Unix socket is in `/var/run/postgresql`, the one caller's
-//! holds and the service's guard rows are measured through the socket too.
+//! holds and the service's guard rows are measured through the socket too. On PostgreSQL the 16 callers and the
+//! service's guard rows are measured with the default's connections kept (`store.postgres_connections`, 16) and
+//! with fewer (6, or `BENCH_PG_CONNECTIONS`), in rows marked `pool of N`.
 //!
 //! 5. Aggregation: the daily recompute over 1,000,000 transfers and 100,000 destinations against a bare
 //!    `GROUP BY`; and a no-op `--run-once` as a whole process.
 //!
-//! `BENCH_ONLY=guard|guard-pg|sync|rotation|aggregation|serve|no-op` runs one part (`rotation` includes the
-//! by-hand loop); `BENCH_GRANTS` sets the rotation's grants (20,000). `BENCH_ONLY=rotation-large` (not part of
+//! `BENCH_ONLY=guard|guard-pg|sync|rotation|aggregation|serve|serve-pg|no-op` runs one part (`rotation` includes
+//! the by-hand loop; `guard-pg` and `serve-pg` the guard's PostgreSQL rows alone); `BENCH_GRANTS` sets the rotation's grants (20,000). `BENCH_ONLY=rotation-large` (not part of
 //! the full run) rotates 200,000 grants on both stores at 1,000/s; `rotation-large-slow` runs the four 100/s cases
 //! at that size at once.
 //!
@@ -47,7 +49,7 @@ use astra_worker::{
     reconcile::registry::{self, DestinationLine, ImportLine as RegistryLine},
     runner::{RunOptions, run_job},
     sandbox::SandboxSettings,
-    store::{Lives, Store},
+    store::{Lives, PG_CONNECTIONS, Store},
     tokens::Keyring,
     tokens::{self, ImportLine},
 };
@@ -86,17 +88,27 @@ async fn fresh(pg: Option<&str>) -> (String, Option<tempfile::TempDir>) {
             let d = tempfile::tempdir().unwrap();
             (format!("sqlite://{}", d.path().join("bench.db").display()), Some(d))
         }
-        Some(admin) => {
-            let name = format!("aw_bench_{}", uuid::Uuid::new_v4().simple());
-            let p = sqlx::PgPool::connect(admin).await.unwrap();
-            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&p).await.unwrap();
-            p.close().await;
-            MADE.lock().unwrap().push((admin.to_string(), name.clone()));
-            let mut u = reqwest::Url::parse(admin).unwrap();
-            u.set_path(&name);
-            (u.to_string(), None)
-        }
+        Some(admin) => (made(admin, "").await, None),
     }
+}
+
+/// A new PostgreSQL database as `url`'s is now (PostgreSQL's copy of a template: rows and statistics, in
+/// seconds, where seeding them again takes minutes); no one may be connected to `url`'s.
+async fn copy_of(admin: &str, url: &str) -> String {
+    let from = reqwest::Url::parse(url).unwrap().path().trim_start_matches('/').to_string();
+    made(admin, &format!(" TEMPLATE {from}")).await
+}
+
+/// Creates a database (`CREATE DATABASE name{how}`) that [`drop_made`] drops; its URL.
+async fn made(admin: &str, how: &str) -> String {
+    let name = format!("aw_bench_{}", uuid::Uuid::new_v4().simple());
+    let p = sqlx::PgPool::connect(admin).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}{how}"))).execute(&p).await.unwrap();
+    p.close().await;
+    MADE.lock().unwrap().push((admin.to_string(), name.clone()));
+    let mut u = reqwest::Url::parse(admin).unwrap();
+    u.set_path(&name);
+    u.to_string()
 }
 
 /// What the rows marked `Unix socket` measured.
@@ -119,10 +131,10 @@ fn over_socket(url: &str) -> Option<String> {
 }
 
 /// [`guard_users`] users with grants, one destination each (daily limit `limit` cents) and today's counters,
-/// written by eight callers at once.
-async fn seed_guard_store(url: &str, limit: i64) -> Store {
+/// written by eight callers at once; a PostgreSQL store keeps `connections` open.
+async fn seed_guard_store(url: &str, limit: i64, connections: u32) -> Store {
     use futures::StreamExt;
-    let store = Store::open_for(url, Lives::Long).await.unwrap();
+    let store = Store::open_for(url, Lives::Long { connections }).await.unwrap();
     let now = Utc::now();
     let day = astra_worker::domain::BankDay::of(chrono_tz::America::New_York, now).key();
     futures::stream::iter(0..guard_users())
@@ -169,8 +181,8 @@ async fn seed_guard_store(url: &str, limit: i64) -> Store {
 /// The users the guard's benches (the library call and the service) choose from: 100,000, or
 /// `BENCH_GUARD_USERS` (a quick try of the harness).
 fn guard_users() -> usize {
-    // The 16 callers take users 0 to 2 × RUNS − 1.
-    std::env::var("BENCH_GUARD_USERS").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000).max(2 * RUNS)
+    // The 16 callers take users 0 to 6 × RUNS − 1.
+    std::env::var("BENCH_GUARD_USERS").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000).max(6 * RUNS)
 }
 
 /// The users of the sync bench.
@@ -226,7 +238,7 @@ fn human(d: Duration) -> String {
 const RUNS: usize = 3;
 
 async fn bench_guard(report: &mut Report, label: &str, url: &str) {
-    let store = seed_guard_store(url, 250_000).await;
+    let store = seed_guard_store(url, 250_000, PG_CONNECTIONS).await;
     let users = guard_users();
     let now = Utc::now();
     let (mut free, mut one, mut again, mut sixteen, mut paced, mut rates) =
@@ -252,18 +264,8 @@ async fn bench_guard(report: &mut Report, label: &str, url: &str) {
         }
         again.push(percentiles(lat));
 
-        // With a hold: 16 concurrent callers on one destination (its limit raised so every call holds), each
-        // asking again as soon as it is answered; a new destination each run, so no run sums the holds an
-        // earlier one left open.
-        let (lat, rate) = sixteen_callers(&store, run, "b16", None).await;
-        rates.push(rate);
-        sixteen.push(percentiles(lat));
-        // The same, paced: together PACED_HOLDS_PER_SECOND.
-        let period = Duration::from_secs_f64(16.0 / PACED_HOLDS_PER_SECOND);
-        let (lat, _) = sixteen_callers(&store, run, "p16", Some(period)).await;
-        paced.push(percentiles(lat));
+        sixteen_callers_both(&store, run, "16", &mut sixteen, &mut paced, &mut rates).await;
     }
-    rates.sort_by(f64::total_cmp);
     let method = format!("{users} users with grants, destinations and counters; median of {RUNS} runs");
     report.row(
         "guard",
@@ -283,22 +285,18 @@ async fn bench_guard(report: &mut Report, label: &str, url: &str) {
         format!("{method}; the one caller's 5,000 requests again, the same keys (a client's retries)"),
         median_of(again),
     );
-    report.row(
-        "guard",
-        format!("with a hold, 16 callers on one destination [{label}]"),
-        format!("{method}; 16 tasks × 300 holds on one store (the holds waiting on the day are placed together, in its lane)"),
-        format!("{}, {:.0} holds/s", median_of(sixteen), rates[RUNS / 2]),
-    );
-    report.row(
-        "guard",
-        format!("with a hold, 16 callers on one destination, paced [{label}]"),
-        format!(
-            "{method}; 16 tasks × 300 holds on one store, each due every {:.0} ms ({PACED_HOLDS_PER_SECOND:.0} \
-             holds/s together), each time counted from when its call was due",
-            16_000.0 / PACED_HOLDS_PER_SECOND
-        ),
-        median_of(paced),
-    );
+    sixteen_rows(report, label, &method, sixteen, paced, rates);
+    // The 16 callers again with fewer connections kept (`store.postgres_connections`), on users of their own.
+    if let Store::Postgres(_) = store {
+        let connections = fewer_connections();
+        let few = Store::open_for(url, Lives::Long { connections }).await.unwrap();
+        let (mut sixteen, mut paced, mut rates) = (Vec::new(), Vec::new(), Vec::new());
+        for run in 0..RUNS {
+            sixteen_callers_both(&few, 2 * RUNS + run, "f16", &mut sixteen, &mut paced, &mut rates).await;
+        }
+        sixteen_rows(report, &format!("{label}, pool of {connections}"), &method, sixteen, paced, rates);
+        few.close().await;
+    }
     // The one caller again on the same database through its Unix socket (see [`over_socket`]).
     if let Some(socket) = over_socket(url) {
         let near = Store::open(&socket).await.unwrap();
@@ -316,6 +314,59 @@ async fn bench_guard(report: &mut Report, label: &str, url: &str) {
         near.close().await;
     }
     store.close().await;
+}
+
+/// The PostgreSQL connections kept in the rows beside the default's (`store.postgres_connections`): 6, about
+/// three per core of this host, which runs the database too; `BENCH_PG_CONNECTIONS` sets another.
+fn fewer_connections() -> u32 {
+    std::env::var("BENCH_PG_CONNECTIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(6)
+}
+
+/// With a hold: 16 concurrent callers on one destination (its limit raised so every call holds), each asking
+/// again as soon as it is answered; then the same, paced: together [`PACED_HOLDS_PER_SECOND`]. Destinations
+/// (users) from `first` × 2 on, new each run, so no run sums the holds an earlier one left open.
+async fn sixteen_callers_both(
+    store: &Store,
+    first: usize,
+    tag: &str,
+    sixteen: &mut Vec<Lat>,
+    paced: &mut Vec<Lat>,
+    rates: &mut Vec<f64>,
+) {
+    let (lat, rate) = sixteen_callers(store, 2 * first, &format!("b{tag}"), None).await;
+    rates.push(rate);
+    sixteen.push(percentiles(lat));
+    let period = Duration::from_secs_f64(16.0 / PACED_HOLDS_PER_SECOND);
+    let (lat, _) = sixteen_callers(store, 2 * first + 1, &format!("p{tag}"), Some(period)).await;
+    paced.push(percentiles(lat));
+}
+
+/// The rows of [`sixteen_callers_both`]'s runs.
+fn sixteen_rows(
+    report: &mut Report,
+    label: &str,
+    method: &str,
+    sixteen: Vec<Lat>,
+    paced: Vec<Lat>,
+    mut rates: Vec<f64>,
+) {
+    rates.sort_by(f64::total_cmp);
+    report.row(
+        "guard",
+        format!("with a hold, 16 callers on one destination [{label}]"),
+        format!("{method}; 16 tasks × 300 holds on one store (the holds waiting on the day are placed together, in its lane)"),
+        format!("{}, {:.0} holds/s", median_of(sixteen), rates[rates.len() / 2]),
+    );
+    report.row(
+        "guard",
+        format!("with a hold, 16 callers on one destination, paced [{label}]"),
+        format!(
+            "{method}; 16 tasks × 300 holds on one store, each due every {:.0} ms ({PACED_HOLDS_PER_SECOND:.0} \
+             holds/s together), each time counted from when its call was due",
+            16_000.0 / PACED_HOLDS_PER_SECOND
+        ),
+        median_of(paced),
+    );
 }
 
 /// 5,000 sequential `check_and_hold`s of one caller, a different user each, keys tagged with `run`: their
@@ -347,10 +398,9 @@ const PACED_HOLDS_PER_SECOND: f64 = 1_000.0;
 /// one after another as each is answered, or, with `period`, each call due `period` after the task's previous
 /// one was due, its time counted from then (a late answer delays the next call, and that wait is counted too).
 /// The latencies and the holds placed per second.
-async fn sixteen_callers(store: &Store, run: usize, tag: &str, period: Option<Duration>) -> (Vec<Duration>, f64) {
-    // The user's own destination, its limit raised: a second one would make the one-caller loop's guards,
-    // which name none, ambiguous. Paced callers take users after the unpaced ones'.
-    let i = if period.is_some() { RUNS + run } else { run };
+async fn sixteen_callers(store: &Store, i: usize, tag: &str, period: Option<Duration>) -> (Vec<Duration>, f64) {
+    // User `i`'s own destination, its limit raised: a second one would make the one-caller loop's guards,
+    // which name none, ambiguous.
     let (user, dest) = (format!("u{i:05}"), format!("acct-{i:05}"));
     register_account(store, &dest, &user, 1_000_000_000_000).await;
     let hold_for = TimeDelta::hours(1);
@@ -372,7 +422,7 @@ async fn sixteen_callers(store: &Store, run: usize, tag: &str, period: Option<Du
                         None => Instant::now(),
                     };
                     let req = GuardRequest { user_id: &user, amount: Cents(100), destination_id: Some(&dest) };
-                    let key = format!("{tag}-{run}-{c}-{n}");
+                    let key = format!("{tag}-{i}-{c}-{n}");
                     let hold = HoldRequest { key: &key, hold_for };
                     let a = guard::check_and_hold(&store, &GuardSettings::default(), &req, &hold, Utc::now())
                         .await
@@ -576,8 +626,8 @@ async fn main() {
         }
         report.write();
     }
-    if part("serve") {
-        serve::bench_serve(&mut report, pg.as_deref()).await;
+    if part("serve") || part("serve-pg") {
+        serve::bench_serve(&mut report, pg.as_deref(), only == "serve-pg").await;
         report.write();
     }
     if part("sync") {

@@ -86,8 +86,9 @@ impl Report {
         let mut out = String::from(
             "# Benchmarks\n\nWritten by the harness (`examples/bench`), never by hand: `cargo build --release --bins \
              --examples && ./target/release/examples/bench --pg postgres://postgres@127.0.0.1:5432/postgres`; \
-             `BENCH_ONLY=guard|guard-pg|sync|rotation|aggregation|serve|no-op` runs one part and keeps the \
-             other sections as they were; `BENCH_ONLY=rotation-large|rotation-large-slow`, not in the full run, \
+             `BENCH_ONLY=guard|guard-pg|sync|rotation|aggregation|serve|serve-pg|no-op` runs one part and keeps the \
+             other sections as they were (`guard-pg`, `serve-pg`: PostgreSQL's guard rows alone); \
+             `BENCH_ONLY=rotation-large|rotation-large-slow`, not in the full run, \
              rotate 200,000 grants. The sandbox runs as its own process on loopback with the latency given. Tests \
              never assert on time.\n\n",
         );

@@ -10,14 +10,14 @@ use astra_worker::{
     app::Worker,
     astra::Credentials,
     sandbox::SandboxSettings,
-    store::{Lives, Store},
+    store::{Lives, PG_CONNECTIONS, Store},
 };
 use chrono::{TimeDelta, Utc};
 use secrecy::SecretString;
 
 use super::{
-    Report, SOCKET_NOTE, fresh, guard_users, keyring, over_socket, register_account, seed_guard_store,
-    seed_sandbox_grant, settings, spawn_sandbox,
+    Report, SOCKET_NOTE, copy_of, fewer_connections, fresh, guard_users, keyring, over_socket, register_account,
+    seed_guard_store, seed_sandbox_grant, settings, spawn_sandbox,
 };
 
 const KEY: &str = "bench-api-key-0123456789";
@@ -41,8 +41,8 @@ async fn start(store: Store, base: &str) -> (Arc<Worker>, String) {
 /// `wrk` against `POST /v1/guard` with a new hold key per request, over [`guard_users`] users (limits raised so
 /// every request holds). Each of wrk's threads seeds its own random users and tags its keys: seeded alike (by
 /// the second), the two threads sent the same requests, so half of them were retries of a hold just placed.
-async fn guard_under_wrk(report: &mut Report, label: &str, url: &str, sandbox: &str) {
-    let store = seed_guard_store(url, 1_000_000_000).await;
+/// `store` is one [`seed_guard_store`] filled with [`LIMIT`].
+async fn guard_under_wrk(report: &mut Report, label: &str, store: Store, sandbox: &str) {
     let (w, base) = start(store, sandbox).await;
     let script = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(
@@ -125,7 +125,7 @@ end
 
 /// Webhooks at `rate` per second for `secs` seconds, each a new transfer at the sandbox.
 async fn webhook_intake(report: &mut Report, label: &str, url: &str, sandbox: &str, rate: u32, secs: u32) {
-    let store = Store::open_for(url, Lives::Long).await.unwrap();
+    let store = Store::open_for(url, Lives::Long { connections: PG_CONNECTIONS }).await.unwrap();
     let http = reqwest::Client::new();
     let users = 200;
     for i in 0..users {
@@ -210,8 +210,12 @@ async fn webhook_intake(report: &mut Report, label: &str, url: &str, sandbox: &s
     w.shutdown.trigger("bench");
 }
 
-/// Both measurements on SQLite, and on PostgreSQL when given.
-pub(super) async fn bench_serve(report: &mut Report, pg: Option<&str>) {
+/// The daily limit of the service's users: high enough that every request holds.
+const LIMIT: i64 = 1_000_000_000;
+
+/// Both measurements on SQLite, and on PostgreSQL when given; with `guard_pg_only`, the guard's PostgreSQL rows
+/// alone (the section's other rows stay as an earlier run left them).
+pub(super) async fn bench_serve(report: &mut Report, pg: Option<&str>, guard_pg_only: bool) {
     report.note(
         "service",
         "Rows by connections alone are saturation: `wrk` sends as fast as its connections get answers, so req/s is \
@@ -221,20 +225,38 @@ pub(super) async fn bench_serve(report: &mut Report, pg: Option<&str>) {
             .into(),
     );
     let (mut sandbox, base) = spawn_sandbox();
-    let (sqlite, _d) = fresh(None).await;
-    guard_under_wrk(report, "SQLite", &sqlite, &base).await;
-    let (sqlite2, _d2) = fresh(None).await;
-    webhook_intake(report, "SQLite", &sqlite2, &base, 200, 15).await;
+    if guard_pg_only {
+        report.keep_earlier_rows("service");
+    } else {
+        let (sqlite, _d) = fresh(None).await;
+        guard_under_wrk(report, "SQLite", seed_guard_store(&sqlite, LIMIT, PG_CONNECTIONS).await, &base).await;
+        let (sqlite2, _d2) = fresh(None).await;
+        webhook_intake(report, "SQLite", &sqlite2, &base, 200, 15).await;
+    }
     if let Some(admin) = pg {
-        let (url, _) = fresh(Some(admin)).await;
-        guard_under_wrk(report, "PostgreSQL", &url, &base).await;
-        let (url, _) = fresh(Some(admin)).await;
-        if let Some(socket) = over_socket(&url) {
+        // Over TCP, then through the Unix socket; each with the default's connections kept, then fewer; each on
+        // a copy of one seeded database.
+        let (seeded, _) = fresh(Some(admin)).await;
+        seed_guard_store(&seeded, LIMIT, PG_CONNECTIONS).await.close().await;
+        let socket = over_socket(&seeded).is_some();
+        if socket {
             report.note("service", SOCKET_NOTE.into());
-            guard_under_wrk(report, "PostgreSQL, Unix socket", &socket, &base).await;
         }
-        let (url, _) = fresh(Some(admin)).await;
-        webhook_intake(report, "PostgreSQL", &url, &base, 200, 15).await;
+        for (label, near) in [("PostgreSQL", false), ("PostgreSQL, Unix socket", true)] {
+            if near && !socket {
+                continue;
+            }
+            for connections in [PG_CONNECTIONS, fewer_connections()] {
+                let url = copy_of(admin, &seeded).await;
+                let served = if near { over_socket(&url).unwrap() } else { url };
+                let store = Store::open_for(&served, Lives::Long { connections }).await.unwrap();
+                guard_under_wrk(report, &format!("{label}, pool of {connections}"), store, &base).await;
+            }
+        }
+        if !guard_pg_only {
+            let (url, _) = fresh(Some(admin)).await;
+            webhook_intake(report, "PostgreSQL", &url, &base, 200, 15).await;
+        }
     }
     let _ = sandbox.kill();
 }

@@ -21,7 +21,7 @@ use clap::{Parser, Subcommand};
 
 use crate::{
     app::Worker,
-    config::{JobName, Settings},
+    config::{JobName, Settings, StoreSettings},
     exit::classify,
     failure::{Failure, Status},
     runner::{RunOptions, run_job},
@@ -196,7 +196,9 @@ async fn run(cli: Cli) -> anyhow::Result<Status> {
             if let Some(p) = &cli.metrics_file {
                 crate::ops::metrics::check_writable(p)?;
             }
-            let worker = std::sync::Arc::new(Worker::new(Settings::load(&cli.config())?, open_long_lived(&cli).await?));
+            let settings = Settings::load(&cli.config())?;
+            let store = open_long_lived(&cli, &settings.store).await?;
+            let worker = std::sync::Arc::new(Worker::new(settings, store));
             worker.shutdown.listen_for_signals().context("installing signal handlers")?;
             let Some(listen) = args.listen else { return ops::run(worker, args, cli.metrics_file.clone()).await };
             // The daemon and the service live and stop together: whichever ends first stops the other.
@@ -218,7 +220,9 @@ async fn run(cli: Cli) -> anyhow::Result<Status> {
             }
         }
         Some(Command::Serve(args)) => {
-            let worker = std::sync::Arc::new(Worker::new(Settings::load(&cli.config())?, open_long_lived(&cli).await?));
+            let settings = Settings::load(&cli.config())?;
+            let store = open_long_lived(&cli, &settings.store).await?;
+            let worker = std::sync::Arc::new(Worker::new(settings, store));
             worker.shutdown.listen_for_signals().context("installing signal handlers")?;
             crate::serve::serve(worker, args.listen).await?;
             Ok(Status::Ok)
@@ -258,8 +262,8 @@ async fn open_store(cli: &Cli) -> anyhow::Result<Store> {
 }
 
 /// The store of `serve` and the daemon, which keep their connections open (see [`Lives::Long`]).
-async fn open_long_lived(cli: &Cli) -> anyhow::Result<Store> {
-    Store::open_for(&cli.database_url, Lives::Long).await
+async fn open_long_lived(cli: &Cli, settings: &StoreSettings) -> anyhow::Result<Store> {
+    Store::open_for(&cli.database_url, Lives::Long { connections: settings.postgres_connections }).await
 }
 
 /// The jobs a `--run-once` argument names.

@@ -25,6 +25,7 @@ pub struct Settings {
     pub outbox: OutboxSettings,
     pub guard: GuardSettings,
     pub service: ServiceSettings,
+    pub store: StoreSettings,
     pub jobs: Vec<JobSettings>,
 }
 
@@ -140,7 +141,7 @@ pub enum JobParams {
 
 pub use params::{
     GuardSettings, InboundVolumeParams, MAX_HOLD_FOR, OnUncertain, ReprocessingCheckParams, RetentionParams,
-    ServiceSettings, StaleAuthorizationSweepParams, TokenRotationParams, TransferSyncParams,
+    ServiceSettings, StaleAuthorizationSweepParams, StoreSettings, TokenRotationParams, TransferSyncParams,
 };
 
 impl Settings {

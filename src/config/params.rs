@@ -83,6 +83,28 @@ impl Default for ServiceSettings {
     }
 }
 
+/// `[store]`: how a process that lives long (`serve`, the daemon) keeps its PostgreSQL connections. It opens
+/// `postgres_connections` at its start and keeps them (see [`crate::store::Lives::Long`]). PostgreSQL runs each
+/// connection's statement on one core: where its CPU is what limits, connections beyond about twice its cores
+/// only queue in its scheduler, and the guard's answers wait there (README, "Performance": on a 2-core host
+/// running the service and the database, 6 served more than 16 at a lower p99); a database across a network
+/// needs more, to cover the round trips. The store's URL is named apart (`--database-url`, `DATABASE_URL`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreSettings {
+    pub postgres_connections: u32,
+}
+
+impl Default for StoreSettings {
+    fn default() -> Self {
+        StoreSettings { postgres_connections: crate::store::PG_CONNECTIONS }
+    }
+}
+
+/// The fewest and the most connections `store.postgres_connections` may name: a process keeps one for a job's
+/// statements while another answers the guard.
+pub(super) const POSTGRES_CONNECTIONS: std::ops::RangeInclusive<u32> = 2..=200;
+
 /// The longest a `[service]` timeout may be.
 pub(super) const MAX_SERVICE_TIMEOUT: Duration = Duration::from_secs(600);
 

@@ -10,9 +10,9 @@ use toml::Spanned;
 use super::{
     AstraSettings, JobName, JobParams, JobSettings, OutboxSettings, RunnerSettings, Settings, check_url, default_burst,
     params::{
-        GuardSettings, InboundVolumeParams, MAX_HOLD_FOR, MAX_SERVICE_TIMEOUT, ReprocessingCheckParams,
-        RetentionParams, ServiceSettings, StaleAuthorizationSweepParams, TokenRotationParams, TransferSyncParams,
-        delta, duration, opt_duration,
+        GuardSettings, InboundVolumeParams, MAX_HOLD_FOR, MAX_SERVICE_TIMEOUT, POSTGRES_CONNECTIONS,
+        ReprocessingCheckParams, RetentionParams, ServiceSettings, StaleAuthorizationSweepParams, StoreSettings,
+        TokenRotationParams, TransferSyncParams, delta, duration, opt_duration,
     },
 };
 use crate::domain::{Schedule, time::parse_zone};
@@ -32,6 +32,8 @@ struct File {
     guard: GuardSettings,
     #[serde(default)]
     service: ServiceSettings,
+    #[serde(default)]
+    store: StoreSettings,
     jobs: Jobs,
 }
 
@@ -311,9 +313,18 @@ pub(super) fn parse(text: &str, base_url_override: Option<&str>) -> Result<Setti
             ));
         }
     }
+    if !POSTGRES_CONNECTIONS.contains(&file.store.postgres_connections) {
+        return Err(format!(
+            "store.postgres_connections: must be from {} to {} (got {})",
+            POSTGRES_CONNECTIONS.start(),
+            POSTGRES_CONNECTIONS.end(),
+            file.store.postgres_connections
+        ));
+    }
     Ok(Settings {
         guard: file.guard,
         service: file.service,
+        store: file.store,
         runner: RunnerSettings { grace_period: file.runner.grace_period, claim_lease: file.runner.claim_lease },
         astra,
         outbox,

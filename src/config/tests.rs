@@ -70,6 +70,22 @@ fn impossible_numbers_are_refused() {
 }
 
 #[test]
+fn the_postgres_connections_a_long_lived_process_keeps_are_a_setting_within_bounds() {
+    let shipped = Settings::parse(SHIPPED, None).unwrap();
+    assert_eq!(shipped.store.postgres_connections, crate::store::PG_CONNECTIONS);
+    let six = Settings::parse(&shipped_with("postgres_connections = 16", "postgres_connections = 6"), None).unwrap();
+    assert_eq!(six.store.postgres_connections, 6);
+    let without = Settings::parse(&shipped_with("[store]\npostgres_connections = 16", ""), None).unwrap();
+    assert_eq!(without.store.postgres_connections, crate::store::PG_CONNECTIONS, "the default without [store]");
+    for bad in ["1", "201", "0"] {
+        let e = err(&shipped_with("postgres_connections = 16", &format!("postgres_connections = {bad}")));
+        assert!(e.contains("store.postgres_connections: must be from 2 to 200"), "{e}");
+    }
+    let e = err(&shipped_with("postgres_connections = 16", "postgres_connections = -1"));
+    assert!(e.contains("postgres_connections"), "{e}");
+}
+
+#[test]
 fn a_bad_duration_is_refused_with_an_example() {
     let e = err(&shipped_with("grace_period = \"20s\"", "grace_period = \"twenty\""));
     assert!(e.contains("invalid duration `twenty`") && e.contains("line"), "{e}");

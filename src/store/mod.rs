@@ -33,19 +33,20 @@ pub const DEFAULT_URL: &str = "sqlite://astra-worker.db";
 pub enum Lives {
     /// A command or a `--run-once` job: connections are opened as they are needed.
     Briefly,
-    /// `serve` and the daemon: the connections are opened together at the start and kept for the life of the
-    /// process (a connection that dies is replaced in the background when it is found at its release, inline
-    /// when found at its acquisition), so no request waits for one to be opened. Opening one
-    /// is not cheap: with TLS, sqlx 0.9 takes about 90 ms on loopback (its sockets lack `TCP_NODELAY`, so two
-    /// handshake flights each wait out a delayed ACK; transact-rs/sqlx#4335). A server that gives fewer than
-    /// [`PG_CONNECTIONS`] does not stop the start; the pool opens more when they are needed, as a brief one does.
-    Long,
+    /// `serve` and the daemon: `connections` (`store.postgres_connections`) are opened together at the start and
+    /// kept for the life of the process (a connection that dies is replaced in the background when it is found
+    /// at its release, inline when found at its acquisition), so no request waits for one to be opened. Opening
+    /// one is not cheap: with TLS, sqlx 0.9 takes about 90 ms on loopback (its sockets lack `TCP_NODELAY`, so
+    /// two handshake flights each wait out a delayed ACK; transact-rs/sqlx#4335). A server that gives fewer
+    /// does not stop the start; the pool opens more when they are needed, as a brief one does.
+    Long { connections: u32 },
 }
 
 /// How long a SQLite writer waits for the database's lock (and for its turn, see [`Store::write_turn`]).
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The most connections a PostgreSQL pool opens.
+/// The most connections a brief process's PostgreSQL pool opens, and what a long-lived one keeps unless
+/// `store.postgres_connections` says otherwise.
 pub const PG_CONNECTIONS: u32 = 16;
 
 /// What both stores' pools share. sqlx pings a connection before it hands it out (and after each use), so a
@@ -61,16 +62,16 @@ fn pool_options<DB: sqlx::Database>(max_connections: u32) -> PoolOptions<DB> {
 /// How long a long-lived store's start waits for the server to give all of its connections.
 const WARM_UP: Duration = Duration::from_secs(3);
 
-/// Opens `pool`'s connections together before the process answers anything: one must open (a store that
+/// Opens `pool`'s `connections` together before the process answers anything: one must open (a store that
 /// cannot be reached or refuses the credentials fails the start); the rest are waited for [`WARM_UP`] at most,
 /// and a server that gives fewer is said in a warning, not a failure.
-async fn warm_up(pool: PgPool) -> sqlx::Result<PgPool> {
+async fn warm_up(pool: PgPool, connections: u32) -> sqlx::Result<PgPool> {
     let first = pool.acquire().await?;
-    let rest = (1..PG_CONNECTIONS).map(|_| tokio::time::timeout(WARM_UP, pool.acquire()));
+    let rest = (1..connections).map(|_| tokio::time::timeout(WARM_UP, pool.acquire()));
     let opened = futures::future::join_all(rest).await.into_iter().filter(|c| matches!(c, Ok(Ok(_)))).count() + 1;
     drop(first);
-    if opened < PG_CONNECTIONS as usize {
-        tracing::warn!(opened, wanted = PG_CONNECTIONS, "PostgreSQL gave fewer connections than the pool keeps");
+    if opened < connections as usize {
+        tracing::warn!(opened, wanted = connections, "PostgreSQL gave fewer connections than the pool keeps");
     }
     Ok(pool)
 }
@@ -204,15 +205,16 @@ impl Store {
             let options = PgConnectOptions::from_str(url).map_err(|e| err("invalid URL", e))?;
             let pool = match lives {
                 Lives::Briefly => pool_options(PG_CONNECTIONS).connect_with(options).await,
-                Lives::Long => {
+                Lives::Long { connections } => {
                     // Kept: no lifetime, no idle timeout, and sqlx opens again what is closed, up to
                     // `min_connections`, in a task of its own.
-                    let pool = pool_options(PG_CONNECTIONS)
-                        .min_connections(PG_CONNECTIONS)
+                    let connections = connections.max(1);
+                    let pool = pool_options(connections)
+                        .min_connections(connections)
                         .idle_timeout(None)
                         .max_lifetime(None)
                         .connect_lazy_with(options);
-                    warm_up(pool).await
+                    warm_up(pool, connections).await
                 }
             }
             .map_err(|e| err("cannot connect", e))?;

@@ -88,16 +88,14 @@ async fn pool_reaches(store: &Store, want: u32) -> bool {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_long_lived_process_opens_its_postgres_connections_at_the_start() {
+async fn a_long_lived_process_opens_its_configured_postgres_connections_at_the_start() {
     let db = TestDb::new(Backend::Postgres).await;
     let brief = Store::open(&db.url).await.unwrap();
-    let long = Store::open_for(&db.url, Lives::Long).await.unwrap();
-    assert_eq!(pg_pool(&long).size(), PG_CONNECTIONS, "opened before the start ends");
-    assert!(
-        pool_reaches(&long, PG_CONNECTIONS).await,
-        "serve and the daemon open every connection: {}",
-        pg_pool(&long).size()
-    );
+    // `store.postgres_connections`, other than the default.
+    let kept = PG_CONNECTIONS - 10;
+    let long = Store::open_for(&db.url, Lives::Long { connections: kept }).await.unwrap();
+    assert_eq!(pg_pool(&long).size(), kept, "opened before the start ends");
+    assert!(pool_reaches(&long, kept).await, "serve and the daemon open every connection: {}", pg_pool(&long).size());
     assert_eq!(pg_pool(&brief).size(), 1, "a brief command opens what it needs");
     let backends: i64 = sqlx::query_scalar(
         "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database() AND backend_type = 'client backend'",
@@ -105,7 +103,7 @@ async fn a_long_lived_process_opens_its_postgres_connections_at_the_start() {
     .fetch_one(pg_pool(&brief))
     .await
     .unwrap();
-    assert_eq!(backends, i64::from(PG_CONNECTIONS) + 1, "the server sees them all");
+    assert_eq!(backends, i64::from(kept) + 1, "the server sees them all");
     long.close().await;
     brief.close().await;
 }
@@ -120,7 +118,9 @@ async fn a_long_lived_process_starts_on_a_server_that_gives_it_fewer_connections
     sqlx::query(sqlx::AssertSqlSafe(format!("CREATE ROLE {role} LOGIN CONNECTION LIMIT 3"))).execute(p).await.unwrap();
     let mut url = reqwest::Url::parse(&db.url).unwrap();
     url.set_username(&role).unwrap();
-    let long = Store::connect_for(url.as_str(), Lives::Long).await.expect("the start needs one connection, not 16");
+    let long = Store::connect_for(url.as_str(), Lives::Long { connections: PG_CONNECTIONS })
+        .await
+        .expect("the start needs one connection, not 16");
     assert!(pool_reaches(&long, 3).await, "it opens what the server gives: {}", pg_pool(&long).size());
     let one: i32 = sqlx::query_scalar("SELECT 1").fetch_one(pg_pool(&long)).await.unwrap();
     assert_eq!(one, 1, "and works on them");
