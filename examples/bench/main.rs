@@ -116,6 +116,10 @@ const SOCKET_NOTE: &str = "[PostgreSQL, Unix socket]: the same server through it
     (`?host=/var/run/postgresql` in the URL), as a service on the database's host would reach it: no TCP, and no \
     TLS, which sqlx takes on loopback TCP by default (`sslmode=prefer`).";
 
+/// What the rows marked `pool of N` measured.
+const POOL_NOTE: &str = "[…, pool of N]: the PostgreSQL connections the process keeps open \
+    (`store.postgres_connections`, 16 by default), the default's beside fewer.";
+
 /// `url` through the server's Unix socket, when it names a server on this host whose socket is where Debian's
 /// packages put it: as a service on the database's host reaches it, without TCP, and without the TLS sqlx takes
 /// on loopback TCP by default (`sslmode=prefer`).
@@ -295,6 +299,7 @@ async fn bench_guard(report: &mut Report, label: &str, url: &str) {
             sixteen_callers_both(&few, 2 * RUNS + run, "f16", &mut sixteen, &mut paced, &mut rates).await;
         }
         sixteen_rows(report, &format!("{label}, pool of {connections}"), &method, sixteen, paced, rates);
+        report.note("guard", POOL_NOTE.into());
         few.close().await;
     }
     // The one caller again on the same database through its Unix socket (see [`over_socket`]).

@@ -16,8 +16,8 @@ use chrono::{TimeDelta, Utc};
 use secrecy::SecretString;
 
 use super::{
-    Report, SOCKET_NOTE, copy_of, fewer_connections, fresh, guard_users, keyring, over_socket, register_account,
-    seed_guard_store, seed_sandbox_grant, settings, spawn_sandbox,
+    POOL_NOTE, Report, SOCKET_NOTE, copy_of, fewer_connections, fresh, guard_users, keyring, over_socket,
+    register_account, seed_guard_store, seed_sandbox_grant, settings, spawn_sandbox,
 };
 
 const KEY: &str = "bench-api-key-0123456789";
@@ -227,6 +227,10 @@ pub(super) async fn bench_serve(report: &mut Report, pg: Option<&str>, guard_pg_
     let (mut sandbox, base) = spawn_sandbox();
     if guard_pg_only {
         report.keep_earlier_rows("service");
+        report.note(
+            "service",
+            "This run measured the guard on PostgreSQL only; the other rows are an earlier run's.".into(),
+        );
     } else {
         let (sqlite, _d) = fresh(None).await;
         guard_under_wrk(report, "SQLite", seed_guard_store(&sqlite, LIMIT, PG_CONNECTIONS).await, &base).await;
@@ -239,6 +243,7 @@ pub(super) async fn bench_serve(report: &mut Report, pg: Option<&str>, guard_pg_
         let (seeded, _) = fresh(Some(admin)).await;
         seed_guard_store(&seeded, LIMIT, PG_CONNECTIONS).await.close().await;
         let socket = over_socket(&seeded).is_some();
+        report.note("service", POOL_NOTE.into());
         if socket {
             report.note("service", SOCKET_NOTE.into());
         }

@@ -85,10 +85,10 @@ impl Default for ServiceSettings {
 
 /// `[store]`: how a process that lives long (`serve`, the daemon) keeps its PostgreSQL connections. It opens
 /// `postgres_connections` at its start and keeps them (see [`crate::store::Lives::Long`]). PostgreSQL runs each
-/// connection's statement on one core: where its CPU is what limits, connections beyond about twice its cores
-/// only queue in its scheduler, and the guard's answers wait there (README, "Performance": on a 2-core host
-/// running the service and the database, 6 served more than 16 at a lower p99); a database across a network
-/// needs more, to cover the round trips. The store's URL is named apart (`--database-url`, `DATABASE_URL`).
+/// connection's statement on one core: where its CPU is what limits, connections beyond a few per core only
+/// queue in its scheduler, and the guard's answers wait there (README, "Performance": on a 2-core host running
+/// the service and the database, 6 served more than 16 at saturation, with a lower p99 at half the load); a
+/// database across a network needs more, to cover the round trips. The store's URL is named apart (`--database-url`, `DATABASE_URL`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreSettings {
@@ -101,8 +101,10 @@ impl Default for StoreSettings {
     }
 }
 
-/// The fewest and the most connections `store.postgres_connections` may name: a process keeps one for a job's
-/// statements while another answers the guard.
+/// The fewest and the most connections `store.postgres_connections` may name. No path holds a connection while
+/// it waits for another, so one would not deadlock; two let a job's statement and a guard's read run at once.
+/// Nothing is kept back for the guard: in `run --listen` the jobs and the service share the pool, first come,
+/// first served.
 pub(super) const POSTGRES_CONNECTIONS: std::ops::RangeInclusive<u32> = 2..=200;
 
 /// The longest a `[service]` timeout may be.

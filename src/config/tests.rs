@@ -77,6 +77,13 @@ fn the_postgres_connections_a_long_lived_process_keeps_are_a_setting_within_boun
     assert_eq!(six.store.postgres_connections, 6);
     let without = Settings::parse(&shipped_with("[store]\npostgres_connections = 16", ""), None).unwrap();
     assert_eq!(without.store.postgres_connections, crate::store::PG_CONNECTIONS, "the default without [store]");
+    for edge in [2, 200] {
+        let s = Settings::parse(
+            &shipped_with("postgres_connections = 16", &format!("postgres_connections = {edge}")),
+            None,
+        );
+        assert_eq!(s.unwrap().store.postgres_connections, edge, "{edge} is allowed");
+    }
     for bad in ["1", "201", "0"] {
         let e = err(&shipped_with("postgres_connections = 16", &format!("postgres_connections = {bad}")));
         assert!(e.contains("store.postgres_connections: must be from 2 to 200"), "{e}");

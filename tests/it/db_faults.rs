@@ -92,9 +92,11 @@ async fn a_long_lived_process_opens_its_configured_postgres_connections_at_the_s
     let db = TestDb::new(Backend::Postgres).await;
     let brief = Store::open(&db.url).await.unwrap();
     // `store.postgres_connections`, other than the default.
-    let kept = PG_CONNECTIONS - 10;
+    let kept = 5;
+    assert_ne!(kept, PG_CONNECTIONS);
     let long = Store::open_for(&db.url, Lives::Long { connections: kept }).await.unwrap();
     assert_eq!(pg_pool(&long).size(), kept, "opened before the start ends");
+    assert_eq!(pg_pool(&long).options().get_max_connections(), kept, "and never more");
     assert!(pool_reaches(&long, kept).await, "serve and the daemon open every connection: {}", pg_pool(&long).size());
     assert_eq!(pg_pool(&brief).size(), 1, "a brief command opens what it needs");
     let backends: i64 = sqlx::query_scalar(

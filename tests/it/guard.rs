@@ -19,7 +19,7 @@ use astra_worker::{
     },
     runner::{RunOptions, SlotResult, run_job},
     sandbox::{ClearingFormat, CountSemantics, Faults, SandboxSettings},
-    store::{Session, Store},
+    store::{Lives, Session, Store},
 };
 use chrono::{DateTime, TimeDelta, Utc};
 
@@ -164,6 +164,27 @@ both_backends!(
 /// connection of its own; had the waiters kept theirs, the lane's placer would wait for the pool).
 async fn holds_contending_in_one_process_are_placed_together_and_never_pass_the_limit(b: Backend) {
     let (_db, store) = one_user(b, 100_000).await;
+    forty_contending_hold_exactly_ten(&store).await;
+}
+both_backends!(
+    holds_contending_in_one_process_are_placed_together_and_never_pass_the_limit,
+    super::holds_contending_in_one_process_are_placed_together_and_never_pass_the_limit
+);
+
+/// The same 40 callers on a long-lived process keeping the fewest PostgreSQL connections
+/// `store.postgres_connections` allows, two: nothing holds a connection while it waits for another, so every
+/// call is answered (a caller waiting for the pool past its timeout would fail), and the limit holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn holds_contending_on_two_postgres_connections_are_all_answered_within_the_limit() {
+    let (db, _) = one_user(Backend::Postgres, 100_000).await;
+    let two = Store::open_for(&db.url, Lives::Long { connections: 2 }).await.unwrap();
+    forty_contending_hold_exactly_ten(&two).await;
+    two.close().await;
+}
+
+/// 40 concurrent calls of $100 against $1,000 on "dst" (ten of them a second call under a key already asked):
+/// the checks of [`holds_contending_in_one_process_are_placed_together_and_never_pass_the_limit`].
+async fn forty_contending_hold_exactly_ten(store: &Store) {
     let now = Utc::now();
     let keys: Vec<String> = (0..30).chain(0..10).map(|i| format!("p-{i:02}")).collect();
     let tasks: Vec<_> = keys
@@ -183,7 +204,7 @@ async fn holds_contending_in_one_process_are_placed_together_and_never_pass_the_
         answers.push(t.await.unwrap());
     }
     let stored: std::collections::BTreeSet<String> =
-        holds::list(&store, true, now, 100).await.unwrap().into_iter().map(|h| h.hold_key).collect();
+        holds::list(store, true, now, 100).await.unwrap().into_iter().map(|h| h.hold_key).collect();
     let allowed: std::collections::BTreeSet<String> =
         answers.iter().filter(|(_, a)| a.allowed).map(|(k, _)| k.clone()).collect();
     assert_eq!(stored.len(), 10, "exactly ten holds of $100 fit $1,000");
@@ -204,10 +225,6 @@ async fn holds_contending_in_one_process_are_placed_together_and_never_pass_the_
         assert!(!stored.contains(key));
     }
 }
-both_backends!(
-    holds_contending_in_one_process_are_placed_together_and_never_pass_the_limit,
-    super::holds_contending_in_one_process_are_placed_together_and_never_pass_the_limit
-);
 
 /// Callers that go away while their holds wait in the lane (an HTTP client gone, a task aborted) leave no lane
 /// behind to hang the next caller, nothing over the limit, and no hold without its answer.
