@@ -113,6 +113,14 @@ impl Worker {
         Ok(self.services.get_or_init(|| svc).clone())
     }
 
+    /// Waits until every Astra call this process's client made so far is in the call log (see
+    /// `astra::record`). Nothing to wait for when no service was built.
+    pub async fn flush_calls(&self) {
+        if let Some(s) = self.services.get() {
+            s.client().flush_calls().await;
+        }
+    }
+
     /// [`Worker::services`], refused (configuration, exit 78) before anything is written when its keyring
     /// cannot open the grants already stored.
     pub async fn checked_services(&self) -> anyhow::Result<Arc<Services>> {

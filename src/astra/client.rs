@@ -12,6 +12,7 @@ use super::{
     Call, Credentials, RequestLimiter,
     error::AstraError,
     model::{self, Card, TokenPair, Transfer, TransferPage, User},
+    record::CallLog,
     transport::path_segment,
 };
 use crate::{config::AstraSettings, store::Store};
@@ -23,7 +24,8 @@ pub struct AstraClient {
     pub(super) credentials: Credentials,
     pub(super) redirect_uri: String,
     pub(super) limiter: Arc<RequestLimiter>,
-    pub(super) store: Option<Store>,
+    /// The call log (`api_call`), when the client has a store.
+    pub(super) calls: Option<Arc<CallLog>>,
     pub(super) max_retries: u32,
     pub(super) retry_budget: Duration,
 }
@@ -52,10 +54,17 @@ impl AstraClient {
             credentials,
             redirect_uri: settings.redirect_uri.clone(),
             limiter,
-            store,
+            calls: store.map(CallLog::new),
             max_retries: settings.max_retries,
             retry_budget: settings.retry_budget,
         })
+    }
+
+    /// Waits until every call made so far is in the call log (`api_call`), which is written in the background.
+    pub async fn flush_calls(&self) {
+        if let Some(log) = &self.calls {
+            log.flush().await;
+        }
     }
 
     /// `POST /v1/oauth/token` with `grant_type=refresh_token`: a new pair; the old tokens die. `intent` (the

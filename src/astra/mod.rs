@@ -1,7 +1,7 @@
 //! The Astra client: the worker's only window on Astra. [`AstraClient`] owns the HTTP client, the base URL,
 //! the client credentials and the shared rate limiter; its endpoints live in `client`, and `transport`
-//! sends every attempt rate-limited, classified, retried where that is safe, recorded in `api_call` with
-//! Astra's request-id, and logged (never a token). It knows nothing of runs or jobs: a [`Call`] says whom
+//! sends every attempt rate-limited, classified, retried where that is safe, recorded in `api_call` (in the
+//! background, see `record`) with Astra's request-id, and logged (never a token). It knows nothing of runs or jobs: a [`Call`] says whom
 //! a request is for.
 
 mod client;
@@ -19,7 +19,7 @@ pub use client::AstraClient;
 pub use error::AstraError;
 pub use limiter::RequestLimiter;
 pub use model::{Card, TokenPair, Transfer, TransferStatus, User, UserStatus};
-pub use record::FORGET as FORGET_CALLS;
+pub use record::{FORGET as FORGET_CALLS, flush_all as flush_call_logs};
 
 use crate::secrets;
 

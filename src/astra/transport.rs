@@ -229,23 +229,21 @@ impl AstraClient {
             latency_ms = latency.as_millis() as u64, outcome, attempt = attempt_no, user_id = call.user_id,
             "astra call"
         );
-        let Some(store) = &self.store else { return };
-        let row = record::ApiCall {
-            run_id,
+        let Some(log) = &self.calls else { return };
+        log.record(record::ApiCall {
+            run_id: run_id.map(str::to_string),
             at,
-            method: method.as_str(),
-            endpoint: path,
-            user_id: call.user_id,
+            method: method.as_str().to_string(),
+            endpoint: path.to_string(),
+            user_id: call.user_id.map(str::to_string),
             attempt: attempt_no as i32,
             status: attempt.status.map(i32::from),
             latency_ms: latency.as_millis() as i64,
-            request_id: attempt.request_id.as_deref(),
+            request_id: attempt.request_id.clone(),
             outcome,
-            error: error.as_deref(),
-        };
-        if let Err(e) = record::insert(store, &row).await {
-            warn!(error = %e, request_id = attempt.request_id.as_deref(), "could not record the Astra call");
-        }
+            error,
+        })
+        .await;
     }
 }
 

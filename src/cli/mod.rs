@@ -145,7 +145,13 @@ pub fn main() -> ExitCode {
             return Status::Bug.into();
         }
     };
-    match runtime.block_on(run(cli)) {
+    // The call log is written in the background: what is still on its way is written before the process ends.
+    let result = runtime.block_on(async {
+        let r = run(cli).await;
+        crate::astra::flush_call_logs().await;
+        r
+    });
+    match result {
         Ok(status) => status.into(),
         Err(e) => {
             let code = classify(&e).code();

@@ -126,6 +126,8 @@ pub async fn run_slot(
     for h in heartbeat.into_iter().chain(presence) {
         h.abort();
     }
+    // The run's Astra calls are in the call log by the time its end is.
+    worker.flush_calls().await;
 
     let elapsed = started.elapsed();
     let counts = ctx.counts();

@@ -49,8 +49,10 @@ fn calls_to(sb: &Sandbox, path: &str) -> usize {
     sb.state().calls.iter().filter(|c| c.path == path).count()
 }
 
-async fn api_call_outcomes(store: &Store) -> Vec<(String, Option<i32>, Option<String>)> {
-    with_pool!(store, |p| sqlx::query_as("SELECT outcome, status, request_id FROM api_call ORDER BY id")
+/// The call log's rows, once every call made so far is written (the log is written in the background).
+async fn api_call_outcomes(r: &Rig) -> Vec<(String, Option<i32>, Option<String>)> {
+    r.client.flush_calls().await;
+    with_pool!(&r.store, |p| sqlx::query_as("SELECT outcome, status, request_id FROM api_call ORDER BY id")
         .fetch_all(p)
         .await
         .unwrap())
@@ -71,9 +73,50 @@ async fn a_refresh_rotates_strictly_and_the_old_refresh_token_is_then_rejected()
     assert_eq!(user.id, "u1");
     let again = r.client.refresh(Call::default(), &rt, "intent-1").await.unwrap_err();
     assert!(matches!(again, AstraError::GrantRejected { after_ambiguous_attempt: false, .. }), "{again:?}");
-    let rows = api_call_outcomes(&r.store).await;
+    let rows = api_call_outcomes(&r).await;
     assert_eq!(rows.iter().map(|r| r.0.as_str()).collect::<Vec<_>>(), ["ok", "ok", "grant_rejected"]);
     assert!(rows.iter().all(|r| r.2.as_ref().is_some_and(|id| id.len() == 36)), "request-id recorded: {rows:?}");
+}
+
+/// The call log is written in the background, many rows a statement: each of 300 calls made at once is in it,
+/// once, with its request-id.
+#[tokio::test]
+async fn every_call_of_many_made_at_once_is_in_the_call_log_once() {
+    let r = rig().await;
+    let (at, _) = seed_user(&r.sandbox, "u1");
+    let users = futures::future::join_all((0..300).map(|_| r.client.user(Call::default(), &at))).await;
+    assert!(users.into_iter().all(|u| u.unwrap().id == "u1"));
+    let rows = api_call_outcomes(&r).await;
+    assert_eq!(rows.len(), 300, "one row per call");
+    assert!(rows.iter().all(|r| r.0 == "ok" && r.1 == Some(200)), "{rows:?}");
+    let ids: std::collections::HashSet<&str> = rows.iter().filter_map(|r| r.2.as_deref()).collect();
+    assert_eq!(ids.len(), 300, "each call once, with its own request-id");
+}
+
+/// A flush waits for the rows handed over before it: with the database locked by another writer, a call
+/// returns (its row waits to be written) and the flush does not; once the lock is gone, the flush returns with
+/// the row written.
+#[tokio::test]
+async fn a_flush_of_the_call_log_returns_once_the_calls_before_it_are_written() {
+    use sqlx::Connection;
+    let r = rig().await;
+    let (at, _) = seed_user(&r.sandbox, "u1");
+    r.client.user(Call::default(), &at).await.unwrap();
+    assert_eq!(api_call_outcomes(&r).await.len(), 1);
+    let mut writer = sqlx::SqliteConnection::connect(&r._app.db.url).await.unwrap();
+    sqlx::query("BEGIN IMMEDIATE").execute(&mut writer).await.unwrap();
+    r.client.user(Call::default(), &at).await.unwrap();
+    let flush = r.client.flush_calls();
+    tokio::pin!(flush);
+    for _ in 0..50 {
+        assert!(futures::poll!(&mut flush).is_pending(), "the flush returned while its row could not be written");
+        tokio::task::yield_now().await;
+    }
+    sqlx::query("COMMIT").execute(&mut writer).await.unwrap();
+    flush.await;
+    let n: i64 =
+        with_pool!(&r.store, |p| sqlx::query_scalar("SELECT COUNT(*) FROM api_call").fetch_one(p).await.unwrap());
+    assert_eq!(n, 2);
 }
 
 #[tokio::test]
@@ -110,7 +153,7 @@ async fn server_errors_are_retried_a_bounded_number_of_times_then_reported_trans
     assert!(e.is_temporary());
     assert_eq!(e.status(), Status::Temporary);
     assert_eq!(calls_to(&r.sandbox, "/v1/user"), 3, "one try and max_retries = 2 retries");
-    let rows = api_call_outcomes(&r.store).await;
+    let rows = api_call_outcomes(&r).await;
     assert_eq!(rows.len(), 3);
     assert!(rows.iter().all(|r| r.0 == "transient" && matches!(r.1, Some(500 | 503))));
 }
@@ -156,7 +199,7 @@ async fn a_429_pauses_every_request_for_retry_after_then_succeeds() {
     assert_eq!(statuses, [200, 429, 200]);
     let gap = calls[2].at - calls[1].at;
     assert!(gap >= TimeDelta::milliseconds(1900), "the retry waited for Retry-After: {gap}");
-    let rows = api_call_outcomes(&r.store).await;
+    let rows = api_call_outcomes(&r).await;
     assert_eq!(rows[1].0, "rate_limited");
 }
 
@@ -175,7 +218,7 @@ async fn each_kind_of_malformed_body_is_a_malformed_error_recorded_with_context(
             other => panic!("{kind:?}: {other:?}"),
         }
         assert_eq!(calls_to(&r.sandbox, "/v1/transfers"), 1, "a malformed body is not retried");
-        assert_eq!(api_call_outcomes(&r.store).await[0].0, "malformed");
+        assert_eq!(api_call_outcomes(&r).await[0].0, "malformed");
     }
 }
 

@@ -129,6 +129,18 @@ async fn the_token_commands_keep_secrets_out_of_logs_and_files_and_refuse_bad_cr
     assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
     assert_eq!(text(&o.stdout), format!("{}\n", env.sandbox.state().grant_info(&users[3]).unwrap().access_token));
 
+    // The call log, written in the background, holds every request each process sent before it exited.
+    let store = astra_worker::store::Store::connect(&env.db()).await.unwrap();
+    let logged: Vec<String> = crate::with_pool!(&store, |p| sqlx::query_scalar(
+        "SELECT request_id FROM api_call WHERE request_id IS NOT NULL ORDER BY request_id"
+    )
+    .fetch_all(p)
+    .await
+    .unwrap());
+    let sent = env.sandbox.state().calls.len();
+    assert!(sent > users.len() * 2, "the rotation and `token` called Astra: {sent} calls");
+    assert_eq!(logged.len(), sent, "one row per request Astra answered");
+
     // A wrong key or a key of the wrong length: exit 78 with a clear message, never garbage.
     let mut c = env.cmd("sandbox-secret", &KEY_B);
     c.args(["token", &users[3]]);
