@@ -19,7 +19,7 @@ pub use client::AstraClient;
 pub use error::AstraError;
 pub use limiter::RequestLimiter;
 pub use model::{Card, TokenPair, Transfer, TransferStatus, User, UserStatus};
-pub use record::{FORGET as FORGET_CALLS, flush_all as flush_call_logs};
+pub use record::{FLUSH_WITHIN, FORGET as FORGET_CALLS, flush_all as flush_call_logs};
 
 use crate::secrets;
 

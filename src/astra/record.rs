@@ -4,14 +4,18 @@
 //! and goes on, and the task writes what has arrived, many rows in one statement while the last one was being
 //! written. A refresh so no longer waits for the store between Astra's answer and storing the new pair, and a
 //! rotation on PostgreSQL commits two statements a grant fewer (see BENCHMARKS.md). The rows of a run are
-//! written by the time its report is (the runner flushes); a process flushes every log before it exits. A
-//! process killed outright loses the rows it had not written yet (at most the ones of the moment): the call
-//! log is Astra's audit trail, not a record anything decides on.
+//! written by the time its report is (the runner flushes, within [`FLUSH_WITHIN`]); before a process exits it
+//! flushes every log and waits for the writers of dropped ones. A process killed outright (or ending on a
+//! broken stdout) loses the rows it had not written yet, the ones of its last moment: the call log is Astra's
+//! audit trail, not a record anything decides on.
 
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 
 use chrono::{DateTime, Utc};
-use tokio::sync::{mpsc, oneshot};
+use tokio::{
+    sync::{mpsc, oneshot},
+    task::JoinHandle,
+};
 use tracing::warn;
 
 use crate::{store::Store, store::with_pool};
@@ -35,6 +39,9 @@ const MOST_TOGETHER: usize = 256;
 /// Rows handed over and not yet taken by the writer: a request hands its row over at once until this many
 /// wait, then waits its turn (a store that stalls slows the requests down, as writing each row itself did).
 const QUEUED: usize = 4096;
+/// The longest the end of a run waits for its calls to be written: a store that takes longer leaves them to be
+/// written after the run's end (or before the process exits), and the run's claim is not held up for it.
+pub const FLUSH_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
 
 enum Msg {
     Call(ApiCall),
@@ -46,15 +53,24 @@ enum Msg {
 pub(super) struct CallLog {
     store: Store,
     writer: OnceLock<mpsc::Sender<Msg>>,
+    /// The writer task, handed to [`DRAINING`] when the log is dropped: it ends once it has written what it holds.
+    task: Mutex<Option<JoinHandle<()>>>,
 }
 
 /// Every call log of the process, for [`flush_all`].
 static LOGS: Mutex<Vec<Weak<CallLog>>> = Mutex::new(Vec::new());
+/// The writers of logs dropped (their client gone, as a command's is when it returns) and perhaps still
+/// writing: [`flush_all`] waits for them.
+static DRAINING: Mutex<Vec<JoinHandle<()>>> = Mutex::new(Vec::new());
+
+fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
 
 impl CallLog {
     pub(super) fn new(store: Store) -> Arc<CallLog> {
-        let log = Arc::new(CallLog { store, writer: OnceLock::new() });
-        let mut logs = LOGS.lock().unwrap_or_else(PoisonError::into_inner);
+        let log = Arc::new(CallLog { store, writer: OnceLock::new(), task: Mutex::new(None) });
+        let mut logs = locked(&LOGS);
         logs.retain(|l| l.strong_count() > 0);
         logs.push(Arc::downgrade(&log));
         log
@@ -63,7 +79,7 @@ impl CallLog {
     fn writer(&self) -> &mpsc::Sender<Msg> {
         self.writer.get_or_init(|| {
             let (tx, rx) = mpsc::channel(QUEUED);
-            tokio::spawn(write(self.store.clone(), rx));
+            *locked(&self.task) = Some(tokio::spawn(write(self.store.clone(), rx)));
             tx
         })
     }
@@ -85,12 +101,26 @@ impl CallLog {
     }
 }
 
-/// Flushes every call log of the process (before it exits).
+impl Drop for CallLog {
+    fn drop(&mut self) {
+        if let Some(task) = locked(&self.task).take() {
+            let mut draining = locked(&DRAINING);
+            draining.retain(|t| !t.is_finished());
+            draining.push(task);
+        }
+    }
+}
+
+/// Flushes every call log of the process and waits for the writers of those dropped to finish (before the
+/// process exits).
 pub async fn flush_all() {
-    let logs: Vec<Arc<CallLog>> =
-        LOGS.lock().unwrap_or_else(PoisonError::into_inner).iter().filter_map(Weak::upgrade).collect();
+    let logs: Vec<Arc<CallLog>> = locked(&LOGS).iter().filter_map(Weak::upgrade).collect();
     for log in logs {
         log.flush().await;
+    }
+    let draining: Vec<JoinHandle<()>> = locked(&DRAINING).drain(..).collect();
+    for task in draining {
+        let _ = task.await;
     }
 }
 
@@ -117,9 +147,24 @@ async fn write(store: Store, mut rx: mpsc::Receiver<Msg>) {
     }
 }
 
-/// Writes `rows` in one statement; a failure is logged with their request-ids, and the rows are not kept.
+/// Writes `rows` in one statement; when that fails, each on its own (one row the store refuses costs that row
+/// alone). A row that cannot be written is logged with its request-id and not kept.
 async fn write_rows(store: &Store, rows: &[ApiCall]) {
-    let result = with_pool!(store, |p| {
+    match insert(store, rows).await {
+        Ok(()) => {}
+        Err(e) if rows.len() == 1 => {
+            warn!(error = %e, request_id = rows[0].request_id.as_deref(), "could not record an Astra call")
+        }
+        Err(_) => {
+            for row in rows {
+                Box::pin(write_rows(store, std::slice::from_ref(row))).await;
+            }
+        }
+    }
+}
+
+async fn insert(store: &Store, rows: &[ApiCall]) -> sqlx::Result<()> {
+    with_pool!(store, |p| {
         let mut q = sqlx::QueryBuilder::new(
             "INSERT INTO api_call (run_id, at, method, endpoint, user_id, attempt, status, latency_ms, request_id,
                                    outcome, error) ",
@@ -138,11 +183,7 @@ async fn write_rows(store: &Store, rows: &[ApiCall]) {
                 .push_bind(c.error.as_deref());
         });
         q.build().execute(p).await.map(|_| ())
-    });
-    if let Err(e) = result {
-        let ids: Vec<&str> = rows.iter().filter_map(|c| c.request_id.as_deref()).collect();
-        warn!(error = %e, calls = rows.len(), request_ids = ?ids, "could not record Astra calls");
-    }
+    })
 }
 
 /// Calls older than the cutoff (the `retention` job's `api_calls`).

@@ -123,13 +123,16 @@ pub async fn run_slot(
         Some(heartbeat::spawn_presence(worker).await)
     };
     let result = heartbeat::run_with_grace(&ctx).instrument(span.clone()).await;
+    let elapsed = started.elapsed();
+    // The run's Astra calls are in the call log by the time its end is, unless the store is too slow to take
+    // them; the claim's heartbeat still runs meanwhile.
+    if tokio::time::timeout(crate::astra::FLUSH_WITHIN, worker.flush_calls()).await.is_err() {
+        warn!(parent: &span, "the run's Astra calls were not all in the call log within {}s; they follow", crate::astra::FLUSH_WITHIN.as_secs());
+    }
     for h in heartbeat.into_iter().chain(presence) {
         h.abort();
     }
-    // The run's Astra calls are in the call log by the time its end is.
-    worker.flush_calls().await;
 
-    let elapsed = started.elapsed();
     let counts = ctx.counts();
     let details = ctx.details();
     let interrupted = worker.shutdown.is_triggered() || (stop.is_cancelled() && result.is_ok());

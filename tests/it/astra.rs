@@ -119,6 +119,32 @@ async fn a_flush_of_the_call_log_returns_once_the_calls_before_it_are_written() 
     assert_eq!(n, 2);
 }
 
+/// A process's last act, `flush_call_logs`, also waits for the log of a client already dropped (a command's
+/// worker is gone by the time the process ends): its writer, kept from the database by another writer's lock,
+/// still writes the row, and the flush returns only then.
+#[tokio::test]
+async fn the_flush_before_exit_waits_for_the_call_log_of_a_client_already_dropped() {
+    use sqlx::Connection;
+    let r = rig().await;
+    let (at, _) = seed_user(&r.sandbox, "u1");
+    let mut writer = sqlx::SqliteConnection::connect(&r._app.db.url).await.unwrap();
+    sqlx::query("BEGIN IMMEDIATE").execute(&mut writer).await.unwrap();
+    r.client.user(Call::default(), &at).await.unwrap();
+    let Rig { client, store, _app, .. } = r;
+    drop(client);
+    let flush = astra_worker::astra::flush_call_logs();
+    tokio::pin!(flush);
+    for _ in 0..50 {
+        assert!(futures::poll!(&mut flush).is_pending(), "the flush returned while a dropped log's row was unwritten");
+        tokio::task::yield_now().await;
+    }
+    sqlx::query("COMMIT").execute(&mut writer).await.unwrap();
+    flush.await;
+    let n: i64 =
+        with_pool!(&store, |p| sqlx::query_scalar("SELECT COUNT(*) FROM api_call").fetch_one(p).await.unwrap());
+    assert_eq!(n, 1);
+}
+
 #[tokio::test]
 async fn without_strict_rotation_the_old_refresh_token_still_works() {
     let r = rig_with(SandboxSettings { strict_rotation: false, ..Default::default() }, |_| {}).await;
