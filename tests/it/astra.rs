@@ -93,6 +93,18 @@ async fn every_call_of_many_made_at_once_is_in_the_call_log_once() {
     assert_eq!(ids.len(), 300, "each call once, with its own request-id");
 }
 
+/// Checks that `flush` stays pending while `writer` holds SQLite's write lock (the call log's rows cannot be
+/// written), then commits and awaits it.
+async fn pending_until_committed(writer: &mut sqlx::SqliteConnection, flush: impl std::future::Future<Output = ()>) {
+    tokio::pin!(flush);
+    for _ in 0..50 {
+        assert!(futures::poll!(&mut flush).is_pending(), "the flush returned while a row could not be written");
+        tokio::task::yield_now().await;
+    }
+    sqlx::query("COMMIT").execute(&mut *writer).await.unwrap();
+    flush.await;
+}
+
 /// A flush waits for the rows handed over before it: with the database locked by another writer, a call
 /// returns (its row waits to be written) and the flush does not; once the lock is gone, the flush returns with
 /// the row written.
@@ -106,14 +118,7 @@ async fn a_flush_of_the_call_log_returns_once_the_calls_before_it_are_written() 
     let mut writer = sqlx::SqliteConnection::connect(&r._app.db.url).await.unwrap();
     sqlx::query("BEGIN IMMEDIATE").execute(&mut writer).await.unwrap();
     r.client.user(Call::default(), &at).await.unwrap();
-    let flush = r.client.flush_calls();
-    tokio::pin!(flush);
-    for _ in 0..50 {
-        assert!(futures::poll!(&mut flush).is_pending(), "the flush returned while its row could not be written");
-        tokio::task::yield_now().await;
-    }
-    sqlx::query("COMMIT").execute(&mut writer).await.unwrap();
-    flush.await;
+    pending_until_committed(&mut writer, r.client.flush_calls()).await;
     let n: i64 =
         with_pool!(&r.store, |p| sqlx::query_scalar("SELECT COUNT(*) FROM api_call").fetch_one(p).await.unwrap());
     assert_eq!(n, 2);
@@ -132,14 +137,7 @@ async fn the_flush_before_exit_waits_for_the_call_log_of_a_client_already_droppe
     r.client.user(Call::default(), &at).await.unwrap();
     let Rig { client, store, _app, .. } = r;
     drop(client);
-    let flush = astra_worker::astra::flush_call_logs();
-    tokio::pin!(flush);
-    for _ in 0..50 {
-        assert!(futures::poll!(&mut flush).is_pending(), "the flush returned while a dropped log's row was unwritten");
-        tokio::task::yield_now().await;
-    }
-    sqlx::query("COMMIT").execute(&mut writer).await.unwrap();
-    flush.await;
+    pending_until_committed(&mut writer, astra_worker::astra::flush_call_logs()).await;
     let n: i64 =
         with_pool!(&store, |p| sqlx::query_scalar("SELECT COUNT(*) FROM api_call").fetch_one(p).await.unwrap());
     assert_eq!(n, 1);
