@@ -1,8 +1,8 @@
 //! The Astra client: the worker's only window on Astra. [`AstraClient`] owns the HTTP client, the base URL,
 //! the client credentials and the shared rate limiter; its endpoints live in `client`, and `transport`
 //! sends every attempt rate-limited, classified, retried where that is safe, recorded in `api_call` (in the
-//! background, see `record`) with Astra's request-id, and logged (never a token). It knows nothing of runs or jobs: a [`Call`] says whom
-//! a request is for.
+//! background, see `record`) with Astra's request-id, and logged (never a token). It knows nothing of runs or
+//! jobs: a [`Call`] says whom a request is for.
 
 mod client;
 mod error;

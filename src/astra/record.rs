@@ -3,7 +3,7 @@
 //! Rows are written by a task of their own, not by the request that made them: a request hands its row over
 //! and goes on, and the task writes what has arrived, many rows in one statement while the last one was being
 //! written. A refresh so no longer waits for the store between Astra's answer and storing the new pair, and a
-//! rotation on PostgreSQL commits two statements a grant fewer (see BENCHMARKS.md). The rows of a run are
+//! rotation commits two statements a grant fewer (see the README's Performance section). The rows of a run are
 //! written by the time its report is (the runner flushes, within [`FLUSH_WITHIN`]); before a process exits it
 //! flushes every log and waits for the writers of dropped ones. A process killed outright (or ending on a
 //! broken stdout) loses the rows it had not written yet, the ones of its last moment: the call log is Astra's
