@@ -150,15 +150,12 @@ async fn write(store: Store, mut rx: mpsc::Receiver<Msg>) {
 /// Writes `rows` in one statement; when that fails, each on its own (one row the store refuses costs that row
 /// alone). A row that cannot be written is logged with its request-id and not kept.
 async fn write_rows(store: &Store, rows: &[ApiCall]) {
-    match insert(store, rows).await {
-        Ok(()) => {}
-        Err(e) if rows.len() == 1 => {
-            warn!(error = %e, request_id = rows[0].request_id.as_deref(), "could not record an Astra call")
-        }
-        Err(_) => {
-            for row in rows {
-                Box::pin(write_rows(store, std::slice::from_ref(row))).await;
-            }
+    if rows.len() > 1 && insert(store, rows).await.is_ok() {
+        return;
+    }
+    for row in rows {
+        if let Err(e) = insert(store, std::slice::from_ref(row)).await {
+            warn!(error = %e, request_id = row.request_id.as_deref(), "could not record an Astra call");
         }
     }
 }

@@ -21,7 +21,7 @@ use clap::{Parser, Subcommand};
 
 use crate::{
     app::Worker,
-    config::{JobName, Settings, StoreSettings},
+    config::{JobName, Settings},
     exit::classify,
     failure::{Failure, Status},
     runner::{RunOptions, run_job},
@@ -202,10 +202,7 @@ async fn run(cli: Cli) -> anyhow::Result<Status> {
             if let Some(p) = &cli.metrics_file {
                 crate::ops::metrics::check_writable(p)?;
             }
-            let settings = Settings::load(&cli.config())?;
-            let store = open_long_lived(&cli, &settings.store).await?;
-            let worker = std::sync::Arc::new(Worker::new(settings, store));
-            worker.shutdown.listen_for_signals().context("installing signal handlers")?;
+            let worker = long_lived_worker(&cli).await?;
             let Some(listen) = args.listen else { return ops::run(worker, args, cli.metrics_file.clone()).await };
             // The daemon and the service live and stop together: whichever ends first stops the other.
             let mut serving = tokio::spawn(crate::serve::serve(worker.clone(), listen));
@@ -226,10 +223,7 @@ async fn run(cli: Cli) -> anyhow::Result<Status> {
             }
         }
         Some(Command::Serve(args)) => {
-            let settings = Settings::load(&cli.config())?;
-            let store = open_long_lived(&cli, &settings.store).await?;
-            let worker = std::sync::Arc::new(Worker::new(settings, store));
-            worker.shutdown.listen_for_signals().context("installing signal handlers")?;
+            let worker = long_lived_worker(&cli).await?;
             crate::serve::serve(worker, args.listen).await?;
             Ok(Status::Ok)
         }
@@ -267,9 +261,15 @@ async fn open_store(cli: &Cli) -> anyhow::Result<Store> {
     Store::open(&cli.database_url).await
 }
 
-/// The store of `serve` and the daemon, which keep their connections open (see [`Lives::Long`]).
-async fn open_long_lived(cli: &Cli, settings: &StoreSettings) -> anyhow::Result<Store> {
-    Store::open_for(&cli.database_url, Lives::Long { connections: settings.postgres_connections }).await
+/// The worker of `serve` and the daemon: its store keeps its connections open (see [`Lives::Long`]), and it
+/// listens for the shutdown signals.
+async fn long_lived_worker(cli: &Cli) -> anyhow::Result<std::sync::Arc<Worker>> {
+    let settings = Settings::load(&cli.config())?;
+    let connections = settings.store.postgres_connections;
+    let store = Store::open_for(&cli.database_url, Lives::Long { connections }).await?;
+    let worker = std::sync::Arc::new(Worker::new(settings, store));
+    worker.shutdown.listen_for_signals().context("installing signal handlers")?;
+    Ok(worker)
 }
 
 /// The jobs a `--run-once` argument names.

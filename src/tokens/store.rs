@@ -198,33 +198,35 @@ pub async fn put_rotated(
                 .bind(w.fingerprint)
         };
     }
-    if let Store::Postgres(p) = store {
-        let sql = format!(
-            "WITH stored AS ({STORE_PAIR} RETURNING user_id),
-                  fingerprinted AS (INSERT INTO grant_fingerprint (user_id, fingerprint, stored_at)
-                                    SELECT user_id, $11, $7 FROM stored ON CONFLICT DO NOTHING),
-                  closed AS (UPDATE refresh_intent SET closed_at = $7, result = 'rotated'
-                             WHERE id = $12 AND EXISTS (SELECT 1 FROM stored))
-             SELECT user_id FROM stored"
-        );
-        let stored = store_pair!(sqlx::AssertSqlSafe(sql)).bind(intent_id).fetch_optional(p).await?;
-        return Ok(stored.is_some());
-    }
-    let _turn = store.write_turn().await?;
-    with_pool!(store, |p| {
-        let mut tx = p.begin().await?;
-        let n = store_pair!(STORE_PAIR).execute(&mut *tx).await?.rows_affected();
-        if n == 1 {
-            fingerprint_insert!(tx, w)?;
-            sqlx::query("UPDATE refresh_intent SET closed_at = $1, result = 'rotated' WHERE id = $2")
-                .bind(w.now)
-                .bind(intent_id)
-                .execute(&mut *tx)
-                .await?;
+    match store {
+        Store::Postgres(p) => {
+            let sql = format!(
+                "WITH stored AS ({STORE_PAIR} RETURNING user_id),
+                      fingerprinted AS (INSERT INTO grant_fingerprint (user_id, fingerprint, stored_at)
+                                        SELECT user_id, $11, $7 FROM stored ON CONFLICT DO NOTHING),
+                      closed AS (UPDATE refresh_intent SET closed_at = $7, result = 'rotated'
+                                 WHERE id = $12 AND EXISTS (SELECT 1 FROM stored))
+                 SELECT user_id FROM stored"
+            );
+            let stored = store_pair!(sqlx::AssertSqlSafe(sql)).bind(intent_id).fetch_optional(p).await?;
+            Ok(stored.is_some())
         }
-        tx.commit().await?;
-        Ok(n == 1)
-    })
+        Store::Sqlite(p) => {
+            let _turn = store.write_turn().await?;
+            let mut tx = p.begin().await?;
+            let n = store_pair!(STORE_PAIR).execute(&mut *tx).await?.rows_affected();
+            if n == 1 {
+                fingerprint_insert!(tx, w)?;
+                sqlx::query("UPDATE refresh_intent SET closed_at = $1, result = 'rotated' WHERE id = $2")
+                    .bind(w.now)
+                    .bind(intent_id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            Ok(n == 1)
+        }
+    }
 }
 
 /// Re-seals a grant under another key without changing its version (key rotation).
