@@ -34,7 +34,7 @@ impl Services {
         store: &Store,
     ) -> anyhow::Result<Services> {
         let client = AstraClient::new(&settings.astra, credentials.clone(), limiter, Some(store.clone()))?;
-        Ok(Services { tokens: Tokens::new(settings, client, &credentials, keyring), deliverer, credentials })
+        Ok(Services { tokens: Tokens::new(settings, client, &credentials, keyring, store), deliverer, credentials })
     }
 
     /// From `ASTRA_CLIENT_ID`, `ASTRA_CLIENT_SECRET`, `ASTRA_WORKER_TOKEN_KEY` and, when an outbox endpoint

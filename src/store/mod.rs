@@ -56,8 +56,11 @@ pub const PG_CONNECTIONS: u32 = 16;
 /// skips it only between the statements of one call, a millisecond or two: a connection cut there fails the
 /// call, as one cut during a statement does.
 fn pool_options<DB: sqlx::Database>(max_connections: u32) -> PoolOptions<DB> {
-    PoolOptions::new().max_connections(max_connections).acquire_timeout(Duration::from_secs(10))
+    PoolOptions::new().max_connections(max_connections).acquire_timeout(ACQUIRE_TIMEOUT)
 }
+
+/// How long a statement waits for one of the pool's connections.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long a long-lived store's start waits for the server to give all of its connections.
 const WARM_UP: Duration = Duration::from_secs(3);
@@ -305,6 +308,15 @@ impl Store {
 
     pub fn is_postgres(&self) -> bool {
         matches!(self, Store::Postgres(_))
+    }
+
+    /// The longest a statement can wait before it runs: for a connection, and on SQLite also for this
+    /// process's write turn and the database's lock. (How long it then runs is the database's affair.)
+    pub fn longest_wait(&self) -> Duration {
+        match self {
+            Store::Postgres(_) => ACQUIRE_TIMEOUT,
+            Store::Sqlite(_) => ACQUIRE_TIMEOUT + 2 * BUSY_TIMEOUT,
+        }
     }
 
     /// Which pool this is: the same for every clone of one store, different for two stores open at once (the

@@ -27,14 +27,29 @@ pub use refresh::{Refreshed, refresh_leased};
 use crate::{
     astra::{AstraClient, Credentials},
     config::Settings,
+    store::Store,
 };
 
-/// The longest one refresh can take: its retries within `astra.retry_budget`, one last attempt of
-/// `astra.request_timeout`, the commit retried for `runner.grace_period`, and a margin for the limiter.
-pub fn refresh_worst_case(settings: &Settings) -> TimeDelta {
+/// What a refresh may spend on the store before it calls Astra (renewing its lease and reading the grant,
+/// opening its intent). One that has spent more leaves the grant for the next run without calling Astra,
+/// since the rest of its lease would no longer cover [`after_the_call`].
+pub const BEFORE_THE_CALL: TimeDelta = TimeDelta::seconds(5);
+
+/// The longest a refresh can take from the moment it calls Astra: the call's retries within
+/// `astra.retry_budget` and its last attempt's `astra.request_timeout`, storing the pair retried for
+/// `runner.grace_period` and the last attempt's wait for the store ([`Store::longest_wait`]), and a margin
+/// for the request limiter.
+fn after_the_call(settings: &Settings, store: &Store) -> TimeDelta {
     let a = &settings.astra;
-    TimeDelta::from_std(a.retry_budget + a.request_timeout + settings.runner.grace_period).unwrap_or(TimeDelta::MAX)
-        + TimeDelta::seconds(15)
+    let spent = a.retry_budget + a.request_timeout + settings.runner.grace_period + store.longest_wait();
+    TimeDelta::from_std(spent).unwrap_or(TimeDelta::MAX) + TimeDelta::seconds(15)
+}
+
+/// The longest one refresh can hold its grant's lease: [`BEFORE_THE_CALL`], then [`after_the_call`]. A lease
+/// taken for less could lapse while Astra's answer is still to be stored, and whoever took the grant over
+/// would find the intent open and probe it as if its owner had died.
+pub fn refresh_worst_case(settings: &Settings, store: &Store) -> TimeDelta {
+    BEFORE_THE_CALL + after_the_call(settings, store)
 }
 
 /// What every token operation needs besides the store: the Astra client, the keyring, the
@@ -46,10 +61,12 @@ pub struct Tokens {
     pub link: PromptLink,
     /// Refresh before handing out an access token that expires within this.
     access_margin: TimeDelta,
-    /// How long a grant's lease is taken for, just before each refresh: at least the longest a refresh call can
-    /// take (every retry within the retry budget, the last attempt's timeout, and a margin), so the lease never
-    /// lapses while its call is in flight and nobody probes a refresh whose owner is alive.
+    /// How long a grant's lease is taken for, just before each refresh: at least the longest a refresh can
+    /// hold it ([`refresh_worst_case`]), so the lease never lapses while its call is in flight and nobody
+    /// probes a refresh whose owner is alive.
     lease: TimeDelta,
+    /// What must be left of the lease when Astra is called ([`after_the_call`]).
+    after_the_call: TimeDelta,
     /// How long storing a pair Astra issued is retried when the store fails (`runner.grace_period`).
     commit_retry: std::time::Duration,
 }
@@ -60,7 +77,13 @@ impl Tokens {
         self.lease
     }
 
-    pub fn new(settings: &Settings, client: AstraClient, credentials: &Credentials, keyring: Keyring) -> Tokens {
+    pub fn new(
+        settings: &Settings,
+        client: AstraClient,
+        credentials: &Credentials,
+        keyring: Keyring,
+        store: &Store,
+    ) -> Tokens {
         Tokens {
             client,
             keyring,
@@ -70,7 +93,8 @@ impl Tokens {
                 redirect_uri: settings.astra.redirect_uri.clone(),
             },
             access_margin: settings.astra.access_margin,
-            lease: settings.runner.claim_lease.max(refresh_worst_case(settings)),
+            lease: settings.runner.claim_lease.max(refresh_worst_case(settings, store)),
+            after_the_call: after_the_call(settings, store),
             commit_retry: settings.runner.grace_period,
         }
     }

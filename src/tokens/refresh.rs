@@ -4,8 +4,9 @@
 //! writer before the grant is declared dead, and the episode opens only on the version found dead.
 //!
 //! An intent is owned through the grant's lease: the lease is taken for longer than one refresh can take
-//! ([`super::refresh_worst_case`]), so an intent found open by whoever holds the lease now was left by an owner
-//! that died (or stalled past every bound): only then is it probed.
+//! ([`super::refresh_worst_case`]), and Astra is called only while the rest of it covers the call and storing
+//! its answer, so an intent found open by whoever holds the lease now was left by an owner that died (or
+//! stalled past every bound): only then is it probed.
 
 use std::time::Duration;
 
@@ -90,6 +91,18 @@ async fn refresh(
     let Some((intent, probe)) = intents::open_or_find(db, user_id, g.version, owner, Utc::now()).await? else {
         return Ok(Refreshed::Failed { detail: "another refresh of this grant is in progress".into() });
     };
+    // Past this point Astra may rotate: the rest of the lease must cover the call and storing its answer. A
+    // store slow enough to have spent more than `BEFORE_THE_CALL` leaves the grant for the next run.
+    if Utc::now() + tok.after_the_call > until {
+        if !probe {
+            intents::close_intent(db, &intent, "failed", Utc::now()).await?;
+        }
+        warn!("the store was too slow to start the refresh within its lease; Astra not called, left for the next run");
+        return Ok(Refreshed::Failed {
+            detail: "the store was too slow: the rest of the grant's lease would not cover the refresh; not called"
+                .into(),
+        });
+    }
     match tok.client.refresh(call, &g.refresh, &intent).await {
         Ok(pair) => Ok(store_issued(db, tok, &g, owner, &intent, pair).await),
         Err(AstraError::GrantRejected { after_ambiguous_attempt, description }) => {

@@ -129,9 +129,11 @@ async fn stopped_again_and_again(b: Backend, stop: Stop) {
     tokio::time::sleep(Duration::from_millis(200)).await;
     note_unstored(&rig, &store, &users, &mut seen, &mut in_flight).await;
     assert!(stopped >= STOPS / 2, "most stops came mid-run ({stopped} of {STOPS})");
-    // Runs to the end: the dead processes' leases lapse after `claim_lease`, then their grants are rotated
-    // or probed.
-    let deadline = Instant::now() + Duration::from_secs(90);
+    // Runs to the end: the dead processes' leases lapse (a grant's lease is taken for the longest one refresh
+    // can take), then their grants are rotated or probed.
+    let settings = astra_worker::config::Settings::load(&config).unwrap();
+    let leases = astra_worker::tokens::refresh_worst_case(&settings, &store).to_std().unwrap();
+    let deadline = Instant::now() + leases + Duration::from_secs(60);
     loop {
         let code = start(&rig, &config, slots.next().unwrap()).wait().unwrap().code();
         let open = scalar(&rig, "SELECT COUNT(*) FROM refresh_intent WHERE closed_at IS NULL").await;
@@ -140,7 +142,7 @@ async fn stopped_again_and_again(b: Backend, stop: Stop) {
         if code == Some(0) && open == 0 && due == 0 {
             break;
         }
-        assert!(Instant::now() < deadline, "not finished after 90 s: exit {code:?}, {open} open intents, {due} due");
+        assert!(Instant::now() < deadline, "not finished in time: exit {code:?}, {open} open intents, {due} due");
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let episodes: Vec<(String, String)> =

@@ -319,6 +319,64 @@ both_backends!(
     super::a_lost_answer_whose_retry_meets_a_429_is_probed_not_rejected
 );
 
+/// A refresh whose store was too slow to start it (renewing its lease waited past `tokens::BEFORE_THE_CALL`)
+/// does not call Astra, since what is left of its lease would not cover the call and storing its answer (a
+/// lease that lapsed meanwhile would let another process probe the grant as if this one had died). Its intent
+/// is closed, the lease given back, and the next refresh rotates the grant.
+async fn a_refresh_its_store_was_too_slow_to_start_does_not_call_astra(b: Backend) {
+    let rig = TestApp::new(b, SandboxSettings::default(), |s| {
+        no_status_reads(s);
+        // The lease is then what one refresh can take at worst, no more.
+        s.runner.claim_lease = TimeDelta::seconds(5);
+    })
+    .await;
+    let w = rig.worker(None).await;
+    let svc = w.services().unwrap();
+    let u = rig.seed(&w.store, 1, |_| TimeDelta::days(8)).await.remove(0);
+    let lease = || async {
+        let now = Utc::now();
+        assert!(grant_store::try_lease(&w.store, &u, "me", now + TimeDelta::minutes(1), now).await.unwrap());
+    };
+    let refresh = || tokens::refresh_leased(&w.store, &svc.tokens, Call::default(), &u, "me", None);
+    lease().await;
+    // Another writer holds the grant's row (PostgreSQL) or the database's write lock (SQLite) for longer than a
+    // refresh may spend before its call; the refresh's first statement, the lease's renewal, waits for it.
+    let lock: &[&str] = match w.store {
+        Store::Sqlite(_) => &["BEGIN IMMEDIATE"],
+        Store::Postgres(_) => &["BEGIN", "SELECT 1 FROM grant_token FOR UPDATE"],
+    };
+    let held = tokens::BEFORE_THE_CALL.to_std().unwrap() + Duration::from_secs(1);
+    let (locked, is_locked) = tokio::sync::oneshot::channel();
+    let store = w.store.clone();
+    let blocker = tokio::spawn(async move {
+        with_pool!(&store, |p| {
+            let mut c = p.acquire().await.unwrap();
+            for sql in lock {
+                sqlx::query(*sql).execute(&mut *c).await.unwrap();
+            }
+            locked.send(()).unwrap();
+            tokio::time::sleep(held).await;
+            sqlx::query("ROLLBACK").execute(&mut *c).await.unwrap();
+        })
+    });
+    is_locked.await.unwrap();
+    let r = refresh().await;
+    blocker.await.unwrap();
+    let r = r.unwrap();
+    assert!(matches!(&r, Refreshed::Failed { detail } if detail.contains("too slow")), "{r:?}");
+    assert_eq!(rig.refreshes(&u), 0, "Astra was not called");
+    assert_eq!(scalar(&w.store, "SELECT COUNT(*) FROM refresh_intent WHERE closed_at IS NULL").await, 0);
+    lease().await;
+    let r = refresh().await.unwrap();
+    assert!(matches!(r, Refreshed::Rotated { .. }), "{r:?}");
+    assert_eq!(rig.refreshes(&u), 1);
+    assert!(rig.stored_is_live(&w.store, &u).await);
+}
+both_backends!(
+    a_refresh_its_store_was_too_slow_to_start_does_not_call_astra,
+    super::a_refresh_its_store_was_too_slow_to_start_does_not_call_astra
+);
+
 /// A caller that found the grant in need of a refresh, and gets its lease only after another process refreshed
 /// it, adopts that pair: a second refresh would revoke the access token the other process is using.
 async fn a_refresh_decided_on_a_version_already_refreshed_adopts_it(b: Backend) {

@@ -160,8 +160,9 @@ async fn the_storm_kills_no_grant_and_miscounts_no_cent(b: Backend) {
     // The storm ends; the jobs run until they succeed (leases of refreshes abandoned mid-storm lapse meanwhile).
     rig.sandbox.set_faults(Faults::default());
     for job in [JobName::TokenRotation, JobName::InboundVolume, JobName::ReprocessingCheck] {
-        // Bounded by the longest a lease taken in the storm can last (`tokens::refresh_worst_case`), and more.
-        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        // Bounded by the longest a lease taken in the storm can last, and a minute more.
+        let leases = tokens::refresh_worst_case(&w2.settings, &w2.store).to_std().unwrap();
+        let deadline = std::time::Instant::now() + leases + Duration::from_secs(60);
         loop {
             let s = run_job(&w2, job, &force, Utc::now()).await.unwrap();
             no_drift(job, &s);
