@@ -61,7 +61,10 @@ impl ErrorBody {
 
 impl AstraClient {
     /// Sends with the limiter, retries transient failures and 429s with jittered backoff within the retry
-    /// budget, and records every attempt.
+    /// budget, and records every attempt. A token request waits for the limiter only within the retry budget
+    /// too (a 429's `Retry-After` pauses the limiter for as long as Astra says): a refresh holds its grant's
+    /// lease, which is taken for the retry budget and one attempt's timeout, not for however long Astra asks
+    /// to wait, so it gives up instead (not sent: nothing applied).
     pub(super) async fn send<T: DeserializeOwned>(
         &self,
         call: Call<'_>,
@@ -78,9 +81,19 @@ impl AstraClient {
         let deadline = Instant::now() + self.retry_budget;
         let mut ambiguous_before = false;
         let mut attempt_no = 0u32;
+        let mut last_error = None;
         loop {
             attempt_no += 1;
-            self.limiter.acquire().await;
+            if !token_endpoint {
+                self.limiter.acquire().await;
+            } else if tokio::time::timeout_at(deadline, self.limiter.acquire()).await.is_err() {
+                let e = last_error.unwrap_or_else(|| AstraError::Transient {
+                    endpoint: endpoint.clone(),
+                    detail: "no request slot within astra.retry_budget (the request limiter is paused or full)".into(),
+                    maybe_applied: false,
+                });
+                return Err(if ambiguous_before { e.after_ambiguous_attempt(&endpoint) } else { e });
+            }
             call.count_request();
             let at = Utc::now();
             let started = Instant::now();
@@ -103,6 +116,7 @@ impl AstraClient {
                 (Err(e), Some(wait)) if Instant::now() + wait < deadline => {
                     debug!(endpoint = %endpoint, attempt = attempt_no, wait_ms = wait.as_millis() as u64, error = %e, "retrying");
                     tokio::time::sleep(wait).await;
+                    last_error = Some(e);
                 }
                 (Err(e), _) if ambiguous_before => return Err(e.after_ambiguous_attempt(&endpoint)),
                 (Err(e), _) => return Err(e),

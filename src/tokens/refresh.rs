@@ -88,20 +88,22 @@ async fn refresh(
     if seen_version.is_some_and(|v| v != g.version) {
         return Ok(Refreshed::Adopted);
     }
+    // Once Astra is called it may rotate: the rest of the lease must cover the call and storing its answer. A
+    // store too slow for that (checked before the intent is opened and again after) leaves the grant for the
+    // next run, Astra not called.
+    let too_slow = || Utc::now() + tok.after_the_call > until;
+    if too_slow() {
+        return Ok(too_slow_to_call());
+    }
     let Some((intent, probe)) = intents::open_or_find(db, user_id, g.version, owner, Utc::now()).await? else {
         return Ok(Refreshed::Failed { detail: "another refresh of this grant is in progress".into() });
     };
-    // Past this point Astra may rotate: the rest of the lease must cover the call and storing its answer. A
-    // store slow enough to have spent more than `BEFORE_THE_CALL` leaves the grant for the next run.
-    if Utc::now() + tok.after_the_call > until {
+    if too_slow() {
+        // A probe's intent stays open: the outcome it stands for is still unknown.
         if !probe {
             intents::close_intent(db, &intent, "failed", Utc::now()).await?;
         }
-        warn!("the store was too slow to start the refresh within its lease; Astra not called, left for the next run");
-        return Ok(Refreshed::Failed {
-            detail: "the store was too slow: the rest of the grant's lease would not cover the refresh; not called"
-                .into(),
-        });
+        return Ok(too_slow_to_call());
     }
     match tok.client.refresh(call, &g.refresh, &intent).await {
         Ok(pair) => Ok(store_issued(db, tok, &g, owner, &intent, pair).await),
@@ -146,6 +148,14 @@ async fn refresh(
             }
             Ok(Refreshed::Failed { detail: e.to_string() })
         }
+    }
+}
+
+/// A refresh the store was too slow to start within its lease (see [`super::BEFORE_THE_CALL`]).
+fn too_slow_to_call() -> Refreshed {
+    warn!("the store was too slow to start the refresh within its lease; Astra not called, left for the next run");
+    Refreshed::Failed {
+        detail: "the store was too slow: the rest of the grant's lease would not cover the refresh; not called".into(),
     }
 }
 

@@ -227,6 +227,27 @@ async fn a_429_pauses_every_request_for_retry_after_then_succeeds() {
     assert_eq!(rows[1].0, "rate_limited");
 }
 
+/// A refresh holds its grant's lease, taken for the retry budget and one attempt's timeout: a 429 whose
+/// `Retry-After` is longer than the budget ends the token request (the error is the 429's, nothing applied)
+/// instead of waiting in the paused limiter past the lease. (Without the bound the retry would go out a
+/// minute later and succeed; the timeout only keeps such a failure from taking that minute.)
+#[tokio::test]
+async fn a_token_request_waits_for_the_limiter_only_within_the_retry_budget() {
+    let r = rig_with(SandboxSettings { rate_limit: Some(1), retry_after_secs: 60, ..Default::default() }, |a| {
+        a.retry_budget = Duration::from_secs(1);
+    })
+    .await;
+    let (_, rt) = seed_user(&r.sandbox, "u1");
+    let (_, rt2) = seed_user(&r.sandbox, "u2");
+    r.client.refresh(Call::default(), &rt, "intent-1").await.unwrap();
+    let second = r.client.refresh(Call::default(), &rt2, "intent-2");
+    let e =
+        tokio::time::timeout(Duration::from_secs(30), second).await.expect("gave up within the budget").unwrap_err();
+    assert!(matches!(e, AstraError::RateLimited { .. }), "{e:?}");
+    let statuses: Vec<u16> = r.sandbox.state().calls.iter().map(|c| c.status).collect();
+    assert_eq!(statuses, [200, 429], "the second refresh was not sent again");
+}
+
 #[tokio::test]
 async fn each_kind_of_malformed_body_is_a_malformed_error_recorded_with_context() {
     for kind in [MalformedKind::Truncated, MalformedKind::Html, MalformedKind::Empty, MalformedKind::MissingFields] {

@@ -319,6 +319,32 @@ both_backends!(
     super::a_lost_answer_whose_retry_meets_a_429_is_probed_not_rejected
 );
 
+/// Another writer holds every grant's row (PostgreSQL) or the database's write lock (SQLite) for longer than a
+/// refresh may spend on the store before its call (`tokens::BEFORE_THE_CALL`), from when this returns until
+/// the handle ends; a refresh's first statement, its lease's renewal, waits for it.
+async fn blocking_writes(store: &Store) -> tokio::task::JoinHandle<()> {
+    let lock: &[&str] = match store {
+        Store::Sqlite(_) => &["BEGIN IMMEDIATE"],
+        Store::Postgres(_) => &["BEGIN", "SELECT 1 FROM grant_token FOR UPDATE"],
+    };
+    let held = tokens::BEFORE_THE_CALL.to_std().unwrap() + Duration::from_secs(1);
+    let (locked, is_locked) = tokio::sync::oneshot::channel();
+    let store = store.clone();
+    let blocker = tokio::spawn(async move {
+        with_pool!(&store, |p| {
+            let mut c = p.acquire().await.unwrap();
+            for sql in lock {
+                sqlx::query(*sql).execute(&mut *c).await.unwrap();
+            }
+            locked.send(()).unwrap();
+            tokio::time::sleep(held).await;
+            sqlx::query("ROLLBACK").execute(&mut *c).await.unwrap();
+        })
+    });
+    is_locked.await.unwrap();
+    blocker
+}
+
 /// A refresh whose store was too slow to start it (renewing its lease waited past `tokens::BEFORE_THE_CALL`)
 /// does not call Astra, since what is left of its lease would not cover the call and storing its answer (a
 /// lease that lapsed meanwhile would let another process probe the grant as if this one had died). Its intent
@@ -339,27 +365,7 @@ async fn a_refresh_its_store_was_too_slow_to_start_does_not_call_astra(b: Backen
     };
     let refresh = || tokens::refresh_leased(&w.store, &svc.tokens, Call::default(), &u, "me", None);
     lease().await;
-    // Another writer holds the grant's row (PostgreSQL) or the database's write lock (SQLite) for longer than a
-    // refresh may spend before its call; the refresh's first statement, the lease's renewal, waits for it.
-    let lock: &[&str] = match w.store {
-        Store::Sqlite(_) => &["BEGIN IMMEDIATE"],
-        Store::Postgres(_) => &["BEGIN", "SELECT 1 FROM grant_token FOR UPDATE"],
-    };
-    let held = tokens::BEFORE_THE_CALL.to_std().unwrap() + Duration::from_secs(1);
-    let (locked, is_locked) = tokio::sync::oneshot::channel();
-    let store = w.store.clone();
-    let blocker = tokio::spawn(async move {
-        with_pool!(&store, |p| {
-            let mut c = p.acquire().await.unwrap();
-            for sql in lock {
-                sqlx::query(*sql).execute(&mut *c).await.unwrap();
-            }
-            locked.send(()).unwrap();
-            tokio::time::sleep(held).await;
-            sqlx::query("ROLLBACK").execute(&mut *c).await.unwrap();
-        })
-    });
-    is_locked.await.unwrap();
+    let blocker = blocking_writes(&w.store).await;
     let r = refresh().await;
     blocker.await.unwrap();
     let r = r.unwrap();
@@ -375,6 +381,41 @@ async fn a_refresh_its_store_was_too_slow_to_start_does_not_call_astra(b: Backen
 both_backends!(
     a_refresh_its_store_was_too_slow_to_start_does_not_call_astra,
     super::a_refresh_its_store_was_too_slow_to_start_does_not_call_astra
+);
+
+/// A probe (an intent left open by a refresh whose answer was lost) that its store was too slow to start
+/// calls nothing and keeps the intent open: the outcome it stands for is still unknown, and the grant stays
+/// alive for the next probe.
+async fn a_probe_its_store_was_too_slow_to_start_keeps_its_intent_open(b: Backend) {
+    let rig = TestApp::new(b, SandboxSettings::default(), |s| {
+        s.astra.max_retries = 0;
+        s.runner.claim_lease = TimeDelta::seconds(5);
+        no_status_reads(s);
+    })
+    .await;
+    let w = rig.worker(None).await;
+    let svc = w.services().unwrap();
+    let u = rig.seed(&w.store, 1, |_| TimeDelta::days(8)).await.remove(0);
+    rig.sandbox.set_faults(Faults { lost_refresh_rate: 1.0, hang_ms: 10, ..Default::default() });
+    rotate(&w).await;
+    rig.sandbox.set_faults(Faults::default());
+    let open = "SELECT COUNT(*) FROM refresh_intent WHERE closed_at IS NULL";
+    assert_eq!(scalar(&w.store, open).await, 1, "the lost answer's intent is open");
+    let now = Utc::now();
+    assert!(grant_store::try_lease(&w.store, &u, "me", now + TimeDelta::minutes(1), now).await.unwrap());
+    let blocker = blocking_writes(&w.store).await;
+    let r = tokens::refresh_leased(&w.store, &svc.tokens, Call::default(), &u, "me", None).await;
+    blocker.await.unwrap();
+    let r = r.unwrap();
+    assert!(matches!(&r, Refreshed::Failed { detail } if detail.contains("too slow")), "{r:?}");
+    assert_eq!(rig.refreshes(&u), 1, "only the lost refresh reached Astra");
+    assert_eq!(scalar(&w.store, open).await, 1, "the intent is still open for the next probe");
+    assert_eq!(scalar(&w.store, "SELECT COUNT(*) FROM grant_token WHERE status = 'active'").await, 1);
+    assert_eq!(scalar(&w.store, "SELECT COUNT(*) FROM reauth_episode").await, 0);
+}
+both_backends!(
+    a_probe_its_store_was_too_slow_to_start_keeps_its_intent_open,
+    super::a_probe_its_store_was_too_slow_to_start_keeps_its_intent_open
 );
 
 /// A caller that found the grant in need of a refresh, and gets its lease only after another process refreshed
