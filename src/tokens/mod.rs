@@ -38,7 +38,8 @@ pub const BEFORE_THE_CALL: TimeDelta = TimeDelta::seconds(5);
 /// The longest a refresh can take from the moment it calls Astra: the call's retries within
 /// `astra.retry_budget` and its last attempt's `astra.request_timeout`, storing the pair retried for
 /// `runner.grace_period` and the last attempt's wait for the store ([`Store::longest_wait`]), and a margin
-/// for the request limiter.
+/// (a token request waits for the request limiter within the retry budget; the margin covers the rest: the
+/// call log's hand-off, a busy scheduler).
 fn after_the_call(settings: &Settings, store: &Store) -> TimeDelta {
     let a = &settings.astra;
     let spent = a.retry_budget + a.request_timeout + settings.runner.grace_period + store.longest_wait();
