@@ -178,10 +178,26 @@ pub async fn put_rotated(
     intent_id: &str,
 ) -> sqlx::Result<bool> {
     faults::injected(store, faults::PUT_ROTATED)?;
-    const STORE_PAIR: &str = "UPDATE grant_token SET token_version = $1, key_id = $2, access_ct = $3, refresh_ct = $4,
+    macro_rules! store_pair_sql {
+        () => {
+            "UPDATE grant_token SET token_version = $1, key_id = $2, access_ct = $3, refresh_ct = $4,
              access_expires_at = $5, refresh_expires_at = $6, last_rotated_at = $7, updated_at = $7,
              issued_at = $7, refresh_fingerprint = $11, lease_until = NULL
-         WHERE user_id = $8 AND token_version = $9 AND status = 'active' AND lease_owner = $10";
+         WHERE user_id = $8 AND token_version = $9 AND status = 'active' AND lease_owner = $10"
+        };
+    }
+    const STORE_PAIR: &str = store_pair_sql!();
+    // PostgreSQL: the pair, its fingerprint and the intent's close in one statement, all or nothing.
+    const STORE_PAIR_TOGETHER: &str = concat!(
+        "WITH stored AS (",
+        store_pair_sql!(),
+        " RETURNING user_id),
+              fingerprinted AS (INSERT INTO grant_fingerprint (user_id, fingerprint, stored_at)
+                                SELECT user_id, $11, $7 FROM stored ON CONFLICT DO NOTHING),
+              closed AS (UPDATE refresh_intent SET closed_at = $7, result = 'rotated'
+                         WHERE id = $12 AND EXISTS (SELECT 1 FROM stored))
+         SELECT user_id FROM stored"
+    );
     macro_rules! store_pair {
         ($sql:expr) => {
             sqlx::query($sql)
@@ -200,15 +216,7 @@ pub async fn put_rotated(
     }
     match store {
         Store::Postgres(p) => {
-            let sql = format!(
-                "WITH stored AS ({STORE_PAIR} RETURNING user_id),
-                      fingerprinted AS (INSERT INTO grant_fingerprint (user_id, fingerprint, stored_at)
-                                        SELECT user_id, $11, $7 FROM stored ON CONFLICT DO NOTHING),
-                      closed AS (UPDATE refresh_intent SET closed_at = $7, result = 'rotated'
-                                 WHERE id = $12 AND EXISTS (SELECT 1 FROM stored))
-                 SELECT user_id FROM stored"
-            );
-            let stored = store_pair!(sqlx::AssertSqlSafe(sql)).bind(intent_id).fetch_optional(p).await?;
+            let stored = store_pair!(STORE_PAIR_TOGETHER).bind(intent_id).fetch_optional(p).await?;
             Ok(stored.is_some())
         }
         Store::Sqlite(p) => {
