@@ -46,6 +46,9 @@ impl AstraClient {
         let http = reqwest::Client::builder()
             .connect_timeout(settings.connect_timeout)
             .timeout(settings.request_timeout)
+            // A redirect is answered, not followed: followed, a POST turns into a GET without its body, or (307,
+            // 308) sends a refresh token's body to whatever host the `Location` names.
+            .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("astra-worker/", env!("CARGO_PKG_VERSION")))
             .build()?;
         Ok(AstraClient {

@@ -201,6 +201,11 @@ impl AstraClient {
                     ambiguous,
                 )
             }
+            // Before the body's reading: a redirect's body is not Astra's answer.
+            s if s.is_redirection() => {
+                let detail = "a redirect, not followed (astra.base_url must be Astra's own https URL)".into();
+                mk(Err(AstraError::Refused { endpoint: e, status: s.as_u16(), detail }), None, false)
+            }
             _ if token_endpoint && eb.error.as_deref() == Some("invalid_client") => {
                 mk(Err(AstraError::ClientRejected), None, false)
             }

@@ -5,7 +5,7 @@
 //! prompted), `card_updated` into the card's push/pull flags. Unknown types are recorded and ignored. A failure
 //! that may pass is retried with backoff; one that cannot is recorded as `failed`.
 
-use std::sync::Arc;
+use std::{collections::BTreeMap, sync::Arc};
 
 use chrono::{TimeDelta, Utc};
 use serde_json::json;
@@ -22,9 +22,10 @@ use crate::{
     tokens::{self, NoToken},
 };
 
-/// How long a processor holds a claimed batch: its reads run at once, each a resource read with its retries
-/// and at most one refresh, all well inside this.
-const CLAIM_FOR: TimeDelta = TimeDelta::minutes(5);
+/// How long a processor's claim on a batch lasts unless renewed. It is renewed every quarter of this while the
+/// batch is processed, however long its reads take (a refresh under a busy grant's lease, Astra's 429 pause),
+/// so another processor takes a batch over only from one that died or lost its store for this long.
+const CLAIM_FOR: TimeDelta = TimeDelta::minutes(2);
 /// Webhooks claimed at once.
 const BATCH: i64 = 8;
 /// After this many attempts a webhook is recorded `failed` (Astra itself retries for about 5 hours, and the
@@ -56,6 +57,12 @@ enum Done {
 
 /// Claims and processes every due webhook, a batch at a time, as `owner`.
 pub async fn process_due(worker: &Worker, owner: &str) -> anyhow::Result<Pass> {
+    process_due_claiming(worker, owner, CLAIM_FOR).await
+}
+
+/// [`process_due`], each batch claimed for `claim_for` and the claim renewed every quarter of it while the batch
+/// is processed.
+pub async fn process_due_claiming(worker: &Worker, owner: &str, claim_for: TimeDelta) -> anyhow::Result<Pass> {
     let svc = worker.services()?;
     let mut pass = Pass::default();
     loop {
@@ -63,29 +70,78 @@ pub async fn process_due(worker: &Worker, owner: &str) -> anyhow::Result<Pass> {
             return Ok(pass);
         }
         let now = Utc::now();
-        let batch = store::claim_due(&worker.store, owner, now, now + CLAIM_FOR, BATCH).await?;
+        let batch = store::claim_due(&worker.store, owner, now, now + claim_for, BATCH).await?;
         if batch.is_empty() {
             return Ok(pass);
         }
-        let results = futures::future::join_all(batch.iter().map(|w| one(worker, &svc, w))).await;
-        // Every outcome is recorded, whatever its siblings met; an error that must stop the pass is returned after.
-        let mut stop = None;
-        for (w, done) in batch.iter().zip(results) {
-            let done = match done {
-                Ok(d) => d,
-                Err(e) => {
-                    let why = format!("{e:#}");
-                    if classify(&e) == Status::Config {
-                        stop.get_or_insert(e);
-                    }
-                    Done::Retry(why)
-                }
-            };
-            record(&worker.store, owner, w, done, &mut pass).await?;
+        let ids: Vec<&str> = batch.iter().map(|w| w.webhook_id.as_str()).collect();
+        // One user's webhooks one after another (a read begun later is recorded later: a card's flags, which
+        // carry no version, end as the latest read saw them), different users' at once.
+        let mut by_user: BTreeMap<Option<&str>, Vec<&Claimed>> = BTreeMap::new();
+        for w in &batch {
+            by_user.entry(w.user_id.as_deref()).or_default().push(w);
         }
-        if let Some(e) = stop {
+        let (svc, tally) = (&svc, &mut pass);
+        let work = async move {
+            let results = futures::future::join_all(by_user.into_values().map(|hooks| async move {
+                let mut done = Vec::with_capacity(hooks.len());
+                for w in hooks {
+                    done.push((w, one(worker, svc, w).await));
+                }
+                done
+            }))
+            .await;
+            // Every outcome is recorded, whatever its siblings met (one the store could not take stays claimed
+            // until the claim lapses, then is processed again); an error that must stop the pass is returned
+            // after.
+            let mut stop = None;
+            for (w, done) in results.into_iter().flatten() {
+                let done = match done {
+                    Ok(d) => d,
+                    Err(e) => {
+                        let why = format!("{e:#}");
+                        if classify(&e) == Status::Config {
+                            stop.get_or_insert(e);
+                        }
+                        Done::Retry(why)
+                    }
+                };
+                if let Err(e) = record(&worker.store, owner, w, done, tally).await {
+                    stop.get_or_insert(e);
+                }
+            }
+            stop
+        };
+        // The claims are renewed until every outcome is recorded.
+        if let Some(e) = holding_claim(&worker.store, owner, &ids, claim_for, work).await {
             return Err(e);
         }
+    }
+}
+
+/// Runs `work` while renewing `owner`'s claims on `ids` every quarter of `claim_for`, so they do not lapse
+/// however long it takes. A renewal that fails is logged and tried again at the next tick; the work is polled
+/// meanwhile.
+async fn holding_claim<T>(
+    db: &crate::store::Store,
+    owner: &str,
+    ids: &[&str],
+    claim_for: TimeDelta,
+    work: impl std::future::Future<Output = T>,
+) -> T {
+    let every = (claim_for / 4).to_std().unwrap_or_default().max(std::time::Duration::from_millis(10));
+    let renewing = async {
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        loop {
+            tick.tick().await;
+            if let Err(e) = store::renew(db, owner, ids, Utc::now() + claim_for).await {
+                warn!(error = %e, "could not renew the claim on the webhooks being processed; trying again");
+            }
+        }
+    };
+    tokio::select! {
+        done = work => done,
+        _ = renewing => unreachable!("the renewal never ends"),
     }
 }
 
@@ -113,7 +169,8 @@ async fn record(db: &crate::store::Store, owner: &str, w: &Claimed, done: Done, 
         }
         Done::Retry(why) => {
             pass.retried += 1;
-            let next = now + backoff(w.attempts);
+            // `attempts` counts this one (it is counted as the webhook is claimed).
+            let next = now + backoff(w.attempts - 1);
             warn!(webhook_id = %w.webhook_id, error = %why, retry_at = %next, "webhook processing will be retried");
             store::reschedule(db, &w.webhook_id, owner, next, &why).await?
         }
@@ -178,14 +235,18 @@ async fn one(worker: &Worker, svc: &Services, w: &Claimed) -> anyhow::Result<Don
             }
         }
         "user_updated" => {
+            // Stamped as the read is sent (after any refresh its token needed): a read begun later stands.
             let r = tokens::with_access(db, &svc.tokens, call, user_id, |access| async move {
-                svc.client().user(call, &access).await
+                let read_at = Utc::now();
+                svc.client().user(call, &access).await.map(|u| (u, read_at))
             })
             .await;
             match answer(r) {
-                Ok(u) if u.id != user_id => Err(Done::Failed(format!("Astra answered for another user ({})", u.id))),
-                Ok(u) => {
-                    tokens::store::set_user_status(db, user_id, u.status, now).await?;
+                Ok((u, _)) if u.id != user_id => {
+                    Err(Done::Failed(format!("Astra answered for another user ({})", u.id)))
+                }
+                Ok((u, read_at)) => {
+                    tokens::store::set_user_status(db, user_id, u.status, read_at).await?;
                     if u.status.is_barred() {
                         let m = Message::once(
                             "user_suspended",

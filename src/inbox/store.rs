@@ -72,6 +72,26 @@ pub async fn claim_due(
         .await)
 }
 
+/// Extends to `until` `owner`'s claims on `ids` (the batch it is processing) that it still holds: one finished,
+/// rescheduled or taken over is not touched. How many it held.
+pub async fn renew(store: &Store, owner: &str, ids: &[&str], until: DateTime<Utc>) -> sqlx::Result<u64> {
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let listed = (0..ids.len()).map(|i| format!("${}", i + 3)).collect::<Vec<_>>().join(", ");
+    let sql = format!(
+        "UPDATE webhook_inbox SET claimed_until = $1
+         WHERE claimed_by = $2 AND claimed_until IS NOT NULL AND processed_at IS NULL AND webhook_id IN ({listed})"
+    );
+    with_pool!(store, |p| {
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(until).bind(owner);
+        for id in ids {
+            q = q.bind(*id);
+        }
+        q.execute(p).await.map(|r| r.rows_affected())
+    })
+}
+
 /// Ends a webhook's processing (`processed`, `ignored` or `failed`), only under `owner`'s claim: `false` when
 /// the claim was lost (another processor took it over; its outcome stands).
 pub async fn finish(

@@ -40,8 +40,9 @@ pub(super) async fn refresh_one(
             let stale = |max_age| user_status_at.is_none_or(|at| at < Utc::now() - max_age);
             if read_status.is_some_and(stale) {
                 ctx.tally("user_status_read", 1);
+                let read_at = Utc::now();
                 match svc.client().user(call, &access).await {
-                    Ok(u) => store::set_user_status(db, user_id, u.status, Utc::now()).await?,
+                    Ok(u) => store::set_user_status(db, user_id, u.status, read_at).await?,
                     Err(e) => warn!(error = %e, "could not read the user's status after rotation"),
                 }
             }

@@ -49,6 +49,7 @@ pub(crate) async fn execute(ctx: &RunContext<'_>) -> anyhow::Result<()> {
         ctx.tally("outbox_delivered", d.delivered as i64);
         ctx.tally("outbox_failed", d.failed as i64);
         ctx.tally("outbox_left", i64::from(d.left));
+        ctx.tally("outbox_endpoint_down", i64::from(d.endpoint_down_until.is_some()));
     }
     Ok(())
 }

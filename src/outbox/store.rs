@@ -98,6 +98,58 @@ pub async fn reschedule(store: &Store, id: &str, owner: &str, next: DateTime<Utc
     })
 }
 
+/// When a pass may deliver to `endpoint` again, if it stopped answering (see [`endpoint_unreachable`]).
+pub async fn endpoint_retry_at(store: &Store, endpoint: &str) -> sqlx::Result<Option<DateTime<Utc>>> {
+    with_pool!(store, |p| sqlx::query_scalar("SELECT retry_at FROM outbox_endpoint WHERE endpoint = $1")
+        .bind(endpoint)
+        .fetch_optional(p)
+        .await)
+}
+
+/// Records that `endpoint` did not answer at `now`: passes leave it alone until a back-off that doubles with
+/// each failure in a row (`backoff(failures)`) has passed; returns until when.
+pub async fn endpoint_unreachable(
+    store: &Store,
+    endpoint: &str,
+    now: DateTime<Utc>,
+    error: &str,
+    backoff: impl Fn(i32) -> chrono::TimeDelta,
+) -> sqlx::Result<DateTime<Utc>> {
+    // One transaction: the row the first statement wrote is the one the second dates (another process's
+    // `endpoint_answered` waits for it).
+    with_pool!(store, |p| {
+        let mut tx = p.begin().await?;
+        let failures: i32 = sqlx::query_scalar(
+            "INSERT INTO outbox_endpoint (endpoint, failures, retry_at, last_error) VALUES ($1, 1, $2, $3)
+             ON CONFLICT (endpoint) DO UPDATE SET failures = outbox_endpoint.failures + 1, last_error = $3
+             RETURNING failures",
+        )
+        .bind(endpoint)
+        .bind(now)
+        .bind(error)
+        .fetch_one(&mut *tx)
+        .await?;
+        // As stored (PostgreSQL keeps microseconds).
+        let retry_at =
+            sqlx::query_scalar("UPDATE outbox_endpoint SET retry_at = $1 WHERE endpoint = $2 RETURNING retry_at")
+                .bind(now + backoff(failures))
+                .bind(endpoint)
+                .fetch_one(&mut *tx)
+                .await?;
+        tx.commit().await?;
+        Ok(retry_at)
+    })
+}
+
+/// Records that `endpoint` answered (whatever it answered): passes deliver to it again at once.
+pub async fn endpoint_answered(store: &Store, endpoint: &str) -> sqlx::Result<()> {
+    with_pool!(store, |p| sqlx::query("DELETE FROM outbox_endpoint WHERE endpoint = $1")
+        .bind(endpoint)
+        .execute(p)
+        .await
+        .map(|_| ()))
+}
+
 /// One line of `prompts list`.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct OutboxRow {

@@ -45,6 +45,29 @@ pub enum Lives {
 /// How long a SQLite writer waits for the database's lock (and for its turn, see [`Store::write_turn`]).
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long a PostgreSQL statement waits for each lock it needs (another transaction's row, a unique key
+/// being inserted), set as `lock_timeout` on every connection as it opens ([`pg_pool_options`]): a statement
+/// that waits longer fails as temporary (`55P03`), as a SQLite writer does past [`BUSY_TIMEOUT`], instead of
+/// waiting out whatever holds the lock (an operator's open transaction). Migrations wait without it.
+pub const LOCK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Sets a PostgreSQL session's [`LOCK_TIMEOUT`].
+fn set_lock_timeout() -> sqlx::AssertSqlSafe<String> {
+    sqlx::AssertSqlSafe(format!("SET lock_timeout = '{}ms'", LOCK_TIMEOUT.as_millis()))
+}
+
+/// A PostgreSQL pool's options: [`pool_options`], and each connection's [`LOCK_TIMEOUT`] set as it opens, by a
+/// `SET` (which a connection pooler in front of the server passes on, where a startup option may be refused).
+fn pg_pool_options(max_connections: u32) -> PoolOptions<Postgres> {
+    pool_options(max_connections).after_connect(|conn, _| {
+        Box::pin(async move { sqlx::query(set_lock_timeout()).execute(conn).await.map(|_| ()) })
+    })
+}
+
+/// The most locks one of a refresh's PostgreSQL statements waits for: storing the pair takes the grant's row,
+/// its fingerprint's key and its intent's row in one statement, each waiting up to [`LOCK_TIMEOUT`].
+const LOCKS_A_STATEMENT_WAITS_FOR: u32 = 3;
+
 /// The most connections a brief process's PostgreSQL pool opens, and what a long-lived one keeps unless
 /// `store.postgres_connections` says otherwise.
 pub const PG_CONNECTIONS: u32 = 16;
@@ -207,12 +230,12 @@ impl Store {
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let options = PgConnectOptions::from_str(url).map_err(|e| err("invalid URL", e))?;
             let pool = match lives {
-                Lives::Briefly => pool_options(PG_CONNECTIONS).connect_with(options).await,
+                Lives::Briefly => pg_pool_options(PG_CONNECTIONS).connect_with(options).await,
                 Lives::Long { connections } => {
                     // Kept: no lifetime, no idle timeout, and sqlx opens again what is closed, up to
                     // `min_connections`, in a task of its own.
                     let connections = connections.max(1);
-                    let pool = pool_options(connections)
+                    let pool = pg_pool_options(connections)
                         .min_connections(connections)
                         .idle_timeout(None)
                         .max_lifetime(None)
@@ -286,7 +309,19 @@ impl Store {
     pub async fn migrate(&self) -> Result<(), MigrateError> {
         match self {
             Store::Sqlite(p) => sqlx::migrate!("./migrations/sqlite").run(p).await?,
-            Store::Postgres(p) => sqlx::migrate!("./migrations/postgres").run(p).await?,
+            Store::Postgres(p) => {
+                // Another process's migrations (the migrator's advisory lock) and tables in use are waited for
+                // without the statements' lock timeout; the connection goes back with it set again.
+                let mut c = p.acquire().await?;
+                sqlx::query("SET lock_timeout = 0").execute(&mut *c).await?;
+                // `run_direct` on the connection itself (what `run` does once it has one): through `Acquire`, the
+                // future is not `Send` for every lifetime, and the store could not be opened in a spawned task.
+                let migrated = sqlx::migrate!("./migrations/postgres").run_direct(None, &mut *c, false).await;
+                if sqlx::query(set_lock_timeout()).execute(&mut *c).await.is_err() {
+                    c.close_on_drop();
+                }
+                migrated?
+            }
         }
         Ok(())
     }
@@ -310,11 +345,12 @@ impl Store {
         matches!(self, Store::Postgres(_))
     }
 
-    /// The longest a statement can wait before it runs: for a connection, and on SQLite also for this
-    /// process's write turn and the database's lock. (How long it then runs is the database's affair.)
+    /// The longest one of a refresh's statements can wait: for a connection, and then on PostgreSQL for each
+    /// lock it needs, on SQLite for this process's write turn and the database's lock. (How long it runs
+    /// once it has them is the database's affair.)
     pub fn longest_wait(&self) -> Duration {
         match self {
-            Store::Postgres(_) => ACQUIRE_TIMEOUT,
+            Store::Postgres(_) => ACQUIRE_TIMEOUT + LOCKS_A_STATEMENT_WAITS_FOR * LOCK_TIMEOUT,
             Store::Sqlite(_) => ACQUIRE_TIMEOUT + 2 * BUSY_TIMEOUT,
         }
     }
@@ -365,8 +401,11 @@ pub(crate) fn classify_sqlx(e: &sqlx::Error) -> Status {
         E::Database(db) => match db.code().as_deref() {
             // PostgreSQL: authentication, missing database, missing role.
             Some("28P01" | "28000" | "3D000" | "42501") => Status::Config,
-            // PostgreSQL: shutting down, starting up, too many connections, serialization, deadlock, disk full.
-            Some("57P01" | "57P02" | "57P03" | "53300" | "40001" | "40P01" | "53100") => Status::Temporary,
+            // PostgreSQL: shutting down, starting up, too many connections, serialization, deadlock, disk full,
+            // a lock or a statement that timed out (`lock_timeout`, a `statement_timeout` the URL sets).
+            Some("57P01" | "57P02" | "57P03" | "53300" | "40001" | "40P01" | "53100" | "55P03" | "57014") => {
+                Status::Temporary
+            }
             // SQLite primary result codes: BUSY, LOCKED, FULL (temporary); READONLY, CANTOPEN, PERM, AUTH
             // (configuration). An open on a full disk fails with IOERR_SHMSIZE: `StoreError` tells it by the
             // filesystem's free space.

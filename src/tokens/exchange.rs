@@ -63,9 +63,10 @@ pub async fn exchange(
     })?;
     // The code is spent: the pair is the user's consent. A blip reading whose it is is retried, not fatal.
     let mut wait = std::time::Duration::from_millis(500);
-    let user = loop {
+    let (user, read_at) = loop {
+        let read_at = Utc::now();
         match tok.client.user(call, &pair.access_token).await {
-            Ok(u) => break u,
+            Ok(u) => break (u, read_at),
             Err(e) if e.is_temporary() && wait <= std::time::Duration::from_secs(4) => {
                 tracing::warn!(error = %e, "could not read whose grant the code issued; retrying");
                 tokio::time::sleep(wait).await;
@@ -91,7 +92,7 @@ pub async fn exchange(
         phone: None,
     };
     let imported = import(db, &tok.keyring, &line, now).await?;
-    store::set_user_status(db, user_id, user.status, now).await?;
+    store::set_user_status(db, user_id, user.status, read_at).await?;
     let (grant, open_for) = match imported {
         Imported::New => ("new", None),
         Imported::Replaced { episode_open_for } => ("replaced", episode_open_for),

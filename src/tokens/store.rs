@@ -414,13 +414,21 @@ pub async fn count_unreadable(store: &Store) -> sqlx::Result<i64> {
         .await)
 }
 
-pub async fn set_user_status(store: &Store, user_id: &str, status: UserStatus, now: DateTime<Utc>) -> sqlx::Result<()> {
+/// Records the user's status as read from Astra by a read begun at `read_at`, unless a read begun later is
+/// recorded already (two reads answered out of order, a webhook's and a rotation's: the later one stands).
+pub async fn set_user_status(
+    store: &Store,
+    user_id: &str,
+    status: UserStatus,
+    read_at: DateTime<Utc>,
+) -> sqlx::Result<()> {
     faults::injected(store, faults::SET_USER_STATUS)?;
     with_pool!(store, |p| sqlx::query(
-        "UPDATE grant_token SET user_status = $1, user_status_at = $2 WHERE user_id = $3"
+        "UPDATE grant_token SET user_status = $1, user_status_at = $2
+         WHERE user_id = $3 AND (user_status_at IS NULL OR user_status_at <= $2)"
     )
     .bind(status.as_str())
-    .bind(now)
+    .bind(read_at)
     .bind(user_id)
     .execute(p)
     .await

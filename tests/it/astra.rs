@@ -504,3 +504,42 @@ async fn the_same_idempotency_key_and_body_replay_the_first_answer_where_astra_h
     assert_eq!(send("k-1", rt.clone()).await.unwrap().status(), 200);
     assert_eq!(send("k-1", rt).await.unwrap().status(), 400, "invalid_grant");
 }
+
+/// A server counting the requests it gets, answering `status` with `location` (if any); its base URL.
+async fn counting_server(status: u16, location: Option<String>) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    use axum::{http::StatusCode, response::IntoResponse};
+    let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let s = seen.clone();
+    let app = axum::Router::new().fallback(move || {
+        let (s, location) = (s.clone(), location.clone());
+        async move {
+            s.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let mut r = StatusCode::from_u16(status).unwrap().into_response();
+            if let Some(l) = location {
+                r.headers_mut().insert("location", l.parse().unwrap());
+            }
+            r
+        }
+    });
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/", l.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+    (url, seen)
+}
+
+/// A redirect from Astra's address is answered, not followed: a 307 would otherwise send the refresh token's
+/// body to whatever host its `Location` names. The refresh is refused with the status, not retried.
+#[tokio::test]
+async fn a_redirect_from_astra_is_not_followed() {
+    let (elsewhere, elsewhere_seen) = counting_server(200, None).await;
+    let (redirector, redirector_seen) = counting_server(307, Some(format!("{elsewhere}v1/oauth/token"))).await;
+    let a = test_astra_settings(&redirector);
+    let creds = Credentials { client_id: "c".to_string().into(), client_secret: "s".to_string().into() };
+    let client = AstraClient::new(&a, creds, Arc::new(RequestLimiter::new(100, 2)), None).unwrap();
+    let rt = SecretString::from("rt_never_sent_elsewhere".to_string());
+    let e = client.refresh(Call::default(), &rt, "intent-1").await.unwrap_err();
+    assert!(matches!(e, AstraError::Refused { status: 307, .. }), "{e:?}");
+    assert!(e.to_string().contains("redirect, not followed"), "{e}");
+    assert_eq!(redirector_seen.load(std::sync::atomic::Ordering::SeqCst), 1, "asked once, not retried");
+    assert_eq!(elsewhere_seen.load(std::sync::atomic::Ordering::SeqCst), 0, "nothing sent where it pointed");
+}

@@ -3,15 +3,19 @@
 //! never a grant declared dead without proof), the next run completes, and every grant is healthy or has a
 //! `lost_rotation` episode; none is refreshed twice. SQLite on a full filesystem (an 8 MiB tmpfs, so the test
 //! runs as root): a storage error naming the full disk, exit 75, the database intact, and the same import
-//! finishing once there is room. A long-lived process opens all its PostgreSQL connections at the start.
+//! finishing once there is room. A long-lived process opens all its PostgreSQL connections at the start. A
+//! PostgreSQL statement gives up on a lock held past the store's lock timeout; migrations wait it out.
 
 use std::time::Duration;
 
 use astra_worker::{
     config::JobName,
+    exit::classify,
+    failure::Status,
     runner::{RunOptions, run_job},
     sandbox::{Faults, SandboxSettings},
-    store::{Lives, PG_CONNECTIONS, Store},
+    store::{LOCK_TIMEOUT, Lives, PG_CONNECTIONS, Store},
+    tokens::store as grant_store,
 };
 use chrono::{TimeDelta, Utc};
 
@@ -128,6 +132,79 @@ async fn a_long_lived_process_starts_on_a_server_that_gives_it_fewer_connections
     assert_eq!(one, 1, "and works on them");
     long.close().await;
     sqlx::query(sqlx::AssertSqlSafe(format!("DROP ROLE {role}"))).execute(p).await.unwrap();
+    admin.close().await;
+}
+
+/// A PostgreSQL statement does not wait out a lock another transaction keeps (an operator's transaction left
+/// open on a grant's row): it gives up after the store's lock timeout as temporary (exit 75), so the waits a
+/// refresh's lease counts on (`Store::longest_wait`) are bounded; the row is written once the lock is let go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_statement_gives_up_on_a_row_lock_held_past_the_lock_timeout() {
+    let rig = TestApp::new(Backend::Postgres, SandboxSettings::default(), |_| {}).await;
+    let w = rig.worker(None).await;
+    let u = rig.seed(&w.store, 1, |_| TimeDelta::days(8)).await.remove(0);
+    let admin = Store::open(&rig.db.url).await.unwrap();
+    let mut holder = pg_pool(&admin).begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM grant_token WHERE user_id = $1 FOR UPDATE")
+        .bind(&u)
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let now = Utc::now();
+    let take = grant_store::try_lease(&w.store, &u, "me", now + TimeDelta::minutes(1), now);
+    let err = tokio::time::timeout(4 * LOCK_TIMEOUT, take)
+        .await
+        .expect("the statement gave up while the lock was still held")
+        .expect_err("the row stayed locked");
+    let code = err.as_database_error().and_then(|e| e.code()).map(|c| c.into_owned());
+    assert_eq!(code.as_deref(), Some("55P03"), "lock_not_available: {err}");
+    assert_eq!(classify(&err.into()), Status::Temporary, "a lock held too long is temporary (exit 75)");
+    holder.rollback().await.unwrap();
+    let now = Utc::now();
+    let taken = grant_store::try_lease(&w.store, &u, "me", now + TimeDelta::minutes(1), now).await.unwrap();
+    assert!(taken, "the lease is taken once the lock is let go");
+    admin.close().await;
+}
+
+/// Migrations wait for another process's without the statements' lock timeout: a store opened while another
+/// transaction holds the migrations' table (as a process applying a long migration does) is still waiting
+/// past the lock timeout, and opens once the table is let go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opening_a_postgres_store_waits_for_another_migration_past_the_lock_timeout() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let admin = Store::open(&db.url).await.unwrap();
+    let mut holder = pg_pool(&admin).begin().await.unwrap();
+    sqlx::query("LOCK TABLE _sqlx_migrations IN ACCESS EXCLUSIVE MODE").execute(&mut *holder).await.unwrap();
+    let url = db.url.clone();
+    let opening = tokio::spawn(async move { Store::open(&url).await });
+    let waiting = || async {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(pg_pool(&admin))
+        .await
+        .unwrap();
+        n
+    };
+    let mut polls = 0;
+    while waiting().await == 0 {
+        assert!(!opening.is_finished(), "the opening waits for the migrations' table");
+        polls += 1;
+        assert!(polls < 3_000, "the opening never waited for the lock");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // From the moment it waits, the lock is held longer than a statement's lock timeout.
+    let hold_until = tokio::time::Instant::now() + LOCK_TIMEOUT + Duration::from_secs(2);
+    while tokio::time::Instant::now() < hold_until {
+        if opening.is_finished() {
+            panic!("the opening gave up while the lock was held: {:?}", opening.await.unwrap().err());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    holder.rollback().await.unwrap();
+    let opened = opening.await.unwrap().expect("the store opens once the table is let go");
+    assert!(opened.is_migrated().await.unwrap());
+    opened.close().await;
     admin.close().await;
 }
 

@@ -3,14 +3,14 @@
 //! bad, missing, Python's separators, too large); a webhook ten times and out of order has one effect; a
 //! `transfer_created` over the day's headroom makes the HTTP guard deny within seconds; `user_updated` to
 //! suspended makes the guard say so and no prompt is ever sent; two services on one store process each webhook
-//! once; the code exchange over HTTP; requests in flight at shutdown finish; a slow client holds no connection.
+//! once, and a read that outlasts its claim is not taken over; the code exchange over HTTP; requests in flight at shutdown finish; a slow client holds no connection.
 
 use std::{sync::Arc, time::Duration};
 
 use astra_worker::{
     app::Worker,
     astra::{TransferStatus, UserStatus},
-    inbox::signature,
+    inbox::{self, Webhook, process::process_due_claiming, signature},
     reconcile::registry::{self, DestinationKind, DestinationLine, ImportLine},
     sandbox::{Faults, SandboxSettings},
 };
@@ -291,6 +291,45 @@ async fn two_services_on_one_store_process_each_webhook_once(b: Backend) {
 both_backends!(
     two_services_on_one_store_process_each_webhook_once,
     super::two_services_on_one_store_process_each_webhook_once
+);
+
+/// A processor's claim on the webhooks it is processing is renewed while their reads take longer than the claim
+/// lasts: a second processor polling meanwhile takes nothing, and the transfer is read once.
+async fn a_webhook_whose_read_outlasts_its_claim_is_not_taken_over(b: Backend) {
+    let rig = TestApp::new(b, SandboxSettings::default(), |s| s.astra.request_timeout = Duration::from_secs(5)).await;
+    let (first, second) = (Arc::new(rig.worker(None).await), rig.worker(None).await);
+    let u = rig.seed(&first.store, 1, |_| TimeDelta::days(1)).await.remove(0);
+    add_transfer(&mut rig.sandbox.state(), "t-1", &u, 1_000, Utc::now(), TransferStatus::Processed, None);
+    let hook = Webhook::parse(webhook("transfer_created", "w-1", &u, "t-1").as_bytes()).unwrap();
+    assert!(inbox::store::accept(&first.store, &hook, "{}", Utc::now()).await.unwrap());
+    // Each of Astra's answers takes 1.5 s (within the client's timeout); a claim lasts 200 ms unless renewed.
+    rig.sandbox.set_faults(Faults { latency_ms: 1_500, ..Default::default() });
+    let claim = TimeDelta::milliseconds(200);
+    let processing = {
+        let first = first.clone();
+        tokio::spawn(async move { process_due_claiming(&first, "first", claim).await })
+    };
+    eventually("the first claims the webhook", async || {
+        count(&second, "SELECT COUNT(*) FROM webhook_inbox WHERE claimed_by = 'first'").await == 1
+    })
+    .await;
+    let mut polls = 0;
+    while !processing.is_finished() {
+        let p = process_due_claiming(&second, "second", claim).await.unwrap();
+        assert_eq!(p.processed + p.ignored + p.retried + p.failed, 0, "the second took a claimed webhook: {p:?}");
+        polls += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let p = processing.await.unwrap().unwrap();
+    assert_eq!(p.processed, 1, "{p:?}");
+    assert!(polls >= 10, "the second polled while the first read, past its unrenewed claim ({polls} polls)");
+    let reads = rig.sandbox.state().calls.iter().filter(|c| c.path == "/v1/transfers/t-1").count();
+    assert_eq!(reads, 1, "read once");
+    assert_eq!(count(&first, "SELECT COUNT(*) FROM transfer").await, 1);
+}
+both_backends!(
+    a_webhook_whose_read_outlasts_its_claim_is_not_taken_over,
+    super::a_webhook_whose_read_outlasts_its_claim_is_not_taken_over
 );
 
 async fn the_code_exchange_and_tokens_over_http(b: Backend) {

@@ -458,3 +458,23 @@ both_backends!(
     a_slow_astra_answering_out_of_order_kills_no_grant_while_the_backend_reads_tokens,
     super::a_slow_astra_answering_out_of_order_kills_no_grant_while_the_backend_reads_tokens
 );
+
+/// Two reads of a user's status answered and recorded out of order (a webhook's and a rotation's): the read
+/// begun later stands, whichever is recorded last.
+async fn a_user_status_read_earlier_does_not_overwrite_one_read_later(b: Backend) {
+    use astra_worker::astra::UserStatus;
+    let rig = TestApp::new(b, SandboxSettings::default(), |_| {}).await;
+    let w = rig.worker(None).await;
+    let u = rig.seed(&w.store, 1, |_| TimeDelta::days(1)).await.remove(0);
+    let status = async || grant_store::load(&w.store, &u).await.unwrap().unwrap().user_status;
+    let t = Utc::now();
+    grant_store::set_user_status(&w.store, &u, UserStatus::Suspended, t).await.unwrap();
+    grant_store::set_user_status(&w.store, &u, UserStatus::Approved, t - TimeDelta::seconds(1)).await.unwrap();
+    assert_eq!(status().await.as_deref(), Some("suspended"), "the earlier read, recorded last, is not kept");
+    grant_store::set_user_status(&w.store, &u, UserStatus::Approved, t + TimeDelta::seconds(1)).await.unwrap();
+    assert_eq!(status().await.as_deref(), Some("approved"), "a later read is");
+}
+both_backends!(
+    a_user_status_read_earlier_does_not_overwrite_one_read_later,
+    super::a_user_status_read_earlier_does_not_overwrite_one_read_later
+);
