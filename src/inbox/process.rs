@@ -75,8 +75,8 @@ pub async fn process_due_claiming(worker: &Worker, owner: &str, claim_for: TimeD
             return Ok(pass);
         }
         let ids: Vec<&str> = batch.iter().map(|w| w.webhook_id.as_str()).collect();
-        // One user's webhooks one after another (a read begun later is recorded later: a card's flags, which
-        // carry no version, end as the latest read saw them), different users' at once.
+        // One user's webhooks one after another, different users' at once. (A user's status and a card's flags
+        // carry no version from Astra: each is recorded only if no read begun later is, wherever it ran.)
         let mut by_user: BTreeMap<Option<&str>, Vec<&Claimed>> = BTreeMap::new();
         for w in &batch {
             by_user.entry(w.user_id.as_deref()).or_default().push(w);
@@ -264,12 +264,14 @@ async fn one(worker: &Worker, svc: &Services, w: &Claimed) -> anyhow::Result<Don
         }
         "card_updated" | "card_created" => {
             let r = tokens::with_access(db, &svc.tokens, call, user_id, |access| async move {
-                svc.client().card(call, &access, resource).await
+                let read_at = Utc::now();
+                svc.client().card(call, &access, resource).await.map(|c| (c, read_at))
             })
             .await;
             match answer(r) {
-                Ok(c) => {
-                    if !registry::set_card_flags(db, &c.id, c.push_enabled, c.pull_enabled, now).await? {
+                Ok((c, read_at)) => {
+                    let recorded = registry::set_card_flags(db, &c.id, c.push_enabled, c.pull_enabled, read_at).await?;
+                    if recorded == registry::CardFlags::NotRegistered {
                         return Ok(Done::Ignored(format!("card {} is not registered", c.id)));
                     }
                     Ok(())

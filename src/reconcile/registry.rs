@@ -269,27 +269,48 @@ pub async fn set_frozen(store: &Store, card_id: &str, frozen: bool, now: DateTim
     .map(|r| r.rows_affected() == 1))
 }
 
-/// Records a card's push and pull flags as Astra reports them (a flag Astra left out is kept); `false` when no
-/// such card is registered.
+/// What recording a card's flags came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CardFlags {
+    Recorded,
+    /// A read begun later is recorded already: it stands.
+    Superseded,
+    /// No such card is registered.
+    NotRegistered,
+}
+
+/// Records a card's push and pull flags as Astra reported them to a read begun at `read_at` (a flag Astra left
+/// out is kept), unless a read begun later is recorded already.
 pub async fn set_card_flags(
     store: &Store,
     card_id: &str,
     push: Option<bool>,
     pull: Option<bool>,
-    now: DateTime<Utc>,
-) -> sqlx::Result<bool> {
-    with_pool!(store, |p| sqlx::query(
-        "UPDATE destination SET push_enabled = COALESCE($1, push_enabled), pull_enabled = COALESCE($2, pull_enabled),
-                updated_at = $3
-         WHERE destination_id = $4 AND kind = 'card'"
-    )
-    .bind(push)
-    .bind(pull)
-    .bind(now)
-    .bind(card_id)
-    .execute(p)
-    .await
-    .map(|r| r.rows_affected() == 1))
+    read_at: DateTime<Utc>,
+) -> sqlx::Result<CardFlags> {
+    with_pool!(store, |p| {
+        let n = sqlx::query(
+            "UPDATE destination SET push_enabled = COALESCE($1, push_enabled), pull_enabled = COALESCE($2, pull_enabled),
+                    flags_read_at = $3, updated_at = $3
+             WHERE destination_id = $4 AND kind = 'card' AND (flags_read_at IS NULL OR flags_read_at <= $3)",
+        )
+        .bind(push)
+        .bind(pull)
+        .bind(read_at)
+        .bind(card_id)
+        .execute(p)
+        .await?
+        .rows_affected();
+        if n == 1 {
+            return Ok(CardFlags::Recorded);
+        }
+        let registered: Option<i32> =
+            sqlx::query_scalar("SELECT 1 FROM destination WHERE destination_id = $1 AND kind = 'card'")
+                .bind(card_id)
+                .fetch_optional(p)
+                .await?;
+        Ok(if registered.is_some() { CardFlags::Superseded } else { CardFlags::NotRegistered })
+    })
 }
 
 pub async fn ach_credit(store: &Store, routine_id: &str) -> sqlx::Result<Option<(String, String)>> {

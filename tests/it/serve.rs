@@ -332,6 +332,39 @@ both_backends!(
     super::a_webhook_whose_read_outlasts_its_claim_is_not_taken_over
 );
 
+/// Two reads of one card's flags recorded out of order (two `card_updated` webhooks processed at once, in two
+/// services): the read begun later stands, whichever is recorded last; a card nobody registered is said so.
+async fn a_card_flags_read_earlier_does_not_overwrite_one_read_later(b: Backend) {
+    use registry::CardFlags;
+    let rig = TestApp::new(b, SandboxSettings::default(), |_| {}).await;
+    let w = rig.worker(None).await;
+    let line = ImportLine::Destination(DestinationLine {
+        destination_id: "card-1".into(),
+        user_id: "u1".into(),
+        kind: DestinationKind::Card,
+        bank_time_zone: "America/New_York".into(),
+        daily_limit_cents: 250_000,
+        frozen: None,
+        push_enabled: Some(true),
+        pull_enabled: Some(true),
+    });
+    registry::import(&w.store, &line, Utc::now()).await.unwrap();
+    let push = async || registry::destination(&w.store, "card-1").await.unwrap().unwrap().push_enabled;
+    let t = Utc::now();
+    let set = |push: bool, at| registry::set_card_flags(&w.store, "card-1", Some(push), None, at);
+    assert_eq!(set(false, t).await.unwrap(), CardFlags::Recorded);
+    assert_eq!(set(true, t - TimeDelta::seconds(1)).await.unwrap(), CardFlags::Superseded);
+    assert_eq!(push().await, Some(false), "the earlier read, recorded last, is not kept");
+    assert_eq!(set(true, t + TimeDelta::seconds(1)).await.unwrap(), CardFlags::Recorded);
+    assert_eq!(push().await, Some(true), "a later read is");
+    let unknown = registry::set_card_flags(&w.store, "card-x", Some(true), None, t).await.unwrap();
+    assert_eq!(unknown, CardFlags::NotRegistered);
+}
+both_backends!(
+    a_card_flags_read_earlier_does_not_overwrite_one_read_later,
+    super::a_card_flags_read_earlier_does_not_overwrite_one_read_later
+);
+
 async fn the_code_exchange_and_tokens_over_http(b: Backend) {
     let rig = TestApp::new(b, SandboxSettings::default(), |_| {}).await;
     let svc = start(&rig).await;
