@@ -87,10 +87,14 @@ async fn count(w: &Worker, sql: &'static str) -> i64 {
 }
 
 async fn register(w: &Worker, dest: &str, user: &str, limit: i64) {
+    register_kind(w, dest, user, limit, DestinationKind::Account).await
+}
+
+async fn register_kind(w: &Worker, dest: &str, user: &str, limit: i64, kind: DestinationKind) {
     let line = ImportLine::Destination(DestinationLine {
         destination_id: dest.into(),
         user_id: user.into(),
-        kind: DestinationKind::Account,
+        kind,
         bank_time_zone: "America/New_York".into(),
         daily_limit_cents: limit,
         frozen: None,
@@ -338,17 +342,7 @@ async fn a_card_flags_read_earlier_does_not_overwrite_one_read_later(b: Backend)
     use registry::CardFlags;
     let rig = TestApp::new(b, SandboxSettings::default(), |_| {}).await;
     let w = rig.worker(None).await;
-    let line = ImportLine::Destination(DestinationLine {
-        destination_id: "card-1".into(),
-        user_id: "u1".into(),
-        kind: DestinationKind::Card,
-        bank_time_zone: "America/New_York".into(),
-        daily_limit_cents: 250_000,
-        frozen: None,
-        push_enabled: Some(true),
-        pull_enabled: Some(true),
-    });
-    registry::import(&w.store, &line, Utc::now()).await.unwrap();
+    register_kind(&w, "card-1", "u1", 250_000, DestinationKind::Card).await;
     let push = async || registry::destination(&w.store, "card-1").await.unwrap().unwrap().push_enabled;
     let t = Utc::now();
     let set = |push: bool, at| registry::set_card_flags(&w.store, "card-1", Some(push), None, at);
