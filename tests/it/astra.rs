@@ -16,7 +16,7 @@ use astra_worker::{
 use chrono::{TimeDelta, Utc};
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::helpers::{Backend, TestApp, test_astra_settings};
+use crate::helpers::{Backend, TestApp, serve_on_loopback, test_astra_settings};
 
 /// A sandbox, a client pointed at it (short timeouts, fast retries), and the store calls are recorded in.
 struct Rig {
@@ -521,10 +521,7 @@ async fn counting_server(status: u16, location: Option<String>) -> (String, Arc<
             r
         }
     });
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/", l.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
-    (url, seen)
+    (format!("{}/", serve_on_loopback(app).await), seen)
 }
 
 /// A redirect from Astra's address is answered, not followed: a 307 would otherwise send the refresh token's

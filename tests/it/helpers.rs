@@ -282,3 +282,11 @@ macro_rules! with_pool {
         }
     };
 }
+
+/// Serves `app` on a loopback port of its own, in the background; its base URL (`http://127.0.0.1:PORT`).
+pub(crate) async fn serve_on_loopback(app: axum::Router) -> String {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", l.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+    base
+}

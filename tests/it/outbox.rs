@@ -15,7 +15,7 @@ use secrecy::SecretString;
 
 use crate::{
     both_backends,
-    helpers::{Backend, TestApp},
+    helpers::{Backend, TestApp, serve_on_loopback},
 };
 
 /// An endpoint answering 200 after `delay`, counting POSTs per idempotency key.
@@ -35,10 +35,14 @@ async fn slow_endpoint(delay: Duration) -> (String, Arc<Mutex<HashMap<String, us
             }
         }),
     );
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/hook", l.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+    let url = format!("{}/hook", serve_on_loopback(app).await);
     (url, seen)
+}
+
+/// A deliverer to `url` with the rig's outbox settings.
+fn deliverer(rig: &TestApp, url: &str) -> Deliverer {
+    Deliverer::new(&rig.settings.outbox, reqwest::Url::parse(url).unwrap(), SecretString::from("k".to_string()))
+        .unwrap()
 }
 
 async fn two_deliverers_at_once_post_each_message_once(b: Backend) {
@@ -55,8 +59,7 @@ async fn two_deliverers_at_once_post_each_message_once(b: Backend) {
         outbox::store::insert(&w.store, &m).await.unwrap();
     }
     let (url, seen) = slow_endpoint(Duration::from_millis(50)).await;
-    let key = SecretString::from("k".to_string());
-    let mk = || Deliverer::new(&rig.settings.outbox, reqwest::Url::parse(&url).unwrap(), key.clone()).unwrap();
+    let mk = || deliverer(&rig, &url);
     let (a, b2) = (mk(), mk());
     let (sa, sb) = (w.store.clone(), rig.db.store().await);
     let (ra, rb) = tokio::join!(a.deliver_due(&sa, Utc::now()), b2.deliver_due(&sb, Utc::now()));
@@ -82,9 +85,7 @@ async fn a_run_stops_delivering_at_an_endpoint_that_does_not_answer(b: Backend) 
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         format!("http://{}/hook", l.local_addr().unwrap())
     };
-    let d =
-        Deliverer::new(&rig.settings.outbox, reqwest::Url::parse(&dead).unwrap(), SecretString::from("k".to_string()))
-            .unwrap();
+    let d = deliverer(&rig, &dead);
     let r = d.deliver(&w.store, Utc::now(), Bound::ForARun).await.unwrap();
     assert_eq!((r.delivered, r.failed, r.left), (0, 1, true), "one attempt, then the pass stops");
     assert_eq!(outbox::store::list(&w.store, true, None, 100).await.unwrap().len(), 5, "nothing is lost");
@@ -118,12 +119,8 @@ async fn a_redirecting_endpoint_delivers_nothing_and_keeps_the_message(b: Backen
             }
         }),
     );
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/hook", l.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
-    let d =
-        Deliverer::new(&rig.settings.outbox, reqwest::Url::parse(&url).unwrap(), SecretString::from("k".to_string()))
-            .unwrap();
+    let url = format!("{}/hook", serve_on_loopback(app).await);
+    let d = deliverer(&rig, &url);
     let r = d.deliver(&w.store, Utc::now(), Bound::ForARun).await.unwrap();
     assert_eq!((r.delivered, r.failed), (0, 1), "{r:?}");
     assert_eq!(*landed.lock().unwrap(), 0, "the redirect was not followed");
@@ -168,13 +165,8 @@ async fn a_dead_endpoint_costs_one_timeout_per_back_off_not_one_per_run(b: Backe
             }
         }),
     );
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/hook", l.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
-    let mk = || {
-        Deliverer::new(&rig.settings.outbox, reqwest::Url::parse(&url).unwrap(), SecretString::from("k".to_string()))
-            .unwrap()
-    };
+    let url = format!("{}/hook", serve_on_loopback(app).await);
+    let mk = || deliverer(&rig, &url);
 
     let t0 = Utc::now();
     let r = mk().deliver(&w.store, t0, Bound::ForARun).await.unwrap();

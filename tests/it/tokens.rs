@@ -24,7 +24,7 @@ use secrecy::{ExposeSecret, SecretString};
 
 use crate::{
     both_backends,
-    helpers::{Backend, KEY_A, KEY_B, TestApp, b64, import, keyring},
+    helpers::{Backend, KEY_A, KEY_B, TestApp, b64, import, keyring, serve_on_loopback},
 };
 
 async fn episodes(store: &Store) -> Vec<(String, String)> {
@@ -230,9 +230,7 @@ pub(crate) async fn endpoint(fail_first: usize) -> Endpoint {
             }
         }),
     );
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/hook", l.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+    let url = format!("{}/hook", serve_on_loopback(app).await);
     Endpoint { url, received }
 }
 
